@@ -1,0 +1,44 @@
+# Maily Secrets. Every target bootstraps what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: help setup demo test bench lint services clean
+
+help:
+	@echo "make demo   - start the embedded OpenBao and walk through the integration guide"
+	@echo "make test   - start what the tests need and run them (Python, real OpenBao)"
+	@echo "make bench  - benchmarks against hvac and raw aiohttp on the same server"
+	@echo "make lint   - ruff + mypy"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required (PYTHON=$(PYTHON))"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+services:
+	bash scripts/ensure-services.sh
+
+demo: $(STAMP)
+	$(PY) mailyctl.py dev up
+	$(PY) -m maily_secrets.demo
+
+test: $(STAMP) services
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src apps tests bench mailyctl.py
+	$(VENV)/bin/mypy
+
+clean:
+	-$(PY) mailyctl.py dev down
+	rm -rf $(VENV) .maily-dev .pytest_cache .mypy_cache .ruff_cache

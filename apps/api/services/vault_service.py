@@ -1,0 +1,29 @@
+"""The guide's import path: ``from apps.api.services.vault_service import vault_service``.
+
+Importing this module does no I/O and starts no task. Configuration comes from
+the environment (``VAULT_ADDR``, ``VAULT_TOKEN`` ... see the README) when the
+service is first used.
+"""
+
+from maily_secrets.errors import (
+    AuthFailed,
+    InvalidPath,
+    PermissionDenied,
+    SecretNotFound,
+    VaultError,
+    VaultUnavailable,
+)
+from maily_secrets.service import VaultService
+
+vault_service = VaultService()
+
+__all__ = [
+    "AuthFailed",
+    "InvalidPath",
+    "PermissionDenied",
+    "SecretNotFound",
+    "VaultError",
+    "VaultService",
+    "VaultUnavailable",
+    "vault_service",
+]

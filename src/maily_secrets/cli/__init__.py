@@ -1,0 +1,1 @@
+"""``mailyctl``: the operator CLI."""

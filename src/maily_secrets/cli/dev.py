@@ -1,0 +1,127 @@
+"""``mailyctl dev``: the embedded OpenBao development server."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..bootstrap import BootstrapReport, bootstrap_dev
+from ..devserver import DevServer, DevServerError, health
+from ..settings import VaultSettings
+from ..vault.client import VaultClient
+from .common import console, fail, print_json
+
+app = typer.Typer(
+    help="Run a local OpenBao dev server (in memory, loopback only) bootstrapped for Maily.",
+    no_args_is_help=True,
+)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="State directory (default: $MAILY_DEV_DIR or ~/.local/state/maily-secrets/dev).",
+        show_default=False,
+    ),
+]
+
+
+async def _bootstrap(addr: str, token: str) -> BootstrapReport:
+    settings = VaultSettings(addr=addr, token=token, auth_method="token")
+    async with VaultClient(settings) as client:
+        return await bootstrap_dev(client)
+
+
+@app.command()
+def up(
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port on 127.0.0.1 (default 8200, or a free one if taken; 0 = any)."),
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Start the dev server (if not running) and bootstrap it idempotently.
+
+    Mounts KV v2 at maily/, the transit engine with key maily-enc-key, and
+    sample secrets with random values at maily/data/config, maily/data/api-keys
+    and maily/data/credentials. Running it twice is harmless.
+    """
+    server = DevServer(state_dir)
+    try:
+        info, started = server.start(port=port)
+    except DevServerError as exc:
+        fail(str(exc))
+    verb = "started" if started else "already running"
+    console.print(f"OpenBao dev server {verb} at [bold]{info.addr}[/bold] (pid {info.pid})")
+    try:
+        report = asyncio.run(_bootstrap(info.addr, info.token()))
+    except Exception as exc:
+        fail(f"bootstrap failed: {exc}")
+    for item in report.created:
+        console.print(f"  [green]created[/green]   {item}")
+    for item in report.unchanged:
+        console.print(f"  [dim]unchanged[/dim] {item}")
+    console.print(f"  audit log: {info.audit_log}")
+    console.print('Use it from a shell:  [bold]eval "$(./mailyctl.py dev env)"[/bold]')
+
+
+@app.command()
+def down(state_dir: StateDir = None) -> None:
+    """Stop the dev server this tool started (by its pid file) and delete its data."""
+    server = DevServer(state_dir)
+    if server.stop():
+        console.print("OpenBao dev server stopped; its data is gone.")
+    else:
+        console.print("No dev server of ours was running.")
+
+
+@app.command()
+def status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Is the dev server running, where, and is it healthy? Exit code 1 when not running."""
+    server = DevServer(state_dir)
+    info = server.running()
+    h = health(info.addr) if info else None
+    doc = {
+        "running": info is not None,
+        "healthy": bool(h and not h.get("sealed")),
+        "addr": info.addr if info else None,
+        "pid": info.pid if info else None,
+        "version": h.get("version") if h else None,
+        "sealed": h.get("sealed") if h else None,
+        "audit_log": info.audit_log if info else None,
+        "state_dir": str(server.state_dir),
+    }
+    if as_json:
+        print_json(doc)
+    elif info is None:
+        console.print("dev server: [red]not running[/red]  (start it: ./mailyctl.py dev up)")
+    else:
+        state = "[green]healthy[/green]" if doc["healthy"] else "[red]not answering[/red]"
+        console.print(
+            f"dev server: {state} at {info.addr} (pid {info.pid}, OpenBao {doc['version']})"
+        )
+        console.print(f"audit log:  {info.audit_log}")
+    if not doc["healthy"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def env(state_dir: StateDir = None) -> None:
+    """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
+
+    Use: eval "$(./mailyctl.py dev env)"
+    """
+    server = DevServer(state_dir)
+    info = server.running()
+    if info is None:
+        fail("the dev server is not running; start it with `./mailyctl.py dev up`")
+    typer.echo(
+        f"export VAULT_ADDR={shlex.quote(info.addr)} VAULT_TOKEN={shlex.quote(info.token())}"
+    )

@@ -1,0 +1,32 @@
+"""Entry point of ``mailyctl`` (also ``./mailyctl.py`` at the repository root)."""
+
+from __future__ import annotations
+
+import typer
+
+from . import dev
+
+app = typer.Typer(
+    name="mailyctl",
+    help="Maily Secrets operator CLI: dev Vault, secrets, diagnostics.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(dev.app, name="dev")
+
+
+@app.command("snapshot-key")
+def snapshot_key() -> None:
+    """Print a new key for MAILY_SECRETS_SNAPSHOT_KEY (the encrypted last-known-good snapshot)."""
+    from ..snapshot import generate_key
+
+    typer.echo(generate_key())
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

