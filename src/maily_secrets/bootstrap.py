@@ -88,8 +88,8 @@ async def ensure_kv2_mount(client: VaultClient, mount: str, report: BootstrapRep
                 f"mount {mount}/ exists but is {cur.get('type')} version {version}, not kv v2"
             )
         report.add(f"mount {mount}/ (kv v2)", False)
-    # Every write must carry check-and-set; keep every version (0 = no limit).
-    await client.kv.configure(mount, cas_required=True, max_versions=0)
+    # Every write must carry check-and-set; keep every version.
+    await client.kv.configure(mount, cas_required=True)
 
 
 async def ensure_transit(

@@ -187,15 +187,23 @@ class VaultService:
         self.cache.invalidate(path)
 
     async def close(self) -> None:
-        """Flush the snapshot, stop renewals, close connections. Safe to call twice."""
+        """Flush the snapshot, stop renewals, close connections, forget the cache.
+
+        Safe to call twice. A closed service may be used again: it then starts afresh
+        (re-reading the environment if it was built without explicit settings).
+        """
         task, self._snapshot_task = self._snapshot_task, None
         if task is not None:
             await task
         if self._client is not None:
             await self._client.close()
-        if self._given_client is None:
-            self._client = None
+        self._client = None
+        self._settings = None
+        self._cache = None
+        self._snapshot = None
         self._snapshot_entries = None
+        self._std_paths = None
+        self._warned_stale.clear()
 
     async def __aenter__(self) -> VaultService:
         return self

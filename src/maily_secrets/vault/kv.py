@@ -13,6 +13,9 @@ if TYPE_CHECKING:
     from .client import VaultClient
 
 
+KEEP_ALL_VERSIONS = 1_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class SecretVersion:
     """One version of a KV v2 secret."""
@@ -134,9 +137,13 @@ class KV2:
         return await self._c.list(path)
 
     async def configure(
-        self, mount: str, *, cas_required: bool = True, max_versions: int = 0
+        self, mount: str, *, cas_required: bool = True, max_versions: int = KEEP_ALL_VERSIONS
     ) -> None:
-        """Engine-wide settings: force check-and-set on every write; keep all versions (0)."""
+        """Engine-wide settings: force check-and-set on every write; keep every version.
+
+        (``max_versions=0`` would mean the engine's default of 10, silently deleting
+        older versions; a very large number keeps them all.)
+        """
         await self._c.request(
             "POST",
             f"{mount}/config",

@@ -1,0 +1,260 @@
+"""vault_service against a real OpenBao: cache, single-flight, stale-if-error, snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maily_secrets.errors import InvalidPath, SecretNotFound, VaultUnavailable
+from maily_secrets.service import VaultService
+from maily_secrets.snapshot import generate_key
+from maily_secrets.vault.client import VaultClient
+
+from .conftest import Bao
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def make_secret(root: VaultClient, data: dict[str, Any]) -> str:
+    name = unique()
+    await root.kv.write(f"maily/data/{name}", data, cas=0)
+    return f"maily/data/{name}"
+
+
+async def test_single_flight_one_request_for_concurrent_misses(bao: Bao, root: VaultClient) -> None:
+    path = await make_secret(root, {"k": "v"})
+    svc = VaultService(bao.settings())
+    try:
+        before = bao.audit_requests(path)
+        results = await asyncio.gather(*(svc.get_secret(path) for _ in range(100)))
+        assert all(r == {"k": "v"} for r in results)
+        # The audit device is the server's own count of what it received.
+        await asyncio.sleep(0.2)
+        assert await bao.wait_audit(path, before + 1) == before + 1
+        assert svc.client.stats["GET"] == 2  # token lookup-self + one read
+    finally:
+        await svc.close()
+
+
+async def test_callers_cannot_corrupt_the_cache(bao: Bao, root: VaultClient) -> None:
+    path = await make_secret(root, {"a": "1", "nested": {"x": ["y"]}})
+    svc = VaultService(bao.settings())
+    try:
+        first = await svc.get_secret(path)
+        first["a"] = "changed"
+        first["nested"]["x"].append("z")
+        first["new"] = True
+        assert await svc.get_secret(path) == {"a": "1", "nested": {"x": ["y"]}}
+
+        cfg = await svc.get_config()
+        cfg.clear()
+        assert "db_host" in await svc.get_config()
+
+        aws = await svc.get_credentials("aws")
+        aws["aws_access_key"] = "tampered"
+        assert (await svc.get_credentials("aws"))["aws_access_key"] != "tampered"
+    finally:
+        await svc.close()
+
+
+async def test_ttl_expiry_refetches(bao: Bao, root: VaultClient) -> None:
+    path = await make_secret(root, {"v": "1"})
+    svc = VaultService(bao.settings(cache_ttl=0.3))
+    try:
+        assert await svc.get_secret(path) == {"v": "1"}
+        await root.kv.write(path, {"v": "2"}, cas=1)
+        assert await svc.get_secret(path) == {"v": "1"}  # still fresh in the cache
+        await asyncio.sleep(0.35)
+        assert await svc.get_secret(path) == {"v": "2"}
+    finally:
+        await svc.close()
+
+
+async def test_missing_secret_raises_not_found(bao: Bao, root: VaultClient) -> None:
+    svc = VaultService(bao.settings())
+    try:
+        with pytest.raises(SecretNotFound, match="maily/data/does-not-exist"):
+            await svc.get_secret("maily/data/does-not-exist")
+        with pytest.raises(SecretNotFound, match=r"'nosuch'.*aws"):
+            await svc.get_credentials("nosuch")
+        # a deleted (latest version) secret is not found either, not {}
+        path = await make_secret(root, {"k": "v"})
+        await root.request("DELETE", path)
+        with pytest.raises(SecretNotFound):
+            await svc.get_secret(path)
+        # SecretNotFound is a KeyError too, for dict-minded callers
+        assert issubclass(SecretNotFound, KeyError)
+    finally:
+        await svc.close()
+
+
+BAD_PATHS = [
+    "",
+    "maily/../sys/seal",
+    "../maily/data/config",
+    "maily/./data/config",
+    "maily//data/config",
+    "/maily/data/config",
+    "maily/data/config/",
+    "http://evil.example/v1/maily/data/config",
+    "https://evil.example",
+    "//evil.example/x",
+    "maily/data/con\x00fig",
+    "maily/data/con\nfig",
+    "maily/data/con\x1bfig",
+    "maily/data/config?version=1",
+    "maily/data/config#x",
+    "maily/data/%2e%2e/x",
+    "maily\\data\\config",
+    "maily/data/" + "x" * 2000,
+]
+
+
+@pytest.mark.parametrize("path", BAD_PATHS)
+async def test_bad_paths_are_refused_before_any_request(bao: Bao, path: str) -> None:
+    svc = VaultService(bao.settings())
+    try:
+        with pytest.raises(InvalidPath) as ei:
+            await svc.get_secret(path)
+        assert "\x00" not in str(ei.value) and "\n" not in str(ei.value)
+        assert sum(svc.client.stats.values()) == 0
+    finally:
+        await svc.close()
+
+
+async def test_non_string_path_is_invalid(bao: Bao) -> None:
+    svc = VaultService(bao.settings())
+    try:
+        with pytest.raises(InvalidPath):
+            await svc.get_secret(["maily", "data"])  # type: ignore[arg-type]
+        with pytest.raises(InvalidPath):
+            await svc.get_credentials("")
+    finally:
+        await svc.close()
+
+
+async def test_stale_if_error_while_the_server_is_stopped(
+    private_bao: Bao, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc = VaultService(
+        private_bao.settings(cache_ttl=0.05, max_staleness=60, max_retries=1, retry_base_delay=0.01)
+    )
+    try:
+        config = await svc.get_config()
+        await asyncio.sleep(0.1)  # the entry is now expired
+        private_bao.server.stop()
+        caplog.set_level(logging.WARNING, logger="maily_secrets")
+        assert await svc.get_config() == config
+        assert await svc.get_config() == config
+        warnings = [r for r in caplog.records if "serving last known value" in r.getMessage()]
+        assert len(warnings) == 1  # warn once per outage, not per call
+        # a path never read before has nothing to fall back on
+        with pytest.raises(VaultUnavailable, match="maily/data/api-keys"):
+            await svc.get_api_keys()
+    finally:
+        await svc.close()
+
+
+async def test_staleness_is_bounded(private_bao: Bao) -> None:
+    svc = VaultService(private_bao.settings(cache_ttl=0.05, max_staleness=2.0, max_retries=0))
+    try:
+        await svc.get_config()
+        private_bao.server.stop()
+        await svc.get_config()  # within max_staleness
+        await asyncio.sleep(2.1)
+        with pytest.raises(VaultUnavailable):
+            await svc.get_config()
+    finally:
+        await svc.close()
+
+
+async def test_restart_during_outage_starts_from_encrypted_snapshot(
+    private_bao: Bao, tmp_path: Path
+) -> None:
+    snap = tmp_path / "snap" / "secrets.snapshot"
+    key = generate_key()
+    settings = private_bao.settings(
+        snapshot_path=snap, snapshot_key=key, max_retries=0, max_staleness=600
+    )
+    first = VaultService(settings)
+    config = await first.get_config()
+    creds = await first.get_credentials("aws")
+    await first.close()  # flushes the snapshot
+    assert snap.exists()
+    assert oct(snap.stat().st_mode & 0o777) == "0o600"
+    raw = snap.read_bytes()
+    assert config["db_password"].encode() not in raw  # encrypted at rest
+
+    private_bao.server.stop()
+    # "restart": a brand-new service in a process that never saw Vault up
+    second = VaultService(settings)
+    try:
+        assert await second.get_config() == config
+        assert await second.get_credentials("aws") == creds
+    finally:
+        await second.close()
+
+    wrong = VaultService(
+        private_bao.settings(
+            snapshot_path=snap, snapshot_key=generate_key(), max_retries=0, max_staleness=600
+        )
+    )
+    try:
+        with pytest.raises(VaultUnavailable):
+            await wrong.get_config()
+    finally:
+        await wrong.close()
+
+
+async def test_access_log_one_event_per_read_without_values(
+    bao: Bao, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="maily_secrets.access")
+    svc = VaultService(bao.settings())
+    try:
+        cfg = await svc.get_config()
+        await svc.get_config()
+        with pytest.raises(SecretNotFound):
+            await svc.get_secret("maily/data/absent-" + uuid.uuid4().hex)
+    finally:
+        await svc.close()
+    events = [r for r in caplog.records if r.name == "maily_secrets.access"]
+    assert [(e.cache, e.outcome) for e in events] == [  # type: ignore[attr-defined]
+        ("miss", "ok"),
+        ("hit", "ok"),
+        ("miss", "not_found"),
+    ]
+    first = events[0]
+    assert first.path == "maily/data/config"  # type: ignore[attr-defined]
+    assert first.keys == sorted(cfg)  # type: ignore[attr-defined]
+    assert first.duration_ms >= 0  # type: ignore[attr-defined]
+    text = caplog.text + " ".join(str(e.__dict__) for e in events)
+    for v in cfg.values():
+        if isinstance(v, str) and len(v) > 12:
+            assert v not in text
+
+
+async def test_closed_service_can_be_used_again(bao: Bao) -> None:
+    svc = VaultService(bao.settings())
+    await svc.get_config()
+    await svc.close()
+    await svc.close()
+    assert "db_host" in await svc.get_config()
+    await svc.close()
+
+
+def test_environment_is_read_at_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    svc = VaultService()
+    monkeypatch.setenv("VAULT_ADDR", "http://127.0.0.1:1")
+    monkeypatch.setenv("MAILY_SECRETS_CACHE_TTL", "5")
+    assert svc.settings.addr == "http://127.0.0.1:1"
+    assert svc.settings.cache_ttl == 5
+    assert os.environ["VAULT_ADDR"] == "http://127.0.0.1:1"
