@@ -165,6 +165,14 @@ class VaultClient:
                 status, body, resp_headers = await self._send(
                     method, self._base + path, headers, json_body, params
                 )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                # Not transient: retrying cannot fix a certificate that does not verify.
+                raise VaultUnavailable(
+                    f"TLS verification of {self.settings.addr} failed for {path!r}"
+                    f" ({type(exc.certificate_error).__name__}); set VAULT_CACERT to the CA"
+                    " that signed the server's certificate",
+                    path=path,
+                ) from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 cause = type(exc).__name__
                 if attempt < self.settings.max_retries:
@@ -238,7 +246,9 @@ class VaultClient:
             return SecretNotFound(f"secret {where} not found", path=path, status=status)
         if status == 403:
             return PermissionDenied(
-                f"permission denied for {where} (check the token's policies and the path)",
+                f"permission denied for {where}"
+                + (f" (Vault: {detail})" if detail and detail != "permission denied" else "")
+                + "; check the token's policies and the path",
                 path=path,
                 status=status,
             )
