@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DEFAULT_PORT = 8200
+# Servers started by this process, so that stop() can reap them (no zombie, no
+# ResourceWarning); a server started by another process is stopped by pid.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 class DevServerError(RuntimeError):
@@ -215,6 +218,7 @@ class DevServer:
             )
         finally:
             os.close(log_fd)
+        _CHILDREN[proc.pid] = proc
         info = DevServerInfo(
             pid=proc.pid,
             addr=addr,
@@ -253,8 +257,11 @@ class DevServer:
             if _pid_alive(info.pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(info.pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(info.pid, os.WNOHANG)
+        if info is not None:
+            child = _CHILDREN.pop(info.pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout)
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
         return was_running

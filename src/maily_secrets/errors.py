@@ -20,10 +20,18 @@ from __future__ import annotations
 class VaultError(Exception):
     """Base class of every error raised by Maily Secrets."""
 
-    def __init__(self, message: str, *, path: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        status: int | None = None,
+        detail: str = "",
+    ):
         super().__init__(message)
         self.path = path
         self.status = status
+        self.detail = detail  # Vault's own error text (never a secret value)
 
 
 class InvalidPath(VaultError, ValueError):

@@ -141,7 +141,8 @@ class KubernetesAuth:
             if exc.status in (400, 403):
                 raise AuthFailed(
                     f"kubernetes login as role {self.role!r} at auth/{self.mount} was refused"
-                    f" (HTTP {exc.status}); check the role's bound service accounts",
+                    f" (HTTP {exc.status}: {exc.detail or 'no reason given'});"
+                    " check the role's bound service accounts and the JWT",
                     status=exc.status,
                 ) from None
             raise
@@ -183,7 +184,8 @@ class AppRoleAuth:
         except VaultError as exc:
             if exc.status in (400, 403):
                 raise AuthFailed(
-                    f"approle login at auth/{self.mount} was refused (HTTP {exc.status});"
+                    f"approle login at auth/{self.mount} was refused"
+                    f" (HTTP {exc.status}: {exc.detail or 'no reason given'});"
                     " check the role-id and secret-id",
                     status=exc.status,
                 ) from None
@@ -312,8 +314,10 @@ class TokenManager:
     async def _renew(self, t: Token) -> Token | None:
         """Renew ``t``; ``None`` means "log in again instead"."""
         try:
+            # No retries: a refused renewal (e.g. past the max TTL, HTTP 500) is
+            # answered by a fresh login, not by waiting.
             r = await self._client.request(
-                "POST", "auth/token/renew-self", json_body={}, token=t.value
+                "POST", "auth/token/renew-self", json_body={}, token=t.value, retries=0
             )
         except VaultError as exc:
             log.warning(
@@ -336,15 +340,26 @@ class TokenManager:
         self._schedule_renewal()
         return new
 
-    async def invalidate_and_relogin(self) -> bool:
-        """After a 403: log in again if the method can; True when a new token was obtained."""
+    async def handle_forbidden(self, used: str) -> bool:
+        """After a 403 with token ``used``: True when a fresh login produced a new token.
+
+        A 403 means either "this token may not do that" or "this token is dead".
+        Only the second is cured by logging in again, so the token is checked first
+        (``lookup-self``): a live token gets False (the caller raises
+        PermissionDenied) and costs no login. A failed re-login raises AuthFailed.
+        """
         if not self.method.can_relogin:
             return False
         stale = self._token
+        if stale is not None and stale.value != used:
+            return True  # somebody already replaced the token we used: just retry
         try:
-            await self._refresh(force_login=True, stale=stale)
-        except AuthFailed:
-            return False
+            await self._client.request("GET", "auth/token/lookup-self", token=used, retries=0)
+            return False  # the token is alive: a real permission problem
+        except VaultError as exc:
+            if exc.status != 403:
+                return False
+        await self._refresh(force_login=True, stale=stale)
         return True
 
     def _schedule_renewal(self) -> None:

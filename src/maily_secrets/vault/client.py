@@ -147,18 +147,21 @@ class VaultClient:
         params: Mapping[str, str] | None = None,
         authenticated: bool = True,
         token: str | None = None,
+        retries: int | None = None,
     ) -> VaultResponse:
         """Send one API request with retries; raise a typed :class:`VaultError` on failure.
 
         ``path`` is relative to ``/v1/`` and is validated first.
         """
         validate_path(path)
+        max_retries = self.settings.max_retries if retries is None else retries
         relogged = False
         attempt = 0
         while True:
             headers = dict(self._base_headers)
+            used = ""
             if authenticated:
-                headers["X-Vault-Token"] = token or await self.tokens.token()
+                used = headers["X-Vault-Token"] = token or await self.tokens.token()
             if self._index is not None and self.consistency == "index":
                 headers["X-Vault-Index"] = self._index
             try:
@@ -175,7 +178,7 @@ class VaultClient:
                 ) from None
             except (aiohttp.ClientError, TimeoutError) as exc:
                 cause = type(exc).__name__
-                if attempt < self.settings.max_retries:
+                if attempt < max_retries:
                     await self._backoff(attempt, path, cause)
                     attempt += 1
                     continue
@@ -192,14 +195,14 @@ class VaultClient:
                         self._index = idx
                 return VaultResponse(status, body, resp_headers)
 
-            if status in _RETRY_STATUS and attempt < self.settings.max_retries:
+            if status in _RETRY_STATUS and attempt < max_retries:
                 await self._backoff(attempt, path, f"HTTP {status}")
                 attempt += 1
                 continue
             if status == 403 and authenticated and token is None and not relogged:
                 # An expired or revoked token: log in again once, then retry.
                 relogged = True
-                if await self.tokens.invalidate_and_relogin():
+                if await self.tokens.handle_forbidden(used):
                     continue
             raise self._error(status, body, path)
 
@@ -243,7 +246,9 @@ class VaultClient:
         detail = _errors_of(body)
         where = f"{path!r}"
         if status == 404:
-            return SecretNotFound(f"secret {where} not found", path=path, status=status)
+            return SecretNotFound(
+                f"secret {where} not found", path=path, status=status, detail=detail
+            )
         if status == 403:
             return PermissionDenied(
                 f"permission denied for {where}"
@@ -251,22 +256,28 @@ class VaultClient:
                 + "; check the token's policies and the path",
                 path=path,
                 status=status,
+                detail=detail,
             )
         if status in _RETRY_STATUS or status >= 500:
             return VaultUnavailable(
                 f"Vault answered HTTP {status} for {where}" + (f": {detail}" if detail else ""),
                 path=path,
                 status=status,
+                detail=detail,
             )
         if "check-and-set" in detail:
             return CheckAndSetConflict(
-                f"check-and-set conflict writing {where}: {detail}", path=path, status=status
+                f"check-and-set conflict writing {where}: {detail}",
+                path=path,
+                status=status,
+                detail=detail,
             )
         return VaultRequestError(
             f"Vault rejected the request for {where} (HTTP {status})"
             + (f": {detail}" if detail else ""),
             path=path,
             status=status,
+            detail=detail,
         )
 
     # ------------------------------------------------------------------ conveniences
