@@ -13,7 +13,7 @@ import pytest
 
 from maily_secrets.errors import InvalidPath, SecretNotFound, VaultUnavailable
 from maily_secrets.service import VaultService
-from maily_secrets.snapshot import generate_key
+from maily_secrets.snapshot import SnapshotStore, generate_key
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
@@ -258,3 +258,45 @@ def test_environment_is_read_at_first_use(monkeypatch: pytest.MonkeyPatch) -> No
     assert svc.settings.addr == "http://127.0.0.1:1"
     assert svc.settings.cache_ttl == 5
     assert os.environ["VAULT_ADDR"] == "http://127.0.0.1:1"
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_load_for_others(
+    bao: Bao, root: VaultClient
+) -> None:
+    path = await make_secret(root, {"k": "v"})
+    svc = VaultService(bao.settings())
+    try:
+        first = asyncio.create_task(svc.get_secret(path))
+        await asyncio.sleep(0)  # the first caller starts the load
+        others = [asyncio.create_task(svc.get_secret(path)) for _ in range(5)]
+        await asyncio.sleep(0)
+        first.cancel()  # e.g. its HTTP request timed out
+        results = await asyncio.gather(*others)
+        assert results == [{"k": "v"}] * 5
+        assert first.cancelled()
+    finally:
+        await svc.close()
+
+
+async def test_snapshot_writes_are_coalesced(bao: Bao, root: VaultClient, tmp_path: Path) -> None:
+    """Many misses in a burst give a few snapshot writes, not one per miss; close() flushes."""
+    paths = [await make_secret(root, {"i": i}) for i in range(30)]
+    snap = tmp_path / "s.snapshot"
+    key = generate_key()
+    svc = VaultService(bao.settings(snapshot_path=snap, snapshot_key=key, snapshot_interval=60))
+    writes = 0
+    store = svc._snapshot_store()
+    assert store is not None
+    original = store.save
+
+    def counting_save(entries: dict[str, dict[str, Any]]) -> None:
+        nonlocal writes
+        writes += 1
+        original(entries)
+
+    store.save = counting_save  # type: ignore[method-assign]
+    for p in paths:
+        await svc.get_secret(p)
+    await svc.close()
+    assert 1 <= writes <= 3
+    assert set(paths) <= set(SnapshotStore(snap, key).load())  # close() wrote the last ones

@@ -62,7 +62,7 @@ class SecretCache:
         self.ttl = ttl
         self.max_staleness = max_staleness
         self._entries: dict[str, Entry] = {}
-        self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        self._inflight: dict[str, asyncio.Task[Entry]] = {}
 
     def fresh(self, path: str) -> Entry | None:
         e = self._entries.get(path)
@@ -92,22 +92,28 @@ class SecretCache:
         return list(self._entries.items())
 
     async def load(self, path: str, loader: Callable[[], Awaitable[Entry]]) -> Entry:
-        """Run ``loader`` once for all concurrent callers of ``path``; store the result."""
-        fut = self._inflight.get(path)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[path] = fut
+        """Run ``loader`` once for all concurrent callers of ``path``; store the result.
+
+        The load runs in its own task: a caller that is cancelled (a request timing
+        out) does not cancel the load for the others.
+        """
+        task = self._inflight.get(path)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._run(path, loader))
+            task.add_done_callback(_retrieve)
+            self._inflight[path] = task
+        return await asyncio.shield(task)
+
+    async def _run(self, path: str, loader: Callable[[], Awaitable[Entry]]) -> Entry:
         try:
             entry = await loader()
-        except BaseException as exc:
-            if not fut.done():
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: waiters (if any) re-raise it
-            raise
-        else:
             self._entries[path] = entry
-            fut.set_result(entry)
             return entry
         finally:
             self._inflight.pop(path, None)
+
+
+def _retrieve(task: asyncio.Task[Entry]) -> None:
+    """Mark the outcome as seen, so that a load nobody waits for any more logs no warning."""
+    if not task.cancelled():
+        task.exception()

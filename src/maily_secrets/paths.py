@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .errors import InvalidPath
 
@@ -22,6 +23,12 @@ def validate_path(path: object) -> str:
     """Return ``path`` if it is a safe relative Vault path, else raise :class:`InvalidPath`."""
     if not isinstance(path, str):
         raise InvalidPath(f"secret path must be a string, got {type(path).__name__}")
+    _check(path)  # memoized for valid paths: the same few paths are checked all the time
+    return path
+
+
+@lru_cache(maxsize=4096)
+def _check(path: str) -> None:
     if not path:
         raise InvalidPath("secret path is empty", path=path)
     shown = _CONTROL.sub("?", path)[:200]
@@ -51,7 +58,6 @@ def validate_path(path: object) -> str:
         raise InvalidPath(
             f"secret path {shown!r} has a segment with leading/trailing spaces", path=shown
         )
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +82,11 @@ class KV2Path:
         The first ``data`` segment after the first segment separates the mount
         from the secret name, so mounts with several segments (``team/kv``) work.
         """
-        segments = validate_path(path).split("/")
+        return _parse_kv2(validate_path(path))
+
+    @classmethod
+    def _parse(cls, path: str) -> KV2Path | None:
+        segments = path.split("/")
         for i in range(1, len(segments) - 1):
             if segments[i] == "data":
                 return cls("/".join(segments[:i]), "/".join(segments[i + 1 :]))
@@ -86,3 +96,8 @@ class KV2Path:
     def of(cls, mount: str, name: str) -> KV2Path:
         validate_path(f"{mount}/data/{name}")
         return cls(mount.strip("/"), name)
+
+
+@lru_cache(maxsize=4096)
+def _parse_kv2(path: str) -> KV2Path | None:
+    return KV2Path._parse(path)

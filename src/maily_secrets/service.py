@@ -12,6 +12,7 @@ starts afresh).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -65,6 +66,7 @@ class VaultService:
         self._snapshot_entries: dict[str, dict[str, Any]] | None = None
         self._snapshot_dirty = False
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshot_wake: asyncio.Event | None = None
         self._warned_stale: set[str] = set()
         self._std_paths: tuple[str, str, str] | None = None
 
@@ -194,7 +196,11 @@ class VaultService:
         """
         task, self._snapshot_task = self._snapshot_task, None
         if task is not None:
+            if self._snapshot_wake is not None:
+                self._snapshot_wake.set()  # skip the wait: write what is dirty now
             await task
+        if self._snapshot_dirty:
+            await self._save_snapshot()  # the last values reach the disk
         if self._client is not None:
             await self._client.close()
         self._client = None
@@ -266,24 +272,32 @@ class VaultService:
             return
         self._snapshot_dirty = True
         if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_wake = asyncio.Event()
             self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot())
 
     async def _write_snapshot(self) -> None:
+        """Write the snapshot now, then at most once per ``snapshot_interval`` while dirty."""
+        await asyncio.sleep(0)  # let the entry land in the cache first
+        wake = self._snapshot_wake
+        assert wake is not None
+        while self._snapshot_dirty:
+            await self._save_snapshot()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.settings.snapshot_interval)
+
+    async def _save_snapshot(self) -> None:
         store = self._snapshot_store()
         if store is None:
             return
-        await asyncio.sleep(0)  # let the entry land in the cache first
-        while self._snapshot_dirty:
-            self._snapshot_dirty = False
-            entries = {
-                p: {"data": e.value, "version": e.version, "fetched_at": e.fetched_wall}
-                for p, e in self.cache.items()
-            }
-            try:
-                await asyncio.to_thread(store.save, entries)
-            except OSError as exc:
-                log.warning("cannot write secret snapshot: %s", exc.strerror or type(exc).__name__)
-                return
+        self._snapshot_dirty = False
+        entries = {
+            p: {"data": e.value, "version": e.version, "fetched_at": e.fetched_wall}
+            for p, e in self.cache.items()
+        }
+        try:
+            await asyncio.to_thread(store.save, entries)
+        except OSError as exc:
+            log.warning("cannot write secret snapshot: %s", exc.strerror or type(exc).__name__)
 
     async def _from_snapshot(self, path: str) -> Entry | None:
         store = self._snapshot_store()

@@ -110,6 +110,12 @@ class VaultSettings(BaseSettings):
         validation_alias=_env("snapshot_path", "MAILY_SECRETS_SNAPSHOT_PATH"),
         description="Encrypted last-known-good snapshot file (off when unset).",
     )
+    snapshot_interval: float = Field(
+        5.0,
+        ge=0,
+        validation_alias=_env("snapshot_interval", "MAILY_SECRETS_SNAPSHOT_INTERVAL"),
+        description="At most one snapshot write per this many seconds (and one at close()).",
+    )
     snapshot_key: SecretStr | None = Field(
         None,
         validation_alias=_env("snapshot_key", "MAILY_SECRETS_SNAPSHOT_KEY"),
