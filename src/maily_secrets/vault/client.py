@@ -7,6 +7,7 @@ the first request, inside the running event loop.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import random
@@ -55,6 +56,25 @@ class VaultResponse:
         return d if isinstance(d, dict) else None
 
 
+def _index_position(index: str) -> tuple[str, int] | None:
+    """OpenBao's ``X-Vault-Index`` is base64 JSON ``{"cluster": ..., "value": "N"}``."""
+    try:
+        doc = json.loads(base64.b64decode(index + "=" * (-len(index) % 4)))
+        return str(doc["cluster"]), int(doc["value"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def newer_index(current: str | None, new: str) -> str:
+    """Keep the most advanced index: responses of concurrent writes arrive out of order."""
+    if current is None or current == new:
+        return new
+    a, b = _index_position(current), _index_position(new)
+    if a is not None and b is not None and a[0] == b[0] and a[1] > b[1]:
+        return current
+    return new
+
+
 def _errors_of(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("errors"), list):
         text = "; ".join(str(e) for e in body["errors"])
@@ -67,9 +87,11 @@ class VaultClient:
     """An async Vault API client.
 
     ``consistency`` (HA raft clusters): ``"index"`` sends the ``X-Vault-Index``
-    of our last write on later requests, so a lagging standby answers 412 and we
-    retry until it caught up; ``"forward"`` asks standbys to forward every
-    request to the active node; ``"none"`` does neither.
+    of our most advanced write on later requests, so a lagging standby answers
+    412/429 and we retry until it caught up; ``"forward"`` sends the index with
+    ``X-Vault-Inconsistent: forward-active-node``, so a lagging standby forwards
+    the request to the active node instead (OpenBao acts on that header only
+    together with an index); ``"none"`` does neither.
     """
 
     def __init__(
@@ -155,6 +177,9 @@ class VaultClient:
         """
         validate_path(path)
         max_retries = self.settings.max_retries if retries is None else retries
+        # The state this request must see: fixed when it starts, so that a retry does
+        # not chase indexes that concurrent writers produce meanwhile.
+        index = self._index if self.consistency != "none" else None
         relogged = False
         attempt = 0
         while True:
@@ -162,8 +187,8 @@ class VaultClient:
             used = ""
             if authenticated:
                 used = headers["X-Vault-Token"] = token or await self.tokens.token()
-            if self._index is not None and self.consistency == "index":
-                headers["X-Vault-Index"] = self._index
+            if index is not None:
+                headers["X-Vault-Index"] = index
             try:
                 status, body, resp_headers = await self._send(
                     method, self._base + path, headers, json_body, params
@@ -192,7 +217,7 @@ class VaultClient:
                 if method != "GET" and resp_headers is not None:
                     idx = resp_headers.get("X-Vault-Index")
                     if idx:
-                        self._index = idx
+                        self._index = newer_index(self._index, idx)
                 return VaultResponse(status, body, resp_headers)
 
             if status in _RETRY_STATUS and attempt < max_retries:
@@ -223,6 +248,7 @@ class VaultClient:
                 if resp.status in _REDIRECT_STATUS and "Location" in resp.headers:
                     # A standby pointing us at the active node: same method, body and token.
                     url = str(resp.url.join(URL(resp.headers["Location"])))
+                    params = None  # the Location already carries the query string
                     continue
                 if resp.status == 204:
                     return resp.status, None, resp.headers
