@@ -12,6 +12,8 @@ from pathlib import Path
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .secrecy import assert_absent, assert_differ, assert_same
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,7 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
 
         # the token is not in the server's argv, and ~/.vault-token is untouched
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-        assert token not in cmdline
+        assert_absent(token, cmdline, "the server's argv")
         assert not home_token.exists()
 
         # the declarative audit device is there and logs
@@ -79,12 +81,12 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
         assert {"aws_access_key", "aws_secret_key", "aws_region"} <= set(aws)
         # no generated value is printed by `dev up`
         for v in [cfg["db_password"], cfg["jwt_secret"], aws["aws_secret_key"], token]:
-            assert str(v) not in up.stdout + up.stderr
+            assert_absent(v, up.stdout + up.stderr, "dev up output")
 
         # up twice is harmless: same server, same values
         again = mailyctl("dev", "up", state=state)
         assert "already running" in again.stdout and "created" not in again.stdout
-        assert asyncio.run(read_all(addr, token)) == secrets
+        assert_same(asyncio.run(read_all(addr, token)), secrets, "secrets after a second up")
 
         # `make demo`'s main job runs against it, with masked values
         demo = subprocess.run(
@@ -98,7 +100,7 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
         assert demo.returncode == 0, demo.stderr
         assert "get_config()" in demo.stdout and "****** (32 chars)" in demo.stdout
         for v in [cfg["db_password"], cfg["jwt_secret"], aws["aws_secret_key"], token]:
-            assert str(v) not in demo.stdout + demo.stderr
+            assert_absent(v, demo.stdout + demo.stderr, "demo output")
     finally:
         down = mailyctl("dev", "down", state=state)
     assert "stopped" in down.stdout
@@ -118,11 +120,11 @@ def test_two_dev_servers_get_different_random_secrets(tmp_path: Path) -> None:
         sb = json.loads(mailyctl("dev", "status", "--json", state=b).stdout)
         ta = (a / "token").read_text().strip()
         tb = (b / "token").read_text().strip()
-        assert ta != tb
+        assert_differ(ta, tb, "dev root tokens")
         ca = asyncio.run(read_all(sa["addr"], ta))["config"]
         cb = asyncio.run(read_all(sb["addr"], tb))["config"]
-        assert ca["db_password"] != cb["db_password"]
-        assert ca["jwt_secret"] != cb["jwt_secret"]
+        assert_differ(ca["db_password"], cb["db_password"], "generated db passwords")
+        assert_differ(ca["jwt_secret"], cb["jwt_secret"], "generated JWT secrets")
     finally:
         mailyctl("dev", "down", state=a)
         mailyctl("dev", "down", state=b)

@@ -17,6 +17,7 @@ from maily_secrets.snapshot import SnapshotStore, generate_key
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .secrecy import assert_absent, assert_same
 
 
 def unique(prefix: str = "t") -> str:
@@ -152,8 +153,8 @@ async def test_stale_if_error_while_the_server_is_stopped(
         await asyncio.sleep(0.1)  # the entry is now expired
         private_bao.server.stop()
         caplog.set_level(logging.WARNING, logger="maily_secrets")
-        assert await svc.get_config() == config
-        assert await svc.get_config() == config
+        assert_same(await svc.get_config(), config, "config")
+        assert_same(await svc.get_config(), config, "config")
         warnings = [r for r in caplog.records if "serving last known value" in r.getMessage()]
         assert len(warnings) == 1  # warn once per outage, not per call
         # a path never read before has nothing to fall back on
@@ -191,14 +192,14 @@ async def test_restart_during_outage_starts_from_encrypted_snapshot(
     assert snap.exists()
     assert oct(snap.stat().st_mode & 0o777) == "0o600"
     raw = snap.read_bytes()
-    assert config["db_password"].encode() not in raw  # encrypted at rest
+    assert_absent(config["db_password"], raw.decode("latin-1"), "the snapshot file")
 
     private_bao.server.stop()
     # "restart": a brand-new service in a process that never saw Vault up
     second = VaultService(settings)
     try:
-        assert await second.get_config() == config
-        assert await second.get_credentials("aws") == creds
+        assert_same(await second.get_config(), config, "config")
+        assert_same(await second.get_credentials("aws"), creds, "creds")
     finally:
         await second.close()
 
@@ -239,7 +240,7 @@ async def test_access_log_one_event_per_read_without_values(
     text = caplog.text + " ".join(str(e.__dict__) for e in events)
     for v in cfg.values():
         if isinstance(v, str) and len(v) > 12:
-            assert v not in text
+            assert_absent(v, text, "the access log")
 
 
 async def test_closed_service_can_be_used_again(bao: Bao) -> None:

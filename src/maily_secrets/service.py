@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .cache import CacheStatus, Entry, SecretCache
+from .cache import CacheStatus, Entry, SecretCache, json_copy
 from .errors import (
     AuthFailed,
     InvalidPath,
@@ -26,6 +27,7 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
+from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
 from .settings import VaultSettings
 from .snapshot import SnapshotStore
@@ -69,6 +71,7 @@ class VaultService:
         self._snapshot_wake: asyncio.Event | None = None
         self._warned_stale: set[str] = set()
         self._std_paths: tuple[str, str, str] | None = None
+        self._listener_registry: ListenerRegistry | None = None
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -91,6 +94,12 @@ class VaultService:
             s = self.settings
             self._cache = SecretCache(s.cache_ttl, s.max_staleness)
         return self._cache
+
+    @property
+    def _listeners(self) -> ListenerRegistry:
+        if self._listener_registry is None:
+            self._listener_registry = ListenerRegistry(self)
+        return self._listener_registry
 
     def _snapshot_store(self) -> SnapshotStore | None:
         s = self.settings
@@ -184,6 +193,71 @@ class VaultService:
         e = self.cache.peek(path)
         return e.version if e else None
 
+    # ------------------------------------------------------------------ listeners
+    async def register_secret_listener(
+        self, path: str, callback: SecretCallback, *, interval: float | None = None
+    ) -> Subscription:
+        """Call ``callback(new_value)`` whenever the secret at ``path`` changes.
+
+        One watcher per path polls the KV v2 metadata every ``interval`` seconds
+        (default ``MAILY_SECRETS_LISTENER_INTERVAL``, 30 s, +-10% jitter) and reads
+        the data only when the version moved; the cache is updated before the
+        callbacks run. ``callback`` may be a function (run in a worker thread) or a
+        coroutine function. Returns a :class:`Subscription`; ``await sub.cancel()``
+        or :meth:`unregister_secret_listener` removes it, :meth:`close` stops all.
+        """
+        validate_path(path)
+        return await self._listeners.register(path, callback, interval)
+
+    async def unregister_secret_listener(self, path: str, callback: SecretCallback) -> bool:
+        """Remove one registration of ``callback`` on ``path``; False if there was none."""
+        return await self._listeners.unregister(path, callback)
+
+    # ------------------------------------------------------------------ writes
+    async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
+        """Write a new version of a KV v2 secret if its current version is ``cas``.
+
+        ``cas=0`` creates it only if absent. Raises :class:`CheckAndSetConflict` when
+        someone else wrote first. The cache is updated and listeners of this
+        process are told once (the watcher will not report the same version again).
+        """
+        kv = self._kv_path(path)
+        version = await self.client.kv.write(kv, data, cas=cas)
+        self._after_write(path, json_copy(dict(data)), version)
+        return version
+
+    async def update_secret(
+        self, path: str, change: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> int:
+        """Read-modify-write with check-and-set, retried on conflict (no lost update)."""
+        kv = self._kv_path(path)
+        written: dict[str, Any] = {}
+
+        def apply(cur: dict[str, Any]) -> dict[str, Any]:
+            new = change(cur)
+            written.clear()
+            written.update(new)
+            return new
+
+        version = await self.client.kv.update(kv, apply)
+        self._after_write(path, json_copy(written), version)
+        return version
+
+    def _kv_path(self, path: str) -> KV2Path:
+        kv = KV2Path.parse(path)
+        if kv is None:
+            raise InvalidPath(f"{path!r} is not a KV v2 data path (<mount>/data/<name>)", path=path)
+        return kv
+
+    def _after_write(self, path: str, data: dict[str, Any], version: int) -> None:
+        entry = Entry.make(data, version)
+        current = self.cache.peek(path)
+        if current is None or current.version is None or current.version < version:
+            self.cache.put(path, entry)
+            self._mark_snapshot_dirty()
+        if self._listener_registry is not None:
+            self._listener_registry.local_write(path, entry)
+
     def invalidate(self, path: str | None = None) -> None:
         """Drop ``path`` (or everything) from the in-memory cache."""
         self.cache.invalidate(path)
@@ -194,6 +268,9 @@ class VaultService:
         Safe to call twice. A closed service may be used again: it then starts afresh
         (re-reading the environment if it was built without explicit settings).
         """
+        registry, self._listener_registry = self._listener_registry, None
+        if registry is not None:
+            await registry.close()
         task, self._snapshot_task = self._snapshot_task, None
         if task is not None:
             if self._snapshot_wake is not None:

@@ -105,6 +105,12 @@ class VaultSettings(BaseSettings):
         validation_alias=_env("max_staleness", "MAILY_SECRETS_MAX_STALENESS"),
         description="How old a last-known value may be when served because Vault is down.",
     )
+    listener_interval: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("listener_interval", "MAILY_SECRETS_LISTENER_INTERVAL"),
+        description="Seconds between two polls of a watched secret's metadata (+-10% jitter).",
+    )
     snapshot_path: Path | None = Field(
         None,
         validation_alias=_env("snapshot_path", "MAILY_SECRETS_SNAPSHOT_PATH"),

@@ -1,0 +1,324 @@
+"""Secret listeners: one watcher per path, any number of callbacks.
+
+OpenBao has no event stream (``sys/events/subscribe`` is 404), so a watcher polls
+the secret's KV v2 metadata (``<mount>/metadata/<name>``, ~0.5 ms) every
+``interval`` seconds (+-10% jitter) and reads the data only when
+``current_version`` moved. The service's cache is updated first, then every
+callback gets its own copy of the new value.
+
+Callbacks may be plain functions or coroutine functions:
+
+- each callback has its own worker, so a slow or failing callback delays
+  nobody else; values reach one callback in order, one at a time, and when it
+  falls behind it gets the newest value (intermediate versions are skipped);
+- plain functions run in a worker thread (``asyncio.to_thread``), so a blocking
+  callback does not stall the event loop; coroutine functions run in the loop;
+- an exception is logged with the path and the callback's name, never the value.
+
+Paths that are not KV v2 (no metadata) are watched by reading the data and
+comparing it with the last value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .cache import Entry
+from .errors import PermissionDenied, SecretNotFound, VaultError
+from .paths import KV2Path
+
+if TYPE_CHECKING:
+    from .service import VaultService
+
+log = logging.getLogger("maily_secrets.listeners")
+
+SecretCallback = Callable[[dict[str, Any]], Awaitable[Any] | Any]
+JITTER = 0.10
+MAX_BACKOFF_FACTOR = 8
+
+
+def _name(cb: Any) -> str:
+    return str(getattr(cb, "__qualname__", None) or type(cb).__name__)
+
+
+def _is_async(cb: Any) -> bool:
+    return inspect.iscoroutinefunction(cb) or inspect.iscoroutinefunction(
+        getattr(cb, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+class _Runner:
+    """Delivers values to one callback: in order, one at a time, newest wins."""
+
+    def __init__(self, path: str, callback: SecretCallback) -> None:
+        self.path = path
+        self.callback = callback
+        self._async = _is_async(callback)
+        self._pending: tuple[int, dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.calls = 0
+        self.failures = 0
+
+    def deliver(self, version: int, value: dict[str, Any]) -> None:
+        self._pending = (version, value)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        while self._pending is not None:
+            version, value = self._pending
+            self._pending = None
+            try:
+                if self._async:
+                    await self.callback(value)
+                else:
+                    result = await asyncio.to_thread(self.callback, value)
+                    if inspect.isawaitable(result):
+                        await result
+                self.calls += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.error(
+                    "secret listener %s for %s failed on version %s: %s",
+                    _name(self.callback),
+                    self.path,
+                    version,
+                    type(exc).__name__,
+                    extra={
+                        "path": self.path,
+                        "callback": _name(self.callback),
+                        "version": version,
+                        "error": type(exc).__name__,
+                    },
+                )
+
+    async def idle(self) -> None:
+        """Wait until the callback has processed everything delivered so far."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        self._pending = None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass
+class Subscription:
+    """What ``register_secret_listener`` returns: ``await sub.cancel()`` unregisters."""
+
+    path: str
+    callback: SecretCallback
+    _watcher: _Watcher = field(repr=False)
+    _runner: _Runner = field(repr=False)
+
+    async def cancel(self) -> None:
+        await self._watcher.remove(self._runner)
+
+
+class _Watcher:
+    def __init__(self, service: VaultService, path: str, interval: float) -> None:
+        self.service = service
+        self.path = path
+        self.kv = KV2Path.parse(path)
+        self.interval = interval
+        self.version: int | None = None  # last version seen and notified
+        self._digest: str | None = None  # for non-KV v2 paths
+        self.runners: list[_Runner] = []
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self.polls = 0
+        self.changes = 0
+
+    # --- lifecycle
+    async def start(self) -> None:
+        """Take the current version as the baseline (no callback for what exists now)."""
+        try:
+            await self._baseline()
+        except PermissionDenied:
+            raise
+        except SecretNotFound:
+            self.version = 0
+        except VaultError as exc:
+            # Vault down at registration: start from what the cache knows, if anything.
+            cached = self.service.cache.peek(self.path)
+            self.version = cached.version if cached and cached.version is not None else None
+            log.warning(
+                "listener for %s registered while Vault is unavailable (%s); polling",
+                self.path,
+                type(exc).__name__,
+                extra={"path": self.path},
+            )
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _baseline(self) -> None:
+        if self.kv is not None:
+            self.version = await self.service.client.kv.current_version(self.kv)
+        else:
+            r = await self.service.client.read(self.path)
+            self._digest = _digest(r.data)
+            self.version = 0
+
+    async def remove(self, runner: _Runner) -> None:
+        if runner in self.runners:
+            self.runners.remove(runner)
+            await runner.close()
+        if not self.runners:
+            await self.service._listeners.drop(self)
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for r in self.runners:
+            await r.close()
+
+    # --- polling
+    def _delay(self) -> float:
+        factor: float = min(2.0**self._failures, MAX_BACKOFF_FACTOR)
+        return self.interval * factor * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._delay())
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except VaultError as exc:
+                self._failures += 1
+                if self._failures == 1:
+                    log.warning(
+                        "listener for %s cannot poll Vault (%s); backing off",
+                        self.path,
+                        type(exc).__name__,
+                        extra={"path": self.path, "error": type(exc).__name__},
+                    )
+                continue
+            except Exception:  # a bug must not kill the watcher silently
+                self._failures += 1
+                log.exception("listener for %s: unexpected error", self.path)
+                continue
+            if self._failures:
+                log.info("listener for %s: Vault reachable again", self.path)
+            self._failures = 0
+
+    async def poll_once(self) -> None:
+        self.polls += 1
+        if self.kv is None:
+            await self._poll_generic()
+            return
+        current = await self.service.client.kv.current_version(self.kv)
+        if self.version is None:
+            self.version = current  # baseline after an outage at registration
+            return
+        if current <= self.version:
+            return
+        try:
+            entry = await self.service._fetch(self.path)
+        except SecretNotFound:  # the newest version was deleted: nothing to hand out
+            self.version = current
+            return
+        self.service.cache.put(self.path, entry)
+        self.notify(entry)
+
+    async def _poll_generic(self) -> None:
+        entry = await self.service._fetch(self.path)
+        digest = _digest(entry.value)
+        if digest == self._digest:
+            return
+        first = self._digest is None
+        self._digest = digest
+        self.service.cache.put(self.path, entry)
+        if not first:
+            self.version = (self.version or 0) + 1
+            entry.version = self.version
+            self.notify(entry, force=True)
+
+    def notify(self, entry: Entry, *, force: bool = False) -> None:
+        """Hand a new version to every callback (once per version)."""
+        if not force:
+            if entry.version is None or (
+                self.version is not None and entry.version <= self.version
+            ):
+                return
+            self.version = entry.version
+        self.changes += 1
+        for r in self.runners:
+            r.deliver(self.version or 0, entry.copy_out())
+
+
+def _digest(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+class ListenerRegistry:
+    """All watchers of one service: one per path."""
+
+    def __init__(self, service: VaultService) -> None:
+        self.service = service
+        self.watchers: dict[str, _Watcher] = {}
+        self._lock: asyncio.Lock | None = None
+
+    async def register(
+        self, path: str, callback: SecretCallback, interval: float | None = None
+    ) -> Subscription:
+        if not callable(callback):
+            raise TypeError("callback must be a function or a coroutine function")
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            w = self.watchers.get(path)
+            if w is None:
+                w = _Watcher(
+                    self.service,
+                    path,
+                    interval if interval is not None else self.service.settings.listener_interval,
+                )
+                await w.start()
+                self.watchers[path] = w
+        runner = _Runner(path, callback)
+        w.runners.append(runner)
+        return Subscription(path, callback, w, runner)
+
+    async def unregister(self, path: str, callback: SecretCallback) -> bool:
+        w = self.watchers.get(path)
+        if w is None:
+            return False
+        for r in reversed(w.runners):  # the most recent registration first
+            if r.callback == callback:
+                await w.remove(r)
+                return True
+        return False
+
+    async def drop(self, watcher: _Watcher) -> None:
+        if self.watchers.get(watcher.path) is watcher:
+            del self.watchers[watcher.path]
+        await watcher.stop()
+
+    def local_write(self, path: str, entry: Entry) -> None:
+        """A write made through this service: notify now, and only once."""
+        w = self.watchers.get(path)
+        if w is not None:
+            w.notify(entry)
+
+    async def close(self) -> None:
+        watchers = list(self.watchers.values())
+        self.watchers.clear()
+        for w in watchers:
+            await w.stop()

@@ -1,0 +1,290 @@
+"""Secret listeners against a real OpenBao: the guide's snippet, fan-out, isolation, outages."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import threading
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from apps.api.services.vault_service import vault_service
+from maily_secrets.service import VaultService
+from maily_secrets.vault.client import VaultClient
+
+from .conftest import Bao
+from .guide import code_blocks
+from .netfault import TcpProxy
+from .secrecy import assert_same
+
+FAST = 0.1  # seconds between polls in these tests
+
+
+async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
+    path = f"maily/data/listen-{uuid.uuid4().hex[:10]}"
+    await root.kv.write(path, data, cas=0)
+    return path
+
+
+async def wait_for(pred: Any, within: float = 5.0) -> None:
+    """Poll a condition (bounded); fails the test when it never becomes true."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not pred():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def test_guide_listener_snippet_verbatim(
+    bao: Bao, root: VaultClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (snippet,) = code_blocks("Registering a Secret Listener", "python")
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", bao.token)
+    monkeypatch.setenv("MAILY_SECRETS_LISTENER_INTERVAL", str(FAST))
+    await vault_service.close()
+    printed: list[str] = []
+    # The snippet's callback prints the whole config; capture it instead of the terminal.
+    ns: dict[str, Any] = {"__name__": "guide_listener", "print": printed.append}
+    exec(compile(snippet, "guide:Registering a Secret Listener", "exec"), ns)  # noqa: S102
+    try:
+        await ns["setup"]()
+        cur = await root.kv.read("maily/data/config")
+        new = {**cur.data, "feature_flag": uuid.uuid4().hex}
+        await root.kv.write("maily/data/config", new, cas=cur.version)
+        await wait_for(lambda: len(printed) == 1)
+        prefix = "Configuration updated: "
+        assert printed[0].startswith(prefix)
+        assert_same(ast.literal_eval(printed[0][len(prefix) :]), new, "printed config")
+        await asyncio.sleep(5 * FAST)
+        assert len(printed) == 1  # once per change
+        assert_same(await vault_service.get_config(), new, "cached config")  # updated first
+    finally:
+        await vault_service.close()
+
+
+async def test_sync_and_async_callbacks_fire_once_per_change(bao: Bao, root: VaultClient) -> None:
+    path = await new_secret(root, {"v": 0})
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    got_sync: list[dict[str, Any]] = []
+    got_async: list[dict[str, Any]] = []
+    seen_in_cache: list[int | None] = []
+
+    def on_sync(value: dict[str, Any]) -> None:
+        got_sync.append(value)
+
+    async def on_async(value: dict[str, Any]) -> None:
+        entry = svc.cache.peek(path)
+        seen_in_cache.append(entry.version if entry else None)
+        got_async.append(value)
+
+    try:
+        await svc.register_secret_listener(path, on_sync)
+        await svc.register_secret_listener(path, on_async)
+        await asyncio.sleep(3 * FAST)
+        assert got_sync == got_async == []  # registering does not fire
+        for v in (1, 2, 3):
+            await root.kv.write(path, {"v": v}, cas=v)
+            await wait_for(lambda v=v: len(got_sync) == v and len(got_async) == v)
+        await asyncio.sleep(3 * FAST)
+        assert got_sync == got_async == [{"v": 1}, {"v": 2}, {"v": 3}]
+        assert seen_in_cache == [2, 3, 4]  # cache updated before each callback
+        got_sync[0]["v"] = "mutated"  # each callback has its own copy
+        assert got_async[0] == {"v": 1}
+    finally:
+        await svc.close()
+
+
+async def test_hundred_callbacks_cost_no_more_requests_than_one(
+    bao: Bao, root: VaultClient
+) -> None:
+    one, many = await new_secret(root, {"v": 0}), await new_secret(root, {"v": 0})
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    calls = {"one": 0, "many": 0}
+    lock = threading.Lock()
+
+    def make(name: str) -> Any:
+        def cb(value: dict[str, Any]) -> None:
+            with lock:
+                calls[name] += 1
+
+        return cb
+
+    try:
+        await svc.register_secret_listener(one, make("one"))
+        for _ in range(100):
+            await svc.register_secret_listener(many, make("many"))
+        assert len(svc._listeners.watchers) == 2
+        for v in (1, 2, 3):
+            await root.kv.write(one, {"v": v}, cas=v)
+            await root.kv.write(many, {"v": v}, cas=v)
+            await wait_for(lambda v=v: calls["one"] == v and calls["many"] == 100 * v)
+        await asyncio.sleep(0.3)
+    finally:
+        await svc.close()
+    name_one, name_many = one.split("/", 2)[2], many.split("/", 2)[2]
+    await asyncio.sleep(0.2)
+    # data reads: exactly one per change for each path, however many callbacks
+    assert bao.audit_requests(one, "read") == bao.audit_requests(many, "read") == 3
+    polls_one = bao.audit_requests(f"maily/metadata/{name_one}")
+    polls_many = bao.audit_requests(f"maily/metadata/{name_many}")
+    assert polls_many <= polls_one + 3  # same watcher cadence (jitter aside)
+
+
+async def test_a_raising_or_slow_callback_does_not_stop_the_others(
+    bao: Bao, root: VaultClient
+) -> None:
+    path = await new_secret(root, {"v": 0})
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    release = asyncio.Event()
+    blocking = threading.Event()
+    slow_started: list[int] = []
+    good: list[Any] = []
+
+    def raising(value: dict[str, Any]) -> None:
+        raise RuntimeError("listener bug")
+
+    async def slow_async(value: dict[str, Any]) -> None:
+        slow_started.append(value["v"])
+        await release.wait()
+
+    def slow_sync(value: dict[str, Any]) -> None:
+        blocking.wait(10)  # blocks its worker thread, not the event loop
+
+    async def fast(value: dict[str, Any]) -> None:
+        good.append(value["v"])
+
+    try:
+        for cb in (raising, slow_async, slow_sync, fast):
+            await svc.register_secret_listener(path, cb)
+        await root.kv.write(path, {"v": 1}, cas=1)
+        await wait_for(lambda: good == [1])
+        await root.kv.write(path, {"v": 2}, cas=2)
+        await wait_for(lambda: good == [1, 2])  # while slow_async is still stuck on v1
+        assert slow_started == [1]
+        await root.kv.write(path, {"v": 3}, cas=3)
+        await wait_for(lambda: good == [1, 2, 3])
+        release.set()
+        # the slow callback catches up with the newest value, skipping what it missed
+        await wait_for(lambda: slow_started == [1, 3])
+        runners = svc._listeners.watchers[path].runners
+        assert runners[0].failures == 3
+    finally:
+        blocking.set()
+        await svc.close()
+
+
+async def test_write_through_the_service_notifies_once(bao: Bao, root: VaultClient) -> None:
+    path = await new_secret(root, {"v": 0})
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    got: list[Any] = []
+    try:
+        await svc.register_secret_listener(path, lambda v: got.append(v))
+        version = await svc.put_secret(path, {"v": 1}, cas=1)
+        assert version == 2
+        await wait_for(lambda: len(got) == 1)
+        await svc.update_secret(path, lambda cur: {**cur, "w": True})
+        await wait_for(lambda: len(got) == 2)
+        await asyncio.sleep(6 * FAST)  # several polls see versions 2 and 3 again
+        assert got == [{"v": 1}, {"v": 1, "w": True}]
+        assert await svc.get_secret(path) == {"v": 1, "w": True}
+    finally:
+        await svc.close()
+
+
+async def test_unregister_and_close_stop_the_watcher(bao: Bao, root: VaultClient) -> None:
+    path = await new_secret(root, {"v": 0})
+    name = path.split("/", 2)[2]
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    got: list[Any] = []
+
+    def cb(v: dict[str, Any]) -> None:
+        got.append(v)
+
+    try:
+        sub = await svc.register_secret_listener(path, cb)
+        await svc.register_secret_listener(path, cb)  # the same function twice
+        assert await svc.unregister_secret_listener(path, cb) is True
+        await root.kv.write(path, {"v": 1}, cas=1)
+        await wait_for(lambda: len(got) == 1)  # one registration left
+        await sub.cancel()
+        assert path not in svc._listeners.watchers
+        assert await svc.unregister_secret_listener(path, cb) is False
+        await asyncio.sleep(0.3)
+        polls = bao.audit_requests(f"maily/metadata/{name}")
+        await root.kv.write(path, {"v": 2}, cas=2)
+        await asyncio.sleep(5 * FAST)
+        assert got == [{"v": 1}]
+        assert bao.audit_requests(f"maily/metadata/{name}") == polls  # no more polling
+
+        await svc.register_secret_listener(path, cb)
+        watcher = svc._listeners.watchers[path]
+    finally:
+        await svc.close()
+    assert watcher._task is None
+    assert not svc._listeners.watchers
+
+
+async def test_outage_then_change_then_recovery_fires(bao: Bao, root: VaultClient) -> None:
+    """The network to Vault is cut, the secret changes meanwhile, the listener catches up."""
+    path = await new_secret(root, {"v": 0})
+    target = urlparse(bao.addr)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    await proxy.up()
+    svc = VaultService(
+        bao.settings(addr=proxy.addr, listener_interval=FAST, max_retries=0, cache_ttl=0.05)
+    )
+    got: list[Any] = []
+    try:
+        await svc.register_secret_listener(path, lambda v: got.append(v))
+        assert await svc.get_secret(path) == {"v": 0}
+        await proxy.down()
+        await asyncio.sleep(4 * FAST)  # several failed polls: the watcher backs off
+        assert svc._listeners.watchers[path]._failures >= 1
+        await root.kv.write(path, {"v": 1}, cas=1)  # changed during the outage
+        assert await svc.get_secret(path) == {"v": 0}  # stale-if-error meanwhile
+        await proxy.up()
+        await wait_for(lambda: got == [{"v": 1}], within=10)
+        assert svc._listeners.watchers[path]._failures == 0
+    finally:
+        await svc.close()
+        await proxy.down()
+
+
+async def test_any_path_including_non_kv(bao: Bao, root: VaultClient) -> None:
+    """A KV v2 secret outside the defaults, and a non-KV path (an ACL policy) watched by value."""
+    policy = "watched-" + uuid.uuid4().hex[:6]
+    await root.write(
+        f"sys/policies/acl/{policy}", {"policy": 'path "a/*" { capabilities = ["read"] }'}
+    )
+    other = await new_secret(root, {"x": 1})
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    got: list[Any] = []
+    try:
+        await svc.register_secret_listener(f"sys/policies/acl/{policy}", lambda v: got.append(v))
+        await svc.register_secret_listener(other, lambda v: got.append(v))
+        await asyncio.sleep(3 * FAST)
+        await root.write(
+            f"sys/policies/acl/{policy}", {"policy": 'path "b/*" { capabilities = ["read"] }'}
+        )
+        await root.kv.write(other, {"x": 2}, cas=1)
+        await wait_for(lambda: len(got) == 2)
+        assert {"x": 2} in got
+        assert any('path "b/*"' in str(v.get("policy")) for v in got)
+    finally:
+        await svc.close()
+
+
+async def test_listener_on_a_secret_created_later(bao: Bao, root: VaultClient) -> None:
+    path = f"maily/data/later-{uuid.uuid4().hex[:8]}"
+    svc = VaultService(bao.settings(listener_interval=FAST))
+    got: list[Any] = []
+    try:
+        await svc.register_secret_listener(path, lambda v: got.append(v))
+        await root.kv.write(path, {"born": True}, cas=0)
+        await wait_for(lambda: got == [{"born": True}])
+    finally:
+        await svc.close()
