@@ -34,6 +34,8 @@ test: $(STAMP) services
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+	$(PY) bench/bench_listeners.py
+	$(PY) bench/bench_transit.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src apps tests bench mailyctl.py

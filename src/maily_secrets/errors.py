@@ -63,3 +63,83 @@ class CheckAndSetConflict(VaultRequestError):
 
 class VaultUnavailable(VaultError):
     """Vault could not be reached or kept failing (connection, timeout, 5xx, sealed)."""
+
+
+# ---------------------------------------------------------------------------- transit
+# Errors of the transit engine (vault/transit.py). Messages name the key, the mount,
+# the operation and, in a batch, the index of the item; never a plaintext, a context
+# or a ciphertext::
+#
+#     TransitError (VaultError)         base; ``index`` is the failing item of a batch
+#     ├── TransitKeyNotFound            + SecretNotFound: the key does not exist
+#     ├── InvalidCiphertext             + VaultRequestError: malformed, or too new a version
+#     │   └── DecryptionFailed          did not authenticate: altered, other key, other context
+#     ├── CiphertextVersionTooOld       + VaultRequestError: below min_decryption_version
+#     ├── TransitContextError           + VaultRequestError: context missing (derived key)
+#     └── TransitBatchError             + VaultRequestError: any other per-item failure
+
+
+class TransitError(VaultError):
+    """A transit engine error. ``index`` is the (0-based) failing item of a batch call,
+    ``failed`` how many items of that call were seen failing (0 for a single-item call)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        status: int | None = None,
+        detail: str = "",
+        index: int | None = None,
+        failed: int = 0,
+    ):
+        super().__init__(message, path=path, status=status, detail=detail)
+        self.index = index
+        self.failed = failed
+
+
+class TransitKeyNotFound(TransitError, SecretNotFound):
+    """The transit key does not exist (and encrypt may not create it: upsert disabled)."""
+
+
+class InvalidCiphertext(TransitError, VaultRequestError):
+    """The ciphertext is malformed, or names a key version newer than the key has."""
+
+
+class DecryptionFailed(InvalidCiphertext):
+    """The ciphertext did not authenticate: altered, made with another key, or (derived
+    key) encrypted under a different context."""
+
+
+class CiphertextVersionTooOld(TransitError, VaultRequestError):
+    """The ciphertext's key version is below the key's ``min_decryption_version``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        status: int | None = None,
+        detail: str = "",
+        index: int | None = None,
+        failed: int = 0,
+        ciphertext_version: int | None = None,
+        min_decryption_version: int | None = None,
+    ):
+        super().__init__(
+            message, path=path, status=status, detail=detail, index=index, failed=failed
+        )
+        self.ciphertext_version = ciphertext_version
+        self.min_decryption_version = min_decryption_version
+
+
+class TransitContextError(TransitError, VaultRequestError):
+    """A derived key needs a context on every item, and got none (or only on some)."""
+
+
+class TransitBatchError(TransitError, VaultRequestError):
+    """An item of a batch failed for a reason without a more specific class."""
+
+
+class DecryptedNotText(TransitError, ValueError):
+    """``decrypt_data`` was asked for text but the plaintext is not UTF-8 (use ``as_bytes``)."""

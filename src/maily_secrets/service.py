@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, overload
 
 from .cache import CacheStatus, Entry, SecretCache, json_copy
 from .errors import (
     AuthFailed,
+    DecryptedNotText,
     InvalidPath,
     PermissionDenied,
     SecretNotFound,
@@ -32,6 +33,7 @@ from .paths import KV2Path, validate_path
 from .settings import VaultSettings
 from .snapshot import SnapshotStore
 from .vault.client import VaultClient
+from .vault.transit import Transit
 
 log = logging.getLogger("maily_secrets.service")
 access_log = logging.getLogger("maily_secrets.access")
@@ -72,6 +74,7 @@ class VaultService:
         self._warned_stale: set[str] = set()
         self._std_paths: tuple[str, str, str] | None = None
         self._listener_registry: ListenerRegistry | None = None
+        self._transit: Transit | None = None
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -213,6 +216,102 @@ class VaultService:
         """Remove one registration of ``callback`` on ``path``; False if there was none."""
         return await self._listeners.unregister(path, callback)
 
+    # ------------------------------------------------------------------ encryption as a service
+    @property
+    def transit(self) -> Transit:
+        """The transit engine (``MAILY_SECRETS_TRANSIT_MOUNT``, default ``transit``)."""
+        if self._transit is None:
+            self._transit = Transit(self.client, self.settings.transit_mount)
+        return self._transit
+
+    async def encrypt_data(
+        self, key: str, data: str | bytes, *, context: str | bytes | None = None
+    ) -> str:
+        """Encrypt ``data`` with the transit key ``key``; returns ``vault:vN:...``.
+
+        ``str`` is encoded as UTF-8; ``bytes`` are taken as they are. ``context`` is
+        required for derived keys. The plaintext never leaves this process except
+        to Vault, and never appears in logs or errors.
+        """
+        return await self.transit.encrypt(key, data, context=context)
+
+    @overload
+    async def decrypt_data(
+        self,
+        key: str,
+        ciphertext: str,
+        *,
+        context: str | bytes | None = ...,
+        as_bytes: Literal[False] = ...,
+    ) -> str: ...
+
+    @overload
+    async def decrypt_data(
+        self,
+        key: str,
+        ciphertext: str,
+        *,
+        context: str | bytes | None = ...,
+        as_bytes: Literal[True],
+    ) -> bytes: ...
+
+    async def decrypt_data(
+        self,
+        key: str,
+        ciphertext: str,
+        *,
+        context: str | bytes | None = None,
+        as_bytes: bool = False,
+    ) -> str | bytes:
+        """Decrypt a ciphertext of ``key``.
+
+        Transit stores bytes, not their Python type: by default the plaintext is
+        decoded as UTF-8 and a ``str`` comes back (the round trip of
+        ``encrypt_data(key, "text")``); pass ``as_bytes=True`` to get the raw bytes
+        (the round trip of ``encrypt_data(key, b"...")``). Plaintext that is not
+        UTF-8 with ``as_bytes=False`` raises :class:`DecryptedNotText`.
+        """
+        raw = await self.transit.decrypt(key, ciphertext, context=context)
+        if as_bytes:
+            return raw
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DecryptedNotText(
+                f"plaintext decrypted with transit key {key!r} is not UTF-8 text;"
+                " call decrypt_data(..., as_bytes=True)"
+            ) from None
+
+    async def encrypt_many(
+        self,
+        key: str,
+        items: Iterable[str | bytes],
+        *,
+        context: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> list[str]:
+        """Encrypt many values in batches (chunked under the server's JSON limits, in order)."""
+        return await self.transit.encrypt_many(key, items, context=context)
+
+    async def decrypt_many(
+        self,
+        key: str,
+        ciphertexts: Iterable[str],
+        *,
+        context: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> list[bytes]:
+        """Decrypt many ciphertexts in batches; returns bytes, in order."""
+        return await self.transit.decrypt_many(key, ciphertexts, context=context)
+
+    async def rewrap_many(
+        self,
+        key: str,
+        ciphertexts: Iterable[str],
+        *,
+        context: str | bytes | Sequence[str | bytes] | None = None,
+    ) -> list[str]:
+        """Re-encrypt ciphertexts with the key's latest version (after a rotation)."""
+        return await self.transit.rewrap_many(key, ciphertexts, context=context)
+
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
         """Write a new version of a KV v2 secret if its current version is ``cas``.
@@ -286,6 +385,7 @@ class VaultService:
         self._snapshot = None
         self._snapshot_entries = None
         self._std_paths = None
+        self._transit = None
         self._warned_stale.clear()
 
     async def __aenter__(self) -> VaultService:

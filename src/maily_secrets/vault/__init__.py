@@ -10,15 +10,18 @@ from .auth import (
 )
 from .client import VaultClient, VaultResponse
 from .kv import KV2, SecretVersion
+from .transit import KeyVersions, Transit
 
 __all__ = [
     "KV2",
     "AppRoleAuth",
     "AuthMethod",
+    "KeyVersions",
     "KubernetesAuth",
     "SecretVersion",
     "TokenAuth",
     "TokenManager",
+    "Transit",
     "VaultClient",
     "VaultResponse",
     "auth_from_settings",

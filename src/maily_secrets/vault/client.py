@@ -328,5 +328,10 @@ class VaultClient:
     def kv(self) -> KV2:
         return KV2(self)
 
+    def transit(self, mount: str | None = None) -> Transit:
+        return Transit(self, mount or self.settings.transit_mount)
 
-from .kv import KV2  # noqa: E402  (circular: KV2 uses VaultClient for typing only)
+
+# (circular: the engines use VaultClient for typing only)
+from .kv import KV2  # noqa: E402
+from .transit import Transit  # noqa: E402
