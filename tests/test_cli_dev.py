@@ -99,6 +99,8 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
         )
         assert demo.returncode == 0, demo.stderr
         assert "get_config()" in demo.stdout and "****** (32 chars)" in demo.stdout
+        assert "the listener fired" in demo.stdout
+        assert "round trip ok" in demo.stdout and "(batched): ok" in demo.stdout
         for v in [cfg["db_password"], cfg["jwt_secret"], aws["aws_secret_key"], token]:
             assert_absent(v, demo.stdout + demo.stderr, "demo output")
     finally:

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.table import Table
@@ -19,6 +20,8 @@ from .cli.common import mask
 from .devserver import DevServer
 from .errors import InvalidPath, SecretNotFound
 from .logs import configure
+from .service import VaultService
+from .vault.client import VaultClient
 
 console = Console(highlight=False)
 
@@ -79,7 +82,53 @@ async def basic_usage() -> None:
     except InvalidPath as exc:
         console.print(f"InvalidPath:    {exc}")
 
+    await listener_and_encryption(vault_service)
     await vault_service.close()
+
+
+async def listener_and_encryption(vault_service: VaultService) -> None:
+    console.rule("[bold]5. Registering a Secret Listener[/bold]")
+    fired = asyncio.Event()
+    seen: dict[str, object] = {}
+
+    def my_config_callback(new_config: dict[str, object]) -> None:
+        # The guide prints the whole config; a real service must not print secrets.
+        seen.update(new_config)
+        fired.set()
+
+    await vault_service.register_secret_listener(
+        "maily/data/config", my_config_callback, interval=1.0
+    )
+    console.print("listening on maily/data/config (polling metadata every 1 s)")
+    # An operator changes the config elsewhere (like `bao kv put`), with check-and-set.
+    async with VaultClient(vault_service.settings) as operator:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        version = await operator.kv.update(
+            "maily/data/config", lambda cur: {**cur, "demo_changed_at": stamp}
+        )
+    t0 = time.perf_counter()
+    await asyncio.wait_for(fired.wait(), 10)
+    console.print(
+        f"operator wrote version {version}; the listener fired"
+        f" {time.perf_counter() - t0:.2f} s later"
+        f" with demo_changed_at={seen.get('demo_changed_at')}"
+    )
+
+    console.rule("[bold]6. Using Encryption Service[/bold]  (transit key maily-enc-key)")
+    sensitive = "card ending 4242"
+    encrypted = await vault_service.encrypt_data("maily-enc-key", sensitive)
+    decrypted = await vault_service.decrypt_data("maily-enc-key", encrypted)
+    console.print(f"encrypt_data -> {encrypted[:24]}... ({len(encrypted)} chars)")
+    console.print(f"decrypt_data -> round trip {'ok' if decrypted == sensitive else 'FAILED'}")
+    rows = [f"subscriber-{i}@example.com" for i in range(2000)]
+    t0 = time.perf_counter()
+    cts = await vault_service.encrypt_many("maily-enc-key", rows)
+    back = await vault_service.decrypt_many("maily-enc-key", cts)
+    ok = [b.decode() for b in back] == rows
+    console.print(
+        f"encrypt_many + decrypt_many of {len(rows):,} values in"
+        f" {time.perf_counter() - t0:.2f} s (batched): {'ok' if ok else 'FAILED'}"
+    )
 
 
 def main() -> int:
