@@ -1,4 +1,5 @@
-"""Idempotent bootstrap of a Vault server for Maily: mounts, transit key, sample secrets.
+"""Idempotent bootstrap of a Vault server for Maily: mounts, transit key, sample secrets,
+and (``ensure_database``) dynamic PostgreSQL credentials.
 
 Run it as often as you like: mounts and keys are created only when missing, and
 sample secrets are written with check-and-set version 0 (create-only) or only
@@ -9,10 +10,15 @@ Sample secret values are generated at random, never fixed strings.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import string
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, urlencode
+
+from pydantic import SecretStr
 
 from .errors import SecretNotFound, VaultError
 from .paths import KV2Path
@@ -101,6 +107,13 @@ async def ensure_transit(
         report.add(f"mount {mount}/ (transit)", True)
     else:
         report.add(f"mount {mount}/ (transit)", False)
+    transit = client.transit(mount)
+    # A typo in a key name must be an error, not a new key: no upsert on encrypt.
+    if not await transit.upsert_disabled():
+        await transit.disable_upsert()
+        report.add(f"{mount}/config/keys disable_upsert", True)
+    else:
+        report.add(f"{mount}/config/keys disable_upsert", False)
     try:
         await client.read(f"{mount}/keys/{key}")
         report.add(f"transit key {key}", False)
@@ -144,4 +157,213 @@ async def bootstrap_dev(
     await ensure_transit(client, transit_mount, TRANSIT_KEY, report)
     for name, data in sample_secrets().items():
         await ensure_secret(client, KV2Path(kv_mount, name), data, report)
+    return report
+
+
+# ---------------------------------------------------------------------------- database
+# Dynamic PostgreSQL users for Maily: the database secrets engine at ``database/``, a
+# connection ``maily-postgres`` and a role ``maily-app`` (1h leases, at most 24h).
+
+DB_MOUNT = "database"
+DB_CONNECTION = "maily-postgres"
+DB_APP_ROLE = "maily-app"
+DEV_PG_URL_ENV = "MAILY_DEV_PG_URL"
+DEV_PG_PASSWORD_ENV = "MAILY_DEV_PG_PASSWORD"  # noqa: S105 - a variable name
+DEFAULT_DEV_PG_URL = "postgresql://postgres@127.0.0.1:5432/maily"
+
+
+@dataclass(frozen=True)
+class PostgresTarget:
+    """Where Vault reaches PostgreSQL, as which admin user. Prints no password."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: SecretStr | None = field(default=None, repr=False)
+    dbname: str = "maily"
+    sslmode: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str, password: str | None = None) -> PostgresTarget:
+        """From a libpq URL or ``key=value`` string; ``password`` overrides the URL's."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            d = conninfo_to_dict(url)
+        except Exception:
+            raise ValueError("not a valid PostgreSQL connection URL") from None
+        pw = password if password is not None else d.get("password")
+        return cls(
+            host=str(d.get("host") or "127.0.0.1"),
+            port=int(d.get("port") or 5432),
+            user=str(d.get("user") or "postgres"),
+            password=SecretStr(str(pw)) if pw else None,
+            dbname=str(d.get("dbname") or "maily"),
+            sslmode=str(d["sslmode"]) if d.get("sslmode") else None,
+        )
+
+    def describe(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+    def vault_connection_url(self) -> str:
+        """The templated URL for Vault: credentials only as ``{{username}}``/``{{password}}``."""
+        userinfo = "{{username}}:{{password}}" if self.password else "{{username}}"
+        params: dict[str, str] = {}
+        if self.sslmode:
+            params["sslmode"] = self.sslmode
+        if self.host.startswith("/"):  # a unix socket directory
+            params["host"] = self.host
+            where = ""
+        else:
+            where = f"{self.host}:{self.port}"
+            if ":" in self.host:
+                where = f"[{self.host}]:{self.port}"
+        query = "?" + urlencode(params) if params else ""
+        return f"postgresql://{userinfo}@{where}/{quote(self.dbname, safe='')}{query}"
+
+    def connect_kwargs(self, dbname: str | None = None) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": dbname or self.dbname,
+            "connect_timeout": 3,
+        }
+        if self.password is not None:
+            kw["password"] = self.password.get_secret_value()
+        if self.sslmode:
+            kw["sslmode"] = self.sslmode
+        return kw
+
+
+def dev_postgres_target(env: Mapping[str, str] | None = None) -> PostgresTarget:
+    """``$MAILY_DEV_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/maily``),
+    the password from the URL or ``$MAILY_DEV_PG_PASSWORD``."""
+    env = os.environ if env is None else env
+    url = env.get(DEV_PG_URL_ENV) or DEFAULT_DEV_PG_URL
+    return PostgresTarget.from_url(url, env.get(DEV_PG_PASSWORD_ENV) or None)
+
+
+def prepare_postgres(target: PostgresTarget, *, create_database: bool = True) -> str | None:
+    """Check that PostgreSQL answers and takes the admin credentials, and create the
+    database when missing.  ``None`` when ready, else why not (no secret in it).
+
+    Blocking (psycopg, 3 s connect timeout): call it outside the event loop.
+    """
+    import psycopg
+    from psycopg import sql
+
+    secret = target.password.get_secret_value() if target.password else ""
+
+    def why(exc: BaseException) -> str:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        text = " ".join(lines[0].split())
+        if secret:
+            text = text.replace(secret, "******")
+        return text[:300]
+
+    try:
+        with psycopg.connect(**target.connect_kwargs(), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+        return None
+    except psycopg.OperationalError as exc:
+        missing = f'database "{target.dbname}" does not exist' in str(exc)
+        if not (missing and create_database):
+            return why(exc)
+    try:
+        with psycopg.connect(**target.connect_kwargs("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+        log.info("database created", extra={"dbname": target.dbname})
+        return None
+    except psycopg.Error as exc:
+        return f"cannot create database {target.dbname!r}: {why(exc)}"
+
+
+def _same_statements(a: Any, b: Sequence[str]) -> bool:
+    return [str(x).strip() for x in (a or [])] == [x.strip() for x in b]
+
+
+async def ensure_database(
+    client: VaultClient,
+    postgres: PostgresTarget | str,
+    report: BootstrapReport | None = None,
+    *,
+    mount: str = DB_MOUNT,
+    connection: str = DB_CONNECTION,
+    role: str = DB_APP_ROLE,
+    default_ttl: int = 3600,
+    max_ttl: int = 86400,
+    creation_statements: Sequence[str] | None = None,
+    force: bool = False,
+) -> BootstrapReport:
+    """Mount the database engine, configure ``connection`` to ``postgres`` and the
+    dynamic role ``role`` (read/write on the database's ``public`` schema).
+
+    Idempotent: an existing connection with the same URL, user and allowed role is
+    left alone (its password, possibly rotated by Vault since, is not overwritten
+    unless ``force``); the role is rewritten only when it differs.
+    """
+    from .vault.database import (
+        POSTGRES_PLUGIN,
+        POSTGRES_RENEW_STATEMENTS,
+        POSTGRES_REVOCATION_STATEMENTS,
+        Database,
+        postgres_creation_statements,
+    )
+
+    report = report if report is not None else BootstrapReport()
+    target = PostgresTarget.from_url(postgres) if isinstance(postgres, str) else postgres
+    db = Database(client, mount)
+    report.add(f"mount {db.mount}/ (database)", await db.enable())
+
+    url = target.vault_connection_url()
+    cur = await db.read_connection(connection)
+    details = (cur or {}).get("connection_details") or {}
+    allowed = [str(r) for r in (cur or {}).get("allowed_roles") or []]
+    same = (
+        cur is not None
+        and cur.get("plugin_name") == POSTGRES_PLUGIN
+        and details.get("connection_url") == url
+        and details.get("username") == target.user
+        and (role in allowed or "*" in allowed)
+    )
+    what = f"database connection {connection} ({target.describe()})"
+    if same and not force:
+        report.add(what, False)
+    else:
+        await db.configure_postgres(
+            connection,
+            connection_url=url,
+            username=target.user,
+            password=target.password,
+            allowed_roles=sorted({*allowed, role}),
+        )
+        report.add(what, True)
+
+    statements = list(creation_statements or postgres_creation_statements(target.dbname))
+    want: dict[str, Any] = {
+        "db_name": connection,
+        "default_ttl": default_ttl,
+        "max_ttl": max_ttl,
+    }
+    have = await db.read_role(role)
+    role_same = (
+        have is not None
+        and all(have.get(k) == v for k, v in want.items())
+        and _same_statements(have.get("creation_statements"), statements)
+        and _same_statements(have.get("revocation_statements"), POSTGRES_REVOCATION_STATEMENTS)
+        and _same_statements(have.get("renew_statements"), POSTGRES_RENEW_STATEMENTS)
+    )
+    what = f"database role {role} (ttl {default_ttl}s, max {max_ttl}s)"
+    if role_same:
+        report.add(what, False)
+    else:
+        await db.create_role(
+            role,
+            db_name=connection,
+            creation_statements=statements,
+            default_ttl=default_ttl,
+            max_ttl=max_ttl,
+        )
+        report.add(what, True)
     return report

@@ -28,11 +28,13 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
+from .leases import LeaseContainer
 from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
 from .settings import VaultSettings
 from .snapshot import SnapshotStore
 from .vault.client import VaultClient
+from .vault.database import DatabaseCredentials
 from .vault.transit import Transit
 
 log = logging.getLogger("maily_secrets.service")
@@ -75,6 +77,7 @@ class VaultService:
         self._std_paths: tuple[str, str, str] | None = None
         self._listener_registry: ListenerRegistry | None = None
         self._transit: Transit | None = None
+        self._lease_container: LeaseContainer | None = None
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -312,6 +315,29 @@ class VaultService:
         """Re-encrypt ciphertexts with the key's latest version (after a rotation)."""
         return await self.transit.rewrap_many(key, ciphertexts, context=context)
 
+    # ------------------------------------------------------------------ dynamic secrets
+    @property
+    def leases(self) -> LeaseContainer:
+        """The lease container of this service (renewal, rotation, revocation on close)."""
+        if self._lease_container is None:
+            self._lease_container = LeaseContainer(self.client)
+        return self._lease_container
+
+    async def get_database_credentials(
+        self, role: str, *, mount: str = "database"
+    ) -> DatabaseCredentials:
+        """Dynamic PostgreSQL credentials of a Vault database role, kept alive for you.
+
+        The first call creates a user (``<mount>/creds/<role>``); later calls return
+        the current one. The lease is renewed at about 2/3 of its duration and new
+        credentials are fetched before ``max_ttl`` runs out; subscribe with
+        ``vault_service.leases.add_listener(fn, events=["rotated"])`` to swap a
+        connection pool. ``close()`` revokes the user. ``.password`` is a
+        ``SecretStr``: ``creds.password.get_secret_value()`` or ``creds.conninfo()``.
+        """
+        validate_path(f"{mount}/creds/{role}")
+        return (await self.leases.database_credentials(role, mount=mount)).secret
+
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
         """Write a new version of a KV v2 secret if its current version is ``cas``.
@@ -370,6 +396,9 @@ class VaultService:
         registry, self._listener_registry = self._listener_registry, None
         if registry is not None:
             await registry.close()
+        container, self._lease_container = self._lease_container, None
+        if container is not None:
+            await container.close(revoke=True)
         task, self._snapshot_task = self._snapshot_task, None
         if task is not None:
             if self._snapshot_wake is not None:

@@ -9,8 +9,19 @@ from typing import Annotated
 
 import typer
 
-from ..bootstrap import BootstrapReport, bootstrap_dev
+from ..bootstrap import (
+    DB_APP_ROLE,
+    DB_MOUNT,
+    DEV_PG_URL_ENV,
+    BootstrapReport,
+    PostgresTarget,
+    bootstrap_dev,
+    dev_postgres_target,
+    ensure_database,
+    prepare_postgres,
+)
 from ..devserver import DevServer, DevServerError, health
+from ..errors import VaultError
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
 from .common import console, fail, print_json
@@ -30,10 +41,43 @@ StateDir = Annotated[
 ]
 
 
-async def _bootstrap(addr: str, token: str) -> BootstrapReport:
+async def _bootstrap(
+    addr: str, token: str, postgres: PostgresTarget | None
+) -> tuple[BootstrapReport, str | None]:
+    """KV, transit and sample secrets; then, if ``postgres`` is given, dynamic database
+    credentials.  Returns the report and why the database part failed (None: it worked)."""
     settings = VaultSettings(addr=addr, token=token, auth_method="token")
     async with VaultClient(settings) as client:
-        return await bootstrap_dev(client)
+        report = await bootstrap_dev(client)
+        if postgres is None:
+            return report, None
+        try:
+            await ensure_database(client, postgres, report)
+        except VaultError as exc:
+            return report, str(exc)
+        return report, None
+
+
+def _dev_postgres() -> tuple[PostgresTarget | None, str | None]:
+    """The dev PostgreSQL and, when it cannot be used, why (blocking, 3 s at most)."""
+    try:
+        postgres = dev_postgres_target()
+    except ValueError as exc:
+        return None, f"{DEV_PG_URL_ENV}: {exc}"
+    return postgres, prepare_postgres(postgres)
+
+
+def _database_line(postgres: PostgresTarget, skipped: str | None) -> str:
+    where = postgres.describe()
+    if skipped is None:
+        return (
+            f"  database: PostgreSQL at {where} reachable; dynamic credentials at"
+            f" [bold]{DB_MOUNT}/creds/{DB_APP_ROLE}[/bold]"
+        )
+    return (
+        f"  [yellow]database: skipped[/yellow] (PostgreSQL at {where}: {skipped});"
+        f" set {DEV_PG_URL_ENV} to use another server"
+    )
 
 
 @app.command()
@@ -48,7 +92,11 @@ def up(
 
     Mounts KV v2 at maily/, the transit engine with key maily-enc-key, and
     sample secrets with random values at maily/data/config, maily/data/api-keys
-    and maily/data/credentials. Running it twice is harmless.
+    and maily/data/credentials. When PostgreSQL answers ($MAILY_DEV_PG_URL, default
+    postgresql://postgres@127.0.0.1:5432/maily; password in the URL or
+    $MAILY_DEV_PG_PASSWORD), also the database secrets engine at database/ with the
+    connection maily-postgres and the dynamic role maily-app (1h leases, 24h max).
+    Running it twice is harmless.
     """
     server = DevServer(state_dir)
     try:
@@ -57,14 +105,21 @@ def up(
         fail(str(exc))
     verb = "started" if started else "already running"
     console.print(f"OpenBao dev server {verb} at [bold]{info.addr}[/bold] (pid {info.pid})")
+    postgres, pg_skipped = _dev_postgres()
     try:
-        report = asyncio.run(_bootstrap(info.addr, info.token()))
+        report, db_failed = asyncio.run(
+            _bootstrap(info.addr, info.token(), postgres if pg_skipped is None else None)
+        )
     except Exception as exc:
         fail(f"bootstrap failed: {exc}")
     for item in report.created:
         console.print(f"  [green]created[/green]   {item}")
     for item in report.unchanged:
         console.print(f"  [dim]unchanged[/dim] {item}")
+    if postgres is None:
+        console.print(f"  [yellow]database: skipped[/yellow] ({pg_skipped})")
+    else:
+        console.print(_database_line(postgres, pg_skipped or db_failed))
     console.print(f"  audit log: {info.audit_log}")
     console.print('Use it from a shell:  [bold]eval "$(./mailyctl.py dev env)"[/bold]')
 
