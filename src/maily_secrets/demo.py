@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .cli.common import mask
 from .devserver import DevServer
-from .errors import InvalidPath, SecretNotFound
+from .errors import InvalidPath, SecretNotFound, VaultError
 from .logs import configure
 from .service import VaultService
 from .vault.client import VaultClient
@@ -83,7 +83,38 @@ async def basic_usage() -> None:
         console.print(f"InvalidPath:    {exc}")
 
     await listener_and_encryption(vault_service)
+    await dynamic_database_credentials(vault_service)
     await vault_service.close()
+
+
+async def dynamic_database_credentials(vault_service: VaultService) -> None:
+    console.rule("[bold]7. Dynamic secrets: database credentials[/bold]")
+    try:
+        creds = await vault_service.get_database_credentials("maily-app")
+    except VaultError as exc:
+        console.print(f"skipped: {exc} (is PostgreSQL running? `./mailyctl.py dev up` says)")
+        return
+    cfg = await vault_service.get_config()
+    params = creds.conninfo(host=cfg["db_host"], port=cfg["db_port"], dbname="maily")
+    who = await asyncio.to_thread(_whoami, params)
+    console.print(
+        f"Vault created PostgreSQL user {creds.username} (lease {creds.lease_duration} s,"
+        f" renewed at 2/3, replaced before max_ttl); connected as: {who}"
+    )
+    await vault_service.close()  # revokes the lease: the user is dropped
+    try:
+        await asyncio.to_thread(_whoami, params)
+        console.print(f"[red]after close() {creds.username} can still log in[/red]")
+    except Exception as exc:
+        console.print(f"close() revoked the lease; a login now fails ({type(exc).__name__})")
+
+
+def _whoami(params: dict[str, object]) -> str:
+    import psycopg
+
+    with psycopg.connect(connect_timeout=5, **params) as conn:  # type: ignore[arg-type]
+        row = conn.execute("select current_user").fetchone()
+    return str(row[0]) if row else "?"
 
 
 async def listener_and_encryption(vault_service: VaultService) -> None:
