@@ -1,0 +1,1 @@
+"""Secret rotation: schedules, the two-phase protocol, rotators per secret type."""

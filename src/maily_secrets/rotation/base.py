@@ -1,0 +1,131 @@
+"""What a rotator is: the four steps of a rotation for one secret type.
+
+The engine (``engine.py``) drives every rotator through the same protocol, the
+way AWS Secrets Manager does:
+
+1. ``create_pending``  make the new credential (nothing changes anywhere yet); the
+                       engine stores it in the rotation state in Vault;
+2. ``apply``           set it on the real target system (PostgreSQL, IAM, Redis...);
+                       the credential in use keeps working;
+3. ``verify``          prove the new credential works by using it;
+4. ``promote``         write it to the consumer-facing secret with check-and-set.
+
+Then ``retire`` removes what the previous rotation left behind once its grace
+period is over. Every step must be idempotent: after a crash the engine runs
+the interrupted step again. If ``verify`` fails the engine calls ``rollback``
+and the credential in use stays what it was.
+
+A rotator never logs or raises with a secret value in the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from ..paths import KV2Path
+from ..vault.client import VaultClient
+from .config import ResolvedEnvironment, TypeConfig
+
+
+class RotationError(Exception):
+    """A rotation step failed; the message names the step and the cause, never a value."""
+
+
+class RotatorConfigError(RotationError):
+    """The rotator's configuration or prerequisites are wrong (nothing was changed)."""
+
+
+@dataclass
+class RotationContext:
+    """Everything a rotator may use during one rotation of one type."""
+
+    env: ResolvedEnvironment
+    type_name: str
+    type_config: TypeConfig
+    client: VaultClient
+    rotation_id: str
+    log: logging.Logger
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+
+    @property
+    def kv_mount(self) -> str:
+        return self.client.settings.kv_mount
+
+    def secret_path(self, name: str | None = None) -> KV2Path:
+        """A KV v2 secret of this environment's mount (default: the type's ``secret``)."""
+        return KV2Path(self.kv_mount, name or self.type_config.secret)
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        return self.type_config.options
+
+    @property
+    def grace(self) -> timedelta:
+        return self.type_config.grace or timedelta(0)
+
+
+class Rotator(ABC):
+    """One secret type. Subclasses register themselves by ``type_name``."""
+
+    type_name: ClassVar[str]
+    #: Two-slot credentials (two login roles, two IAM keys): a second rotation within
+    #: the grace period would invalidate the credential that holders may still use.
+    two_slots: ClassVar[bool] = False
+    registry: ClassVar[dict[str, type[Rotator]]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        name = getattr(cls, "type_name", None)
+        if name:
+            Rotator.registry[name] = cls
+
+    async def check(self, ctx: RotationContext) -> None:
+        """Validate configuration and prerequisites before anything changes (may read)."""
+
+    async def describe(self, ctx: RotationContext) -> str:
+        """One line for --dry-run: what a rotation would do (reads only)."""
+        return f"rotate {ctx.type_name} in {ctx.secret_path().data}"
+
+    @abstractmethod
+    async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
+        """Make the new credential. Stored (in Vault) by the engine before ``apply``."""
+
+    @abstractmethod
+    async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Set the pending credential on the target system (idempotent)."""
+
+    @abstractmethod
+    async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Use the pending credential for real; raise RotationError if it does not work."""
+
+    @abstractmethod
+    async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
+        """Make it the current credential in the consumer secret (CAS); return the version."""
+
+    async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Undo ``apply`` after a failed verification (the current credential stays)."""
+
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
+        """Remove what a previous rotation kept for its grace period (``retiring``)."""
+
+    def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
+        """What to retire once the grace period after this rotation is over (None: nothing)."""
+        return None
+
+
+def rotator_for(type_name: str) -> Rotator:
+    # importing the package registers the built-in rotators
+    from . import rotators  # noqa: F401
+
+    cls = Rotator.registry.get(type_name)
+    if cls is None:
+        raise RotatorConfigError(
+            f"no rotator is available for secret type {type_name!r}"
+            f" (available: {', '.join(sorted(Rotator.registry)) or 'none'})"
+        )
+    return cls()

@@ -1,0 +1,211 @@
+"""The rotation configuration file (YAML): intervals, environments, where secrets live.
+
+Looked up in this order: an explicit path (``--config``), ``MAILY_ROTATION_CONFIG``
+(the Kubernetes ConfigMap mount), the default shipped with the package.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..settings import VaultSettings
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s)?\s*$")
+_UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1, None: 1}
+
+
+class ConfigError(ValueError):
+    """The rotation configuration is missing, malformed or names something unknown."""
+
+
+def parse_duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=float(value))
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return timedelta(seconds=float(m.group(1)) * _UNIT[m.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30d, 12h, 90m, 45s)")
+
+
+def format_duration(td: timedelta) -> str:
+    s = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s and s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TypeConfig(_Model):
+    secret: str
+    grace: timedelta | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    _dur = field_validator("grace", mode="before")(
+        lambda v: None if v is None else parse_duration(v)
+    )
+
+
+class EmailNotify(_Model):
+    to: list[str] = Field(default_factory=list)
+    sender: str = Field("maily-secrets@localhost", alias="from")
+    smtp_secret: str = "config"  # which secret holds smtp_host/port/username/password
+    starttls: bool | None = None  # None: use STARTTLS when the server offers it
+
+
+class WebhookNotify(_Model):
+    url: str | None = None
+    url_secret: str | None = None  # a secret with key webhook_url (webhook URLs are secrets)
+
+
+class NotifyConfig(_Model):
+    email: EmailNotify = Field(default_factory=EmailNotify)
+    webhook: WebhookNotify = Field(default_factory=WebhookNotify)
+
+
+class EnvironmentConfig(_Model):
+    confirm: bool = False
+    vault: dict[str, Any] = Field(default_factory=dict)
+    intervals: dict[str, timedelta] = Field(default_factory=dict)
+    notify: NotifyConfig | None = None
+    lock_ttl: timedelta = timedelta(minutes=5)
+    state_prefix: str = "rotation"
+
+    @field_validator("intervals", mode="before")
+    @classmethod
+    def _intervals(cls, v: Any) -> Any:
+        return {k: parse_duration(x) for k, x in (v or {}).items()}
+
+    _lock = field_validator("lock_ttl", mode="before")(parse_duration)
+
+
+class Defaults(_Model):
+    environment: str = "development"
+    intervals: dict[str, timedelta] = Field(default_factory=dict)
+
+    @field_validator("intervals", mode="before")
+    @classmethod
+    def _intervals(cls, v: Any) -> Any:
+        return {k: parse_duration(x) for k, x in (v or {}).items()}
+
+
+class RotationConfig(_Model):
+    defaults: Defaults = Field(default_factory=Defaults)
+    types: dict[str, TypeConfig]
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    environments: dict[str, EnvironmentConfig]
+    source: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> RotationConfig:
+        where = path or os.environ.get("MAILY_ROTATION_CONFIG")
+        try:
+            if where:
+                text = Path(where).read_text()
+                source = str(where)
+            else:
+                text = (resources.files("maily_secrets.rotation") / "default_config.yaml").read_text()
+                source = "default_config.yaml (built in)"
+        except OSError as exc:
+            raise ConfigError(f"cannot read rotation config {where}: {exc.strerror or exc}") from None
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"rotation config {source} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"rotation config {source} must be a mapping")
+        try:
+            cfg = cls.model_validate({**doc, "source": source})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"rotation config {source}: {problems}") from None
+        for t in cfg.types:
+            if t not in cfg.defaults.intervals and not any(
+                t in e.intervals for e in cfg.environments.values()
+            ):
+                raise ConfigError(f"rotation config {source}: type {t!r} has no interval")
+        return cfg
+
+    @property
+    def type_names(self) -> list[str]:
+        return list(self.types)
+
+    def environment(self, name: str | None) -> ResolvedEnvironment:
+        env_name = name or os.environ.get("MAILY_ENV") or self.defaults.environment
+        if env_name not in self.environments:
+            raise ConfigError(
+                f"unknown environment {env_name!r}; valid: {', '.join(self.environments)}"
+            )
+        return ResolvedEnvironment(self, env_name, self.environments[env_name])
+
+    def parse_types(self, spec: str | None) -> list[str]:
+        """``"jwt,aws"`` / ``"all"`` / None (all) -> type names; ConfigError lists valid ones."""
+        valid = self.type_names
+        if spec is None or spec.strip() == "all":
+            return valid
+        parts = [p.strip() for p in spec.split(",")]
+        if any(not p for p in parts):
+            raise ConfigError(
+                f"malformed --secret-types {spec!r}: use a comma-separated list such as"
+                f" 'jwt,aws' or 'all'; valid: {', '.join(valid)}"
+            )
+        unknown = [p for p in parts if p not in valid and p.replace("-", "_") not in valid]
+        if unknown:
+            raise ConfigError(
+                f"unknown secret type(s) {', '.join(unknown)}; valid: {', '.join(valid)}, all"
+            )
+        out: list[str] = []
+        for p in parts:
+            name = p if p in valid else p.replace("-", "_")
+            if name not in out:
+                out.append(name)
+        return out
+
+
+class ResolvedEnvironment:
+    """One environment with the defaults applied."""
+
+    def __init__(self, cfg: RotationConfig, name: str, env: EnvironmentConfig) -> None:
+        self.config = cfg
+        self.name = name
+        self.env = env
+
+    def interval(self, type_name: str) -> timedelta:
+        if type_name in self.env.intervals:
+            return self.env.intervals[type_name]
+        return self.config.defaults.intervals[type_name]
+
+    def type(self, type_name: str) -> TypeConfig:
+        return self.config.types[type_name]
+
+    @property
+    def notify(self) -> NotifyConfig:
+        return self.env.notify or self.config.notify
+
+    @property
+    def confirm(self) -> bool:
+        return self.env.confirm
+
+    def vault_settings(self) -> VaultSettings:
+        """Environment variables first, then this environment's ``vault`` overrides."""
+        return VaultSettings(**self.env.vault)
+
+    @property
+    def kv_mount(self) -> str:
+        return self.vault_settings().kv_mount

@@ -1,0 +1,59 @@
+"""The result of one ``secrets rotate`` run: per type, never a secret value."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Status = Literal["rotated", "resumed", "skipped", "failed", "rolled_back", "planned", "busy"]
+
+
+@dataclass
+class TypeResult:
+    type: str
+    status: Status
+    rotation_id: str | None = None
+    secret: str = ""  # where it lives, e.g. maily/data/config
+    version: int | None = None  # consumer secret version after promotion
+    reason: str = ""  # why skipped / what failed (no values)
+    step: str | None = None  # the step reached (or failed at)
+    started_at: datetime | None = None
+    duration_s: float = 0.0
+    next_due: datetime | None = None
+    last_rotated: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in ("failed", "rolled_back", "busy")
+
+
+@dataclass
+class RunReport:
+    env: str
+    run_id: str
+    actor: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    dry_run: bool = False
+    due_only: bool = False
+    results: list[TypeResult] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, datetime):
+                return v.isoformat()
+            if isinstance(v, dict):
+                return {k: conv(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [conv(x) for x in v]
+            return v
+
+        doc = conv(asdict(self))
+        doc["ok"] = self.ok
+        return doc  # type: ignore[no-any-return]

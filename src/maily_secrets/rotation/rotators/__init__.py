@@ -1,0 +1,1 @@
+"""Built-in rotators; importing this package registers them."""
