@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dev
+from . import dev, secrets
 
 app = typer.Typer(
     name="mailyctl",
@@ -14,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dev.app, name="dev")
+app.add_typer(secrets.app, name="secrets")
 
 
 @app.command("snapshot-key")

@@ -27,9 +27,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from ..errors import InvalidPath, SecretNotFound
 from ..paths import KV2Path
 from ..vault.client import VaultClient
 from .config import ResolvedEnvironment, TypeConfig
+
+
+def parse_time(value: object) -> datetime | None:
+    """Vault's RFC 3339 timestamps (with Z and nanoseconds) -> aware datetime."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Python takes at most microseconds
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        tz = rest[len(digits) :]
+        text = f"{head}.{digits[:6]}{tz}"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 class RotationError(Exception):
@@ -38,6 +55,15 @@ class RotationError(Exception):
 
 class RotatorConfigError(RotationError):
     """The rotator's configuration or prerequisites are wrong (nothing was changed)."""
+
+
+class ActionRequired(RotationError):
+    """Only a person can rotate this (e.g. a third-party key without a rotation API).
+
+    Raise it from ``check`` or ``create_pending`` (before anything changed); the
+    message says what to do. The run reports ``action_required`` and ``--notify``
+    passes the message on to administrators.
+    """
 
 
 @dataclass
@@ -86,6 +112,18 @@ class Rotator(ABC):
 
     async def check(self, ctx: RotationContext) -> None:
         """Validate configuration and prerequisites before anything changes (may read)."""
+        return None
+
+    async def created_at(self, ctx: RotationContext) -> datetime | None:
+        """When the secret first existed: the age of a type that was never rotated.
+
+        Default: the creation time of the consumer KV v2 secret.
+        """
+        try:
+            meta = await ctx.client.kv.metadata(ctx.secret_path())
+        except (SecretNotFound, InvalidPath):
+            return None
+        return parse_time(meta.get("created_time"))
 
     async def describe(self, ctx: RotationContext) -> str:
         """One line for --dry-run: what a rotation would do (reads only)."""
@@ -109,23 +147,28 @@ class Rotator(ABC):
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Undo ``apply`` after a failed verification (the current credential stays)."""
+        return None
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         """Remove what a previous rotation kept for its grace period (``retiring``)."""
+        return None
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         """What to retire once the grace period after this rotation is over (None: nothing)."""
         return None
 
 
-def rotator_for(type_name: str) -> Rotator:
+def rotator_for(type_name: str, implementation: str | None = None) -> Rotator:
+    """The rotator of a type (``implementation``: the config's ``rotator``, if set)."""
     # importing the package registers the built-in rotators
     from . import rotators  # noqa: F401
 
-    cls = Rotator.registry.get(type_name)
+    name = implementation or type_name
+    cls = Rotator.registry.get(name)
     if cls is None:
         raise RotatorConfigError(
             f"no rotator is available for secret type {type_name!r}"
-            f" (available: {', '.join(sorted(Rotator.registry)) or 'none'})"
+            + (f" (rotator {name!r})" if implementation else "")
+            + f"; available: {', '.join(sorted(Rotator.registry)) or 'none'}"
         )
     return cls()

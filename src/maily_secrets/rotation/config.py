@@ -52,6 +52,7 @@ class _Model(BaseModel):
 
 class TypeConfig(_Model):
     secret: str
+    rotator: str | None = None  # the rotator implementation (default: the type's own name)
     grace: timedelta | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -63,7 +64,7 @@ class TypeConfig(_Model):
 class EmailNotify(_Model):
     to: list[str] = Field(default_factory=list)
     sender: str = Field("maily-secrets@localhost", alias="from")
-    smtp_secret: str = "config"  # which secret holds smtp_host/port/username/password
+    smtp_secret: str = "config"  # noqa: S105 - a secret's name: which secret holds smtp_host/port/username/password
     starttls: bool | None = None  # None: use STARTTLS when the server offers it
 
 
@@ -118,10 +119,14 @@ class RotationConfig(_Model):
                 text = Path(where).read_text()
                 source = str(where)
             else:
-                text = (resources.files("maily_secrets.rotation") / "default_config.yaml").read_text()
+                text = (
+                    resources.files("maily_secrets.rotation") / "default_config.yaml"
+                ).read_text()
                 source = "default_config.yaml (built in)"
         except OSError as exc:
-            raise ConfigError(f"cannot read rotation config {where}: {exc.strerror or exc}") from None
+            raise ConfigError(
+                f"cannot read rotation config {where}: {exc.strerror or exc}"
+            ) from None
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as exc:

@@ -6,7 +6,16 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-Status = Literal["rotated", "resumed", "skipped", "failed", "rolled_back", "planned", "busy"]
+Status = Literal[
+    "rotated",  # a new credential is in use
+    "resumed",  # an interrupted rotation was completed
+    "skipped",  # not due, or in the grace period of the previous rotation
+    "action_required",  # only a person can rotate it (e.g. a third-party key): see reason
+    "failed",
+    "rolled_back",  # verification failed; the current credential is unchanged
+    "planned",  # --dry-run
+    "busy",  # another run holds the lock
+]
 
 
 @dataclass

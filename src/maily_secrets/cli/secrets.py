@@ -1,0 +1,359 @@
+"""``mailyctl secrets``: rotate, status, history."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.table import Table
+
+from ..errors import VaultError
+from ..logs import configure as configure_logs
+from ..rotation.config import ConfigError, RotationConfig, format_duration
+from ..rotation.engine import RotationEngine
+from ..rotation.report import RunReport
+from .common import EXIT_FAILURE, EXIT_USAGE, console, err_console, print_json
+
+EXIT_BUSY = 3
+T = TypeVar("T")
+
+app = typer.Typer(
+    help=(
+        "Rotate secrets and inspect their schedule. Intervals, environments and where each"
+        " secret type lives come from the rotation config (--config, $MAILY_ROTATION_CONFIG,"
+        " or the built-in default)."
+    ),
+    no_args_is_help=True,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Rotation config YAML (default: $MAILY_ROTATION_CONFIG, else the built-in one).",
+        show_default=False,
+    ),
+]
+EnvOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        help="Environment from the config (default: $MAILY_ENV, else the config's default).",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")]
+LogLevelOpt = Annotated[
+    str,
+    typer.Option(
+        "--log-level",
+        envvar="MAILY_LOG_LEVEL",
+        help="Run log (JSON lines on stderr, never values): debug, info, warning, error.",
+    ),
+]
+
+
+def _usage(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _load(config: Path | None, env: str | None) -> tuple[RotationConfig, str]:
+    try:
+        cfg = RotationConfig.load(config)
+        resolved = cfg.environment(env)
+    except ConfigError as exc:
+        _usage(str(exc))
+    return cfg, resolved.name
+
+
+def _logging(level: str) -> None:
+    levels = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+    }
+    if level.lower() not in levels:
+        _usage(f"unknown --log-level {level!r}; valid: {', '.join(levels)}")
+    configure_logs(levels[level.lower()], stream=sys.stderr)
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coro_fn()
+
+    return asyncio.run(main())
+
+
+def _fmt_time(t: datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if t else "never"
+
+
+def _fmt_age(td: timedelta | None) -> str:
+    if td is None:
+        return "-"
+    s = int(td.total_seconds())
+    if s >= 86400:
+        return f"{s // 86400}d {s % 86400 // 3600}h"
+    if s >= 3600:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 60}m {s % 60}s"
+
+
+_STATUS_STYLE = {
+    "rotated": "green",
+    "resumed": "green",
+    "skipped": "dim",
+    "planned": "cyan",
+    "failed": "red",
+    "rolled_back": "red",
+    "busy": "yellow",
+    "action_required": "yellow",
+}
+
+
+def _print_report(report: RunReport) -> None:
+    title = f"rotation run {report.run_id} in {report.env}" + (
+        " (dry run)" if report.dry_run else ""
+    )
+    t = Table(title=title, title_justify="left")
+    for col in ("type", "outcome", "secret", "version", "next due", "detail"):
+        t.add_column(col)
+    for r in report.results:
+        style = _STATUS_STYLE.get(r.status, "")
+        t.add_row(
+            r.type,
+            f"[{style}]{r.status}[/{style}]" if style else r.status,
+            r.secret,
+            str(r.version or "-"),
+            _fmt_time(r.next_due),
+            r.reason or (r.rotation_id or ""),
+        )
+    console.print(t)
+    for n in report.notifications:
+        mark = "[green]sent[/green]" if n.get("ok") else "[red]failed[/red]"
+        console.print(f"notify {n.get('channel')}: {mark} {n.get('detail', '')}")
+
+
+@app.command()
+def rotate(
+    secret_types: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-types",
+            help="Comma-separated types to rotate (e.g. jwt,aws) or 'all' (the default).",
+            show_default=False,
+        ),
+    ] = None,
+    env: EnvOpt = None,
+    notify: Annotated[
+        bool, typer.Option("--notify", help="Send a summary to administrators (email/webhook).")
+    ] = False,
+    due: Annotated[
+        bool, typer.Option("--due", help="Rotate only types past their interval (the CronJob).")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would happen; change nothing.")
+    ] = False,
+    as_json: JsonOpt = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (production).")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Rotate a two-slot credential even while the previous one is in its grace period.",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Rotate secrets: new credential -> set on the target -> verify -> promote (CAS).
+
+    Exit codes: 0 all rotated or skipped, 1 a type failed, 2 bad input (nothing
+    changed), 3 another rotation holds the lock.
+    """
+    _logging(log_level)
+    cfg, env_name = _load(config, env)
+    try:
+        types = cfg.parse_types(secret_types)
+    except ConfigError as exc:
+        _usage(str(exc))
+    resolved = cfg.environment(env_name)
+    if resolved.confirm and not yes and not dry_run and sys.stdin.isatty():
+        ok = typer.confirm(
+            f"Rotate {', '.join(types)} in {env_name} (Vault {resolved.vault_settings().addr})?",
+            default=False,
+        )
+        if not ok:
+            err_console.print("aborted; nothing changed")
+            raise typer.Exit(EXIT_FAILURE)
+    out = err_console if as_json else console
+
+    def progress(type_name: str, message: str) -> None:
+        out.print(f"[bold]{type_name:>15}[/bold]  {message}", markup=True, highlight=False)
+
+    async def go() -> RunReport:
+        engine = RotationEngine(cfg, env_name, progress=progress)
+        try:
+            return await engine.run(
+                types, due_only=due, dry_run=dry_run, force=force, notify=notify
+            )
+        finally:
+            await engine.close()
+
+    try:
+        report = _run(go)
+    except ConfigError as exc:
+        _usage(str(exc))
+    except VaultError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    if any(r.status == "busy" for r in report.results):
+        raise typer.Exit(EXIT_BUSY)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def status(
+    env: EnvOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Per secret type: where it lives, last rotated, age, interval, next due (overdue in red).
+
+    Exit code 0, or 1 when Vault cannot be read.
+    """
+    _logging(log_level)
+    cfg, env_name = _load(config, env)
+
+    async def go() -> list[dict[str, Any]]:
+        engine = RotationEngine(cfg, env_name)
+        try:
+            states = await engine.store.read_many(cfg.type_names)
+            sem = asyncio.Semaphore(32)
+
+            async def row(t: str) -> dict[str, Any]:
+                state, _ = states[t]
+                async with sem:
+                    sched = await engine.schedule(t, state)
+                return {
+                    "type": t,
+                    "secret": engine._where(t),
+                    "last_rotated": sched["last_rotated"],
+                    "age_s": sched["age"].total_seconds() if sched["age"] else None,
+                    "interval": format_duration(sched["interval"]),
+                    "next_due": sched["next_due"],
+                    "overdue": bool(sched["due"]),
+                    "in_progress": bool(state and state.in_progress),
+                    "last_outcome": state.outcome if state else None,
+                    "last_rotation_id": state.last_rotation_id if state else None,
+                    "retiring": len(state.retiring) if state else 0,
+                }
+
+            return list(await asyncio.gather(*(row(t) for t in cfg.type_names)))
+        finally:
+            await engine.close()
+
+    try:
+        rows = _run(go)
+    except VaultError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        print_json({"env": env_name, "generated_at": datetime.now(UTC), "types": rows})
+        return
+    t = Table(title=f"secret rotation status: {env_name}", title_justify="left")
+    for col in ("type", "secret", "last rotated", "age", "interval", "next due", "state"):
+        t.add_column(col)
+    for r in rows:
+        if r["in_progress"]:
+            state = "[yellow]in progress (resumes on next run)[/yellow]"
+        elif r["overdue"]:
+            state = "[bold red]OVERDUE[/bold red]"
+        elif r["last_outcome"] in ("failed", "rolled_back"):
+            state = f"[red]last run {r['last_outcome']}[/red]"
+        else:
+            state = "[green]ok[/green]"
+        age = timedelta(seconds=r["age_s"]) if r["age_s"] is not None else None
+        t.add_row(
+            r["type"],
+            r["secret"],
+            _fmt_time(r["last_rotated"]),
+            _fmt_age(age),
+            r["interval"],
+            _fmt_time(r["next_due"]),
+            state,
+        )
+    console.print(t)
+
+
+@app.command()
+def history(
+    secret_type: Annotated[str, typer.Argument(metavar="TYPE", help="A secret type, e.g. jwt.")],
+    env: EnvOpt = None,
+    as_json: JsonOpt = False,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Every recorded step of every rotation of TYPE: when, by whom, rotation id, outcome.
+
+    Never values: the pending credential a step stored is not shown.
+    """
+    _logging(log_level)
+    cfg, env_name = _load(config, env)
+    try:
+        (t_name,) = cfg.parse_types(secret_type)
+    except (ConfigError, ValueError) as exc:
+        _usage(str(exc))
+
+    async def go() -> list[dict[str, Any]]:
+        engine = RotationEngine(cfg, env_name)
+        try:
+            rows = []
+            for version, created, state in await engine.store.history(t_name):
+                doc = state.public() if state else {"deleted": True}
+                rows.append({"version": version, "time": created, **doc})
+            return rows
+        finally:
+            await engine.close()
+
+    try:
+        rows = _run(go)
+    except VaultError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    if as_json:
+        print_json({"env": env_name, "type": t_name, "history": rows})
+        return
+    t = Table(title=f"rotation history of {t_name} in {env_name}", title_justify="left")
+    for col in ("version", "time", "by", "rotation id", "step", "outcome", "error"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            str(r["version"]),
+            str(r.get("time", ""))[:19],
+            r.get("by", ""),
+            r.get("rotation_id") or "",
+            r.get("step") or "",
+            r.get("outcome") or "",
+            (r.get("error") or "")[:80],
+        )
+    if not rows:
+        console.print(f"no rotation of {t_name} recorded in {env_name}")
+    else:
+        console.print(t)

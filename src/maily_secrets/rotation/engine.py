@@ -1,0 +1,473 @@
+"""The rotation engine: schedules, the lock, and the two-phase protocol for every type.
+
+    engine = RotationEngine(RotationConfig.load(), "production")
+    report = await engine.run(["jwt", "database"], due_only=False)
+
+For each type, sequentially, under one lock per environment:
+
+- a rotation left in progress by a run that died is resumed from the step it
+  reached (same rotation id), so a crash at any point ends consistent;
+- otherwise, with ``due_only``, a type is skipped until its interval has passed;
+  a two-slot type (two login roles, two IAM keys) is skipped while the previous
+  credential is still in its grace period (``force`` overrides);
+- ``check`` -> ``create_pending`` (stored in the state) -> ``apply`` -> ``verify``
+  -> ``promote`` (check-and-set) -> finished; a failed verification rolls back;
+- what earlier rotations kept for their grace period is retired once it is over.
+
+Every step writes the state (a new KV v2 version) before the next begins.
+``MAILY_ROTATION_CRASH_AFTER=<step>`` is a fault-injection point for tests: the
+process exits abruptly right after writing that step (no cleanup, lock held),
+exactly like a killed pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from ..errors import VaultError
+from ..paths import KV2Path
+from ..vault.client import VaultClient
+from .base import ActionRequired, RotationContext, RotationError, Rotator, rotator_for
+from .config import ConfigError, RotationConfig
+from .lock import LockBusy, VaultLock
+from .report import RunReport, TypeResult
+from .state import Retiring, RotationState, StateStore
+
+log = logging.getLogger("maily_secrets.rotation")
+CRASH_ENV = "MAILY_ROTATION_CRASH_AFTER"
+Progress = Callable[[str, str], None]  # (type, message)
+
+
+def default_actor() -> str:
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def new_rotation_id(type_name: str) -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{type_name}-{uuid.uuid4().hex[:8]}"
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class RotationEngine:
+    def __init__(
+        self,
+        config: RotationConfig,
+        env_name: str | None = None,
+        *,
+        client: VaultClient | None = None,
+        actor: str | None = None,
+        progress: Progress | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.env = config.environment(env_name)
+        self._client = client
+        self._own_client = client is None
+        self.actor = actor or default_actor()
+        self.progress = progress or (lambda t, m: None)
+        self.now = now or (lambda: datetime.now(UTC))
+        self._crash_after = os.environ.get(CRASH_ENV) or None
+
+    @property
+    def client(self) -> VaultClient:
+        if self._client is None:
+            self._client = VaultClient(self.env.vault_settings())
+        return self._client
+
+    @property
+    def store(self) -> StateStore:
+        return StateStore(self.client, self.client.settings.kv_mount, self.env.env.state_prefix)
+
+    async def close(self) -> None:
+        if self._own_client and self._client is not None:
+            await self._client.close()
+
+    # ------------------------------------------------------------------ schedule
+    async def _baseline(self, type_name: str) -> datetime | None:
+        """When the secret first existed (the age of a never-rotated type)."""
+        try:
+            rotator = rotator_for(type_name, self.env.type(type_name).rotator)
+            return await rotator.created_at(self._context(type_name, "schedule"))
+        except (RotationError, VaultError):
+            return None
+
+    async def schedule(self, type_name: str, state: RotationState | None) -> dict[str, Any]:
+        interval = self.env.interval(type_name)
+        last = state.last_success_at if state else None
+        baseline = last or await self._baseline(type_name)
+        now = self.now()
+        next_due = baseline + interval if baseline else now
+        return {
+            "interval": interval,
+            "last_rotated": last,
+            "baseline": baseline,
+            "next_due": next_due,
+            "due": now >= next_due,
+            "age": (now - baseline) if baseline else None,
+        }
+
+    # ------------------------------------------------------------------ the run
+    async def run(
+        self,
+        types: list[str] | None = None,
+        *,
+        due_only: bool = False,
+        dry_run: bool = False,
+        force: bool = False,
+        notify: bool = False,
+    ) -> RunReport:
+        names = types if types is not None else self.config.type_names
+        unknown = [t for t in names if t not in self.config.types]
+        if unknown:
+            raise ConfigError(
+                f"unknown secret type(s) {', '.join(unknown)};"
+                f" valid: {', '.join(self.config.type_names)}"
+            )
+        run_id = uuid.uuid4().hex[:12]
+        report = RunReport(
+            env=self.env.name,
+            run_id=run_id,
+            actor=self.actor,
+            started_at=self.now(),
+            dry_run=dry_run,
+            due_only=due_only,
+        )
+        log.info(
+            "rotation run started",
+            extra={
+                "env": self.env.name,
+                "run_id": run_id,
+                "types": names,
+                "due_only": due_only,
+                "dry_run": dry_run,
+                "actor": self.actor,
+            },
+        )
+        if dry_run:
+            for t in names:
+                report.results.append(await self._plan(t, due_only, force))
+        else:
+            lock = VaultLock(
+                self.client,
+                KV2Path(self.client.settings.kv_mount, f"{self.env.env.state_prefix}/_lock"),
+                run_id,
+                self.actor,
+                self.env.env.lock_ttl,
+            )
+            try:
+                await lock.acquire()
+            except LockBusy as exc:
+                for t in names:
+                    report.results.append(TypeResult(t, "busy", reason=str(exc)))
+                    self.progress(t, "busy: another rotation is running")
+            else:
+                try:
+                    for t in names:
+                        report.results.append(await self._rotate_type(t, due_only, force))
+                finally:
+                    await lock.release()
+        report.finished_at = self.now()
+        if notify and not dry_run:
+            from .notify import send_notifications
+
+            report.notifications = await send_notifications(self.env, self.client, report)
+        self._metrics(report)
+        log.info(
+            "rotation run finished",
+            extra={
+                "env": self.env.name,
+                "run_id": run_id,
+                "ok": report.ok,
+                "results": {r.type: r.status for r in report.results},
+            },
+        )
+        return report
+
+    def _metrics(self, report: RunReport) -> None:
+        if report.dry_run:
+            return
+        try:
+            from . import metrics
+
+            registry = metrics.record(report)
+            gateway = os.environ.get("MAILY_PUSHGATEWAY_URL")
+            if gateway:
+                metrics.push(registry, gateway, grouping={"env": report.env})
+            textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
+            if textfile:
+                metrics.write_textfile(registry, textfile)
+        except Exception as exc:  # metrics never fail a rotation
+            log.warning("rotation metrics not exported: %s", type(exc).__name__)
+
+    def _context(self, type_name: str, rotation_id: str) -> RotationContext:
+        return RotationContext(
+            env=self.env,
+            type_name=type_name,
+            type_config=self.env.type(type_name),
+            client=self.client,
+            rotation_id=rotation_id,
+            log=log,
+            now=self.now,
+        )
+
+    async def _plan(self, t: str, due_only: bool, force: bool) -> TypeResult:
+        state, _ = await self.store.read(t)
+        sched = await self.schedule(t, state)
+        res = TypeResult(
+            t,
+            "planned",
+            secret=self._where(t),
+            next_due=sched["next_due"],
+            last_rotated=sched["last_rotated"],
+        )
+        try:
+            rotator = rotator_for(t, self.env.type(t).rotator)
+            ctx = self._context(t, "dry-run")
+            await rotator.check(ctx)
+            if state is not None and state.in_progress:
+                res.reason = f"would resume rotation {state.rotation_id} after step {state.step}"
+            elif due_only and not sched["due"]:
+                res.status, res.reason = (
+                    "skipped",
+                    f"not due until {sched['next_due']:%Y-%m-%d %H:%M}",
+                )
+            elif (gate := self._grace_gate(rotator, ctx, state, force)) is not None:
+                res.status, res.reason = "skipped", gate
+            else:
+                res.reason = await rotator.describe(ctx)
+        except ActionRequired as exc:
+            res.status, res.reason = "action_required", str(exc)
+        except (RotationError, VaultError) as exc:
+            res.status, res.reason = "failed", _error_text(exc)
+        self.progress(t, f"{res.status}: {res.reason}")
+        return res
+
+    def _where(self, t: str) -> str:
+        secret = self.env.type(t).secret
+        if KV2Path.parse(secret) is not None or "/keys/" in secret:
+            return secret
+        return f"{self.client.settings.kv_mount}/data/{secret}"
+
+    def _grace_gate(
+        self, rotator: Rotator, ctx: RotationContext, state: RotationState | None, force: bool
+    ) -> str | None:
+        if not rotator.two_slots or force or state is None or state.last_success_at is None:
+            return None
+        until = state.last_success_at + ctx.grace
+        if self.now() < until:
+            return (
+                f"the previous credential is in its grace period until {until:%Y-%m-%d %H:%M:%S}"
+                " UTC (a rotation now would cut off its holders); --force overrides"
+            )
+        return None
+
+    async def _rotate_type(self, t: str, due_only: bool, force: bool) -> TypeResult:
+        started = time.monotonic()
+        res = TypeResult(t, "skipped", secret=self._where(t), started_at=self.now())
+        try:
+            await self._rotate_type_inner(t, due_only, force, res)
+        except ActionRequired as exc:
+            res.status = "action_required"
+            res.reason = str(exc)
+            log.warning("%s needs a person: %s", t, res.reason, extra={"type": t})
+        except (RotationError, VaultError, ConfigError) as exc:
+            res.status = "failed"
+            res.reason = _error_text(exc)
+            log.error(
+                "rotation of %s failed: %s",
+                t,
+                res.reason,
+                extra={"type": t, "rotation_id": res.rotation_id, "step": res.step},
+            )
+        res.duration_s = round(time.monotonic() - started, 3)
+        try:
+            state, _ = await self.store.read(t)
+            sched = await self.schedule(t, state)
+            res.next_due, res.last_rotated = sched["next_due"], sched["last_rotated"]
+        except VaultError:
+            pass
+        self.progress(t, f"{res.status}" + (f": {res.reason}" if res.reason else ""))
+        return res
+
+    async def _rotate_type_inner(
+        self, t: str, due_only: bool, force: bool, res: TypeResult
+    ) -> None:
+        store = self.store
+        state, version = await store.read(t)
+        rotator = rotator_for(t, self.env.type(t).rotator)
+
+        # 1. retire what earlier rotations kept for their grace period
+        if state is not None and state.retiring and not state.in_progress:
+            version = await self._retire(rotator, state, version)
+
+        # 2. resume an interrupted rotation, or start a new one
+        if state is not None and state.in_progress:
+            assert state.rotation_id is not None and state.pending is not None
+            ctx = self._context(t, state.rotation_id)
+            res.rotation_id = state.rotation_id
+            self.progress(t, f"resuming {state.rotation_id} after step {state.step}")
+            log.info(
+                "resuming rotation",
+                extra={"type": t, "rotation_id": state.rotation_id, "step": state.step},
+            )
+            resumed = True
+        else:
+            sched = await self.schedule(t, state)
+            if due_only and not sched["due"]:
+                res.reason = f"not due until {sched['next_due']:%Y-%m-%d %H:%M} UTC"
+                return
+            ctx = self._context(t, new_rotation_id(t))
+            gate = self._grace_gate(rotator, ctx, state, force)
+            if gate is not None:
+                res.reason = gate
+                return
+            res.rotation_id = ctx.rotation_id
+            await rotator.check(ctx)
+            self.progress(t, "creating the new credential")
+            pending = await rotator.create_pending(ctx)
+            prev = state or RotationState(type=t, env=self.env.name)
+            state = prev.model_copy(
+                update={
+                    "rotation_id": ctx.rotation_id,
+                    "step": "created",
+                    "outcome": "in_progress",
+                    "by": self.actor,
+                    "started_at": self.now(),
+                    "error": "",
+                    "pending": pending,
+                }
+            )
+            version = await self._save(state, version)
+            resumed = False
+
+        pending = state.pending or {}
+        step = state.step
+        if step == "created":
+            res.step = "apply"
+            self.progress(t, "applying to the target system")
+            await rotator.apply(ctx, pending)
+            state.step = "applied"
+            version = await self._save(state, version)
+            step = "applied"
+        if step == "applied":
+            res.step = "verify"
+            self.progress(t, "verifying the new credential")
+            try:
+                await rotator.verify(ctx, pending)
+            except (RotationError, VaultError, OSError) as exc:
+                await self._rollback(rotator, ctx, state, version, exc, res)
+                return
+            state.step = "verified"
+            version = await self._save(state, version)
+            step = "verified"
+        if step == "verified":
+            res.step = "promote"
+            self.progress(t, "promoting (check-and-set)")
+            state.last_version = await rotator.promote(ctx, pending)
+            state.step = "promoted"
+            version = await self._save(state, version)
+            step = "promoted"
+        if step == "promoted":
+            retiring = rotator.retiring(ctx, pending)
+            if retiring:
+                state.retiring.append(
+                    Retiring(
+                        after=self.now() + ctx.grace, data=retiring, rotation_id=ctx.rotation_id
+                    )
+                )
+            state.step = "finished"
+            state.outcome = "success"
+            state.pending = None
+            state.last_success_at = self.now()
+            state.last_rotation_id = ctx.rotation_id
+            version = await self._save(state, version)
+        res.status = "resumed" if resumed else "rotated"
+        res.step = "finished"
+        res.version = state.last_version
+        log.info(
+            "rotated",
+            extra={
+                "type": t,
+                "rotation_id": ctx.rotation_id,
+                "version": state.last_version,
+                "resumed": resumed,
+            },
+        )
+
+    async def _save(self, state: RotationState, version: int) -> int:
+        new_version = await self.store.write(state, cas=version)
+        if self._crash_after and state.step == self._crash_after:
+            # fault injection (tests): die like a killed pod, right after this step
+            logging.shutdown()
+            os._exit(70)
+        return new_version
+
+    async def _rollback(
+        self,
+        rotator: Rotator,
+        ctx: RotationContext,
+        state: RotationState,
+        version: int,
+        exc: BaseException,
+        res: TypeResult,
+    ) -> None:
+        log.error(
+            "verification failed, rolling back",
+            extra={
+                "type": ctx.type_name,
+                "rotation_id": ctx.rotation_id,
+                "error": type(exc).__name__,
+            },
+        )
+        self.progress(ctx.type_name, "verification failed: rolling back")
+        rollback_error = ""
+        try:
+            await rotator.rollback(ctx, state.pending or {})
+        except (RotationError, VaultError, OSError) as rb:
+            rollback_error = f"; rollback also failed: {_error_text(rb)}"
+        state.step = "rolled_back"
+        state.outcome = "rolled_back"
+        state.error = _error_text(exc) + rollback_error
+        state.pending = None
+        await self._save(state, version)
+        res.status = "rolled_back"
+        res.reason = (
+            f"verification failed ({_error_text(exc)}); the current credential is unchanged"
+            + rollback_error
+        )
+
+    async def _retire(self, rotator: Rotator, state: RotationState, version: int) -> int:
+        now = self.now()
+        keep: list[Retiring] = []
+        done = 0
+        for item in state.retiring:
+            if item.after > now:
+                keep.append(item)
+                continue
+            ctx = self._context(state.type, item.rotation_id)
+            try:
+                await rotator.retire(ctx, item.data)
+                done += 1
+            except (RotationError, VaultError) as exc:
+                log.warning(
+                    "retiring after %s failed; will retry: %s",
+                    item.rotation_id,
+                    _error_text(exc),
+                    extra={"type": state.type},
+                )
+                keep.append(item)
+        if done:
+            state.retiring = keep
+            version = await self.store.write(state, cas=version)
+            self.progress(state.type, f"retired {done} previous credential(s) after their grace")
+        return version

@@ -1,0 +1,115 @@
+"""Rotation state and its history, kept in Vault (KV v2), not on local disk.
+
+One secret per type: ``<mount>/data/<state_prefix>/<type>``. Every step of a
+rotation writes a new version with check-and-set, so KV v2's version history is
+the rotation history (``mailyctl secrets history``), and any pod or laptop sees
+the same schedule. While a rotation is in progress the state holds the pending
+credential (``pending``): the state path must be readable by the rotator only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..errors import SecretNotFound
+from ..paths import KV2Path
+from ..vault.client import VaultClient
+
+Step = Literal["created", "applied", "verified", "promoted", "finished", "failed", "rolled_back"]
+Outcome = Literal["in_progress", "success", "failed", "rolled_back"]
+STEPS: tuple[Step, ...] = ("created", "applied", "verified", "promoted", "finished")
+
+
+class Retiring(BaseModel):
+    after: datetime
+    data: dict[str, Any]  # non-secret identifiers only (a role name, a key id)
+    rotation_id: str
+
+
+class RotationState(BaseModel):
+    type: str
+    env: str
+    rotation_id: str | None = None
+    step: Step | None = None
+    outcome: Outcome | None = None
+    by: str = ""
+    started_at: datetime | None = None
+    updated_at: datetime | None = None
+    error: str = ""
+    pending: dict[str, Any] | None = None  # secret material while in progress
+    last_success_at: datetime | None = None
+    last_rotation_id: str | None = None
+    last_version: int | None = None
+    retiring: list[Retiring] = Field(default_factory=list)
+
+    @property
+    def in_progress(self) -> bool:
+        return self.outcome == "in_progress"
+
+    def public(self) -> dict[str, Any]:
+        """The state without the pending credential (for status, history, logs)."""
+        doc = self.model_dump(mode="json", exclude={"pending"})
+        doc["has_pending"] = self.pending is not None
+        return doc
+
+
+class StateStore:
+    def __init__(self, client: VaultClient, mount: str, prefix: str = "rotation") -> None:
+        self.client = client
+        self.mount = mount
+        self.prefix = prefix.strip("/")
+
+    def path(self, type_name: str) -> KV2Path:
+        return KV2Path(self.mount, f"{self.prefix}/{type_name}")
+
+    async def read(self, type_name: str) -> tuple[RotationState | None, int]:
+        """The state and its version (0 when there is none yet)."""
+        p = self.path(type_name)
+        try:
+            v = await self.client.kv.read(p)
+        except SecretNotFound:
+            return None, await self.client.kv.current_version(p)
+        return RotationState.model_validate(v.data), v.version
+
+    async def write(self, state: RotationState, cas: int) -> int:
+        state.updated_at = datetime.now(UTC)
+        return await self.client.kv.write(
+            self.path(state.type), state.model_dump(mode="json"), cas=cas
+        )
+
+    async def read_many(
+        self, types: list[str], concurrency: int = 64
+    ) -> dict[str, tuple[RotationState | None, int]]:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(t: str) -> tuple[str, tuple[RotationState | None, int]]:
+            async with sem:
+                return t, await self.read(t)
+
+        return dict(await asyncio.gather(*(one(t) for t in types)))
+
+    async def history(self, type_name: str) -> list[tuple[int, str, RotationState | None]]:
+        """Every version: (version, created_time, state or None when deleted)."""
+        p = self.path(type_name)
+        try:
+            meta = await self.client.kv.metadata(p)
+        except SecretNotFound:
+            return []
+        versions = meta.get("versions") or {}
+        sem = asyncio.Semaphore(32)
+
+        async def one(n: int) -> tuple[int, str, RotationState | None]:
+            created = str((versions.get(str(n)) or {}).get("created_time") or "")
+            async with sem:
+                try:
+                    v = await self.client.kv.read(p, version=n)
+                except SecretNotFound:
+                    return n, created, None
+            return n, created, RotationState.model_validate(v.data)
+
+        nums = sorted(int(k) for k in versions)
+        return list(await asyncio.gather(*(one(n) for n in nums)))
