@@ -367,3 +367,208 @@ async def ensure_database(
         )
         report.add(what, True)
     return report
+
+
+# ---------------------------------------------------------------------------- login roles
+# Two login roles for zero-downtime password rotation (``rotation/rotators/postgres.py``):
+# both are INHERIT members of one NOLOGIN group role that holds every grant, so they
+# can do exactly the same things, by construction.
+
+APP_LOGIN_ROLES = ("maily_app", "maily_app_b")
+APP_GROUP_ROLE = "maily_app_group"
+
+
+class PostgresSetupError(RuntimeError):
+    """The login roles cannot be set up as asked (the message names roles, never values)."""
+
+
+async def ensure_postgres_login_roles(
+    admin_conninfo: PostgresTarget | str | Mapping[str, Any],
+    roles: Sequence[str] = APP_LOGIN_ROLES,
+    group: str = APP_GROUP_ROLE,
+    dbname: str | None = None,
+    *,
+    schema: str = "public",
+    set_role: bool = True,
+    passwords: Mapping[str, str] | None = None,
+    rotator: str | None = None,
+    report: BootstrapReport | None = None,
+) -> BootstrapReport:
+    """Create (or complete) the group role and the login roles; idempotent.
+
+    * ``group``: ``NOLOGIN``; ``CONNECT, TEMPORARY`` on ``dbname`` (default: the one of
+      ``admin_conninfo``), ``USAGE, CREATE`` on ``schema``, read/write on its tables and
+      sequences, and the same by default on those the admin creates later;
+    * each of ``roles``: ``LOGIN INHERIT``, member of ``group`` (with ``INHERIT TRUE``
+      on PostgreSQL 16+); with ``set_role`` its sessions start as ``SET ROLE group``
+      (``ALTER ROLE ... SET role``), so what the application creates is owned by the
+      group and both login roles may alter or drop it. A new login role has no
+      password (it cannot log in) until ``passwords`` or a rotation gives it one;
+    * ``passwords``: role -> password to set now, sent as a SCRAM-SHA-256 verifier
+      computed here (the plaintext never reaches the server); always applied;
+    * ``rotator``: the rotator's admin role: given ``CREATEROLE`` and, on PostgreSQL 16+,
+      ``ADMIN OPTION`` (without inheriting or SET) on the group and the login roles,
+      which it needs to change their passwords without being a superuser.
+
+    Everything happens in one transaction. Raises :class:`PostgresSetupError` when a
+    login role is a superuser, or ``psycopg.Error`` when the server refuses.
+    """
+    import psycopg
+    from psycopg import sql
+
+    from .rotation.rotators.postgres import (
+        alter_password_statement,
+        grant_membership_statement,
+        membership,
+        scram_sha256_verifier,
+    )
+
+    report = report if report is not None else BootstrapReport()
+    if isinstance(admin_conninfo, PostgresTarget):
+        kw = admin_conninfo.connect_kwargs(dbname)
+    else:
+        from psycopg.conninfo import conninfo_to_dict
+
+        kw = (
+            dict(conninfo_to_dict(admin_conninfo))
+            if isinstance(admin_conninfo, str)
+            else dict(admin_conninfo)
+        )
+        if dbname:
+            kw["dbname"] = dbname
+        kw.setdefault("connect_timeout", 5)
+    roles = list(roles)
+    if len(set(roles)) != len(roles) or group in roles or not roles:
+        raise PostgresSetupError("the login roles must be distinct and differ from the group")
+    unknown = set(passwords or {}) - set(roles)
+    if unknown:
+        raise PostgresSetupError(f"passwords given for roles not set up: {sorted(unknown)}")
+    ident = sql.Identifier
+    conn = await psycopg.AsyncConnection.connect(**kw, autocommit=True)
+    async with conn:
+        version = conn.info.server_version
+        db = str((await (await conn.execute("SELECT current_database()")).fetchone() or [""])[0])
+
+        async def one(query: str, *args: Any) -> Any:
+            row = await (await conn.execute(query, args or None)).fetchone()
+            return None if row is None else row[0]
+
+        async with conn.transaction():
+            # the group
+            can_login = await one("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", group)
+            if can_login is None:
+                await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident(group)))
+            elif can_login:
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(ident(group)))
+            report.add(f"group role {group} (NOLOGIN)", can_login is not False)
+
+            # its grants
+            tables = sql.SQL("SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER")
+            row = await (
+                await conn.execute(
+                    "SELECT has_database_privilege(%(g)s, %(d)s, 'CONNECT')"
+                    " AND has_database_privilege(%(g)s, %(d)s, 'TEMPORARY')"
+                    " AND has_schema_privilege(%(g)s, %(s)s, 'USAGE')"
+                    " AND has_schema_privilege(%(g)s, %(s)s, 'CREATE')"
+                    " AND NOT EXISTS (SELECT 1 FROM pg_tables t WHERE t.schemaname = %(s)s"
+                    "  AND NOT (has_table_privilege(%(g)s,"
+                    "   format('%%I.%%I', t.schemaname, t.tablename), 'SELECT')"
+                    "  AND has_table_privilege(%(g)s,"
+                    "   format('%%I.%%I', t.schemaname, t.tablename), 'DELETE')))",
+                    {"g": group, "d": db, "s": schema},
+                )
+            ).fetchone()
+            granted_before = bool(row and row[0])
+            for stmt in (
+                sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                    ident(db), ident(group)
+                ),
+                sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                    ident(schema), ident(group)
+                ),
+                sql.SQL("GRANT {} ON ALL TABLES IN SCHEMA {} TO {}").format(
+                    tables, ident(schema), ident(group)
+                ),
+                sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                    ident(schema), ident(group)
+                ),
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT {} ON TABLES TO {}").format(
+                    ident(schema), tables, ident(group)
+                ),
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT, UPDATE"
+                    " ON SEQUENCES TO {}"
+                ).format(ident(schema), ident(group)),
+            ):
+                await conn.execute(stmt)
+            report.add(f"grants of {group} on {db}.{schema}", not granted_before)
+
+            # the login roles
+            for role in roles:
+                row = await (
+                    await conn.execute(
+                        "SELECT rolsuper, rolcanlogin, rolinherit FROM pg_roles WHERE rolname = %s",
+                        (role,),
+                    )
+                ).fetchone()
+                changed = row is None
+                if row is None:
+                    await conn.execute(sql.SQL("CREATE ROLE {} LOGIN INHERIT").format(ident(role)))
+                elif row[0]:
+                    raise PostgresSetupError(f"login role {role} is a superuser; refusing")
+                elif not (row[1] and row[2]):
+                    await conn.execute(sql.SQL("ALTER ROLE {} LOGIN INHERIT").format(ident(role)))
+                    changed = True
+                member = await membership(conn, role, group)
+                if not (member and all(member)):
+                    await conn.execute(grant_membership_statement(group, role, version))
+                    changed = True
+                if set_role:
+                    setting = f"role={group}"
+                    have = await one(
+                        "SELECT s.setconfig FROM pg_db_role_setting s JOIN pg_roles r"
+                        " ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0",
+                        role,
+                    )
+                    if setting not in (have or []):
+                        await conn.execute(
+                            sql.SQL("ALTER ROLE {} SET role = {}").format(
+                                ident(role), sql.Literal(group)
+                            )
+                        )
+                        changed = True
+                report.add(f"login role {role} (member of {group})", changed)
+                if passwords and role in passwords:
+                    verifier = scram_sha256_verifier(passwords[role])
+                    await conn.execute(alter_password_statement(role, verifier, login=False))
+                    report.add(f"password of {role}", True)
+
+            # the rotator's admin
+            if rotator:
+                ok = await one(
+                    "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = %s", rotator
+                )
+                if ok is None:
+                    raise PostgresSetupError(f"rotator role {rotator} does not exist")
+                changed = not ok
+                if not ok:
+                    await conn.execute(sql.SQL("ALTER ROLE {} CREATEROLE").format(ident(rotator)))
+                if version >= 160000:
+                    for target in (group, *roles):
+                        has = await one(
+                            "SELECT m.admin_option FROM pg_auth_members m"
+                            " JOIN pg_roles r ON r.oid = m.roleid"
+                            " JOIN pg_roles u ON u.oid = m.member"
+                            " WHERE r.rolname = %s AND u.rolname = %s",
+                            target,
+                            rotator,
+                        )
+                        if not has:
+                            await conn.execute(
+                                sql.SQL(
+                                    "GRANT {} TO {} WITH ADMIN TRUE, INHERIT FALSE, SET FALSE"
+                                ).format(ident(target), ident(rotator))
+                            )
+                            changed = True
+                report.add(f"rotator role {rotator} (may set the login roles' passwords)", changed)
+    return report

@@ -28,6 +28,12 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
+from .jwt_keys import (
+    UNKNOWN_KID_REFRESH_AFTER,
+    SigningKey,
+    current_signing_key,
+    verification_keys,
+)
 from .leases import LeaseContainer
 from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
@@ -337,6 +343,38 @@ class VaultService:
         """
         validate_path(f"{mount}/creds/{role}")
         return (await self.leases.database_credentials(role, mount=mount)).secret
+
+    # ------------------------------------------------------------------ JWT key set
+    async def get_jwt_signing_key(self) -> SigningKey:
+        """The key to sign new tokens with: ``jwt_secret`` and its key id (``kid`` header).
+
+        Read through :meth:`get_config` (cached; listeners keep it current), so after a
+        rotation new tokens carry the new key id. ``.secret`` is the HS256 secret.
+        """
+
+        return current_signing_key(await self.get_config())
+
+    async def get_jwt_verification_keys(self, *, kid: str | None = None) -> dict[str, str]:
+        """``{kid: secret}`` of every key that verifies now (current, in-grace, published).
+
+        With ``kid`` (a token's ``kid`` header, ``jwt_keys.token_kid(token)``) that is not
+        among them, the config is read again from Vault, at most once per second,
+        keeping the cached value if Vault is unreachable: a token signed by another
+        instance right after a rotation verifies here before the cache expires.
+        """
+
+        keys = verification_keys(await self.get_config())
+        if kid is None or kid in keys:
+            return keys
+        path = self._paths()[0]
+        entry = self.cache.peek(path)
+        if entry is not None and entry.age() < UNKNOWN_KID_REFRESH_AFTER:
+            return keys
+        try:
+            fresh = await self.cache.load(path, lambda: self._fetch(path))
+        except VaultError:
+            return keys
+        return verification_keys(fresh.copy_out())
 
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:

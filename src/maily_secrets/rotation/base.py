@@ -21,6 +21,7 @@ A rotator never logs or raises with a secret value in the message.
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,16 +38,12 @@ def parse_time(value: object) -> datetime | None:
     """Vault's RFC 3339 timestamps (with Z and nanoseconds) -> aware datetime."""
     if not isinstance(value, str) or not value:
         return None
-    text = value.replace("Z", "+00:00")
-    if "." in text:  # Python takes at most microseconds
-        head, _, rest = text.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        tz = rest[len(digits) :]
-        text = f"{head}.{digits[:6]}{tz}"
+    text = re.sub(r"\.(\d{1,6})\d*", r".\1", value.replace("Z", "+00:00"))  # at most µs
     try:
-        return datetime.fromisoformat(text)
+        t = datetime.fromisoformat(text)
     except ValueError:
         return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 class RotationError(Exception):
@@ -106,7 +103,7 @@ class Rotator(ABC):
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
-        name = getattr(cls, "type_name", None)
+        name = cls.__dict__.get("type_name")  # only a class that names itself registers
         if name:
             Rotator.registry[name] = cls
 

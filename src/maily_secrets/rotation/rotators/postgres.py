@@ -1,0 +1,544 @@
+"""PostgreSQL passwords, rotated with zero downtime through two login roles.
+
+The application logs in as one of two login roles (``maily_app``/``maily_app_b``)
+that are both ``INHERIT`` members of one ``NOLOGIN`` group role holding every grant
+(``bootstrap.ensure_postgres_login_roles`` sets this up), so whichever of the two is
+in use, the application can do exactly the same things.
+
+One rotation:
+
+1. ``create_pending``  the login role *not* named by ``db_username`` in the consumer
+                       secret, and a new random 32-character (URL/DSN-safe) password;
+2. ``apply``           as the rotator's admin (credentials in Vault, at the type's
+                       ``admin_secret``), ``ALTER ROLE <other> WITH LOGIN INHERIT
+                       PASSWORD '<SCRAM verifier>'``: the verifier is computed here, so
+                       the plaintext never reaches the server (nor its statement log,
+                       ``pg_stat_activity`` or ``pg_stat_statements``); the role is made
+                       a member of the group when it is not;
+3. ``verify``          a new connection as that role with that password;
+4. ``promote``         ``db_username``/``db_password`` of the consumer secret, by a
+                       check-and-set read-modify-write (other keys of the same secret,
+                       rotated by other types, are kept).
+
+Nothing is retired: the previous role keeps its password (and its open sessions)
+until the *next* rotation sets a new one on it. That is the grace period, which is
+why this rotator is ``two_slots``: two rotations closer than ``grace`` would cut off
+holders of the previous credential.
+
+Options (``types.database.options``)::
+
+    admin_secret: rotator/postgres-admin    # host, port, dbname, username, password
+                                            # (+ optional sslmode)
+    login_roles: [maily_app, maily_app_b]
+    group: maily_app_group                  # optional, the default shown
+    connect_timeout: 5                      # optional, seconds
+    password_length: 32                     # optional
+
+The admin needs ``CREATEROLE`` (PostgreSQL 16+: plus ``ADMIN OPTION`` on both login
+roles and the group, which ``ensure_postgres_login_roles(rotator=...)`` grants); it
+need not be a superuser.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from pydantic import SecretStr
+
+from ...bootstrap import PostgresTarget, random_password
+from ...errors import PermissionDenied, SecretNotFound, VaultError
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+
+ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
+DEFAULT_GROUP = "maily_app_group"
+SCRAM_ITERATIONS = 4096
+SCRAM_SALT_BYTES = 16
+
+
+# ---------------------------------------------------------------------------- SCRAM
+def scram_sha256_verifier(
+    password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
+) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (base64), which
+    ``ALTER ROLE ... PASSWORD`` accepts as is: the server never sees the password.
+
+    PostgreSQL SASLprep-normalises a password first; for ASCII that is the identity,
+    so only ASCII passwords are accepted here (generated ones always are).
+    """
+    if not password.isascii():
+        raise ValueError("only ASCII passwords can be hashed client-side")
+    if iterations < 1:
+        raise ValueError("iterations must be positive")
+    salt = os.urandom(SCRAM_SALT_BYTES) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode("ascii")
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def alter_password_statement(role: str, verifier: str, *, login: bool = True) -> sql.Composed:
+    """``ALTER ROLE <role> WITH [LOGIN INHERIT] PASSWORD '<verifier>'``."""
+    if not verifier.startswith("SCRAM-SHA-256$"):
+        # never send something that might be a plaintext password
+        raise ValueError("not a SCRAM-SHA-256 verifier")
+    attrs = sql.SQL("LOGIN INHERIT ") if login else sql.SQL("")
+    return sql.SQL("ALTER ROLE {} WITH {}PASSWORD {}").format(
+        sql.Identifier(role), attrs, sql.Literal(verifier)
+    )
+
+
+def grant_membership_statement(group: str, role: str, server_version: int) -> sql.Composed:
+    """``GRANT <group> TO <role>``, inheriting its privileges on every version."""
+    stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role))
+    if server_version >= 160000:  # inheritance is per grant since PostgreSQL 16
+        stmt = sql.SQL("{} WITH INHERIT TRUE").format(stmt)
+    return stmt
+
+
+def scrub(text: str, *values: str | None) -> str:
+    """First line of an error text without any of ``values`` (at most 300 characters)."""
+    lines = text.strip().splitlines() or ["error"]
+    line = " ".join(lines[0].split())
+    for v in values:
+        if v:
+            line = line.replace(v, "******")
+    return line[:300]
+
+
+async def membership(
+    conn: psycopg.AsyncConnection[Any], role: str, group: str
+) -> tuple[bool, bool] | None:
+    """(``role`` is a member of ``group``, with inheritance); None when ``group`` is missing."""
+    cur = await conn.execute(
+        "SELECT m.roleid IS NOT NULL, pg_has_role(r.oid, g.oid, 'USAGE')"
+        " FROM pg_roles g JOIN pg_roles r ON r.rolname = %s"
+        " LEFT JOIN pg_auth_members m ON m.roleid = g.oid AND m.member = r.oid"
+        " WHERE g.rolname = %s",
+        (role, group),
+    )
+    row = await cur.fetchone()
+    return None if row is None else (bool(row[0]), bool(row[1]))
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class _Options:
+    admin_secret: str
+    login_roles: tuple[str, str]
+    group: str
+    connect_timeout: float
+    password_length: int
+
+
+def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
+    o = ctx.options
+    problems: list[str] = []
+    admin = o.get("admin_secret")
+    if not isinstance(admin, str) or not admin.strip("/"):
+        problems.append("option admin_secret (the rotator's PostgreSQL admin secret) is not set")
+    roles = o.get("login_roles")
+    if (
+        not isinstance(roles, (list, tuple))
+        or len(roles) != 2
+        or not all(isinstance(r, str) and r for r in roles)
+        or roles[0] == roles[1]
+    ):
+        problems.append("option login_roles must name two different login roles")
+    group = o.get("group", DEFAULT_GROUP)
+    if not isinstance(group, str) or not group:
+        problems.append("option group must name the group role")
+    try:
+        timeout = float(o.get("connect_timeout", 5))
+        if timeout <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.append("option connect_timeout must be a positive number of seconds")
+        timeout = 5.0
+    length = o.get("password_length", 32)
+    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
+        problems.append("option password_length must be an integer from 16 to 256")
+        length = 32
+    if problems:
+        return None, problems
+    assert isinstance(admin, str) and isinstance(roles, (list, tuple)) and isinstance(group, str)
+    return _Options(admin.strip("/"), (roles[0], roles[1]), group, timeout, length), []
+
+
+def _opts(ctx: RotationContext, step: str) -> _Options:
+    opts, problems = _options(ctx)
+    if opts is None:
+        raise RotatorConfigError(f"database {step}: {'; '.join(problems)}")
+    return opts
+
+
+def _admin_target(data: Mapping[str, Any]) -> tuple[PostgresTarget | None, list[str]]:
+    missing = [f for f in ADMIN_FIELDS if data.get(f) in (None, "")]
+    if missing:
+        return None, [f"lacks {', '.join(missing)}"]
+    try:
+        port = int(data["port"])
+    except (TypeError, ValueError):
+        return None, ["has a port that is not a number"]
+    sslmode = data.get("sslmode")
+    return (
+        PostgresTarget(
+            host=str(data["host"]),
+            port=port,
+            user=str(data["username"]),
+            password=SecretStr(str(data["password"])),
+            dbname=str(data["dbname"]),
+            sslmode=str(sslmode) if sslmode else None,
+        ),
+        [],
+    )
+
+
+# ---------------------------------------------------------------------------- the rotator
+class PostgresTwoRoleRotator(Rotator):
+    """``database``: a new password on the idle one of two login roles, then switch to it."""
+
+    type_name = "database"
+    two_slots = True
+
+    # -- reading Vault ---------------------------------------------------------------
+    async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
+        path = ctx.secret_path()
+        try:
+            cur = await ctx.client.kv.read(path)
+        except SecretNotFound:
+            raise RotatorConfigError(
+                f"database {step}: the consumer secret {path.data} does not exist"
+            ) from None
+        return dict(cur.data), cur.version
+
+    async def _admin(self, ctx: RotationContext, opts: _Options, step: str) -> PostgresTarget:
+        path = ctx.secret_path(opts.admin_secret)
+        try:
+            data = (await ctx.client.kv.read(path)).data
+        except SecretNotFound:
+            raise RotatorConfigError(
+                f"database {step}: the admin secret {path.data} does not exist"
+            ) from None
+        except PermissionDenied:
+            raise RotatorConfigError(
+                f"database {step}: this token may not read the admin secret {path.data}"
+            ) from None
+        target, problems = _admin_target(data)
+        if target is None:
+            raise RotatorConfigError(
+                f"database {step}: the admin secret {path.data} {'; '.join(problems)}"
+            )
+        return target
+
+    @staticmethod
+    def _other(opts: _Options, active: str) -> str:
+        a, b = opts.login_roles
+        return b if active == a else a
+
+    # -- talking to PostgreSQL -------------------------------------------------------
+    @asynccontextmanager
+    async def _admin_conn(
+        self, admin: PostgresTarget, opts: _Options, step: str, role: str
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        secret = admin.password.get_secret_value() if admin.password else None
+        kw = {
+            **admin.connect_kwargs(),
+            "connect_timeout": max(1, round(opts.connect_timeout)),
+            "application_name": "maily-rotator",
+        }
+        try:
+            conn = await psycopg.AsyncConnection.connect(**kw, autocommit=True)
+        except psycopg.Error as exc:
+            raise RotationError(
+                f"database {step} ({role}): cannot connect to {admin.describe()}"
+                f" as the rotator admin: {scrub(str(exc), secret)}"
+            ) from None
+        try:
+            async with conn:
+                await conn.execute("SET lock_timeout = '10s'")
+                await conn.execute("SET statement_timeout = '30s'")
+                yield conn
+        except psycopg.Error as exc:
+            raise RotationError(
+                f"database {step} ({role}): PostgreSQL {admin.describe()} refused:"
+                f" {scrub(str(exc), secret)}"
+            ) from None
+
+    async def _set_password(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        admin: PostgresTarget,
+        opts: _Options,
+        role: str,
+        password: str,
+        step: str,
+        *,
+        ensure_login: bool,
+    ) -> bool:
+        """Set ``password`` (as a verifier) on ``role``; False when the role is missing."""
+        cur = await conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (role,))
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        if row[0]:
+            raise RotationError(
+                f"database {step}: login role {role} on {admin.describe()} is a superuser;"
+                " refusing to rotate it"
+            )
+        async with conn.transaction():
+            await conn.execute(
+                alter_password_statement(role, scram_sha256_verifier(password), login=ensure_login)
+            )
+            if ensure_login:
+                member = await membership(conn, role, opts.group)
+                if member is None:
+                    raise RotationError(
+                        f"database {step}: group role {opts.group} does not exist on"
+                        f" {admin.describe()} (run ensure_postgres_login_roles)"
+                    )
+                if not all(member):
+                    await conn.execute(
+                        grant_membership_statement(opts.group, role, conn.info.server_version)
+                    )
+        return True
+
+    # -- the protocol ----------------------------------------------------------------
+    async def check(self, ctx: RotationContext) -> None:
+        opts, problems = _options(ctx)
+        admin: PostgresTarget | None = None
+        if opts is not None:
+            path = ctx.secret_path(opts.admin_secret)
+            try:
+                admin, bad = _admin_target((await ctx.client.kv.read(path)).data)
+                problems += [f"the admin secret {path.data} {p}" for p in bad]
+            except SecretNotFound:
+                problems.append(f"the admin secret {path.data} does not exist")
+            except PermissionDenied:
+                problems.append(f"this token may not read the admin secret {path.data}")
+        consumer = ctx.secret_path()
+        try:
+            data = (await ctx.client.kv.read(consumer)).data
+            active = data.get("db_username")
+            if not active:
+                problems.append(f"{consumer.data} has no db_username")
+            elif opts is not None and active not in opts.login_roles:
+                problems.append(
+                    f"db_username of {consumer.data} is {active!r}, not one of the login"
+                    f" roles {', '.join(opts.login_roles)}"
+                )
+        except SecretNotFound:
+            problems.append(f"the consumer secret {consumer.data} does not exist")
+        if problems or opts is None or admin is None:
+            raise RotatorConfigError(f"database rotation cannot start: {'; '.join(problems)}")
+        await self._check_server(ctx, opts, admin)
+
+    async def _check_server(
+        self, ctx: RotationContext, opts: _Options, admin: PostgresTarget
+    ) -> None:
+        """Read only: the roles exist and the admin may change their passwords."""
+        problems: list[str] = []
+        try:
+            async with self._admin_conn(admin, opts, "check", "/".join(opts.login_roles)) as c:
+                cur = await c.execute(
+                    "SELECT rolname, rolsuper FROM pg_roles WHERE rolname = ANY(%s)",
+                    ([*opts.login_roles, opts.group],),
+                )
+                found = {str(r[0]): bool(r[1]) for r in await cur.fetchall()}
+                cur = await c.execute(
+                    "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
+                )
+                row = await cur.fetchone()
+        except RotationError as exc:
+            raise RotatorConfigError(str(exc)) from None
+        missing = [r for r in (*opts.login_roles, opts.group) if r not in found]
+        if missing:
+            problems.append(
+                f"role(s) {', '.join(missing)} missing on {admin.describe()}"
+                " (run ensure_postgres_login_roles)"
+            )
+        supers = [r for r in opts.login_roles if found.get(r)]
+        if supers:
+            problems.append(f"login role(s) {', '.join(supers)} are superusers")
+        if not (row and row[0]):
+            problems.append(f"the admin {admin.user} has neither SUPERUSER nor CREATEROLE")
+        if problems:
+            raise RotatorConfigError(f"database rotation cannot start: {'; '.join(problems)}")
+
+    async def describe(self, ctx: RotationContext) -> str:
+        opts, problems = _options(ctx)
+        if opts is None:
+            return f"cannot rotate database: {'; '.join(problems)}"
+        try:
+            data, _ = await self._consumer(ctx, "describe")
+        except (RotationError, VaultError) as exc:
+            return f"cannot rotate database: {exc}"
+        active = str(data.get("db_username") or "?")
+        return (
+            f"set a new password on {self._other(opts, active)}, then point db_username"
+            f" at it (currently {active})"
+        )
+
+    async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
+        opts = _opts(ctx, "create_pending")
+        data, _ = await self._consumer(ctx, "create_pending")
+        active = data.get("db_username")
+        if active not in opts.login_roles:
+            raise RotatorConfigError(
+                f"database create_pending: db_username of {ctx.secret_path().data} is"
+                f" {active!r}, not one of the login roles {', '.join(opts.login_roles)}"
+            )
+        target = self._other(opts, str(active))
+        return {
+            "role": target,
+            "password": random_password(opts.password_length),
+            "previous_role": active,
+        }
+
+    async def _guard_not_active(
+        self, ctx: RotationContext, pending: dict[str, Any], step: str, *, allow_same: bool
+    ) -> bool:
+        """Never change the password of the role in use. True: already promoted."""
+        data, _ = await self._consumer(ctx, step)
+        if data.get("db_username") != pending["role"]:
+            return False
+        if allow_same and data.get("db_password") == pending["password"]:
+            return True
+        raise RotationError(
+            f"database {step}: {pending['role']} is the login role in use"
+            f" ({ctx.secret_path().data}); refusing to change its password"
+        )
+
+    async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        opts = _opts(ctx, "apply")
+        role = str(pending["role"])
+        if role not in opts.login_roles:
+            raise RotatorConfigError(f"database apply: {role} is not one of the login roles")
+        if await self._guard_not_active(ctx, pending, "apply", allow_same=True):
+            return  # promoted already: the password is set and in use
+        admin = await self._admin(ctx, opts, "apply")
+        async with self._admin_conn(admin, opts, "apply", role) as conn:
+            if not await self._set_password(
+                conn, admin, opts, role, str(pending["password"]), "apply", ensure_login=True
+            ):
+                raise RotationError(
+                    f"database apply: login role {role} does not exist on {admin.describe()}"
+                    " (run ensure_postgres_login_roles)"
+                )
+        ctx.log.info(
+            "database: new password set",
+            extra={"role": role, "host": admin.host, "step": "apply"},
+        )
+
+    async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        opts = _opts(ctx, "verify")
+        role, password = str(pending["role"]), str(pending["password"])
+        admin = await self._admin(ctx, opts, "verify")
+        data, _ = await self._consumer(ctx, "verify")
+        # where the application connects (the consumer secret), else where the admin does
+        host = str(data.get("db_host") or admin.host)
+        port = int(data.get("db_port") or admin.port)
+        dbname = str(data.get("db_name") or admin.dbname)
+        kw: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "dbname": dbname,
+            "user": role,
+            "password": password,
+            "connect_timeout": max(1, round(opts.connect_timeout)),
+            "application_name": "maily-rotator-verify",
+        }
+        sslmode = data.get("db_sslmode") or admin.sslmode
+        if sslmode:
+            kw["sslmode"] = str(sslmode)
+        where = f"{role}@{host}:{port}/{dbname}"
+        try:
+            conn = await psycopg.AsyncConnection.connect(**kw, autocommit=True)
+            async with conn:
+                cur = await conn.execute(
+                    "SELECT session_user, current_user, pg_has_role(session_user, %s, 'USAGE')",
+                    (opts.group,),
+                )
+                row = await cur.fetchone()
+        except psycopg.Error as exc:
+            raise RotationError(
+                f"database verify: login as {where} failed: {scrub(str(exc), password)}"
+            ) from None
+        if row is None or row[0] != role or row[1] not in (role, opts.group):
+            raise RotationError(f"database verify: logged in as {where} but ran as another role")
+        if not row[2]:
+            raise RotationError(
+                f"database verify: {where} does not inherit the privileges of {opts.group}"
+            )
+        ctx.log.info("database: new password works", extra={"role": role, "host": host})
+
+    async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
+        role, password = str(pending["role"]), str(pending["password"])
+        previous = pending.get("previous_role")
+        path = ctx.secret_path()
+        data, version = await self._consumer(ctx, "promote")
+        if data.get("db_username") == role and data.get("db_password") == password:
+            return version  # promoted already
+
+        def change(cur: dict[str, Any]) -> dict[str, Any]:
+            active = cur.get("db_username")
+            if active == role and cur.get("db_password") != password:
+                raise RotationError(
+                    f"database promote: {path.data} already names {role} with another"
+                    " password; this pending credential is stale"
+                )
+            if active not in (previous, role):
+                raise RotationError(
+                    f"database promote: db_username of {path.data} changed to {active!r}"
+                    f" during the rotation (expected {previous})"
+                )
+            cur["db_username"] = role
+            cur["db_password"] = password
+            return cur
+
+        new_version = await ctx.client.kv.update(path, change)
+        ctx.log.info(
+            "database: consumer secret points at the new role",
+            extra={"role": role, "path": path.data, "version": new_version},
+        )
+        return new_version
+
+    async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Give the target role a random password nobody knows; the active one is untouched."""
+        opts = _opts(ctx, "rollback")
+        role = str(pending["role"])
+        await self._guard_not_active(ctx, pending, "rollback", allow_same=False)
+        admin = await self._admin(ctx, opts, "rollback")
+        async with self._admin_conn(admin, opts, "rollback", role) as conn:
+            found = await self._set_password(
+                conn,
+                admin,
+                opts,
+                role,
+                random_password(opts.password_length),
+                "rollback",
+                ensure_login=False,
+            )
+        ctx.log.info(
+            "database: pending password discarded",
+            extra={"role": role, "host": admin.host, "found": found},
+        )
+
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
+        """Nothing: the previous role keeps its password until the next rotation sets a
+        new one on it (that is the grace period; see ``two_slots``)."""
