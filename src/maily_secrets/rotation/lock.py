@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..errors import CheckAndSetConflict, SecretNotFound
+from ..errors import CheckAndSetConflict
 from ..paths import KV2Path
 from ..vault.client import VaultClient
 
@@ -56,11 +56,7 @@ class VaultLock:
     _beat: asyncio.Task[None] | None = None
 
     async def _read(self) -> tuple[dict[str, Any] | None, int]:
-        try:
-            v = await self.client.kv.read(self.path)
-            return v.data, v.version
-        except SecretNotFound:
-            return None, await self.client.kv.current_version(self.path)
+        return await self.client.kv.read_with_version(self.path)
 
     def _doc(self, now: datetime) -> dict[str, Any]:
         return {

@@ -68,12 +68,8 @@ class StateStore:
 
     async def read(self, type_name: str) -> tuple[RotationState | None, int]:
         """The state and its version (0 when there is none yet)."""
-        p = self.path(type_name)
-        try:
-            v = await self.client.kv.read(p)
-        except SecretNotFound:
-            return None, await self.client.kv.current_version(p)
-        return RotationState.model_validate(v.data), v.version
+        data, version = await self.client.kv.read_with_version(self.path(type_name))
+        return (RotationState.model_validate(data) if data is not None else None), version
 
     async def write(self, state: RotationState, cas: int) -> int:
         state.updated_at = datetime.now(UTC)

@@ -73,6 +73,29 @@ class KV2:
         except SecretNotFound:
             return 0
 
+    async def read_with_version(
+        self, path: KV2Path | str
+    ) -> tuple[dict[str, Any] | None, int]:
+        """The latest data (None when absent or deleted) and the version to CAS against.
+
+        Race-free: a 404 followed by a metadata read that shows a version means someone
+        wrote in between, so that version is read explicitly; never a stale pair of
+        "no data" with a newer version (which would let a CAS write clobber it).
+        """
+        p = _as_kv2(path)
+        try:
+            v = await self.read(p)
+            return v.data, v.version
+        except SecretNotFound:
+            pass
+        n = await self.current_version(p)
+        if n == 0:
+            return None, 0
+        try:
+            return (await self.read(p, version=n)).data, n
+        except SecretNotFound:
+            return None, n  # that version is deleted
+
     async def write(self, path: KV2Path | str, data: Mapping[str, Any], *, cas: int) -> int:
         """Write a new version if the current version is ``cas`` (0: only if absent).
 
@@ -99,11 +122,8 @@ class KV2:
         p = _as_kv2(path)
         last: CheckAndSetConflict | None = None
         for _ in range(attempts):
-            try:
-                cur = await self.read(p)
-                base, version = dict(cur.data), cur.version
-            except SecretNotFound:
-                base, version = {}, await self.current_version(p)
+            data, version = await self.read_with_version(p)
+            base = dict(data) if data is not None else {}
             new = change(base)
             if not isinstance(new, dict):
                 new = await new
