@@ -201,7 +201,13 @@ class ResolvedEnvironment:
 
     @property
     def notify(self) -> NotifyConfig:
-        return self.env.notify or self.config.notify
+        """The global notify settings, with the channels this environment sets replaced."""
+        own = self.env.notify
+        if own is None:
+            return self.config.notify
+        return self.config.notify.model_copy(
+            update={name: getattr(own, name) for name in own.model_fields_set}
+        )
 
     @property
     def confirm(self) -> bool:

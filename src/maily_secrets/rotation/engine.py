@@ -22,6 +22,7 @@ exactly like a killed pod.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -181,7 +182,7 @@ class RotationEngine:
             from .notify import send_notifications
 
             report.notifications = await send_notifications(self.env, self.client, report)
-        self._metrics(report)
+        await self._metrics(report)
         log.info(
             "rotation run finished",
             extra={
@@ -193,21 +194,20 @@ class RotationEngine:
         )
         return report
 
-    def _metrics(self, report: RunReport) -> None:
+    async def _metrics(self, report: RunReport) -> None:
+        """Prometheus metrics of the run: Pushgateway and/or textfile, when configured."""
         if report.dry_run:
             return
-        try:
-            from . import metrics
+        from . import metrics
 
-            registry = metrics.record(report)
-            gateway = os.environ.get("MAILY_PUSHGATEWAY_URL")
-            if gateway:
-                metrics.push(registry, gateway, grouping={"env": report.env})
-            textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
-            if textfile:
-                metrics.write_textfile(registry, textfile)
-        except Exception as exc:  # metrics never fail a rotation
-            log.warning("rotation metrics not exported: %s", type(exc).__name__)
+        registry = metrics.record(report)
+        if os.environ.get("MAILY_PUSHGATEWAY_URL"):
+            rec = await metrics.push_async(registry)  # one group per {env, type}
+            report.notifications.append(rec)
+        textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
+        if textfile:
+            rec = await asyncio.to_thread(metrics.write_textfile, registry, textfile)
+            report.notifications.append(rec)
 
     def _context(self, type_name: str, rotation_id: str) -> RotationContext:
         return RotationContext(
