@@ -604,6 +604,97 @@ async def test_engine_rotates_the_database_type(world: World, tmp_path: Path) ->
     assert await w.login(w.a, data["db_password"])
 
 
+class _PausingRotator(PostgresTwoRoleRotator):
+    """The real rotator, pausing before each step until the app made more logins.
+
+    So that the >= 500 logins really happen *while* the rotation runs, spread over
+    every step (create, apply, verify, promote), not before or after it.
+    """
+
+    type_name = "database-pausing-test"
+    pause: Any = None
+
+    async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
+        await self.pause()
+        return await super().create_pending(ctx)
+
+    async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        await self.pause()
+        await super().apply(ctx, pending)
+        await self.pause()
+
+    async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        await super().verify(ctx, pending)
+        await self.pause()
+
+    async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
+        version = await super().promote(ctx, pending)
+        await self.pause()
+        return version
+
+
+async def test_zero_failed_logins_while_the_engine_rotates(world: World, tmp_path: Path) -> None:
+    """>= 500 new logins during a rotation, each with whatever credential the service holds."""
+    from maily_secrets.rotation.engine import RotationEngine
+    from maily_secrets.service import VaultService
+
+    w = world
+    doc = {
+        "defaults": {"environment": "development", "intervals": {"database": "30d"}},
+        "types": {
+            "database": {
+                "secret": "config",
+                "rotator": _PausingRotator.type_name,
+                "grace": "1h",
+                "options": w.options,
+            }
+        },
+        "environments": {"development": {"vault": {"kv_mount": w.mount}}},
+    }
+    path = tmp_path / "rotation.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    engine = RotationEngine(RotationConfig.load(path), "development", client=w.client)
+    svc = VaultService(w.bao.settings(kv_mount=w.mount, cache_ttl=0.05))
+    logins: list[tuple[str, bool]] = []
+    progressed = asyncio.Condition()
+    stop = asyncio.Event()
+
+    async def pause() -> None:  # wait for 100 more logins (5 pauses: >= 500 during the run)
+        target = len(logins) + 100
+        async with progressed:
+            await progressed.wait_for(lambda: len(logins) >= target)
+
+    _PausingRotator.pause = staticmethod(pause)
+
+    async def app_worker() -> None:
+        while not stop.is_set():
+            cfg = await svc.get_config()
+            ok = await w.login(cfg["db_username"], cfg["db_password"])
+            logins.append((cfg["db_username"], ok))
+            async with progressed:
+                progressed.notify_all()
+
+    workers = [asyncio.create_task(app_worker()) for _ in range(4)]
+    try:
+        start = len(logins)
+        report = await asyncio.wait_for(engine.run(["database"]), 120)
+        during = len(logins) - start
+        assert report.results[0].status == "rotated", report.results[0].reason
+        stop.set()
+        await asyncio.gather(*workers)
+    finally:
+        stop.set()
+        for t in workers:
+            t.cancel()
+        await svc.close()
+    failures = [u for u, ok in logins if not ok]
+    users = {u for u, _ in logins}
+    print(f"\n{during} logins while a database rotation ran, {len(failures)} failed")
+    assert during >= 500
+    assert failures == []
+    assert users == {w.a, w.b}  # both credentials were really used, before and after
+
+
 def test_report_timings() -> None:
     """Not a check: prints the measured time per rotation (see -s / -rA)."""
     if TIMINGS:
