@@ -572,3 +572,46 @@ async def ensure_postgres_login_roles(
                             changed = True
                 report.add(f"rotator role {rotator} (may set the login roles' passwords)", changed)
     return report
+
+
+async def ensure_database_rotation(
+    client: VaultClient,
+    target: PostgresTarget,
+    report: BootstrapReport,
+    *,
+    kv_mount: str = "maily",
+    admin_secret: str = "rotator/postgres-admin",  # noqa: S107 - a path
+) -> None:
+    """What the ``database`` rotator needs, for a dev server: idempotent.
+
+    The two login roles and their group on ``target`` (the role named by
+    ``db_username`` in ``<mount>/data/config`` gets that secret's password, so the
+    configuration really logs in), and the rotator's admin credentials in Vault at
+    ``<mount>/data/<admin_secret>`` (written only when absent).
+    """
+    cfg = (await client.kv.read(KV2Path(kv_mount, "config"))).data
+    active = str(cfg.get("db_username") or APP_LOGIN_ROLES[0])
+    roles = tuple(APP_LOGIN_ROLES)
+    if active not in roles:
+        raise PostgresSetupError(
+            f"db_username {active!r} in {kv_mount}/data/config is not one of {', '.join(roles)}"
+        )
+    await ensure_postgres_login_roles(
+        target, roles, APP_GROUP_ROLE, passwords={active: str(cfg["db_password"])}, report=report
+    )
+    path = KV2Path(kv_mount, admin_secret)
+    if await client.kv.current_version(path) == 0:
+        admin = {
+            "host": target.host,
+            "port": target.port,
+            "dbname": target.dbname,
+            "username": target.user,
+            # a server that trusts loopback ignores it; one that checks needs the real one
+            "password": target.password.get_secret_value()
+            if target.password
+            else random_password(),
+        }
+        await client.kv.write(path, admin, cas=0)
+        report.add(f"secret {path.data} (rotator's PostgreSQL admin)", True)
+    else:
+        report.add(f"secret {path.data} (rotator's PostgreSQL admin)", False)
