@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 	$(PY) bench/bench_listeners.py
 	$(PY) bench/bench_transit.py
+	$(PY) bench/bench_rotation.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src apps tests bench mailyctl.py

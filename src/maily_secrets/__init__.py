@@ -10,8 +10,11 @@ from .errors import (
     VaultRequestError,
     VaultUnavailable,
 )
-from .service import VaultService
 from .settings import VaultSettings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .service import VaultService
 
 __version__ = "0.1.0"
 
@@ -27,3 +30,13 @@ __all__ = [
     "VaultSettings",
     "VaultUnavailable",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # the service (and aiohttp, transit, leases...) loads on first use, not on import of
+    # any submodule: `mailyctl` commands start faster
+    if name == "VaultService":
+        from .service import VaultService
+
+        return VaultService
+    raise AttributeError(name)

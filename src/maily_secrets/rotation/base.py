@@ -157,11 +157,13 @@ class Rotator(ABC):
 
 def rotator_for(type_name: str, implementation: str | None = None) -> Rotator:
     """The rotator of a type (``implementation``: the config's ``rotator``, if set)."""
-    # importing the package registers the built-in rotators
-    from . import rotators  # noqa: F401
-
     name = implementation or type_name
     cls = Rotator.registry.get(name)
+    if cls is None:
+        from . import rotators  # importing a rotator's module registers it
+
+        rotators.load(name)
+        cls = Rotator.registry.get(name)
     if cls is None:
         raise RotatorConfigError(
             f"no rotator is available for secret type {type_name!r}"

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..settings import VaultSettings
 
+# libyaml's safe loader when available: 20x faster on a large config
+_YamlLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s)?\s*$")
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1, None: 1}
 
@@ -128,7 +130,7 @@ class RotationConfig(_Model):
                 f"cannot read rotation config {where}: {exc.strerror or exc}"
             ) from None
         try:
-            doc = yaml.safe_load(text)
+            doc = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
         except yaml.YAMLError as exc:
             raise ConfigError(f"rotation config {source} is not valid YAML: {exc}") from None
         if not isinstance(doc, dict):

@@ -36,7 +36,7 @@ from ..errors import VaultError
 from ..paths import KV2Path
 from ..vault.client import VaultClient
 from .base import ActionRequired, RotationContext, RotationError, Rotator, rotator_for
-from .config import ConfigError, RotationConfig
+from .config import ConfigError, RotationConfig, format_duration
 from .lock import LockBusy, VaultLock
 from .report import RunReport, TypeResult
 from .state import Retiring, RotationState, StateStore
@@ -116,6 +116,32 @@ class RotationEngine:
             "due": now >= next_due,
             "age": (now - baseline) if baseline else None,
         }
+
+    async def status(self, concurrency: int = 64) -> list[dict[str, Any]]:
+        """One row per type of the config: where, last rotated, age, interval, next due."""
+        names = self.config.type_names
+        states = await self.store.read_many(names)
+        sem = asyncio.Semaphore(concurrency)
+
+        async def row(t: str) -> dict[str, Any]:
+            state, _ = states[t]
+            async with sem:
+                sched = await self.schedule(t, state)
+            return {
+                "type": t,
+                "secret": self._where(t),
+                "last_rotated": sched["last_rotated"],
+                "age_s": sched["age"].total_seconds() if sched["age"] else None,
+                "interval": format_duration(sched["interval"]),
+                "next_due": sched["next_due"],
+                "overdue": bool(sched["due"]),
+                "in_progress": bool(state and state.in_progress),
+                "last_outcome": state.outcome if state else None,
+                "last_rotation_id": state.last_rotation_id if state else None,
+                "retiring": len(state.retiring) if state else 0,
+            }
+
+        return list(await asyncio.gather(*(row(t) for t in names)))
 
     # ------------------------------------------------------------------ the run
     async def run(

@@ -80,9 +80,13 @@ class StateStore:
     async def read_many(
         self, types: list[str], concurrency: int = 64
     ) -> dict[str, tuple[RotationState | None, int]]:
+        """The states of many types: one LIST, then reads of those that exist only."""
+        present = set(await self.client.kv.list(self.mount, self.prefix + "/"))
         sem = asyncio.Semaphore(concurrency)
 
         async def one(t: str) -> tuple[str, tuple[RotationState | None, int]]:
+            if t not in present:
+                return t, (None, 0)
             async with sem:
                 return t, await self.read(t)
 
