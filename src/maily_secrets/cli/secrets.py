@@ -244,28 +244,7 @@ def status(
     async def go() -> list[dict[str, Any]]:
         engine = RotationEngine(cfg, env_name)
         try:
-            states = await engine.store.read_many(cfg.type_names)
-            sem = asyncio.Semaphore(32)
-
-            async def row(t: str) -> dict[str, Any]:
-                state, _ = states[t]
-                async with sem:
-                    sched = await engine.schedule(t, state)
-                return {
-                    "type": t,
-                    "secret": engine._where(t),
-                    "last_rotated": sched["last_rotated"],
-                    "age_s": sched["age"].total_seconds() if sched["age"] else None,
-                    "interval": format_duration(sched["interval"]),
-                    "next_due": sched["next_due"],
-                    "overdue": bool(sched["due"]),
-                    "in_progress": bool(state and state.in_progress),
-                    "last_outcome": state.outcome if state else None,
-                    "last_rotation_id": state.last_rotation_id if state else None,
-                    "retiring": len(state.retiring) if state else 0,
-                }
-
-            return list(await asyncio.gather(*(row(t) for t in cfg.type_names)))
+            return await engine.status()
         finally:
             await engine.close()
 
@@ -357,3 +336,119 @@ def history(
         console.print(f"no rotation of {t_name} recorded in {env_name}")
     else:
         console.print(t)
+
+
+@app.command(
+    "set",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def set_(
+    ctx: typer.Context,
+    secret: Annotated[
+        str, typer.Argument(metavar="SECRET", help="The secret holding the key: api-keys.")
+    ],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The key, e.g. stripe.")],
+    new: Annotated[
+        bool,
+        typer.Option("--new", help="Add a key that is not in the rotation config (kind manual)."),
+    ] = False,
+    env: EnvOpt = None,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Store a new value of one API key, e.g. after rolling it in the vendor's dashboard.
+
+    The value comes from stdin (``... | mailyctl secrets set api-keys stripe``) or a
+    hidden prompt, never from the command line (shell history, ps). Written with
+    check-and-set; the time (and who) is recorded as the key's last rotation. Prints
+    the new version, never the value.
+
+    Exit codes: 0 stored, 1 Vault failed, 2 bad input (nothing written).
+    """
+    from ..paths import KV2Path
+    from ..rotation.base import RotatorConfigError
+    from ..rotation.engine import default_actor
+    from ..rotation.rotators.api_keys import (
+        KeySpec,
+        key_name_problem,
+        key_specs,
+        set_api_key,
+        uses_api_keys_rotator,
+    )
+    from ..vault.client import VaultClient
+
+    _logging(log_level)
+    if ctx.args:
+        # never echo them: one of them may well be the value
+        named = sorted({a.split("=", 1)[0] for a in ctx.args if a.startswith("-")})
+        _usage(
+            f"unexpected argument(s) ({len(ctx.args)}, not shown"
+            + (f"; unknown option(s) {', '.join(named)}" if named else "")
+            + "): the value is never taken from the command line; pipe it on stdin or"
+            " type it at the prompt"
+        )
+    cfg, env_name = _load(config, env)
+    resolved = cfg.environment(env_name)
+    types = {
+        t: tc for t, tc in cfg.types.items() if uses_api_keys_rotator(t, tc) and tc.secret == secret
+    }
+    if not types:
+        valid = sorted({tc.secret for t, tc in cfg.types.items() if uses_api_keys_rotator(t, tc)})
+        _usage(
+            "only API keys can be set this way; SECRET must be one of: "
+            + (", ".join(valid) or "none (no type uses the api_keys rotator)")
+        )
+    specs: dict[str, KeySpec] = {}
+    grace = timedelta(0)
+    try:
+        for tc in types.values():
+            specs.update(key_specs(tc.options))
+            grace = max(grace, tc.grace or timedelta(0))
+    except RotatorConfigError as exc:
+        _usage(str(exc))
+    spec = specs.get(name)
+    if spec is None:
+        if not new:
+            _usage(
+                f"NAME is not a key of {secret} in the rotation config; valid: "
+                f"{', '.join(sorted(specs))} (--new adds a key that is rotated by hand)"
+            )
+        problem = key_name_problem(name)
+        if problem:
+            _usage(f"invalid NAME: {problem}")
+        spec = KeySpec(name=name, configured=False)
+
+    value: str
+    if sys.stdin.isatty():
+        value = typer.prompt(
+            f"New value of {name} (input hidden)", hide_input=True, confirmation_prompt=True
+        )
+    else:
+        value = sys.stdin.read()
+    value = value.strip()
+    if not value:
+        _usage("empty value; nothing written")
+    if any(c.isspace() for c in value) or not value.isprintable():
+        _usage("the value must be one line without spaces or control characters; nothing written")
+
+    settings = resolved.vault_settings()
+    path = KV2Path(settings.kv_mount, secret)
+
+    async def go() -> int:
+        async with VaultClient(settings) as client:
+            return await set_api_key(client, path, spec, value, actor=default_actor(), grace=grace)
+
+    try:
+        version = _run(go)
+    except VaultError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_FAILURE) from None
+    extra = (
+        f"; the previous value stays valid for {format_duration(grace)}"
+        if spec.kind == "internal" and grace
+        else ""
+    )
+    console.print(
+        f"stored {name} in {path.data}: version {version} (value not shown);"
+        f" recorded as rotated now{extra}"
+    )

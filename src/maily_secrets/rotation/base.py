@@ -150,6 +150,14 @@ class Rotator(ABC):
         """Remove what a previous rotation kept for its grace period (``retiring``)."""
         return None
 
+    async def follow_up(self, ctx: RotationContext, pending: dict[str, Any]) -> str | None:
+        """After a successful rotation: what a person still has to do (None: nothing).
+
+        E.g. third-party keys of the same type that only a person can roll; the run
+        reports ``action_required`` with this text and ``--notify`` passes it on.
+        """
+        return None
+
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         """What to retire once the grace period after this rotation is over (None: nothing)."""
         return None

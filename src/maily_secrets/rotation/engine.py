@@ -420,6 +420,9 @@ class RotationEngine:
         res.status = "resumed" if resumed else "rotated"
         res.step = "finished"
         res.version = state.last_version
+        note = await rotator.follow_up(ctx, pending)
+        if note:
+            res.status, res.reason = "action_required", note
         log.info(
             "rotated",
             extra={

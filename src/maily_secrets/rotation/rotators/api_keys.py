@@ -1,0 +1,834 @@
+"""API keys (``<mount>/data/api-keys``): rotate what Maily can, ask a person for the rest.
+
+A third-party key (Stripe, SendGrid, OpenAI, ...) is never replaced by a random
+string: only the vendor can issue one. Every key of the secret has a *kind*
+(``types.api_keys.options.keys``)::
+
+    api_keys:
+      secret: api-keys
+      grace: 1d
+      options:
+        scope: all               # all (default) | automatic | manual, see below
+        keys:
+          stripe:
+            kind: manual
+            instructions: "Roll the key in the Stripe dashboard (Developers > API keys)"
+          sendgrid: {kind: manual}
+          openai: manual         # shorthand for {kind: manual}
+          internal_service: {kind: internal, bytes: 32}
+          example: {kind: provider, provider: "package.module:Factory", base_url: ...}
+
+- ``internal``  a key Maily issues itself: a new random key (``bytes`` of entropy,
+                URL-safe, optional ``prefix``). Promotion keeps the previous one as
+                ``<name>_previous`` with ``<name>_previous_valid_until`` (RFC 3339) in
+                the same secret, so verifiers accept both until the grace period is
+                over (:func:`valid_internal_keys`); ``retire`` removes it.
+- ``provider``  a vendor with a key-management API, through an
+                :class:`ApiKeyProvider` loaded by import path (``"pkg.mod:Factory"``,
+                called as ``Factory(name=..., options=..., ctx=...)`` where ``options``
+                are the key's other settings). ``create_pending`` asks the vendor for a
+                new key (the engine stores it in the rotation state before anything
+                else), ``verify`` uses it, ``promote`` writes it (check-and-set; the old
+                one stays as ``<name>_previous`` during the grace period), ``retire``
+                revokes the old key at the vendor (by its key id when one was recorded,
+                else by value). A failed verification revokes the new key.
+- ``manual``    (the default, also for keys found in the secret but not configured)
+                never written by a rotation. When due, the run reports
+                ``action_required`` with ``instructions`` and the command that stores
+                the new value: ``./mailyctl.py secrets set api-keys <name>``.
+
+Per-key schedule: the time a key was last rotated is non-secret KV custom metadata
+of the secret, ``rotated_at.<name>`` (and ``rotated_by.<name>``; ``key_id.<name>``
+for provider keys), written by ``promote`` and by ``secrets set``, so a key stored
+by hand counts as rotated. A key without a record is as old as the secret. A key is
+due when it is older than the type's interval (a manual key also when it is not set).
+When the engine runs the type (it is due, or asked for without ``--due``), the due
+automatable keys are rotated, or all of them when none is due; the due manual keys
+are reported, or all of them when the scope has no automatable key and none is due.
+
+Mixed sets and the run's outcome. The engine records one outcome per type, and
+``ActionRequired`` can only come before anything changed (``check``/
+``create_pending``). So:
+
+- ``scope: automatic`` rotates internal and provider keys only;
+- ``scope: manual`` never changes anything: it raises ``ActionRequired`` for the due
+  manual keys (its schedule is the age of the oldest manual key);
+- ``scope: all`` rotates the automatable keys through the normal steps; manual keys
+  that are due are reported with ``ActionRequired`` when no automatable key is to be
+  rotated, otherwise by :meth:`ApiKeysRotator.follow_up` after promotion (an engine
+  hook; until the engine calls it they are logged as a warning).
+
+Two types over the same secret (``api_keys`` with ``scope: automatic`` and, after it,
+``api_keys_manual`` with ``rotator: api_keys`` and ``scope: manual``) give one run
+that records ``rotated`` for the automatable keys and then ``action_required`` for
+the manual ones. Without ``options.keys`` the keys of the guide are used
+(:data:`DEFAULT_KEYS`).
+
+Nothing here logs or raises with a key value in the message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import inspect
+import re
+import secrets
+from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from ...errors import PermissionDenied, SecretNotFound
+from ...paths import KV2Path
+from ...vault.client import VaultClient
+from ..base import (
+    ActionRequired,
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    parse_time,
+)
+from ..config import TypeConfig, format_duration
+
+Kind = Literal["internal", "provider", "manual"]
+Scope = Literal["all", "automatic", "manual"]
+KINDS: tuple[Kind, ...] = ("internal", "provider", "manual")
+SCOPES: tuple[Scope, ...] = ("all", "automatic", "manual")
+ROTATOR_NAME = "api_keys"
+
+PREVIOUS = "_previous"
+VALID_UNTIL = "_previous_valid_until"
+RESERVED_SUFFIXES = (PREVIOUS, VALID_UNTIL)
+META_ROTATED_AT = "rotated_at."
+META_ROTATED_BY = "rotated_by."
+META_KEY_ID = "key_id."
+SET_COMMAND = "./mailyctl.py secrets set"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+MIN_BYTES, MAX_BYTES = 16, 256
+
+#: The keys of the integration guide, used when ``options.keys`` is not configured.
+DEFAULT_KEYS: dict[str, dict[str, Any]] = {
+    "stripe": {
+        "kind": "manual",
+        "instructions": "Roll the secret key in the Stripe dashboard (Developers > API keys)",
+    },
+    "sendgrid": {
+        "kind": "manual",
+        "instructions": "Create a new API key in SendGrid (Settings > API Keys); delete the"
+        " old one once Maily uses the new one",
+    },
+    "openai": {
+        "kind": "manual",
+        "instructions": "Create a new secret key in the OpenAI platform (API keys); revoke"
+        " the old one once Maily uses the new one",
+    },
+    "internal_service": {"kind": "internal", "bytes": 32},
+}
+
+
+# ---------------------------------------------------------------------------- consumers
+def valid_internal_keys(
+    api_keys: Mapping[str, Any], name: str, now: datetime | None = None
+) -> list[str]:
+    """The values of internal key ``name`` a verifier accepts now: current, then previous.
+
+    ``api_keys`` is the data of the api-keys secret (``await vault_service.get_api_keys()``).
+    The previous key counts until ``<name>_previous_valid_until``; without a valid
+    time it does not count.
+    """
+    now = now or datetime.now(UTC)
+    out: list[str] = []
+    current = api_keys.get(name)
+    if isinstance(current, str) and current:
+        out.append(current)
+    previous = api_keys.get(name + PREVIOUS)
+    until = parse_time(api_keys.get(name + VALID_UNTIL))
+    if isinstance(previous, str) and previous and until is not None and now < until:
+        if previous not in out:
+            out.append(previous)
+    return out
+
+
+def is_valid_internal_key(
+    api_keys: Mapping[str, Any], name: str, presented: str, now: datetime | None = None
+) -> bool:
+    """Whether ``presented`` is a valid value of internal key ``name`` (constant time)."""
+    ok = False
+    for candidate in valid_internal_keys(api_keys, name, now):
+        ok |= hmac.compare_digest(candidate.encode(), presented.encode())
+    return ok
+
+
+# ---------------------------------------------------------------------------- providers
+@runtime_checkable
+class ApiKeyProvider(Protocol):
+    """A vendor's key-management API. Never put a key value into an exception message.
+
+    ``create_key`` issues a new key (``current`` is the key in use, or None) and returns
+    it with the vendor's id of it (None when the vendor has none); ``verify`` uses the
+    new key for real and raises (or returns False) when it does not work; ``revoke``
+    revokes a key by the id ``create_key`` returned, or by its value when no id was
+    recorded, and must succeed when the key is already revoked. An optional
+    ``async aclose()`` is called after each step.
+    """
+
+    async def create_key(self, current: str | None) -> tuple[str, str | None]: ...
+
+    async def verify(self, new_key: str) -> bool | None: ...
+
+    async def revoke(self, key_id_or_key: str) -> None: ...
+
+
+def load_provider(spec: KeySpec, ctx: RotationContext) -> ApiKeyProvider:
+    """``Factory(name=, options=, ctx=)`` of the key's ``provider`` import path."""
+    module_name, _, attr = spec.provider.partition(":")
+    where = f"api key {spec.name}: provider {spec.provider!r}"
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise RotatorConfigError(f"{where} cannot be imported: {exc}") from None
+    except AttributeError:
+        raise RotatorConfigError(f"{where}: {module_name} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise RotatorConfigError(f"{where} is not callable")
+    try:
+        provider = obj(name=spec.name, options=dict(spec.settings), ctx=ctx)
+    except Exception as exc:
+        raise RotatorConfigError(f"{where} could not be set up: {type(exc).__name__}") from None
+    if not isinstance(provider, ApiKeyProvider):
+        raise RotatorConfigError(f"{where} lacks create_key, verify or revoke")
+    return provider
+
+
+async def _close(provider: ApiKeyProvider) -> None:
+    aclose = getattr(provider, "aclose", None)
+    if aclose is not None:
+        result = aclose()
+        if inspect.isawaitable(result):
+            await result
+
+
+T = TypeVar("T")
+
+
+def _scrub(text: str, values: tuple[str | None, ...]) -> str:
+    line = " ".join((text.strip().splitlines() or [""])[0].split())
+    for v in values:
+        if v:
+            line = line.replace(v, "******")
+    return line[:300]
+
+
+async def _call(spec: KeySpec, what: str, aw: Awaitable[T], *values: str | None) -> T:
+    """Await a provider call; any failure -> RotationError without key values."""
+    try:
+        return await aw
+    except Exception as exc:
+        detail = _scrub(str(exc), values)
+        raise RotationError(
+            f"api key {spec.name}: provider {spec.provider} could not {what}:"
+            f" {type(exc).__name__}" + (f": {detail}" if detail else "")
+        ) from None
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class KeySpec:
+    name: str
+    kind: Kind = "manual"
+    instructions: str = ""
+    nbytes: int = 32
+    prefix: str = ""
+    provider: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict)  # provider options
+    configured: bool = True
+
+    @property
+    def automatic(self) -> bool:
+        return self.kind != "manual"
+
+
+def key_name_problem(name: object) -> str | None:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return "key names are letters, digits, '_', '.', '-' (at most 100 characters)"
+    if name.endswith(RESERVED_SUFFIXES):
+        return f"key names may not end with {' or '.join(RESERVED_SUFFIXES)} (reserved)"
+    return None
+
+
+def _spec(name: str, raw: object) -> tuple[KeySpec | None, list[str]]:
+    where = f"option keys.{name}"
+    problem = key_name_problem(name)
+    if problem:
+        return None, [f"{where}: {problem}"]
+    if raw is None:
+        raw = {}
+    if isinstance(raw, str):
+        raw = {"kind": raw}
+    if not isinstance(raw, Mapping):
+        return None, [f"{where} must be a mapping (kind: manual|internal|provider) or a kind"]
+    problems: list[str] = []
+    kind = raw.get("kind", "manual")
+    if kind not in KINDS:
+        return None, [f"{where}.kind must be one of {', '.join(KINDS)}"]
+    instructions = raw.get("instructions", "")
+    if not isinstance(instructions, str):
+        problems.append(f"{where}.instructions must be a string")
+        instructions = ""
+    nbytes = raw.get("bytes", 32)
+    if (
+        not isinstance(nbytes, int)
+        or isinstance(nbytes, bool)
+        or not (MIN_BYTES <= nbytes <= MAX_BYTES)
+    ):
+        problems.append(f"{where}.bytes must be an integer from {MIN_BYTES} to {MAX_BYTES}")
+        nbytes = 32
+    prefix = raw.get("prefix", "")
+    if not isinstance(prefix, str) or len(prefix) > 32 or any(c.isspace() for c in prefix):
+        problems.append(f"{where}.prefix must be a short string without spaces")
+        prefix = ""
+    provider = raw.get("provider", "")
+    if kind == "provider":
+        if not isinstance(provider, str) or not re.match(
+            r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", provider
+        ):
+            problems.append(f"{where}.provider must be an import path 'package.module:Factory'")
+            provider = ""
+    elif provider:
+        problems.append(f"{where}.provider is only for kind provider")
+    known = {"kind", "instructions", "bytes", "prefix", "provider"}
+    settings = {k: v for k, v in raw.items() if k not in known}
+    if settings and kind != "provider":
+        problems.append(f"{where}: unknown setting(s) {', '.join(sorted(map(str, settings)))}")
+    if problems:
+        return None, problems
+    return (
+        KeySpec(
+            name=name,
+            kind=kind,
+            instructions=instructions.strip(),
+            nbytes=nbytes,
+            prefix=prefix,
+            provider=str(provider or ""),
+            settings=settings,
+        ),
+        [],
+    )
+
+
+def key_specs(options: Mapping[str, Any]) -> dict[str, KeySpec]:
+    """The configured keys (``options.keys``, else :data:`DEFAULT_KEYS`)."""
+    raw = options.get("keys", DEFAULT_KEYS)
+    if not isinstance(raw, Mapping) or not raw:
+        raise RotatorConfigError("api_keys: option keys must map key names to their kind")
+    specs: dict[str, KeySpec] = {}
+    problems: list[str] = []
+    for name, item in raw.items():
+        spec, bad = _spec(str(name), item)
+        problems += bad
+        if spec is not None:
+            specs[spec.name] = spec
+    if problems:
+        raise RotatorConfigError(f"api_keys: {'; '.join(problems)}")
+    return specs
+
+
+def scope_of(options: Mapping[str, Any]) -> Scope:
+    scope = options.get("scope", "all")
+    for s in SCOPES:
+        if scope == s:
+            return s
+    raise RotatorConfigError(f"api_keys: option scope must be one of {', '.join(SCOPES)}")
+
+
+def uses_api_keys_rotator(type_name: str, tc: TypeConfig) -> bool:
+    return (tc.rotator or type_name) == ROTATOR_NAME
+
+
+def _known_options(options: Mapping[str, Any]) -> None:
+    unknown = sorted(set(options) - {"keys", "scope"})
+    if unknown:
+        raise RotatorConfigError(f"api_keys: unknown option(s) {', '.join(unknown)}")
+
+
+# ---------------------------------------------------------------------------- the secret
+@dataclass
+class Snapshot:
+    """The api-keys secret: data, version, custom metadata, creation time."""
+
+    data: dict[str, Any]
+    version: int
+    custom: dict[str, str]
+    created: datetime | None
+
+    def rotated_at(self, name: str) -> datetime | None:
+        return parse_time(self.custom.get(META_ROTATED_AT + name)) or self.created
+
+    def unknown_keys(self, specs: Mapping[str, KeySpec]) -> list[str]:
+        out = []
+        for k in self.data:
+            if k in specs or k.endswith(RESERVED_SUFFIXES) or key_name_problem(k):
+                continue
+            out.append(k)
+        return sorted(out)
+
+
+async def read_snapshot(client: VaultClient, path: KV2Path) -> Snapshot:
+    try:
+        meta = await client.kv.metadata(path)
+    except SecretNotFound:
+        return Snapshot({}, 0, {}, None)
+    custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
+    version = int(meta.get("current_version") or 0)
+    try:
+        cur = await client.kv.read(path)
+        data, version = dict(cur.data), cur.version
+    except SecretNotFound:  # the current version is deleted
+        data = {}
+    return Snapshot(data, version, custom, parse_time(meta.get("created_time")))
+
+
+async def update_custom_metadata(
+    client: VaultClient, path: KV2Path, changes: Mapping[str, str | None]
+) -> None:
+    """Merge ``changes`` (None: remove) into the secret's custom metadata."""
+    try:
+        meta = await client.kv.metadata(path)
+        custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
+    except SecretNotFound:
+        custom = {}
+    for k, v in changes.items():
+        if v is None:
+            custom.pop(k, None)
+        else:
+            custom[k] = v
+    await client.kv.write_metadata(path, custom_metadata=custom)
+
+
+def fingerprint(value: str) -> str:
+    """A short SHA-256 fingerprint: tells two keys apart, reveals nothing usable."""
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat(timespec="seconds")
+
+
+def _shift(data: dict[str, Any], name: str, new: str, valid_until: datetime) -> None:
+    """``name`` := ``new``, keeping the value in use as ``<name>_previous`` until then."""
+    old = data.get(name)
+    if isinstance(old, str) and old and old != new:
+        data[name + PREVIOUS] = old
+        data[name + VALID_UNTIL] = _iso(valid_until)
+    data[name] = new
+
+
+async def set_api_key(
+    client: VaultClient,
+    path: KV2Path,
+    spec: KeySpec,
+    value: str,
+    *,
+    actor: str,
+    grace: timedelta,
+    now: datetime | None = None,
+) -> int:
+    """Store a key given by a person (check-and-set) and record it as rotated.
+
+    An internal key keeps the previous value valid for ``grace`` like a rotation;
+    a provider key forgets its recorded vendor key id (it is no longer the one in use).
+    Returns the new version.
+    """
+    if not value:
+        raise ValueError("empty value")
+    now = now or datetime.now(UTC)
+
+    def change(data: dict[str, Any]) -> dict[str, Any]:
+        if spec.kind == "internal" and grace > timedelta(0):
+            _shift(data, spec.name, value, now + grace)
+        else:
+            data[spec.name] = value
+        return data
+
+    version = await client.kv.update(path, change)
+    meta: dict[str, str | None] = {
+        META_ROTATED_AT + spec.name: _iso(now),
+        META_ROTATED_BY + spec.name: f"{actor} (secrets set)"[:500],
+    }
+    if spec.kind == "provider":
+        meta[META_KEY_ID + spec.name] = None
+    await update_custom_metadata(client, path, meta)
+    return version
+
+
+# ---------------------------------------------------------------------------- the rotator
+@dataclass
+class _Plan:
+    automatic: list[KeySpec]
+    manual: list[KeySpec]
+
+
+class ApiKeysRotator(Rotator):
+    """``api_keys``: internal keys rotated, vendor keys through providers, the rest by hand."""
+
+    type_name = ROTATOR_NAME
+    # an internal key keeps one previous value: a second rotation within the grace
+    # period would cut off holders of the first
+    two_slots = True
+
+    # -- configuration ---------------------------------------------------------------
+    def _config(self, ctx: RotationContext) -> tuple[dict[str, KeySpec], Scope]:
+        _known_options(ctx.options)
+        return key_specs(ctx.options), scope_of(ctx.options)
+
+    @staticmethod
+    def _in_scope(spec: KeySpec, scope: Scope) -> bool:
+        return scope == "all" or (scope == "automatic") == spec.automatic
+
+    def _plan(
+        self, ctx: RotationContext, specs: Mapping[str, KeySpec], scope: Scope, snap: Snapshot
+    ) -> _Plan:
+        every = dict(specs)
+        for name in snap.unknown_keys(specs):
+            every[name] = KeySpec(name=name, configured=False)
+        in_scope = [s for s in every.values() if self._in_scope(s, scope)]
+        interval = ctx.env.interval(ctx.type_name)
+        now = ctx.now()
+
+        def due(s: KeySpec) -> bool:
+            if s.kind == "manual" and not snap.data.get(s.name):
+                return True  # never set
+            last = snap.rotated_at(s.name)
+            return last is None or now >= last + interval
+
+        auto = [s for s in in_scope if s.automatic]
+        manual = [s for s in in_scope if not s.automatic]
+        # The engine runs this type when it is due or asked for explicitly: rotate the
+        # automatable keys that are due, else all of them. Manual keys: the due ones;
+        # a scope without automatable keys asked for explicitly lists all of them.
+        return _Plan(
+            automatic=[s for s in auto if due(s)] or auto,
+            manual=[s for s in manual if due(s)] or ([] if auto else manual),
+        )
+
+    async def _read(self, ctx: RotationContext, step: str) -> Snapshot:
+        path = ctx.secret_path()
+        try:
+            return await read_snapshot(ctx.client, path)
+        except PermissionDenied:
+            raise RotatorConfigError(
+                f"api_keys {step}: this token may not read {path.data} or its metadata"
+            ) from None
+
+    def manual_message(self, ctx: RotationContext, manual: list[KeySpec], snap: Snapshot) -> str:
+        """What a person has to do, per manual key (names, times, instructions; no values)."""
+        secret = ctx.type_config.secret
+        env_flag = (
+            f" --env {ctx.env.name}" if ctx.env.name != ctx.env.config.defaults.environment else ""
+        )
+        now = ctx.now()
+        items = []
+        for s in manual:
+            last = snap.rotated_at(s.name)
+            if not snap.data.get(s.name):
+                when = "not set"
+            elif last is None:
+                when = "never rotated"
+            else:
+                when = f"last rotated {last:%Y-%m-%d}, {(now - last).days} days ago"
+            todo = s.instructions or (
+                f"Issue a new {s.name} key with its provider"
+                + ("" if s.configured else " (not in the rotation config: kind manual)")
+            )
+            items.append(
+                f"{s.name} ({when}): {todo.rstrip('. ')}; then store it with:"
+                f" {SET_COMMAND} {secret} {s.name}{env_flag}"
+            )
+        return (
+            f"{len(manual)} API key(s) in {ctx.secret_path().data} can only be rotated by a"
+            " person (rotation never replaces them): " + " | ".join(items)
+        )
+
+    # -- the protocol ----------------------------------------------------------------
+    async def check(self, ctx: RotationContext) -> None:
+        specs, scope = self._config(ctx)
+        if scope == "automatic" and not any(s.automatic for s in specs.values()):
+            raise RotatorConfigError(
+                "api_keys: scope automatic, but no key is of kind internal or provider"
+            )
+        for s in specs.values():
+            if s.kind == "provider" and self._in_scope(s, scope):
+                await _close(load_provider(s, ctx))
+        await self._read(ctx, "check")
+
+    async def created_at(self, ctx: RotationContext) -> datetime | None:
+        """The time the oldest key in scope was last rotated (or set): the schedule's
+        baseline until the type's first successful rotation (for ``scope: manual``,
+        always)."""
+        try:
+            specs, scope = self._config(ctx)
+            snap = await read_snapshot(ctx.client, ctx.secret_path())
+        except (RotationError, PermissionDenied):
+            return await super().created_at(ctx)
+        names = [n for n, s in specs.items() if self._in_scope(s, scope)]
+        if scope == "manual" and any(not snap.data.get(n) for n in names):
+            return None  # a manual key that is not set at all: due now
+        if scope != "automatic":
+            names += snap.unknown_keys(specs)
+        times = [t for t in (snap.rotated_at(n) for n in names) if t is not None]
+        return min(times) if times else snap.created
+
+    async def describe(self, ctx: RotationContext) -> str:
+        specs, scope = self._config(ctx)
+        snap = await self._read(ctx, "describe")
+        plan = self._plan(ctx, specs, scope, snap)
+        if not plan.automatic:
+            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        grace = format_duration(ctx.grace) if ctx.grace else "0s"
+        parts = [
+            f"{s.name} ({'new random key' if s.kind == 'internal' else 'via ' + s.provider})"
+            for s in plan.automatic
+        ]
+        text = (
+            f"rotate {', '.join(parts)} in {ctx.secret_path().data}; previous keys stay"
+            f" valid for {grace}"
+        )
+        if plan.manual:
+            text += f"; then ask a person for {', '.join(s.name for s in plan.manual)}"
+        return text
+
+    async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
+        specs, scope = self._config(ctx)
+        snap = await self._read(ctx, "create_pending")
+        plan = self._plan(ctx, specs, scope, snap)
+        if not plan.automatic:
+            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        keys: dict[str, dict[str, Any]] = {}
+        try:
+            for s in plan.automatic:
+                current = snap.data.get(s.name)
+                current = current if isinstance(current, str) and current else None
+                entry: dict[str, Any] = {
+                    "kind": s.kind,
+                    "old_fp": fingerprint(current) if current else None,
+                }
+                if s.kind == "internal":
+                    entry["value"] = s.prefix + secrets.token_urlsafe(s.nbytes)
+                else:
+                    provider = load_provider(s, ctx)
+                    try:
+                        new, key_id = await _call(
+                            s, "create a key", provider.create_key(current), current
+                        )
+                    finally:
+                        await _close(provider)
+                    if not isinstance(new, str) or not new:
+                        raise RotationError(
+                            f"api key {s.name}: provider {s.provider} returned no key"
+                        )
+                    entry.update(
+                        value=new,
+                        key_id=str(key_id) if key_id else None,
+                        old_key_id=snap.custom.get(META_KEY_ID + s.name),
+                    )
+                keys[s.name] = entry
+        except Exception:
+            # the state was not written: revoke what vendors issued already
+            await self._revoke_new(ctx, specs, keys, swallow=True)
+            raise
+        ctx.log.info(
+            "api keys: new keys created",
+            extra={"type": ctx.type_name, "keys": sorted(keys), "rotation_id": ctx.rotation_id},
+        )
+        return {"keys": keys, "manual_due": [s.name for s in plan.manual]}
+
+    async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Nothing to do: Vault itself is the target of an internal key, and a provider
+        key exists at the vendor since ``create_pending``."""
+        return None
+
+    async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        specs, _ = self._config(ctx)
+        for name, entry in self._keys(pending):
+            value = entry.get("value")
+            if not isinstance(value, str) or not value:
+                raise RotationError(f"api key {name}: the pending key is empty")
+            if entry.get("kind") != "provider":
+                continue
+            spec = self._provider_spec(specs, name)
+            provider = load_provider(spec, ctx)
+            try:
+                ok = await _call(spec, "verify the new key", provider.verify(value), value)
+            finally:
+                await _close(provider)
+            if ok is False:
+                raise RotationError(f"api key {name}: the vendor does not accept the new key")
+
+    async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        specs, _ = self._config(ctx)
+        await self._revoke_new(ctx, specs, dict(self._keys(pending)), swallow=False)
+
+    async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
+        keys = dict(self._keys(pending))
+        path = ctx.secret_path()
+        until = ctx.now() + ctx.grace
+        snap = await self._read(ctx, "promote")
+        todo = {n: e for n, e in keys.items() if snap.data.get(n) != e["value"]}
+        version = snap.version
+        if todo:  # else: promoted already (a resumed rotation)
+
+            def change(data: dict[str, Any]) -> dict[str, Any]:
+                for name, entry in todo.items():
+                    if data.get(name) != entry["value"]:
+                        _shift(data, name, entry["value"], until)
+                return data
+
+            version = await ctx.client.kv.update(path, change)
+        meta: dict[str, str | None] = {}
+        for name, entry in keys.items():
+            meta[META_ROTATED_AT + name] = _iso(ctx.now())
+            meta[META_ROTATED_BY + name] = f"rotation {ctx.rotation_id}"
+            if entry.get("kind") == "provider":
+                meta[META_KEY_ID + name] = entry.get("key_id") or None
+        await update_custom_metadata(ctx.client, path, meta)
+        manual = pending.get("manual_due") or []
+        if manual:
+            ctx.log.warning(
+                "api keys: manual keys are due and need a person: %s",
+                ", ".join(manual),
+                extra={"type": ctx.type_name, "keys": manual},
+            )
+        return version
+
+    async def follow_up(self, ctx: RotationContext, pending: dict[str, Any]) -> str | None:
+        """After promotion: the manual keys of this run that need a person (or None).
+
+        For an engine hook that reports ``action_required`` for a type whose
+        automatable part was rotated.
+        """
+        names = [str(n) for n in pending.get("manual_due") or []]
+        if not names:
+            return None
+        specs, _ = self._config(ctx)
+        snap = await self._read(ctx, "follow_up")
+        manual = [specs.get(n) or KeySpec(name=n, configured=False) for n in names]
+        return self.manual_message(ctx, manual, snap)
+
+    def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
+        items = []
+        for name, entry in self._keys(pending):
+            if not entry.get("old_fp") and not entry.get("old_key_id"):
+                continue  # there was no previous key
+            items.append(
+                {
+                    "name": name,
+                    "kind": entry.get("kind"),
+                    "old_fp": entry.get("old_fp"),
+                    "old_key_id": entry.get("old_key_id"),
+                }
+            )
+        return {"keys": items} if items else None
+
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
+        specs, _ = self._config(ctx)
+        path = ctx.secret_path()
+        snap = await self._read(ctx, "retire")
+        now = ctx.now()
+        drop: list[str] = []
+        for item in retiring.get("keys") or []:
+            name = str(item.get("name"))
+            previous = snap.data.get(name + PREVIOUS)
+            same = isinstance(previous, str) and fingerprint(previous) == item.get("old_fp")
+            if item.get("kind") == "provider":
+                target = item.get("old_key_id") or (previous if same else None)
+                if target:
+                    spec = self._provider_spec(specs, name)
+                    provider = load_provider(spec, ctx)
+                    try:
+                        await _call(spec, "revoke the old key", provider.revoke(target), previous)
+                    finally:
+                        await _close(provider)
+                else:
+                    ctx.log.warning(
+                        "api keys: the old %s key is no longer known; revoke it at the vendor",
+                        name,
+                        extra={"type": ctx.type_name},
+                    )
+            until = parse_time(snap.data.get(name + VALID_UNTIL))
+            # an expired previous internal key is dead anyway; a provider key's previous
+            # value stays until the retirement that revokes it
+            expired = item.get("kind") == "internal" and until is not None and until <= now
+            if same or expired:
+                drop.append(name)
+        if not drop:
+            return
+
+        def change(data: dict[str, Any]) -> dict[str, Any]:
+            for name in drop:
+                data.pop(name + PREVIOUS, None)
+                data.pop(name + VALID_UNTIL, None)
+            return data
+
+        if any(name + PREVIOUS in snap.data or name + VALID_UNTIL in snap.data for name in drop):
+            await ctx.client.kv.update(path, change)
+        ctx.log.info(
+            "api keys: previous keys retired",
+            extra={"type": ctx.type_name, "keys": drop, "rotation_id": ctx.rotation_id},
+        )
+
+    # -- helpers ---------------------------------------------------------------------
+    @staticmethod
+    def _keys(pending: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        keys = pending.get("keys") or {}
+        return [(str(n), e) for n, e in keys.items() if isinstance(e, dict)]
+
+    @staticmethod
+    def _provider_spec(specs: Mapping[str, KeySpec], name: str) -> KeySpec:
+        spec = specs.get(name)
+        if spec is None or spec.kind != "provider":
+            raise RotatorConfigError(
+                f"api key {name} was rotated through a provider but is no longer configured"
+                " as kind provider"
+            )
+        return spec
+
+    async def _revoke_new(
+        self,
+        ctx: RotationContext,
+        specs: Mapping[str, KeySpec],
+        keys: Mapping[str, Mapping[str, Any]],
+        *,
+        swallow: bool,
+    ) -> None:
+        errors: list[str] = []
+        for name, entry in keys.items():
+            if entry.get("kind") != "provider":
+                continue
+            target = entry.get("key_id") or entry.get("value")
+            if not target:
+                continue
+            try:
+                spec = self._provider_spec(specs, name)
+                provider = load_provider(spec, ctx)
+                try:
+                    await _call(
+                        spec, "revoke the new key", provider.revoke(str(target)), entry.get("value")
+                    )
+                finally:
+                    await _close(provider)
+            except RotationError as exc:
+                errors.append(str(exc))
+        if errors:
+            if not swallow:
+                raise RotationError("; ".join(errors))
+            ctx.log.error(
+                "api keys: new keys could not be revoked: %s",
+                "; ".join(errors),
+                extra={"type": ctx.type_name},
+            )
