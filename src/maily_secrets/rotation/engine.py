@@ -471,8 +471,8 @@ class RotationEngine:
         await self._save(state, version)
         res.status = "rolled_back"
         res.reason = (
-            f"verification failed ({_error_text(exc)}); the current credential is unchanged"
-            + rollback_error
+            f"verification failed ({_error_text(exc)}); rolled back, the credential in use"
+            " was not replaced" + rollback_error
         )
 
     async def _retire(self, rotator: Rotator, state: RotationState, version: int) -> int:
@@ -487,7 +487,7 @@ class RotationEngine:
             try:
                 await rotator.retire(ctx, item.data)
                 done += 1
-            except (RotationError, VaultError) as exc:
+            except (RotationError, VaultError, OSError) as exc:
                 log.warning(
                     "retiring after %s failed; will retry: %s",
                     item.rotation_id,

@@ -1,0 +1,688 @@
+"""Redis passwords, rotated with zero downtime through an ACL user with two passwords.
+
+A Redis ACL user may hold several passwords at once. The application logs in as
+one ACL user (``acl_user``, default ``maily``; ``ensure_redis_acl_user`` creates
+it), and during the grace period that user accepts both the previous and the new
+password, so whatever password a client read from Vault, it can log in.
+
+One rotation:
+
+1. ``create_pending``  a new random password (URL/DSN-safe);
+2. ``apply``           as the rotator's admin, ``ACL SETUSER <user> #<sha256>``: the
+                       password is sent as its SHA-256 (which is all Redis stores
+                       anyway), so the plaintext never reaches Redis' ``MONITOR``
+                       stream, ``SLOWLOG`` or ``ACL LOG``; the previous password stays.
+                       A disabled (``off``) or ``nopass`` user is refused, not changed;
+3. ``verify``          a new connection ``AUTH <user> <new password>`` + ``PING``;
+4. ``promote``         ``redis_password`` (and ``redis_username``) of the consumer secret,
+                       by a check-and-set read-modify-write (other keys are kept).
+
+After the grace period ``retire`` removes the previous password
+(``ACL SETUSER <user> !<sha256>``), never the one the consumer secret names.
+``rollback`` removes the new one. Every step is idempotent: it looks at the
+user's password hashes (``ACL GETUSER``) before changing them.
+
+Options (``types.redis.options``)::
+
+    acl_user: maily                        # the application's ACL user (not "default")
+    admin_secret: rotator/redis-admin      # optional: host, port, username, password
+                                           # (+ optional tls); without it the rotator
+                                           # connects to redis_host/redis_port of the
+                                           # consumer secret as the default user, with no
+                                           # password (a Redis without requirepass)
+    username_key: redis_username           # optional; null: do not write the user name
+    tls: false                             # optional, for every connection
+    connect_timeout: 5                     # optional, seconds
+    password_length: 32                    # optional, 16..256
+    persist: acl_save                      # optional: acl_save (ACL SAVE when Redis has an
+                                           # aclfile), config_rewrite, none
+
+The admin needs the ``ACL`` command (``+acl``); it must be another user than
+``acl_user``. Redis replicates no ACL changes: with replicas or a cluster every
+node needs the same change (one rotator run per node is not implemented here).
+
+Adopting a Redis that so far used ``requirepass`` / the default user::
+
+    await ensure_redis_acl_user(admin_redis, "maily", password=<config's redis_password>)
+    # then add redis_username: maily to the consumer secret (and to the app's template)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
+
+from ...bootstrap import random_password
+from ...errors import PermissionDenied, SecretNotFound, VaultError
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+
+DEFAULT_ACL_USER = "maily"
+DEFAULT_USERNAME_KEY = "redis_username"
+PASSWORD_KEY = "redis_password"  # noqa: S105 - a key name
+HOST_KEY, PORT_KEY = "redis_host", "redis_port"
+DEFAULT_KEYS = ("maily:*",)
+DEFAULT_CHANNELS = ("maily:*",)
+DEFAULT_COMMANDS = ("+@all", "-@dangerous")
+PERSIST_MODES = ("acl_save", "config_rewrite", "none")
+_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NO_ACLFILE = "not configured to use an acl file"
+
+
+def password_sha256(password: str) -> str:
+    """The SHA-256 (lowercase hex) Redis keeps for a password: ``ACL SETUSER u #<it>``."""
+    return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
+def _rule(op: str, digest: str) -> str:
+    """``#<sha256>`` (add) or ``!<sha256>`` (remove); never anything that may be a password."""
+    if op not in ("#", "!") or not _SHA256.fullmatch(digest):
+        raise ValueError("not a SHA-256 password hash")
+    return f"{op}{digest}"
+
+
+def scrub(text: str, *values: str | None) -> str:
+    """First line of an error text without any of ``values`` (at most 300 characters)."""
+    lines = text.strip().splitlines() or ["error"]
+    line = " ".join(lines[0].split())
+    for v in values:
+        if v:
+            line = line.replace(v, "******")
+    # a password hash is no password, but it does not belong in a message either
+    line = re.sub(r"[#!]?[0-9a-f]{64}", "<sha256>", line)
+    return line[:300]
+
+
+async def _cmd(conn: aioredis.Redis, *args: str) -> Any:
+    """One Redis command (redis-py's ``execute_command`` is untyped)."""
+    return await conn.execute_command(*args)  # type: ignore[no-untyped-call]
+
+
+def _text(v: object) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True)
+class AclUser:
+    """What ``ACL GETUSER`` says about a user (no secret: passwords are hashes)."""
+
+    name: str
+    flags: frozenset[str]
+    password_hashes: frozenset[str]
+
+    @property
+    def nopass(self) -> bool:
+        return "nopass" in self.flags
+
+    @property
+    def enabled(self) -> bool:
+        return "on" in self.flags
+
+
+def _parse_getuser(name: str, raw: object) -> AclUser | None:
+    if raw is None:
+        return None
+    if isinstance(raw, Mapping):
+        doc = {_text(k): v for k, v in raw.items()}
+    elif isinstance(raw, (list, tuple)):  # RESP2: a flat list of field, value
+        doc = {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
+    else:
+        raise RotationError(f"redis: unexpected ACL GETUSER answer for {name}")
+
+    def items(v: object) -> list[str]:
+        if isinstance(v, (list, tuple, set, frozenset)):
+            return [_text(x) for x in v]
+        if v in (None, b"", ""):
+            return []
+        return _text(v).split()
+
+    return AclUser(
+        name=name,
+        flags=frozenset(items(doc.get("flags"))),
+        password_hashes=frozenset(items(doc.get("passwords"))),
+    )
+
+
+async def get_acl_user(conn: aioredis.Redis, user: str) -> AclUser | None:
+    """The user's flags and password hashes; None when it does not exist."""
+    return _parse_getuser(user, await _cmd(conn, "ACL", "GETUSER", user))
+
+
+async def ensure_redis_acl_user(
+    conn: aioredis.Redis,
+    user: str = DEFAULT_ACL_USER,
+    *,
+    keys: Iterable[str] = DEFAULT_KEYS,
+    channels: Iterable[str] = DEFAULT_CHANNELS,
+    commands: Iterable[str] = DEFAULT_COMMANDS,
+    password: str | None = None,
+    update_permissions: bool = False,
+) -> bool:
+    """Create the application's ACL user when it is missing; True when it was created.
+
+    ``conn`` is an admin connection (``+acl``). The new user is enabled with the
+    given key patterns (``~maily:*``), Pub/Sub channel patterns (``&maily:*``) and
+    command rules (``+@all -@dangerous``: everything but the administrative and
+    slow-on-big-data commands such as ``KEYS``, ``FLUSHALL``, ``CONFIG``, ``DEBUG``).
+    ``password`` (optional) is added as a hash, e.g. the password the consumer
+    secret holds today, so clients can switch to the user without a new password.
+    An existing user keeps its permissions unless ``update_permissions``; its
+    passwords are never removed. Nothing is persisted (see ``persist``).
+    """
+    if not _USER.fullmatch(user) or user == "default":
+        raise ValueError(f"not a usable ACL user name for the application: {user!r}")
+    current = await get_acl_user(conn, user)
+    rules: list[str] = []
+    if current is None or update_permissions:
+        rules += ["resetkeys", "resetchannels", "-@all"]
+        rules += [f"~{k}" for k in keys]
+        rules += [f"&{c}" for c in channels]
+        rules += list(commands)
+    if current is None:
+        rules = ["on", "resetpass", *rules]
+    if password is not None:
+        digest = password_sha256(password)
+        if current is None or digest not in current.password_hashes:
+            rules.append(_rule("#", digest))
+    if rules:
+        await _cmd(conn, "ACL", "SETUSER", user, *rules)
+    return current is None
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class _Options:
+    acl_user: str
+    admin_secret: str | None
+    username_key: str | None
+    tls: bool
+    connect_timeout: float
+    password_length: int
+    persist: str
+
+
+def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
+    o = ctx.options
+    problems: list[str] = []
+    known = {
+        "acl_user",
+        "admin_secret",
+        "username_key",
+        "tls",
+        "connect_timeout",
+        "password_length",
+        "persist",
+    }
+    unknown = sorted(set(o) - known)
+    if unknown:
+        problems.append(
+            f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        )
+    user = o.get("acl_user", DEFAULT_ACL_USER)
+    if not isinstance(user, str) or not _USER.fullmatch(user):
+        problems.append("option acl_user must be an ACL user name (letters, digits, _ . : -)")
+    elif user == "default":
+        problems.append(
+            "option acl_user must not be 'default': give the application an ACL user of its"
+            " own (ensure_redis_acl_user)"
+        )
+    admin = o.get("admin_secret")
+    if admin is not None and (not isinstance(admin, str) or not admin.strip("/")):
+        problems.append("option admin_secret must name a secret (or be left out)")
+    username_key = o.get("username_key", DEFAULT_USERNAME_KEY)
+    if username_key is not None and (not isinstance(username_key, str) or not username_key):
+        problems.append("option username_key must be a key name or null")
+    tls = o.get("tls", False)
+    if not isinstance(tls, bool):
+        problems.append("option tls must be true or false")
+    try:
+        timeout = float(o.get("connect_timeout", 5))
+        if timeout <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.append("option connect_timeout must be a positive number of seconds")
+        timeout = 5.0
+    length = o.get("password_length", 32)
+    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
+        problems.append("option password_length must be an integer from 16 to 256")
+    persist = o.get("persist", "acl_save")
+    if persist not in PERSIST_MODES:
+        problems.append(f"option persist must be one of {', '.join(PERSIST_MODES)}")
+    if problems:
+        return None, problems
+    assert isinstance(user, str) and isinstance(length, int)
+    return (
+        _Options(
+            acl_user=user,
+            admin_secret=admin.strip("/") if isinstance(admin, str) else None,
+            username_key=username_key,
+            tls=bool(tls),
+            connect_timeout=timeout,
+            password_length=length,
+            persist=str(persist),
+        ),
+        [],
+    )
+
+
+def _opts(ctx: RotationContext, step: str) -> _Options:
+    opts, problems = _options(ctx)
+    if opts is None:
+        raise RotatorConfigError(f"redis {step}: {'; '.join(problems)}")
+    return opts
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    host: str
+    port: int
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _port(value: object) -> int | None:
+    try:
+        port = int(str(value))
+    except (TypeError, ValueError):
+        return None
+    return port if 0 < port < 65536 else None
+
+
+def _endpoint(data: Mapping[str, Any]) -> tuple[str, int] | None:
+    """redis_host/redis_port of the consumer secret (None when there is no host)."""
+    host = data.get(HOST_KEY)
+    if not host:
+        return None
+    port = _port(data.get(PORT_KEY, 6379))
+    return (str(host), port) if port else None
+
+
+# ---------------------------------------------------------------------------- the rotator
+class RedisAclRotator(Rotator):
+    """``redis``: a second password on the application's ACL user, then switch to it."""
+
+    type_name = "redis"
+    two_slots = True
+
+    # -- reading Vault ---------------------------------------------------------------
+    async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
+        path = ctx.secret_path()
+        try:
+            cur = await ctx.client.kv.read(path)
+        except SecretNotFound:
+            raise RotatorConfigError(
+                f"redis {step}: the consumer secret {path.data} does not exist"
+            ) from None
+        except PermissionDenied:
+            raise RotatorConfigError(
+                f"redis {step}: this token may not read the consumer secret {path.data}"
+            ) from None
+        return dict(cur.data), cur.version
+
+    async def _admin(
+        self, ctx: RotationContext, opts: _Options, consumer: Mapping[str, Any], step: str
+    ) -> RedisTarget:
+        if opts.admin_secret is None:
+            if consumer.get(HOST_KEY) and _endpoint(consumer) is None:
+                raise RotatorConfigError(
+                    f"redis {step}: {PORT_KEY} of {ctx.secret_path().data} is not a port number"
+                )
+            ep = _endpoint(consumer) or ("127.0.0.1", 6379)
+            return RedisTarget(ep[0], ep[1], tls=opts.tls)
+        path = ctx.secret_path(opts.admin_secret)
+        try:
+            data = (await ctx.client.kv.read(path)).data
+        except SecretNotFound:
+            raise RotatorConfigError(
+                f"redis {step}: the admin secret {path.data} does not exist"
+            ) from None
+        except PermissionDenied:
+            raise RotatorConfigError(
+                f"redis {step}: this token may not read the admin secret {path.data}"
+            ) from None
+        problems: list[str] = []
+        app = _endpoint(consumer)
+        host = data.get("host") or (app[0] if app else None)
+        port = _port(data.get("port") or (app[1] if app else 6379))
+        if not host:
+            problems.append("lacks host")
+        if port is None:
+            problems.append("has a port that is not a port number")
+        username, password = data.get("username") or None, data.get("password") or None
+        if username and not password:
+            problems.append("has a username but no password")
+        if username == opts.acl_user:
+            problems.append(
+                f"names the application's user {opts.acl_user} as admin (rotating it would"
+                " lock the rotator out)"
+            )
+        tls = data.get("tls", opts.tls)
+        if problems:
+            raise RotatorConfigError(
+                f"redis {step}: the admin secret {path.data} {'; '.join(problems)}"
+            )
+        assert port is not None
+        return RedisTarget(
+            host=str(host),
+            port=port,
+            username=str(username) if username else None,
+            password=SecretStr(str(password)) if password else None,
+            tls=bool(tls),
+        )
+
+    # -- talking to Redis ------------------------------------------------------------
+    @staticmethod
+    def _connect(
+        target: RedisTarget, opts: _Options, username: str | None, password: str | None
+    ) -> aioredis.Redis:
+        return aioredis.Redis(
+            host=target.host,
+            port=target.port,
+            username=username,
+            password=password,
+            ssl=target.tls,
+            socket_connect_timeout=opts.connect_timeout,
+            socket_timeout=max(opts.connect_timeout, 10.0),
+            single_connection_client=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    @asynccontextmanager
+    async def _admin_conn(
+        self, admin: RedisTarget, opts: _Options, step: str
+    ) -> AsyncIterator[aioredis.Redis]:
+        secret = admin.password.get_secret_value() if admin.password else None
+        who = admin.username or "default"
+        conn = self._connect(admin, opts, admin.username, secret)
+        try:
+            try:
+                await conn.ping()
+            except RedisError as exc:
+                raise RotationError(
+                    f"redis {step}: cannot connect to {admin.describe()} as the rotator admin"
+                    f" ({who}): {type(exc).__name__}: {scrub(str(exc), secret)}"
+                ) from None
+            try:
+                yield conn
+            except RedisError as exc:
+                raise RotationError(
+                    f"redis {step}: Redis {admin.describe()} refused ({who}):"
+                    f" {type(exc).__name__}: {scrub(str(exc), secret)}"
+                ) from None
+        finally:
+            try:
+                await conn.aclose()
+            except (RedisError, OSError):
+                pass
+
+    async def _user(
+        self,
+        conn: aioredis.Redis,
+        admin: RedisTarget,
+        opts: _Options,
+        step: str,
+        *,
+        require_enabled: bool = False,
+    ) -> AclUser:
+        user = await get_acl_user(conn, opts.acl_user)
+        if user is None:
+            raise RotatorConfigError(
+                f"redis {step}: ACL user {opts.acl_user} does not exist on {admin.describe()}"
+                " (create it with ensure_redis_acl_user)"
+            )
+        if user.nopass:
+            raise RotatorConfigError(
+                f"redis {step}: ACL user {opts.acl_user} on {admin.describe()} is 'nopass':"
+                " adding a password would lock out the clients that log in without one"
+            )
+        if require_enabled and not user.enabled:
+            raise RotatorConfigError(
+                f"redis {step}: ACL user {opts.acl_user} on {admin.describe()} is disabled"
+                " ('off'); refusing to enable it (ACL SETUSER <user> on, if it should be)"
+            )
+        return user
+
+    async def _persist(
+        self, ctx: RotationContext, conn: aioredis.Redis, admin: RedisTarget, opts: _Options
+    ) -> None:
+        if opts.persist == "none":
+            return
+        if opts.persist == "config_rewrite":
+            await _cmd(conn, "CONFIG", "REWRITE")
+            return
+        try:
+            await _cmd(conn, "ACL", "SAVE")
+        except ResponseError as exc:
+            if _NO_ACLFILE not in str(exc).lower():
+                raise
+            ctx.log.warning(
+                "redis: %s has no ACL file; the ACL change lives in memory until the users"
+                " are saved (persist: config_rewrite, or an aclfile)",
+                admin.describe(),
+            )
+
+    async def _change_passwords(
+        self,
+        ctx: RotationContext,
+        step: str,
+        pending_or_retiring: Mapping[str, Any],
+        *,
+        add: str | None = None,
+        remove: str | None = None,
+    ) -> bool:
+        """Add / remove one password hash of the ACL user; False when nothing changed."""
+        opts = _opts(ctx, step)
+        consumer, _ = await self._consumer(ctx, step)
+        admin = await self._admin(ctx, opts, consumer, step)
+        user_name = str(pending_or_retiring.get("user") or opts.acl_user)
+        if user_name != opts.acl_user:
+            raise RotatorConfigError(
+                f"redis {step}: this rotation was for ACL user {user_name}, but acl_user is"
+                f" now {opts.acl_user}"
+            )
+        async with self._admin_conn(admin, opts, step) as conn:
+            user = await self._user(conn, admin, opts, step, require_enabled=add is not None)
+            rules: list[str] = []
+            if add is not None and add not in user.password_hashes:
+                rules = [_rule("#", add)]
+            if remove is not None and remove in user.password_hashes:
+                rules = [_rule("!", remove)]
+            if not rules:
+                return False
+            await _cmd(conn, "ACL", "SETUSER", opts.acl_user, *rules)
+            await self._persist(ctx, conn, admin, opts)
+        return True
+
+    # -- the protocol ----------------------------------------------------------------
+    async def check(self, ctx: RotationContext) -> None:
+        opts, problems = _options(ctx)
+        consumer_path = ctx.secret_path()
+        consumer: dict[str, Any] | None = None
+        try:
+            consumer = dict((await ctx.client.kv.read(consumer_path)).data)
+        except SecretNotFound:
+            problems.append(f"the consumer secret {consumer_path.data} does not exist")
+        except PermissionDenied:
+            problems.append(f"this token may not read the consumer secret {consumer_path.data}")
+        if consumer is not None:
+            if consumer.get(HOST_KEY) and _endpoint(consumer) is None:
+                problems.append(f"{PORT_KEY} of {consumer_path.data} is not a port number")
+            if opts is not None and opts.username_key:
+                have = consumer.get(opts.username_key)
+                if have != opts.acl_user:
+                    problems.append(
+                        f"{opts.username_key} of {consumer_path.data} is"
+                        f" {'missing' if have is None else repr(have)}, not the ACL user"
+                        f" {opts.acl_user!r}: the application logs in as another user, and"
+                        " switching it to this one must be done first (ensure_redis_acl_user"
+                        f" with its current password, then set {opts.username_key})"
+                    )
+        admin: RedisTarget | None = None
+        if opts is not None and consumer is not None:
+            try:
+                admin = await self._admin(ctx, opts, consumer, "check")
+            except RotatorConfigError as exc:
+                problems.append(str(exc).removeprefix("redis check: "))
+        if problems or opts is None or admin is None:
+            raise RotatorConfigError(f"redis rotation cannot start: {'; '.join(problems)}")
+        try:
+            async with self._admin_conn(admin, opts, "check") as conn:
+                await self._user(conn, admin, opts, "check", require_enabled=True)
+        except RotatorConfigError as exc:
+            raise RotatorConfigError(
+                f"redis rotation cannot start: {str(exc).removeprefix('redis check: ')}"
+            ) from None
+        except RotationError as exc:
+            raise RotatorConfigError(str(exc)) from None
+
+    async def describe(self, ctx: RotationContext) -> str:
+        opts, problems = _options(ctx)
+        if opts is None:
+            return f"cannot rotate redis: {'; '.join(problems)}"
+        try:
+            consumer, _ = await self._consumer(ctx, "describe")
+            admin = await self._admin(ctx, opts, consumer, "describe")
+        except (RotationError, VaultError) as exc:
+            return f"cannot rotate redis: {exc}"
+        return (
+            f"add a new password to ACL user {opts.acl_user} on {admin.describe()}, point"
+            f" {PASSWORD_KEY} of {ctx.secret_path().data} at it, remove the previous one"
+            f" after the grace period ({ctx.grace})"
+        )
+
+    async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
+        opts = _opts(ctx, "create_pending")
+        consumer, _ = await self._consumer(ctx, "create_pending")
+        password = random_password(opts.password_length)
+        previous = consumer.get(PASSWORD_KEY)
+        return {
+            "user": opts.acl_user,
+            "password": password,
+            "password_sha256": password_sha256(password),
+            "previous_sha256": password_sha256(str(previous)) if previous else None,
+        }
+
+    async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        digest = str(pending["password_sha256"])
+        changed = await self._change_passwords(ctx, "apply", pending, add=digest)
+        ctx.log.info(
+            "redis: new password added to the ACL user",
+            extra={"user": pending.get("user"), "step": "apply", "changed": changed},
+        )
+
+    async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        opts = _opts(ctx, "verify")
+        consumer, _ = await self._consumer(ctx, "verify")
+        user, password = str(pending["user"]), str(pending["password"])
+        # where the application connects (the consumer secret), else where the admin does
+        ep = _endpoint(consumer)
+        target = (
+            RedisTarget(ep[0], ep[1], tls=opts.tls)
+            if ep
+            else await self._admin(ctx, opts, consumer, "verify")
+        )
+        conn = self._connect(target, opts, user, password)
+        where = f"{user}@{target.describe()}"
+        try:
+            try:
+                await conn.ping()
+            except NoPermissionError:
+                # logged in (AUTH passed) but may not PING: the credential works
+                ctx.log.warning("redis: %s may not run PING", where)
+        except RedisError as exc:
+            raise RotationError(
+                f"redis verify: login as {where} failed: {type(exc).__name__}:"
+                f" {scrub(str(exc), password)}"
+            ) from None
+        finally:
+            try:
+                await conn.aclose()
+            except (RedisError, OSError):
+                pass
+        ctx.log.info("redis: new password works", extra={"user": user, "host": target.host})
+
+    async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
+        opts = _opts(ctx, "promote")
+        user, password = str(pending["user"]), str(pending["password"])
+        new_digest = str(pending["password_sha256"])
+        previous = pending.get("previous_sha256")
+        path = ctx.secret_path()
+        data, version = await self._consumer(ctx, "promote")
+        if data.get(PASSWORD_KEY) == password and (
+            not opts.username_key or data.get(opts.username_key) == user
+        ):
+            return version  # promoted already
+
+        def change(cur: dict[str, Any]) -> dict[str, Any]:
+            have = cur.get(PASSWORD_KEY)
+            have_digest = password_sha256(str(have)) if have else None
+            if have_digest not in (previous, new_digest):
+                raise RotationError(
+                    f"redis promote: {PASSWORD_KEY} of {path.data} changed during the"
+                    " rotation; this pending password is stale"
+                )
+            cur[PASSWORD_KEY] = password
+            if opts.username_key:
+                cur[opts.username_key] = user
+            return cur
+
+        new_version = await ctx.client.kv.update(path, change)
+        ctx.log.info(
+            "redis: consumer secret holds the new password",
+            extra={"user": user, "path": path.data, "version": new_version},
+        )
+        return new_version
+
+    async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
+        """Remove the new password from the user (unless the consumer secret names it)."""
+        digest = str(pending["password_sha256"])
+        consumer, _ = await self._consumer(ctx, "rollback")
+        if consumer.get(PASSWORD_KEY) == pending.get("password"):
+            raise RotationError(
+                f"redis rollback: {ctx.secret_path().data} already holds the new password;"
+                " refusing to remove it"
+            )
+        changed = await self._change_passwords(ctx, "rollback", pending, remove=digest)
+        ctx.log.info(
+            "redis: pending password removed",
+            extra={"user": pending.get("user"), "changed": changed},
+        )
+
+    def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
+        previous = pending.get("previous_sha256")
+        if not previous or previous == pending.get("password_sha256"):
+            return None
+        return {"user": pending["user"], "password_sha256": previous}
+
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
+        """Remove the previous password, never the one the consumer secret holds."""
+        digest = str(retiring.get("password_sha256") or "")
+        if not _SHA256.fullmatch(digest):
+            raise RotationError("redis retire: the retiring record holds no password hash")
+        consumer, _ = await self._consumer(ctx, "retire")
+        current = consumer.get(PASSWORD_KEY)
+        if current and password_sha256(str(current)) == digest:
+            ctx.log.warning(
+                "redis: the password to retire is the one in use again; keeping it",
+                extra={"user": retiring.get("user")},
+            )
+            return
+        changed = await self._change_passwords(ctx, "retire", retiring, remove=digest)
+        ctx.log.info(
+            "redis: previous password removed",
+            extra={"user": retiring.get("user"), "changed": changed},
+        )
