@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from ..errors import InvalidPath, SecretNotFound
+from ..errors import InvalidPath, PermissionDenied, SecretNotFound
 from ..paths import KV2Path
 from ..vault.client import VaultClient
 from .config import ResolvedEnvironment, TypeConfig
@@ -82,6 +82,25 @@ class RotationContext:
     def secret_path(self, name: str | None = None) -> KV2Path:
         """A KV v2 secret of this environment's mount (default: the type's ``secret``)."""
         return KV2Path(self.kv_mount, name or self.type_config.secret)
+
+    async def read_secret(
+        self, name: str | None = None, step: str = ""
+    ) -> tuple[dict[str, Any], int]:
+        """A KV v2 secret (default: the consumer secret) and its version, for CAS.
+
+        Missing or unreadable is a :class:`RotatorConfigError` naming the path and step.
+        """
+        path = self.secret_path(name)
+        where = f"{self.type_name} {step}".strip()
+        try:
+            cur = await self.client.kv.read(path)
+        except SecretNotFound:
+            raise RotatorConfigError(f"{where}: the secret {path.data} does not exist") from None
+        except PermissionDenied:
+            raise RotatorConfigError(
+                f"{where}: this token may not read the secret {path.data}"
+            ) from None
+        return dict(cur.data), cur.version
 
     @property
     def options(self) -> Mapping[str, Any]:

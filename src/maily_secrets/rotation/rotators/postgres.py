@@ -218,14 +218,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     # -- reading Vault ---------------------------------------------------------------
     async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        path = ctx.secret_path()
-        try:
-            cur = await ctx.client.kv.read(path)
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"database {step}: the consumer secret {path.data} does not exist"
-            ) from None
-        return dict(cur.data), cur.version
+        return await ctx.read_secret(step=step)
 
     async def _admin(self, ctx: RotationContext, opts: _Options, step: str) -> PostgresTarget:
         path = ctx.secret_path(opts.admin_secret)

@@ -320,18 +320,7 @@ class RedisAclRotator(Rotator):
 
     # -- reading Vault ---------------------------------------------------------------
     async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        path = ctx.secret_path()
-        try:
-            cur = await ctx.client.kv.read(path)
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"redis {step}: the consumer secret {path.data} does not exist"
-            ) from None
-        except PermissionDenied:
-            raise RotatorConfigError(
-                f"redis {step}: this token may not read the consumer secret {path.data}"
-            ) from None
-        return dict(cur.data), cur.version
+        return await ctx.read_secret(step=step)
 
     async def _admin(
         self, ctx: RotationContext, opts: _Options, consumer: Mapping[str, Any], step: str
