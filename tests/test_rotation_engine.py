@@ -8,7 +8,7 @@ import os
 import pty
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from maily_secrets.vault.client import VaultClient
 from .conftest import Bao
 from .rotation_env import RotationEnv, mailyctl_argv, make_rotation_env
 from .secrecy import assert_absent
+from .test_rotation_notify import Smtp, _start_smtp
 
 JWT_ONLY = {"jwt": {"secret": "config", "grace": "1h"}}
 
@@ -277,3 +278,40 @@ async def test_production_asks_on_a_terminal(bao: Bao, root: VaultClient, tmp_pa
     # not on a terminal (the CronJob), or with --yes: no question
     out = run_cli(renv, "secrets", "rotate", "--env=production", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["results"][0]["status"] == "rotated"
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    """An aiosmtpd server requiring AUTH with the credentials the test puts in Vault."""
+    ctl, box = _start_smtp()
+    try:
+        yield box
+    finally:
+        ctl.stop()
+
+
+async def test_notify_email_arrives_and_contains_no_secret(renv: RotationEnv, smtp: Smtp) -> None:
+    async with renv.client() as c:
+        await c.kv.update(f"{renv.mount}/data/config", lambda d: {**d, **smtp.settings()})
+    renv.doc["notify"]["email"]["to"] = ["ops@maily.example"]
+    renv.write()
+    before, _ = await config_of(renv)
+    out = run_cli(renv, "secrets", "rotate", "--secret-types=jwt", "--notify", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    email = next(n for n in doc["notifications"] if n["channel"] == "email")
+    assert email["ok"] is True, email
+    (msg,) = smtp.received
+    assert msg["authenticated"] and msg["rcpt_tos"] == ["ops@maily.example"]
+    body = msg["content"]
+    assert "jwt" in body and "rotated" in body and doc["results"][0]["rotation_id"] in body
+    after, _ = await config_of(renv)
+    for secret in (
+        before["jwt_secret"],
+        after["jwt_secret"],
+        after["db_password"],
+        after["smtp_password"],
+        after["redis_password"],
+    ):
+        assert_absent(secret, body, "the notification email")
+        assert_absent(secret, out.stdout + out.stderr, "the CLI output")
