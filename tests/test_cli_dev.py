@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
         # `dev env` is what a shell evals
         env_line = mailyctl("dev", "env", state=state).stdout.strip()
         assert env_line.startswith(f"export VAULT_ADDR={addr} VAULT_TOKEN=")
-        token = env_line.rsplit("VAULT_TOKEN=", 1)[1]
+        exported = dict(w.split("=", 1) for w in shlex.split(env_line)[1:])
+        token = exported["VAULT_TOKEN"]
         assert (state / "token").stat().st_mode & 0o077 == 0
 
         # the token is not in the server's argv, and ~/.vault-token is untouched

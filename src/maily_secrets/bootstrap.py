@@ -9,6 +9,7 @@ Sample secret values are generated at random, never fixed strings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -596,8 +597,16 @@ async def ensure_database_rotation(
         raise PostgresSetupError(
             f"db_username {active!r} in {kv_mount}/data/config is not one of {', '.join(roles)}"
         )
+    password = str(cfg["db_password"])
+    # set the active role's password only when the config's does not log in already
+    # (so that a second run changes nothing)
+    works = await asyncio.to_thread(_can_log_in, target, active, password)
     await ensure_postgres_login_roles(
-        target, roles, APP_GROUP_ROLE, passwords={active: str(cfg["db_password"])}, report=report
+        target,
+        roles,
+        APP_GROUP_ROLE,
+        passwords=None if works else {active: password},
+        report=report,
     )
     path = KV2Path(kv_mount, admin_secret)
     if await client.kv.current_version(path) == 0:
@@ -615,3 +624,20 @@ async def ensure_database_rotation(
         report.add(f"secret {path.data} (rotator's PostgreSQL admin)", True)
     else:
         report.add(f"secret {path.data} (rotator's PostgreSQL admin)", False)
+
+
+def _can_log_in(target: PostgresTarget, user: str, password: str) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(
+            host=target.host,
+            port=target.port,
+            dbname=target.dbname,
+            user=user,
+            password=password,
+            connect_timeout=3,
+        ):
+            return True
+    except psycopg.Error:
+        return False

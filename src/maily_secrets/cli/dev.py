@@ -7,17 +7,21 @@ import shlex
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 
+from .. import standins
 from ..bootstrap import (
     DB_APP_ROLE,
     DB_MOUNT,
     DEV_PG_URL_ENV,
     BootstrapReport,
+    PostgresSetupError,
     PostgresTarget,
     bootstrap_dev,
     dev_postgres_target,
     ensure_database,
+    ensure_database_rotation,
     prepare_postgres,
 )
 from ..devserver import DevServer, DevServerError, health
@@ -53,8 +57,10 @@ async def _bootstrap(
             return report, None
         try:
             await ensure_database(client, postgres, report)
-        except VaultError as exc:
-            return report, str(exc)
+            # the `database` secret type rotates the two login roles of the app
+            await ensure_database_rotation(client, postgres, report)
+        except (VaultError, PostgresSetupError, OSError, psycopg.Error) as exc:
+            return report, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return report, None
 
 
@@ -96,9 +102,15 @@ def up(
     postgresql://postgres@127.0.0.1:5432/maily; password in the URL or
     $MAILY_DEV_PG_PASSWORD), also the database secrets engine at database/ with the
     connection maily-postgres and the dynamic role maily-app (1h leases, 24h max).
-    Running it twice is harmless.
+    Also local stand-ins (when moto and aiosmtpd are installed): AWS IAM/STS (moto,
+    IAM user maily-app, its key in maily/data/credentials) and an SMTP server with
+    AUTH (smtp_* in maily/data/config), so that the aws and smtp secret types rotate
+    for real. Running it twice is harmless.
     """
     server = DevServer(state_dir)
+    if server.running() is None:
+        # stand-ins of a dev server that died: their pid files go with its state dir
+        standins.stop_all(server.state_dir)
     try:
         info, started = server.start(port=port)
     except DevServerError as exc:
@@ -120,6 +132,8 @@ def up(
         console.print(f"  [yellow]database: skipped[/yellow] ({pg_skipped})")
     else:
         console.print(_database_line(postgres, pg_skipped or db_failed))
+    for line in standins.dev_up(server.state_dir, info.addr, info.token()).lines:
+        console.print(line, highlight=False)
     console.print(f"  audit log: {info.audit_log}")
     console.print('Use it from a shell:  [bold]eval "$(./mailyctl.py dev env)"[/bold]')
 
@@ -128,6 +142,9 @@ def up(
 def down(state_dir: StateDir = None) -> None:
     """Stop the dev server this tool started (by its pid file) and delete its data."""
     server = DevServer(state_dir)
+    stopped = standins.stop_all(server.state_dir)
+    if stopped:
+        console.print(f"Stand-ins stopped: {', '.join(stopped)}.")
     if server.stop():
         console.print("OpenBao dev server stopped; its data is gone.")
     else:
@@ -171,12 +188,14 @@ def status(
 def env(state_dir: StateDir = None) -> None:
     """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
 
-    Use: eval "$(./mailyctl.py dev env)"
+    With the local stand-ins running, also MAILY_AWS_ENDPOINT_URL (moto) and
+    MAILY_ROTATION_CONFIG (the built-in rotation config plus the stand-ins), so that
+    `secrets rotate` rotates aws and smtp against them. Use: eval "$(./mailyctl.py dev env)"
     """
     server = DevServer(state_dir)
     info = server.running()
     if info is None:
         fail("the dev server is not running; start it with `./mailyctl.py dev up`")
-    typer.echo(
-        f"export VAULT_ADDR={shlex.quote(info.addr)} VAULT_TOKEN={shlex.quote(info.token())}"
-    )
+    pairs = {"VAULT_ADDR": info.addr, "VAULT_TOKEN": info.token()}
+    pairs.update(standins.dev_environment(server.state_dir))
+    typer.echo("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items()))

@@ -54,6 +54,14 @@ class RotatorConfigError(RotationError):
     """The rotator's configuration or prerequisites are wrong (nothing was changed)."""
 
 
+class PendingLost(RotationError):
+    """The pending credential of an interrupted rotation is gone from the target system.
+
+    Raise it from ``apply`` on resume when the rotation cannot be completed: the
+    engine rolls it back and clears it, so the next run starts a new one.
+    """
+
+
 class ActionRequired(RotationError):
     """Only a person can rotate this (e.g. a third-party key without a rotation API).
 
@@ -74,6 +82,11 @@ class RotationContext:
     rotation_id: str
     log: logging.Logger
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: the operator asked to rotate despite the previous credential's grace period
+    force: bool = False
+    #: the type's rotation state as read at the start of this rotation (read-only view:
+    #: e.g. what earlier rotations keep for their grace period, in ``state.retiring``)
+    state: Any = None
 
     @property
     def kv_mount(self) -> str:

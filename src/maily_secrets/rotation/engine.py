@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -35,7 +36,14 @@ from typing import Any
 from ..errors import VaultError
 from ..paths import KV2Path
 from ..vault.client import VaultClient
-from .base import ActionRequired, RotationContext, RotationError, Rotator, rotator_for
+from .base import (
+    ActionRequired,
+    PendingLost,
+    RotationContext,
+    RotationError,
+    Rotator,
+    rotator_for,
+)
 from .config import ConfigError, RotationConfig, format_duration
 from .lock import LockBusy, VaultLock
 from .report import RunReport, TypeResult
@@ -235,7 +243,14 @@ class RotationEngine:
             rec = await asyncio.to_thread(metrics.write_textfile, registry, textfile)
             report.notifications.append(rec)
 
-    def _context(self, type_name: str, rotation_id: str) -> RotationContext:
+    def _context(
+        self,
+        type_name: str,
+        rotation_id: str,
+        *,
+        force: bool = False,
+        state: RotationState | None = None,
+    ) -> RotationContext:
         return RotationContext(
             env=self.env,
             type_name=type_name,
@@ -244,6 +259,8 @@ class RotationEngine:
             rotation_id=rotation_id,
             log=log,
             now=self.now,
+            force=force,
+            state=state,
         )
 
     async def _plan(self, t: str, due_only: bool, force: bool) -> TypeResult:
@@ -315,6 +332,23 @@ class RotationEngine:
                 res.reason,
                 extra={"type": t, "rotation_id": res.rotation_id, "step": res.step},
             )
+        except Exception as exc:  # a rotator bug must not abort the other types
+            res.status = "failed"
+            res.reason = (
+                f"unexpected {type(exc).__name__} at step {res.step or 'start'}"
+                " (a bug in the rotator; the message is withheld in case it holds a value)"
+            )
+            log.error(
+                "rotation of %s failed unexpectedly: %s",
+                t,
+                type(exc).__name__,
+                extra={
+                    "type": t,
+                    "rotation_id": res.rotation_id,
+                    "step": res.step,
+                    "where": "".join(traceback.format_tb(exc.__traceback__)[-3:]),
+                },
+            )
         res.duration_s = round(time.monotonic() - started, 3)
         try:
             state, _ = await self.store.read(t)
@@ -339,7 +373,7 @@ class RotationEngine:
         # 2. resume an interrupted rotation, or start a new one
         if state is not None and state.in_progress:
             assert state.rotation_id is not None and state.pending is not None
-            ctx = self._context(t, state.rotation_id)
+            ctx = self._context(t, state.rotation_id, force=force, state=state)
             res.rotation_id = state.rotation_id
             self.progress(t, f"resuming {state.rotation_id} after step {state.step}")
             log.info(
@@ -352,7 +386,7 @@ class RotationEngine:
             if due_only and not sched["due"]:
                 res.reason = f"not due until {sched['next_due']:%Y-%m-%d %H:%M} UTC"
                 return
-            ctx = self._context(t, new_rotation_id(t))
+            ctx = self._context(t, new_rotation_id(t), force=force, state=state)
             gate = self._grace_gate(rotator, ctx, state, force)
             if gate is not None:
                 res.reason = gate
@@ -381,7 +415,11 @@ class RotationEngine:
         if step == "created":
             res.step = "apply"
             self.progress(t, "applying to the target system")
-            await rotator.apply(ctx, pending)
+            try:
+                await rotator.apply(ctx, pending)
+            except PendingLost as exc:
+                await self._rollback(rotator, ctx, state, version, exc, res)
+                return
             state.step = "applied"
             version = await self._save(state, version)
             step = "applied"

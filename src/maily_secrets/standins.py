@@ -1,0 +1,736 @@
+"""Local stand-ins for development: AWS IAM/STS (moto) and an SMTP server with AUTH.
+
+``mailyctl dev up`` starts both next to the OpenBao dev server, as background
+processes recorded in ``<dev state dir>/standins/`` (``moto.json``, ``smtp.json``;
+``dev down`` stops them by pid, after checking the pid is still ours), and points
+Maily's secrets at them:
+
+* **moto** (``python -m moto.server`` on a free 127.0.0.1 port): IAM user
+  ``maily-app`` with an access key and a policy that lets it rotate its own keys;
+  then IAM authentication is switched on, so a deleted or wrong key really stops
+  working. ``maily/data/credentials`` ``aws`` holds the key. The ``aws`` rotator
+  reaches moto through ``$MAILY_AWS_ENDPOINT_URL`` (:func:`dev_environment`).
+* **SMTP** (aiosmtpd, port 2525 when free): accepts exactly the credentials of a
+  registry file (``smtp-credentials.json``, mode 0600, salted PBKDF2 hashes only).
+  The ``smtp`` rotator's ``hook`` provider writes new passwords there through
+  ``python -m maily_secrets.standins smtp-hook --store <file>`` (password on stdin),
+  so a rotation really changes what the server accepts. Messages received are kept
+  in ``smtp-mail/`` (one ``.eml`` file each).
+
+A rotation config for these stand-ins is written to ``standins/rotation.yaml`` (the
+built-in config plus ``endpoint_url`` for ``aws`` and the hook for ``smtp``).
+
+The registry and the hook protocol (see ``rotation/rotators/smtp.py``)::
+
+    python -m maily_secrets.standins smtp-hook --store FILE apply|rollback|retire
+    stdin: {"username", "password" (apply), "credential_id", "current_credential_id"...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import hmac
+import importlib.util
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+STANDIN_DIR = "standins"
+MOTO_USER = "maily-app"
+MOTO_REGION = "us-east-1"
+SMTP_DEFAULT_PORT = 2525
+STORE_FILE = "smtp-credentials.json"
+MAIL_DIR = "smtp-mail"
+PBKDF2_ITERATIONS = 20_000
+# What ``maily-app`` may do in the stand-in (on real AWS, scope it to the user itself:
+# "Resource": "arn:aws:iam::<account>:user/${aws:username}").
+SELF_ROTATION_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": [
+                "iam:GetUser",
+                "iam:ListAccessKeys",
+                "iam:CreateAccessKey",
+                "iam:UpdateAccessKey",
+                "iam:DeleteAccessKey",
+                "iam:GetAccessKeyLastUsed",
+            ],
+            "Resource": "*",
+        }
+    ],
+}
+
+
+class StandinError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- helpers
+def free_port(preferred: int | None = None) -> int:
+    if preferred is not None and not port_in_use(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write atomically, mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- processes
+@dataclass
+class StandinInfo:
+    name: str
+    pid: int
+    host: str
+    port: int
+    log: str
+    started_at: float
+
+    @property
+    def addr(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+# Processes started by this process (reaped on stop: no zombie, no ResourceWarning).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class _Background:
+    """A background process of ours, recorded in ``<state>/standins/<name>.json``."""
+
+    name = ""
+    module = ""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.dir = self.state_dir / STANDIN_DIR
+        self.pid_file = self.dir / f"{self.name}.json"
+
+    def argv(self, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self, info: StandinInfo) -> bool:
+        raise NotImplementedError
+
+    def info(self) -> StandinInfo | None:
+        try:
+            return StandinInfo(**json.loads(self.pid_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _ours(self, pid: int) -> bool:
+        """The pid runs our module, from our directory (not a recycled pid)."""
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return _pid_alive(pid)  # no /proc: trust the pid file
+        return self.module.encode() in cmdline and Path(cwd) == self.dir
+
+    def running(self) -> StandinInfo | None:
+        info = self.info()
+        if info is not None and _pid_alive(info.pid) and self._ours(info.pid):
+            return info
+        return None
+
+    def start(self, port: int | None = None, wait: float = 30.0) -> tuple[StandinInfo, bool]:
+        current = self.running()
+        if current is not None:
+            return current, False
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        port = free_port(port)
+        log = self.dir / f"{self.name}.log"
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        try:
+            proc = subprocess.Popen(
+                self.argv(port),
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                env=env,
+                start_new_session=True,
+            )
+        finally:
+            os.close(log_fd)
+        _CHILDREN[proc.pid] = proc
+        info = StandinInfo(self.name, proc.pid, "127.0.0.1", port, str(log), time.time())
+        _write_private(self.pid_file, json.dumps(asdict(info), indent=2))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                raise StandinError(
+                    f"{self.name} exited with code {proc.returncode} while starting; see {log}"
+                )
+            if port_in_use(port) and self.ready(info):
+                return info, True
+            time.sleep(0.1)
+        self.stop()
+        raise StandinError(f"{self.name} did not start within {wait:.0f}s; see {log}")
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        info = self.info()
+        was_running = False
+        if info is not None and _pid_alive(info.pid) and self._ours(info.pid):
+            was_running = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _pid_alive(info.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _pid_alive(info.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(info.pid, signal.SIGKILL)
+        if info is not None:
+            child = _CHILDREN.pop(info.pid, None)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout)
+        self.pid_file.unlink(missing_ok=True)
+        return was_running
+
+
+class MotoStandin(_Background):
+    """moto's server (AWS APIs in memory) on 127.0.0.1."""
+
+    name = "moto"
+    module = "moto.server"
+
+    def argv(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+    def ready(self, info: StandinInfo) -> bool:
+        try:
+            with urllib.request.urlopen(f"{info.addr}/moto-api/", timeout=1) as r:  # noqa: S310
+                return int(r.status) == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+
+def moto_enable_auth(endpoint: str) -> None:
+    """From now on moto checks every request's signature and IAM policies."""
+    req = urllib.request.Request(  # noqa: S310 - a loopback stand-in
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310
+        r.read()
+
+
+def moto_setup_user(
+    endpoint: str,
+    user: str,
+    policy: dict[str, Any] | None = None,
+    *,
+    creds: tuple[str, str] = ("testing", "testing"),
+) -> tuple[str, str]:
+    """Create an IAM user with an inline policy and an access key: (key id, secret)."""
+    import boto3  # type: ignore[import-untyped]
+
+    iam = boto3.session.Session().client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=MOTO_REGION,
+        aws_access_key_id=creds[0],
+        aws_secret_access_key=creds[1],
+    )
+    iam.create_user(UserName=user)
+    iam.put_user_policy(
+        UserName=user,
+        PolicyName=f"{user}-policy",
+        PolicyDocument=json.dumps(policy or SELF_ROTATION_POLICY),
+    )
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
+
+class SmtpStandin(_Background):
+    """An aiosmtpd server with AUTH against the credential registry."""
+
+    name = "smtp"
+    module = "maily_secrets.standins"
+
+    @property
+    def store_path(self) -> Path:
+        return self.dir / STORE_FILE
+
+    def argv(self, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "maily_secrets.standins",
+            "smtp",
+            "--port",
+            str(port),
+            "--store",
+            str(self.store_path),
+            "--mail-dir",
+            str(self.dir / MAIL_DIR),
+        ]
+
+    def ready(self, info: StandinInfo) -> bool:
+        import smtplib
+
+        try:
+            with smtplib.SMTP(info.host, info.port, timeout=2) as s:
+                return int(s.ehlo()[0]) == 250
+        except (OSError, smtplib.SMTPException):
+            return False
+
+    def hook_argv(self) -> list[str]:
+        return smtp_hook_argv(self.store_path)
+
+
+def smtp_hook_argv(store: Path) -> list[str]:
+    """The ``hook`` option that writes to the registry ``store``."""
+    return [sys.executable, "-m", "maily_secrets.standins", "smtp-hook", "--store", str(store)]
+
+
+# ---------------------------------------------------------------------------- registry
+class CredentialStore:
+    """Who may log in to the SMTP stand-in: a JSON file (0600) of salted PBKDF2 hashes.
+
+    Each credential: ``{"username", "id", "salt", "hash", "added_at"}``. A username
+    may hold several passwords at once (the previous one during a grace period).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[list[dict[str, Any]]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path.with_name(self.path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            creds = self.load()
+            yield creds
+            _write_private(self.path, json.dumps({"credentials": creds}, indent=1))
+        finally:
+            os.close(lock)
+
+    def load(self) -> list[dict[str, Any]]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return []
+        creds = doc.get("credentials") if isinstance(doc, dict) else None
+        return [c for c in creds or [] if isinstance(c, dict)]
+
+    @staticmethod
+    def _hash(password: str, salt: bytes) -> str:
+        return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, PBKDF2_ITERATIONS).hex()
+
+    def add(self, username: str, password: str, credential_id: str) -> None:
+        """Idempotent for the same ``credential_id``."""
+        salt = secrets.token_bytes(16)
+        entry = {
+            "username": username,
+            "id": credential_id,
+            "salt": salt.hex(),
+            "hash": self._hash(password, salt),
+            "added_at": time.time(),
+        }
+        with self._locked() as creds:
+            creds[:] = [c for c in creds if c.get("id") != credential_id]
+            creds.append(entry)
+
+    def remove(self, credential_id: str) -> int:
+        with self._locked() as creds:
+            before = len(creds)
+            creds[:] = [c for c in creds if c.get("id") != credential_id]
+            return before - len(creds)
+
+    def retire(
+        self,
+        username: str,
+        credential_id: str | None,
+        keep: str | None = None,
+    ) -> int:
+        """Remove ``credential_id``; with None, every password of ``username`` but ``keep``."""
+        with self._locked() as creds:
+            before = len(creds)
+            if credential_id is not None:
+                creds[:] = [c for c in creds if c.get("id") != credential_id]
+            else:
+                creds[:] = [
+                    c for c in creds if c.get("username") != username or c.get("id") == keep
+                ]
+            return before - len(creds)
+
+    def check(self, username: str, password: str) -> bool:
+        ok = False
+        for c in self.load():
+            if c.get("username") != username:
+                continue
+            try:
+                digest = self._hash(password, bytes.fromhex(str(c.get("salt"))))
+            except ValueError:
+                continue
+            ok |= hmac.compare_digest(digest, str(c.get("hash")))
+        return ok
+
+    def ids(self, username: str | None = None) -> list[str]:
+        return [
+            str(c.get("id"))
+            for c in self.load()
+            if username is None or c.get("username") == username
+        ]
+
+
+def hook_main(store: Path, action: str, stdin: str) -> int:
+    """``smtp-hook``: apply/rollback/retire a credential of the registry from stdin JSON."""
+    try:
+        doc = json.loads(stdin)
+    except ValueError:
+        print("smtp-hook: stdin is not a JSON object", file=sys.stderr)
+        return 2
+    if not isinstance(doc, dict):
+        print("smtp-hook: stdin is not a JSON object", file=sys.stderr)
+        return 2
+    reg = CredentialStore(store)
+    username = str(doc.get("username") or "")
+    cid = doc.get("credential_id")
+    if action == "apply":
+        password = doc.get("password")
+        if not username or not isinstance(password, str) or not password or not cid:
+            print("smtp-hook: apply needs username, password and credential_id", file=sys.stderr)
+            return 2
+        reg.add(username, password, str(cid))
+    elif action == "rollback":
+        if not cid:
+            print("smtp-hook: rollback needs credential_id", file=sys.stderr)
+            return 2
+        reg.remove(str(cid))
+    elif action == "retire":
+        if not username:
+            print("smtp-hook: retire needs username", file=sys.stderr)
+            return 2
+        keep = doc.get("current_credential_id")
+        reg.retire(username, str(cid) if cid else None, str(keep) if keep else None)
+    else:
+        print(f"smtp-hook: unknown action {action!r}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ---------------------------------------------------------------------------- SMTP server
+class _Handler:
+    def __init__(self, mail_dir: Path | None) -> None:
+        self.mail_dir = mail_dir
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received += 1
+        if self.mail_dir is not None:
+            self.mail_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            name = make_msgid(domain="standin").strip("<>").replace("@", "_")
+            content = envelope.original_content or envelope.content or b""
+            if isinstance(content, str):
+                content = content.encode("utf-8", "replace")
+            (self.mail_dir / f"{name}.eml").write_bytes(content)
+        return "250 OK"
+
+
+def smtp_authenticator(store: CredentialStore) -> Any:
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticator(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        # handled=False: aiosmtpd answers 535 itself (True would leave the client waiting)
+        return AuthResult(success=store.check(user, password), handled=False)
+
+    return authenticator
+
+
+def smtp_controller(
+    store: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    mail_dir: Path | None = None,
+    tls_context: Any = None,
+) -> Any:
+    """An aiosmtpd ``Controller`` (not started) that authenticates against ``store``."""
+    from aiosmtpd.controller import Controller
+
+    kw: dict[str, Any] = {}
+    if tls_context is not None:
+        kw["tls_context"] = tls_context
+    return Controller(
+        _Handler(mail_dir),
+        hostname=host,
+        port=port or free_port(),
+        authenticator=smtp_authenticator(CredentialStore(store)),
+        auth_required=True,
+        auth_require_tls=tls_context is not None,
+        **kw,
+    )
+
+
+def _serve_smtp(host: str, port: int, store: Path, mail_dir: Path | None) -> int:
+    import warnings
+
+    # a loopback development server: AUTH without TLS is what it is for
+    warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+    warnings.filterwarnings("ignore", message="auth_required == True but auth_require_tls")
+    warnings.filterwarnings("ignore", message="Session.login_data is deprecated")
+    ctl = smtp_controller(store, host=host, port=port, mail_dir=mail_dir)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ctl.start()
+    print(f"SMTP stand-in listening on {host}:{port}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        ctl.stop()
+    return 0
+
+
+# ---------------------------------------------------------------------------- dev up/down
+@dataclass
+class DevStandins:
+    """What ``dev up`` printed about the stand-ins, and where they are."""
+
+    lines: list[str]
+    moto: StandinInfo | None = None
+    smtp: StandinInfo | None = None
+    rotation_config: Path | None = None
+
+
+def stop_all(state_dir: Path) -> list[str]:
+    """Stop every stand-in recorded in ``state_dir``; the names of those that ran."""
+    return [cls.name for cls in (MotoStandin, SmtpStandin) if cls(state_dir).stop()]
+
+
+def dev_environment(state_dir: Path) -> dict[str, str]:
+    """Variables a shell (or `secrets rotate`) needs to use the running stand-ins."""
+    env: dict[str, str] = {}
+    moto = MotoStandin(state_dir).running()
+    if moto is not None:
+        env["MAILY_AWS_ENDPOINT_URL"] = moto.addr
+    cfg = Path(state_dir).resolve() / STANDIN_DIR / "rotation.yaml"
+    if cfg.exists():
+        env["MAILY_ROTATION_CONFIG"] = str(cfg)
+    return env
+
+
+def write_rotation_config(
+    state_dir: Path, moto: StandinInfo | None, smtp: SmtpStandin | None
+) -> Path:
+    """The built-in rotation config plus the stand-ins' options."""
+    from importlib import resources
+
+    import yaml
+
+    doc = yaml.safe_load(
+        (resources.files("maily_secrets.rotation") / "default_config.yaml").read_text()
+    )
+    types = doc.setdefault("types", {})
+    if moto is not None and "aws" in types:
+        types["aws"].setdefault("options", {})["endpoint_url"] = moto.addr
+    if smtp is not None and "smtp" in types:
+        types["smtp"]["options"] = {
+            "provider": "hook",
+            "hook": smtp.hook_argv(),
+            "retire_hook": True,
+            "tls": "none",
+            "verify_timeout": 5,
+        }
+    path = Path(state_dir).resolve() / STANDIN_DIR / "rotation.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_private(
+        path,
+        "# Written by `mailyctl dev up`: the built-in config + the local stand-ins.\n"
+        + yaml.safe_dump(doc, sort_keys=False),
+    )
+    return path
+
+
+async def _point_vault_at(
+    client: Any, kv_mount: str, aws: dict[str, Any] | None, smtp: tuple[str, int] | None
+) -> None:
+    from .paths import KV2Path
+
+    if aws is not None:
+
+        def set_aws(cur: dict[str, Any]) -> dict[str, Any]:
+            m = cur.get("aws")
+            cur["aws"] = {**(m if isinstance(m, dict) else {}), **aws}
+            return cur
+
+        await client.kv.update(KV2Path(kv_mount, "credentials"), set_aws)
+    if smtp is not None:
+
+        def set_smtp(cur: dict[str, Any]) -> dict[str, Any]:
+            cur["smtp_host"], cur["smtp_port"] = smtp
+            return cur
+
+        await client.kv.update(KV2Path(kv_mount, "config"), set_smtp)
+
+
+def dev_up(state_dir: Path, vault_addr: str, token: str, kv_mount: str = "maily") -> DevStandins:
+    """Start the stand-ins (unless running) and point ``maily/`` at them (blocking)."""
+    import asyncio
+
+    from .settings import VaultSettings
+    from .vault.client import VaultClient
+
+    out = DevStandins(lines=[])
+    settings = VaultSettings(addr=vault_addr, token=token, auth_method="token", kv_mount=kv_mount)
+
+    async def read_smtp_creds() -> tuple[str, str]:
+        from .paths import KV2Path
+
+        async with VaultClient(settings) as c:
+            data = (await c.kv.read(KV2Path(kv_mount, "config"))).data
+        return str(data.get("smtp_username") or "maily"), str(data.get("smtp_password") or "")
+
+    async def write(aws: dict[str, Any] | None, smtp: tuple[str, int] | None) -> None:
+        async with VaultClient(settings) as c:
+            await _point_vault_at(c, kv_mount, aws, smtp)
+
+    # -- AWS (moto) -------------------------------------------------------------------
+    moto = MotoStandin(state_dir)
+    if importlib.util.find_spec("moto") is None:
+        out.lines.append(
+            "  [yellow]aws: skipped[/yellow] (moto is not installed:"
+            " pip install 'maily-secrets[devserver]')"
+        )
+    else:
+        try:
+            info, started = moto.start()
+            if started:
+                akid, secret = moto_setup_user(info.addr, MOTO_USER)
+                moto_enable_auth(info.addr)
+                asyncio.run(
+                    write(
+                        {
+                            "aws_access_key": akid,
+                            "aws_secret_key": secret,
+                            "aws_region": MOTO_REGION,
+                        },
+                        None,
+                    )
+                )
+            out.moto = info
+            out.lines.append(
+                f"  aws: IAM/STS stand-in (moto) {'started' if started else 'already running'}"
+                f" at [bold]{info.addr}[/bold] (pid {info.pid}); IAM user {MOTO_USER},"
+                f" its key in {kv_mount}/data/credentials"
+            )
+        except Exception as exc:
+            moto.stop()
+            out.lines.append(f"  [yellow]aws: skipped[/yellow] (moto stand-in: {exc})")
+
+    # -- SMTP (aiosmtpd) -----------------------------------------------------------------
+    smtp = SmtpStandin(state_dir)
+    smtp_ok = False
+    if importlib.util.find_spec("aiosmtpd") is None:
+        out.lines.append(
+            "  [yellow]smtp: skipped[/yellow] (aiosmtpd is not installed:"
+            " pip install 'maily-secrets[devserver]')"
+        )
+    else:
+        try:
+            info, started = smtp.start(SMTP_DEFAULT_PORT)
+            if started:
+                username, password = asyncio.run(read_smtp_creds())
+                store = CredentialStore(smtp.store_path)
+                if password and not store.check(username, password):
+                    store.add(username, password, "dev-up")
+                asyncio.run(write(None, (info.host, info.port)))
+            out.smtp = info
+            smtp_ok = True
+            out.lines.append(
+                f"  smtp: SMTP stand-in with AUTH {'started' if started else 'already running'}"
+                f" at [bold]{info.host}:{info.port}[/bold] (pid {info.pid}); smtp_* in"
+                f" {kv_mount}/data/config, new passwords through its hook"
+            )
+        except Exception as exc:
+            smtp.stop()
+            out.lines.append(f"  [yellow]smtp: skipped[/yellow] (SMTP stand-in: {exc})")
+    try:
+        out.rotation_config = write_rotation_config(state_dir, out.moto, smtp if smtp_ok else None)
+    except Exception as exc:
+        out.lines.append(
+            f"  [yellow]rotation config for the stand-ins not written[/yellow] ({exc})"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m maily_secrets.standins")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("smtp", help="run the SMTP stand-in (until SIGTERM)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=SMTP_DEFAULT_PORT)
+    s.add_argument("--store", type=Path, required=True)
+    s.add_argument("--mail-dir", type=Path, default=None)
+    h = sub.add_parser("smtp-hook", help="the smtp rotator's hook: JSON on stdin")
+    h.add_argument("--store", type=Path, required=True)
+    h.add_argument("action", choices=["apply", "rollback", "retire"])
+    args = p.parse_args(argv)
+    if args.cmd == "smtp":
+        return _serve_smtp(args.host, args.port, args.store, args.mail_dir)
+    return hook_main(args.store, args.action, sys.stdin.read())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
