@@ -641,3 +641,38 @@ def _can_log_in(target: PostgresTarget, user: str, password: str) -> bool:
             return True
     except psycopg.Error:
         return False
+
+
+async def ensure_redis_rotation(
+    client: VaultClient, report: BootstrapReport, *, kv_mount: str = "maily", user: str = "maily"
+) -> str | None:
+    """What the ``redis`` rotator needs, for a dev server: the application's ACL user.
+
+    Connects to ``redis_host``/``redis_port`` of ``<mount>/data/config`` as the default
+    user (a dev Redis without a password), creates the ACL user with the config's
+    ``redis_password`` (added as a hash) and records ``redis_username``. Returns why
+    it was skipped, or None.
+    """
+    import redis.asyncio as aioredis
+
+    from .rotation.rotators.redis import ensure_redis_acl_user
+
+    path = KV2Path(kv_mount, "config")
+    cfg = (await client.kv.read(path)).data
+    conn = aioredis.Redis(
+        host=str(cfg.get("redis_host") or "127.0.0.1"),
+        port=int(cfg.get("redis_port") or 6379),
+        socket_connect_timeout=3,
+        socket_timeout=3,
+    )
+    try:
+        created = await ensure_redis_acl_user(conn, user, password=str(cfg["redis_password"]))
+    except (OSError, aioredis.RedisError) as exc:
+        return f"{type(exc).__name__}: Redis at {cfg.get('redis_host')}:{cfg.get('redis_port')}"
+    finally:
+        await conn.aclose()
+    report.add(f"Redis ACL user {user}", created)
+    if cfg.get("redis_username") != user:
+        await client.kv.update(path, lambda d: {**d, "redis_username": user})
+        report.add(f"secret {path.data} (+redis_username)", True)
+    return None

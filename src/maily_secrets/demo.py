@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from . import standins
 from .cli.common import mask
 from .devserver import DevServer
 from .errors import InvalidPath, SecretNotFound, VaultError
@@ -24,6 +27,7 @@ from .service import VaultService
 from .vault.client import VaultClient
 
 console = Console(highlight=False)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _table(title: str, data: dict[str, object]) -> Table:
@@ -85,6 +89,72 @@ async def basic_usage() -> None:
     await listener_and_encryption(vault_service)
     await dynamic_database_credentials(vault_service)
     await vault_service.close()
+    await secret_rotation(vault_service)
+    await vault_service.close()
+
+
+async def secret_rotation(vault_service: VaultService) -> None:
+    console.rule(
+        "[bold]8. Secret Rotation[/bold]  (the guide's commands, as an operator runs them)"
+    )
+    seen: dict[str, list[dict[str, object]]] = {"config": [], "credentials": []}
+
+    def on_config(new: dict[str, object]) -> None:
+        seen["config"].append(new)
+
+    def on_credentials(new: dict[str, object]) -> None:
+        seen["credentials"].append(new)
+
+    before_cfg = await vault_service.get_config()
+    before_aws = await vault_service.get_credentials("aws")
+    await vault_service.register_secret_listener("maily/data/config", on_config, interval=0.5)
+    await vault_service.register_secret_listener(
+        "maily/data/credentials", on_credentials, interval=0.5
+    )
+    root = REPO_ROOT
+    for args in (["--secret-types=jwt,aws"], ["--secret-types=database"]):
+        cmd = ["./mailyctl.py", "secrets", "rotate", *args]
+        console.print(f"$ {' '.join(cmd)}", style="bold")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(root / "mailyctl.py"),
+            *cmd[1:],
+            "--json",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        try:
+            results = json.loads(out)["results"]
+        except (ValueError, KeyError):
+            console.print(f"[red]rotate exited {proc.returncode} without a report[/red]")
+            continue
+        for r in results:
+            console.print(
+                f"  {r['type']:<9} {r['status']:<16} {r.get('rotation_id') or ''}"
+                f"  {(r.get('reason') or '')[:160]}"
+            )
+    await asyncio.sleep(1.5)  # two listener polls
+    after_cfg = await vault_service.get_config()
+    after_aws = await vault_service.get_credentials("aws")
+    console.print(
+        f"listeners fired: config {len(seen['config'])}x, credentials"
+        f" {len(seen['credentials'])}x (the rotation wrote new versions; values not shown)"
+    )
+    console.print(
+        f"  jwt_kid       {before_cfg.get('jwt_kid', '(derived)')} -> {after_cfg.get('jwt_kid')}"
+    )
+    console.print(
+        f"  db_username   {before_cfg.get('db_username')} -> {after_cfg.get('db_username')}"
+        "  (the previous login role keeps working until the next rotation)"
+    )
+    changed = before_aws.get("aws_access_key") != after_aws.get("aws_access_key")
+    console.print(
+        f"  aws key       {'replaced' if changed else 'unchanged'} in maily/data/credentials"
+    )
+    console.print(
+        "History: ./mailyctl.py secrets history jwt    Status: ./mailyctl.py secrets status"
+    )
 
 
 async def dynamic_database_credentials(vault_service: VaultService) -> None:
@@ -168,9 +238,11 @@ def main() -> int:
     if info is None:
         console.print("[red]The dev server is not running.[/red] Start it: ./mailyctl.py dev up")
         return 1
-    # What a Maily service gets from its environment.
+    # What a Maily service gets from its environment (and `secrets rotate`: the
+    # stand-ins' endpoint and rotation config, as `dev env` exports them).
     os.environ["VAULT_ADDR"] = info.addr
     os.environ["VAULT_TOKEN"] = info.token()
+    os.environ.update(standins.dev_environment(server.state_dir))
     asyncio.run(basic_usage())
     console.rule()
     console.print(f"OpenBao dev server still running at {info.addr}.")

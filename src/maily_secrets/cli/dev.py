@@ -22,6 +22,7 @@ from ..bootstrap import (
     dev_postgres_target,
     ensure_database,
     ensure_database_rotation,
+    ensure_redis_rotation,
     prepare_postgres,
 )
 from ..devserver import DevServer, DevServerError, health
@@ -53,6 +54,9 @@ async def _bootstrap(
     settings = VaultSettings(addr=addr, token=token, auth_method="token")
     async with VaultClient(settings) as client:
         report = await bootstrap_dev(client)
+        redis_skipped = await ensure_redis_rotation(client, report)
+        if redis_skipped:
+            report.add(f"redis rotation skipped ({redis_skipped})", False)
         if postgres is None:
             return report, None
         try:
