@@ -20,12 +20,32 @@ def guide_text() -> str:
 
 
 def code_blocks(section: str, lang: str) -> list[str]:
-    """The ``lang`` code blocks under the heading whose text is ``section``."""
-    text = guide_text()
-    m = re.search(rf"^#+ {re.escape(section)}\s*$", text, re.M)
-    if m is None:
+    """The ``lang`` code blocks under the heading whose text is ``section``.
+
+    Lines starting with ``#`` inside code fences (shell comments) are not headings.
+    """
+    blocks: list[str] = []
+    in_section = in_fence = False
+    current: list[str] | None = None
+    for line in guide_text().splitlines():
+        if line.startswith("```"):
+            if in_fence:
+                if current is not None:
+                    blocks.append("\n".join(current) + "\n")
+                in_fence, current = False, None
+            else:
+                in_fence = True
+                current = [] if in_section and line.strip() == f"```{lang}" else None
+            continue
+        if in_fence:
+            if current is not None:
+                current.append(line)
+            continue
+        m = re.match(r"^#+ (.*?)\s*$", line)
+        if m:
+            if in_section:
+                break
+            in_section = m.group(1) == section
+    if not in_section and not blocks:
         raise KeyError(f"section {section!r} not in the guide")
-    rest = text[m.end() :]
-    nxt = re.search(r"^#+ ", rest, re.M)
-    body = rest[: nxt.start()] if nxt else rest
-    return re.findall(rf"```{lang}\n(.*?)```", body, re.S)
+    return blocks
