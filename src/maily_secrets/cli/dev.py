@@ -18,7 +18,6 @@ from ..bootstrap import (
     BootstrapReport,
     PostgresSetupError,
     PostgresTarget,
-    bootstrap_dev,
     dev_postgres_target,
     ensure_database,
     ensure_database_rotation,
@@ -53,7 +52,11 @@ async def _bootstrap(
     credentials.  Returns the report and why the database part failed (None: it worked)."""
     settings = VaultSettings(addr=addr, token=token, auth_method="token")
     async with VaultClient(settings) as client:
-        report = await bootstrap_dev(client)
+        # the same bootstrap as a real server (`mailyctl vault bootstrap`): mounts,
+        # transit key, policies; plus the sample secrets of a dev server
+        from .vault_cmd import bootstrap_server
+
+        report = await bootstrap_server(client, samples=True)
         redis_skipped = await ensure_redis_rotation(client, report)
         if redis_skipped:
             report.add(f"redis rotation skipped ({redis_skipped})", False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dev, secrets
+from . import dev, doctor, secrets, vault_cmd
 
 app = typer.Typer(
     name="mailyctl",
@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 app.add_typer(dev.app, name="dev")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(vault_cmd.app, name="vault")
+app.command("doctor")(doctor.doctor)
 
 
 @app.command("snapshot-key")

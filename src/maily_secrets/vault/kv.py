@@ -73,9 +73,7 @@ class KV2:
         except SecretNotFound:
             return 0
 
-    async def read_with_version(
-        self, path: KV2Path | str
-    ) -> tuple[dict[str, Any] | None, int]:
+    async def read_with_version(self, path: KV2Path | str) -> tuple[dict[str, Any] | None, int]:
         """The latest data (None when absent or deleted) and the version to CAS against.
 
         Race-free: a 404 followed by a metadata read that shows a version means someone
