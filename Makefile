@@ -4,11 +4,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: help setup demo test bench lint services clean
+.PHONY: help setup demo test bench lint services node clean
 
 help:
 	@echo "make demo   - start the embedded OpenBao and walk through the integration guide"
-	@echo "make test   - start what the tests need and run them (Python, real OpenBao)"
+	@echo "make test   - start what the tests need and run them (Python and TypeScript, real OpenBao)"
 	@echo "make bench  - benchmarks against hvac and raw aiohttp on the same server"
 	@echo "make lint   - ruff + mypy"
 
@@ -25,11 +25,22 @@ setup: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+# The TypeScript client (@maily/services): npm workspace, built with tsc.
+NODE_STAMP := node_modules/.installed-$(shell cat package-lock.json packages/services/package.json | cksum | cut -d' ' -f1)
+
+$(NODE_STAMP): package-lock.json packages/services/package.json
+	npm ci --no-audit --no-fund
+	rm -f node_modules/.installed-*
+	touch $@
+
+node: $(NODE_STAMP)
+	npm run build -w @maily/services
+
 demo: $(STAMP)
 	$(PY) mailyctl.py dev up
 	$(PY) -m maily_secrets.demo
 
-test: $(STAMP) services
+test: $(STAMP) services node
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
@@ -44,4 +55,4 @@ lint: $(STAMP)
 
 clean:
 	-$(PY) mailyctl.py dev down
-	rm -rf $(VENV) .maily-dev .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .maily-dev .pytest_cache .mypy_cache .ruff_cache node_modules packages/services/dist

@@ -1,0 +1,696 @@
+/**
+ * The HTTP layer (mirrors maily_secrets.vault.client + auth): Node's own http/https
+ * modules with a keep-alive pool, retries with exponential backoff and jitter, HA
+ * redirects, X-Vault-Index consistency, typed errors, and a token manager
+ * (token / token file / ~/.vault-token, Kubernetes, AppRole; single-flight login,
+ * renewal at 2/3 of the TTL, one fresh login after a 403).
+ *
+ * Nothing here does I/O at construction time.
+ */
+import * as http from 'node:http';
+import * as https from 'node:https';
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  AuthFailed,
+  CheckAndSetConflict,
+  PermissionDenied,
+  SecretNotFound,
+  VaultError,
+  VaultRequestError,
+  VaultUnavailable,
+} from './errors.js';
+import { validatePath, type KV2Path } from './paths.js';
+import { consoleLogger, type Logger, type VaultSettings } from './settings.js';
+
+export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+export type SecretData = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+
+const RETRY_STATUS = new Set([412, 429, 500, 502, 503, 504]); // 5xx except 501, plus 412/429
+const REDIRECT_STATUS = new Set([307, 308]);
+const MAX_REDIRECTS = 3;
+const TLS_ERRORS = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_HAS_EXPIRED',
+  'CERT_NOT_YET_VALID',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
+export interface VaultResponse {
+  status: number;
+  body: Record<string, any> | null; // eslint-disable-line @typescript-eslint/no-explicit-any
+  /** `body.data` when it is an object. */
+  data: Record<string, any> | null; // eslint-disable-line @typescript-eslint/no-explicit-any
+  headers: http.IncomingHttpHeaders;
+}
+
+export interface RequestOptions {
+  body?: unknown;
+  params?: Record<string, string>;
+  authenticated?: boolean;
+  /** Use this token instead of the managed one (no re-login on 403). */
+  token?: string;
+  retries?: number;
+}
+
+class TransportError extends Error {
+  constructor(readonly code: string) {
+    super(code);
+  }
+}
+
+function errorsOf(body: unknown): string {
+  const errs = (body as { errors?: unknown } | null)?.errors;
+  return Array.isArray(errs) ? errs.map(String).join('; ').slice(0, 300) : '';
+}
+
+function indexPosition(index: string): [string, number] | null {
+  try {
+    const doc = JSON.parse(Buffer.from(index, 'base64').toString('utf8')) as { cluster?: unknown; value?: unknown };
+    const v = Number(doc.value);
+    if (doc.cluster === undefined || !Number.isFinite(v)) return null;
+    return [String(doc.cluster), v];
+  } catch {
+    return null;
+  }
+}
+
+/** Keep the most advanced X-Vault-Index: responses of concurrent writes arrive out of order. */
+export function newerIndex(current: string | null, next: string): string {
+  if (current === null || current === next) return next;
+  const a = indexPosition(current);
+  const b = indexPosition(next);
+  if (a && b && a[0] === b[0] && a[1] > b[1]) return current;
+  return next;
+}
+
+// ------------------------------------------------------------------------- auth
+export interface Token {
+  value: string;
+  /** Seconds; 0 = never expires (root token). */
+  ttl: number;
+  renewable: boolean;
+  /** performance.now() in ms. */
+  obtained: number;
+  keep: boolean;
+  retryAfter: number;
+}
+
+function renewAt(t: Token, fraction: number): number | null {
+  if (t.ttl <= 0 || t.keep) return null;
+  return Math.max(t.obtained + t.ttl * 1000 * fraction, t.retryAfter);
+}
+
+function expired(t: Token): boolean {
+  return t.ttl > 0 && performance.now() >= t.obtained + t.ttl * 1000;
+}
+
+function readSecretFile(path: string, what: string): string {
+  let value: string;
+  try {
+    value = readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    throw new AuthFailed(`cannot read ${what} from ${path}: ${code}`);
+  }
+  if (!value) throw new AuthFailed(`${what} file ${path} is empty`);
+  return value;
+}
+
+function tokenFromAuth(body: Record<string, any> | null, method: string): Token { // eslint-disable-line @typescript-eslint/no-explicit-any
+  const auth = (body?.auth ?? {}) as Record<string, unknown>;
+  const value = auth.client_token;
+  if (!value) throw new AuthFailed(`${method} login returned no client token`);
+  return {
+    value: String(value),
+    ttl: Number(auth.lease_duration ?? 0) || 0,
+    renewable: Boolean(auth.renewable),
+    obtained: performance.now(),
+    keep: false,
+    retryAfter: 0,
+  };
+}
+
+export interface AuthMethod {
+  readonly name: string;
+  /** Whether a fresh login may produce a different, valid token. */
+  readonly canRelogin: boolean;
+  login(api: VaultApi): Promise<Token>;
+}
+
+async function lookupSelf(api: VaultApi, value: string, method: string): Promise<Token> {
+  let r: VaultResponse;
+  try {
+    r = await api.request('GET', 'auth/token/lookup-self', { token: value });
+  } catch (e) {
+    if (e instanceof VaultError && e.status === 403) {
+      throw new AuthFailed(`${method}: the token is invalid, expired or revoked`, { status: 403 });
+    }
+    throw e;
+  }
+  const d = r.data ?? {};
+  return {
+    value,
+    ttl: Number(d.ttl ?? 0) || 0,
+    renewable: Boolean(d.renewable),
+    obtained: performance.now(),
+    keep: false,
+    retryAfter: 0,
+  };
+}
+
+export class TokenAuth implements AuthMethod {
+  readonly name = 'token';
+  constructor(private readonly token?: string, private readonly file?: string) {
+    if (token === undefined && file === undefined) throw new AuthFailed('token auth needs a token or a token file');
+  }
+  get canRelogin(): boolean {
+    return this.file !== undefined; // an agent may have written a new token
+  }
+  get source(): string {
+    return this.file ?? 'VAULT_TOKEN';
+  }
+  async login(api: VaultApi): Promise<Token> {
+    const value = this.file === undefined ? this.token! : readSecretFile(this.file, 'Vault token');
+    return lookupSelf(api, value, `token (${this.source})`);
+  }
+}
+
+export class KubernetesAuth implements AuthMethod {
+  readonly name = 'kubernetes';
+  readonly canRelogin = true;
+  constructor(readonly role: string, readonly jwtPath: string, readonly mount = 'kubernetes') {}
+  async login(api: VaultApi): Promise<Token> {
+    const jwt = readSecretFile(this.jwtPath, 'Kubernetes service-account token');
+    try {
+      const r = await api.request('POST', `auth/${this.mount}/login`, {
+        body: { role: this.role, jwt },
+        authenticated: false,
+      });
+      return tokenFromAuth(r.body, 'kubernetes');
+    } catch (e) {
+      if (e instanceof VaultError && (e.status === 400 || e.status === 403)) {
+        throw new AuthFailed(
+          `kubernetes login as role ${JSON.stringify(this.role)} at auth/${this.mount} was refused` +
+            ` (HTTP ${e.status}: ${e.detail || 'no reason given'}); check the role's bound service accounts and the JWT`,
+          { status: e.status },
+        );
+      }
+      throw e;
+    }
+  }
+}
+
+export interface AppRoleOptions {
+  roleId?: string | undefined;
+  roleIdFile?: string | undefined;
+  secretId?: string | undefined;
+  secretIdFile?: string | undefined;
+  mount?: string | undefined;
+}
+
+export class AppRoleAuth implements AuthMethod {
+  readonly name = 'approle';
+  readonly canRelogin = true;
+  readonly mount: string;
+  constructor(private readonly o: AppRoleOptions) {
+    if (o.roleId === undefined && o.roleIdFile === undefined) {
+      throw new AuthFailed('approle auth needs VAULT_ROLE_ID or VAULT_ROLE_ID_FILE');
+    }
+    this.mount = o.mount ?? 'approle';
+  }
+  async login(api: VaultApi): Promise<Token> {
+    const body: Record<string, string> = {
+      role_id: this.o.roleId ?? readSecretFile(this.o.roleIdFile!, 'AppRole role-id'),
+    };
+    if (this.o.secretId !== undefined) body.secret_id = this.o.secretId;
+    else if (this.o.secretIdFile !== undefined) body.secret_id = readSecretFile(this.o.secretIdFile, 'AppRole secret-id');
+    try {
+      const r = await api.request('POST', `auth/${this.mount}/login`, { body, authenticated: false });
+      return tokenFromAuth(r.body, 'approle');
+    } catch (e) {
+      if (e instanceof VaultError && (e.status === 400 || e.status === 403)) {
+        throw new AuthFailed(
+          `approle login at auth/${this.mount} was refused (HTTP ${e.status}: ${e.detail || 'no reason given'});` +
+            ' check the role-id and secret-id',
+          { status: e.status },
+        );
+      }
+      throw e;
+    }
+  }
+}
+
+class NoAuth implements AuthMethod {
+  readonly name = 'none';
+  readonly canRelogin = false;
+  async login(): Promise<Token> {
+    throw new AuthFailed(
+      'no Vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE, VAULT_ROLE_ID/VAULT_SECRET_ID,' +
+        ' or run in Kubernetes with a service-account token',
+    );
+  }
+}
+
+/**
+ * Pick the auth method: explicit `authMethod`, else the first credential found
+ * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, the Kubernetes
+ * service-account token file, ~/.vault-token.
+ */
+export function authFromSettings(s: VaultSettings): AuthMethod {
+  const m = s.authMethod;
+  const approleGiven = s.roleId !== undefined || s.roleIdFile !== undefined;
+  const approle = () =>
+    new AppRoleAuth({
+      roleId: s.roleId,
+      roleIdFile: s.roleIdFile,
+      secretId: s.secretId,
+      secretIdFile: s.secretIdFile,
+      mount: s.approleMount,
+    });
+  if (m === 'token' || (m === 'auto' && (s.token || s.tokenFile))) {
+    if (s.token) return new TokenAuth(s.token);
+    if (s.tokenFile) return new TokenAuth(undefined, s.tokenFile);
+    if (existsSync(s.homeTokenPath)) return new TokenAuth(undefined, s.homeTokenPath);
+    throw new AuthFailed("auth method 'token' but no VAULT_TOKEN, VAULT_TOKEN_FILE or ~/.vault-token");
+  }
+  if (m === 'approle' || (m === 'auto' && approleGiven)) return approle();
+  if (m === 'kubernetes' || (m === 'auto' && existsSync(s.kubernetesJwtPath))) {
+    return new KubernetesAuth(s.role, s.kubernetesJwtPath, s.kubernetesMount);
+  }
+  if (existsSync(s.homeTokenPath)) return new TokenAuth(undefined, s.homeTokenPath);
+  return new NoAuth();
+}
+
+/** Holds the current token; single-flight login, renewal at a fraction of the TTL. */
+export class TokenManager {
+  private current: Token | null = null;
+  private chain: Promise<unknown> = Promise.resolve();
+  private renewer: NodeJS.Timeout | null = null;
+  private generation = 0;
+  private closed = false;
+  logins = 0;
+  renewals = 0;
+
+  constructor(
+    readonly method: AuthMethod,
+    private readonly api: VaultApi,
+  ) {}
+
+  private get fraction(): number {
+    return this.api.settings.renewFraction;
+  }
+
+  private locked<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The current token (the public value is the caller's business: never log it). */
+  get token(): Token | null {
+    return this.current;
+  }
+
+  async get(): Promise<string> {
+    const t = this.current;
+    if (t !== null) {
+      const at = renewAt(t, this.fraction);
+      if (at === null || performance.now() < at) return t.value;
+    }
+    return (await this.refresh()).value;
+  }
+
+  private due(t: Token): boolean {
+    const at = renewAt(t, this.fraction);
+    return at !== null && performance.now() >= at;
+  }
+
+  refresh(forceLogin = false, stale: Token | null = null): Promise<Token> {
+    return this.locked(async () => {
+      const t = this.current;
+      if (t !== null && t !== stale) {
+        if (forceLogin || !this.due(t)) return t; // fresh, or somebody else refreshed meanwhile
+      }
+      if (t !== null && !forceLogin && !expired(t)) {
+        if (t.renewable) {
+          const renewed = await this.renew(t);
+          if (renewed !== null) return renewed;
+        }
+        if (!this.method.canRelogin) {
+          t.keep = true; // neither renewable nor replaceable: use it while it lasts
+          return t;
+        }
+      }
+      return this.login();
+    });
+  }
+
+  private async login(): Promise<Token> {
+    const generation = this.generation;
+    const token = await this.method.login(this.api);
+    if (this.generation !== generation) throw new VaultError('the Vault client was closed during login');
+    this.logins += 1;
+    this.current = token;
+    this.api.logger.info('vault login ok', { auth_method: this.method.name, ttl: token.ttl, renewable: token.renewable });
+    this.schedule();
+    return token;
+  }
+
+  private async renew(t: Token): Promise<Token | null> {
+    let r: VaultResponse;
+    try {
+      r = await this.api.request('POST', 'auth/token/renew-self', { body: {}, token: t.value, retries: 0 });
+    } catch (e) {
+      if (!(e instanceof VaultError)) throw e;
+      this.api.logger.warn('vault token renewal failed', { auth_method: this.method.name, error: e.name });
+      if (e.status === 403 || this.method.canRelogin) return null;
+      t.retryAfter = performance.now() + 5000; // Vault unreachable: keep it, retry shortly
+      return t;
+    }
+    const fresh = tokenFromAuth(r.body, 'renew-self');
+    if (this.closed) return t;
+    // Renewals are capped at the max TTL: when it gained little, a fresh login is better.
+    if (this.method.canRelogin && t.ttl > 0 && fresh.ttl < t.ttl * (1 - this.fraction)) return null;
+    this.renewals += 1;
+    this.current = fresh;
+    this.api.logger.info('vault token renewed', { auth_method: this.method.name, ttl: fresh.ttl });
+    this.schedule();
+    return fresh;
+  }
+
+  /**
+   * After a 403 with token `used`: true when a fresh login produced a new token.
+   * A live token (lookup-self works) means a real permission problem: false.
+   */
+  async handleForbidden(used: string): Promise<boolean> {
+    if (!this.method.canRelogin) return false;
+    const stale = this.current;
+    if (stale !== null && stale.value !== used) return true; // already replaced: just retry
+    try {
+      await this.api.request('GET', 'auth/token/lookup-self', { token: used, retries: 0 });
+      return false;
+    } catch (e) {
+      if (!(e instanceof VaultError) || e.status !== 403) return false;
+    }
+    await this.refresh(true, stale);
+    return true;
+  }
+
+  /** Background renewal (an unref'd timer) so that an idle process stays logged in. */
+  private schedule(): void {
+    if (this.renewer !== null) clearTimeout(this.renewer);
+    this.renewer = null;
+    const t = this.current;
+    const at = t ? renewAt(t, this.fraction) : null;
+    if (t === null || at === null || this.closed) return;
+    const generation = this.generation;
+    // +10 ms: a timer may fire a little before performance.now() says it is due.
+    this.renewer = setTimeout(() => {
+      this.renewer = null;
+      if (this.current !== t || this.generation !== generation) return;
+      this.refresh()
+        .then(() => {
+          if (this.renewer === null && this.generation === generation) this.schedule();
+        })
+        .catch((e: unknown) => {
+          this.api.logger.warn('background token refresh failed', { error: (e as Error).name });
+          if (this.generation !== generation) return;
+          this.renewer = setTimeout(() => this.schedule(), 1000);
+          this.renewer.unref();
+        });
+    }, Math.max(50, at - performance.now() + 10));
+    this.renewer.unref();
+  }
+
+  /** Stop renewing and forget the token; a login or renewal in flight is discarded. */
+  close(): void {
+    this.generation += 1;
+    this.closed = true;
+    if (this.renewer !== null) clearTimeout(this.renewer);
+    this.renewer = null;
+    this.current = null;
+  }
+}
+
+// ------------------------------------------------------------------------- the API client
+export type Consistency = 'index' | 'forward' | 'none';
+
+export interface VaultApiOptions {
+  logger?: Logger;
+  consistency?: Consistency;
+  authMethod?: AuthMethod;
+}
+
+/** A low-level Vault API client (one keep-alive pool). Paths are relative to /v1/. */
+export class VaultApi {
+  readonly tokens: TokenManager;
+  readonly logger: Logger;
+  readonly consistency: Consistency;
+  /** Requests sent (attempts, including retries and redirects), by method. */
+  readonly stats: { requests: number; byMethod: Record<string, number> } = { requests: 0, byMethod: {} };
+  private agent: http.Agent | null = null;
+  private index: string | null = null;
+  private readonly base: URL;
+  private readonly baseHeaders: Record<string, string>;
+  private ca: Buffer | undefined;
+
+  constructor(
+    readonly settings: VaultSettings,
+    options: VaultApiOptions = {},
+  ) {
+    this.logger = options.logger ?? consoleLogger;
+    this.consistency = options.consistency ?? 'index';
+    this.base = new URL(`${settings.addr}/v1/`);
+    this.baseHeaders = { Accept: 'application/json' };
+    if (settings.namespace) this.baseHeaders['X-Vault-Namespace'] = settings.namespace;
+    if (this.consistency === 'forward') this.baseHeaders['X-Vault-Inconsistent'] = 'forward-active-node';
+    this.tokens = new TokenManager(options.authMethod ?? authFromSettings(settings), this);
+  }
+
+  private getAgent(): http.Agent {
+    if (this.agent !== null) return this.agent;
+    if (this.base.protocol === 'https:') {
+      if (this.settings.skipVerify) {
+        this.logger.warn('TLS certificate verification is disabled (VAULT_SKIP_VERIFY)');
+      }
+      if (this.settings.cacert && this.ca === undefined) {
+        try {
+          this.ca = readFileSync(this.settings.cacert);
+        } catch (e) {
+          throw new VaultError(`cannot read VAULT_CACERT ${this.settings.cacert}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+        }
+      }
+      const opts: https.AgentOptions = { keepAlive: true, maxSockets: 100, rejectUnauthorized: !this.settings.skipVerify };
+      if (this.ca !== undefined) opts.ca = this.ca;
+      this.agent = new https.Agent(opts);
+    } else {
+      this.agent = new http.Agent({ keepAlive: true, maxSockets: 100 });
+    }
+    return this.agent;
+  }
+
+  /** Stop token renewal and close the connection pool. The client may be used again. */
+  close(): void {
+    this.tokens.close();
+    this.agent?.destroy();
+    this.agent = null;
+  }
+
+  /** Send one API request with retries; throw a typed {@link VaultError} on failure. */
+  async request(method: string, path: string, options: RequestOptions = {}): Promise<VaultResponse> {
+    validatePath(path);
+    const authenticated = options.authenticated ?? true;
+    const maxRetries = options.retries ?? this.settings.maxRetries;
+    const index = this.consistency !== 'none' ? this.index : null;
+    let relogged = false;
+    let attempt = 0;
+    const url = new URL(path, this.base);
+    if (options.params) for (const [k, v] of Object.entries(options.params)) url.searchParams.set(k, v);
+    const payload = options.body === undefined ? undefined : Buffer.from(JSON.stringify(options.body));
+    for (;;) {
+      const headers: Record<string, string> = { ...this.baseHeaders };
+      let used = '';
+      if (authenticated) used = headers['X-Vault-Token'] = options.token ?? (await this.tokens.get());
+      if (index !== null) headers['X-Vault-Index'] = index;
+      let res: { status: number; body: unknown; headers: http.IncomingHttpHeaders };
+      try {
+        res = await this.send(method, url, headers, payload);
+      } catch (e) {
+        if (!(e instanceof TransportError)) throw e;
+        if (TLS_ERRORS.has(e.code)) {
+          throw new VaultUnavailable(
+            `TLS verification of ${this.settings.addr} failed for ${JSON.stringify(path)} (${e.code});` +
+              " set VAULT_CACERT to the CA that signed the server's certificate",
+            { path },
+          );
+        }
+        if (attempt < maxRetries) {
+          await this.backoff(attempt, path, e.code);
+          attempt += 1;
+          continue;
+        }
+        throw new VaultUnavailable(
+          `Vault at ${this.settings.addr} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
+          { path },
+        );
+      }
+      const { status, body } = res;
+      if (status < 400) {
+        if (method !== 'GET') {
+          const idx = res.headers['x-vault-index'];
+          if (typeof idx === 'string' && idx) this.index = newerIndex(this.index, idx);
+        }
+        const obj = body !== null && typeof body === 'object' ? (body as Record<string, any>) : null; // eslint-disable-line @typescript-eslint/no-explicit-any
+        const data = obj && obj.data !== null && typeof obj.data === 'object' && !Array.isArray(obj.data) ? obj.data : null;
+        return { status, body: obj, data, headers: res.headers };
+      }
+      if (RETRY_STATUS.has(status) && attempt < maxRetries) {
+        await this.backoff(attempt, path, `HTTP ${status}`);
+        attempt += 1;
+        continue;
+      }
+      if (status === 403 && authenticated && options.token === undefined && !relogged) {
+        relogged = true; // an expired or revoked token: log in again once, then retry
+        if (await this.tokens.handleForbidden(used)) continue;
+      }
+      throw this.error(status, body, path);
+    }
+  }
+
+  private send(
+    method: string,
+    url: URL,
+    headers: Record<string, string>,
+    payload: Buffer | undefined,
+  ): Promise<{ status: number; body: unknown; headers: http.IncomingHttpHeaders }> {
+    const agent = this.getAgent();
+    const timeoutMs = this.settings.timeout * 1000;
+    const once = (target: URL) =>
+      new Promise<{ status: number; body: unknown; headers: http.IncomingHttpHeaders }>((resolve, reject) => {
+        this.stats.requests += 1;
+        this.stats.byMethod[method] = (this.stats.byMethod[method] ?? 0) + 1;
+        const h: Record<string, string | number> = { ...headers };
+        if (payload !== undefined) {
+          h['Content-Type'] = 'application/json';
+          h['Content-Length'] = payload.length;
+        }
+        const mod = target.protocol === 'https:' ? https : http;
+        const req = mod.request(target, { method, headers: h, agent }, (resp) => {
+          const chunks: Buffer[] = [];
+          resp.on('data', (c: Buffer) => chunks.push(c));
+          resp.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name)));
+          resp.on('end', () => {
+            const raw = Buffer.concat(chunks);
+            let body: unknown = null;
+            if (raw.length) {
+              try {
+                body = JSON.parse(raw.toString('utf8'));
+              } catch {
+                body = null;
+              }
+            }
+            resolve({ status: resp.statusCode ?? 0, body, headers: resp.headers });
+          });
+        });
+        req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' })));
+        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name)));
+        if (payload !== undefined) req.write(payload);
+        req.end();
+      });
+    return (async () => {
+      let target = url;
+      for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
+        const r = await once(target);
+        const loc = r.headers.location;
+        if (REDIRECT_STATUS.has(r.status) && loc) {
+          target = new URL(loc, target); // a standby pointing at the active node: same method, body, token
+          continue;
+        }
+        return r;
+      }
+      return { status: 508, body: { errors: ['too many redirects'] }, headers: {} };
+    })();
+  }
+
+  private async backoff(attempt: number, path: string, cause: string): Promise<void> {
+    const cap = Math.min(this.settings.retryMaxDelay, this.settings.retryBaseDelay * 2 ** attempt);
+    const delay = cap / 2 + Math.random() * (cap / 2);
+    this.logger.debug(`retrying ${path} in ${delay.toFixed(3)}s after ${cause}`);
+    await sleep(delay * 1000);
+  }
+
+  private error(status: number, body: unknown, path: string): VaultError {
+    const detail = errorsOf(body);
+    const where = JSON.stringify(path);
+    const o = { path, status, detail };
+    if (status === 404) return new SecretNotFound(`secret ${where} not found`, o);
+    if (status === 403) {
+      return new PermissionDenied(
+        `permission denied for ${where}` +
+          (detail && detail !== 'permission denied' ? ` (Vault: ${detail})` : '') +
+          "; check the token's policies and the path",
+        o,
+      );
+    }
+    if (RETRY_STATUS.has(status) || status >= 500) {
+      return new VaultUnavailable(`Vault answered HTTP ${status} for ${where}` + (detail ? `: ${detail}` : ''), o);
+    }
+    if (detail.includes('check-and-set')) return new CheckAndSetConflict(`check-and-set conflict writing ${where}: ${detail}`, o);
+    return new VaultRequestError(`Vault rejected the request for ${where} (HTTP ${status})` + (detail ? `: ${detail}` : ''), o);
+  }
+
+  // ----------------------------------------------------------------- conveniences
+  read(path: string, params?: Record<string, string>): Promise<VaultResponse> {
+    return this.request('GET', path, params ? { params } : {});
+  }
+
+  write(path: string, data: unknown = {}): Promise<VaultResponse> {
+    return this.request('POST', path, { body: data });
+  }
+
+  delete(path: string): Promise<VaultResponse> {
+    return this.request('DELETE', path);
+  }
+
+  async list(path: string): Promise<string[]> {
+    try {
+      const r = await this.request('LIST', path);
+      const keys = (r.data?.keys ?? []) as unknown[];
+      return keys.map(String);
+    } catch (e) {
+      if (e instanceof SecretNotFound) return [];
+      throw e;
+    }
+  }
+
+  // ----------------------------------------------------------------- KV v2
+  async kvRead(p: KV2Path): Promise<{ data: SecretData; version: number }> {
+    const r = await this.request('GET', p.data);
+    const body = r.data ?? {};
+    if (body.data === null || body.data === undefined) {
+      throw new SecretNotFound(`secret ${JSON.stringify(p.data)} has no live data (deleted)`, { path: p.data });
+    }
+    return { data: body.data as SecretData, version: Number(body.metadata?.version ?? 0) || 0 };
+  }
+
+  /** 0 when the secret does not exist. */
+  async kvCurrentVersion(p: KV2Path): Promise<number> {
+    try {
+      const r = await this.request('GET', p.metadata);
+      return Number(r.data?.current_version ?? 0) || 0;
+    } catch (e) {
+      if (e instanceof SecretNotFound) return 0;
+      throw e;
+    }
+  }
+
+  /** Write a new version if the current one is `cas` (0: only if absent); returns the new version. */
+  async kvWrite(p: KV2Path, data: SecretData, cas: number): Promise<number> {
+    const r = await this.request('POST', p.data, { body: { options: { cas }, data } });
+    return Number(r.data?.version ?? 0) || 0;
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * `VaultClient`: the facade the guide documents (mirrors maily_secrets.service.VaultService).
+ *
+ * Constructing a client does no I/O and starts no timer; the connection pool and the
+ * login happen on first use. `close()` releases everything; a closed client may be used
+ * again (it then starts afresh, re-reading the environment unless given settings).
+ */
+import { Entry, SecretCache, jsonCopy } from './cache.js';
+import { VaultApi, type Consistency, type SecretData } from './client.js';
+import { DecryptedNotText, InvalidPath, SecretNotFound, VaultUnavailable } from './errors.js';
+import { ListenerRegistry, type SecretCallback } from './listeners.js';
+import { parseKV2, validatePath, type KV2Path } from './paths.js';
+import { consoleLogger, loadSettings, type Logger, type VaultSettings } from './settings.js';
+import { Transit, type Plaintext } from './transit.js';
+
+export interface VaultClientOptions {
+  /** Explicit settings; anything not given is read from the environment. */
+  settings?: Partial<VaultSettings>;
+  /** Where warnings (stale values, failing listeners) go; default: console. */
+  logger?: Logger;
+  consistency?: Consistency;
+}
+
+export interface DecryptOptions {
+  context?: Plaintext;
+  /** Return the raw bytes instead of UTF-8 text. */
+  asBytes?: boolean;
+}
+
+export interface OnChangeOptions {
+  /** Seconds between polls; default MAILY_SECRETS_LISTENER_INTERVAL (30). */
+  interval?: number;
+}
+
+export type CacheStatus = 'hit' | 'miss' | 'stale';
+
+export class VaultClient {
+  readonly logger: Logger;
+  private readonly options: VaultClientOptions;
+  private _settings: VaultSettings | null = null;
+  private _api: VaultApi | null = null;
+  private _cache: SecretCache | null = null;
+  private _listeners: ListenerRegistry | null = null;
+  private _transit: Transit | null = null;
+  private readonly warnedStale = new Set<string>();
+
+  constructor(options: VaultClientOptions = {}) {
+    this.options = options;
+    this.logger = options.logger ?? consoleLogger;
+  }
+
+  // ---------------------------------------------------------------- wiring
+  get settings(): VaultSettings {
+    if (this._settings === null) this._settings = loadSettings(this.options.settings ?? {});
+    return this._settings;
+  }
+
+  /** The low-level API client (requests, KV v2, token manager, stats). */
+  get api(): VaultApi {
+    if (this._api === null) {
+      const o: ConstructorParameters<typeof VaultApi>[1] = { logger: this.logger };
+      if (this.options.consistency !== undefined) o.consistency = this.options.consistency;
+      this._api = new VaultApi(this.settings, o);
+    }
+    return this._api;
+  }
+
+  get cache(): SecretCache {
+    if (this._cache === null) this._cache = new SecretCache(this.settings.cacheTtl, this.settings.maxStaleness);
+    return this._cache;
+  }
+
+  private get listeners(): ListenerRegistry {
+    if (this._listeners === null) this._listeners = new ListenerRegistry(this);
+    return this._listeners;
+  }
+
+  /** The transit engine (MAILY_SECRETS_TRANSIT_MOUNT, default `transit`). */
+  get transit(): Transit {
+    if (this._transit === null) this._transit = new Transit(this.api, this.settings.transitMount);
+    return this._transit;
+  }
+
+  get kvMount(): string {
+    return this.settings.kvMount;
+  }
+
+  // ---------------------------------------------------------------- the guide's API
+  /** Any secret by its API path (`maily/data/config`); KV v2 data is unwrapped. */
+  async getSecret(path: string): Promise<SecretData> {
+    if (typeof path === 'string') {
+      const entry = this.cache.fresh(path); // only validated paths are ever cached
+      if (entry !== undefined) return entry.copyOut();
+    }
+    validatePath(path);
+    return (await this.get(path))[0];
+  }
+
+  /** Core configuration: `<mount>/data/config`. */
+  getConfig(): Promise<SecretData> {
+    return this.getSecret(`${this.kvMount}/data/config`);
+  }
+
+  /** API keys for external services: `<mount>/data/api-keys`. */
+  getApiKeys(): Promise<SecretData> {
+    return this.getSecret(`${this.kvMount}/data/api-keys`);
+  }
+
+  /** The credentials object of one service from `<mount>/data/credentials`. */
+  async getCredentials(service: string): Promise<SecretData> {
+    const path = `${this.kvMount}/data/credentials`;
+    if (typeof service !== 'string' || !service) {
+      throw new InvalidPath('service name must be a non-empty string', { path });
+    }
+    const [value] = await this.get(path);
+    const creds = value[service];
+    if (creds === null || typeof creds !== 'object' || Array.isArray(creds)) {
+      const present = Object.keys(value).sort().join(', ') || 'none';
+      throw new SecretNotFound(
+        `no credentials for service ${JSON.stringify(service)} in ${JSON.stringify(path)} (services present: ${present})`,
+        { path },
+      );
+    }
+    return creds as SecretData;
+  }
+
+  /** The KV v2 version of the cached value of `path` (reads it if needed). */
+  async getSecretVersion(path: string): Promise<number | null> {
+    validatePath(path);
+    await this.get(path);
+    return this.cache.peek(path)?.version ?? null;
+  }
+
+  // ---------------------------------------------------------------- listeners
+  /**
+   * Call `callback(newValue)` whenever the secret at `path` changes. Resolves (after
+   * reading the current version as the baseline) to an unsubscribe function.
+   */
+  async onChange(path: string, callback: SecretCallback, options: OnChangeOptions = {}): Promise<() => Promise<void>> {
+    validatePath(path);
+    return this.listeners.register(path, callback, options.interval);
+  }
+
+  /** Remove the most recent registration of `callback` on `path`; false if there was none. */
+  offChange(path: string, callback: SecretCallback): boolean {
+    return this._listeners?.unregister(path, callback) ?? false;
+  }
+
+  /** The watcher of `path` (tests, diagnostics). */
+  watcher(path: string) {
+    return this._listeners?.watchers.get(path);
+  }
+
+  // ---------------------------------------------------------------- encryption as a service
+  /** Encrypt with the transit key `key`; a string is UTF-8 encoded. Returns `vault:vN:...`. */
+  encrypt(key: string, plaintext: Plaintext, context?: Plaintext): Promise<string> {
+    return this.transit.encrypt(key, plaintext, context);
+  }
+
+  /** Decrypt a ciphertext of `key`: UTF-8 text by default, bytes with `{ asBytes: true }`. */
+  decrypt(key: string, ciphertext: string, options?: DecryptOptions & { asBytes?: false }): Promise<string>;
+  decrypt(key: string, ciphertext: string, options: DecryptOptions & { asBytes: true }): Promise<Uint8Array>;
+  decrypt(key: string, ciphertext: string, context: Plaintext): Promise<string>;
+  async decrypt(key: string, ciphertext: string, options?: DecryptOptions | Plaintext): Promise<string | Uint8Array> {
+    const o: DecryptOptions = typeof options === 'string' || options instanceof Uint8Array ? { context: options } : (options ?? {});
+    const raw = await this.transit.decrypt(key, ciphertext, o.context);
+    if (o.asBytes) return raw;
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(raw);
+    } catch {
+      throw new DecryptedNotText(
+        `plaintext decrypted with transit key ${JSON.stringify(key)} is not UTF-8 text; call decrypt(key, ct, { asBytes: true })`,
+      );
+    }
+  }
+
+  // ---------------------------------------------------------------- writes
+  /**
+   * Write a new version of a KV v2 secret if its current version is `cas` (0: create
+   * only). Throws CheckAndSetConflict when someone else wrote first. The cache is updated
+   * and this client's listeners are told once.
+   */
+  async putSecret(path: string, data: SecretData, options: { cas: number }): Promise<number> {
+    const kv = this.kvPath(path);
+    const version = await this.api.kvWrite(kv, data, options.cas);
+    const entry = new Entry(jsonCopy(data), version);
+    const current = this.cache.peek(path);
+    if (current === undefined || current.version === null || current.version < version) this.cache.put(path, entry);
+    this._listeners?.localWrite(path, entry);
+    return version;
+  }
+
+  private kvPath(path: string): KV2Path {
+    const kv = parseKV2(path);
+    if (kv === null) throw new InvalidPath(`${JSON.stringify(path)} is not a KV v2 data path (<mount>/data/<name>)`, { path });
+    return kv;
+  }
+
+  /** Drop `path` (or everything) from the in-memory cache. */
+  invalidate(path?: string): void {
+    this._cache?.invalidate(path);
+  }
+
+  /** Stop listeners and token renewal, close connections, forget the cache. Safe to call twice. */
+  async close(): Promise<void> {
+    this._listeners?.close();
+    this._listeners = null;
+    this._api?.close();
+    this._api = null;
+    this._settings = null;
+    this._cache = null;
+    this._transit = null;
+    this.warnedStale.clear();
+  }
+
+  // ---------------------------------------------------------------- internals
+  /** A private copy of the value and where it came from. */
+  private async get(path: string): Promise<[SecretData, CacheStatus]> {
+    const cache = this.cache;
+    const fresh = cache.fresh(path);
+    if (fresh !== undefined) return [fresh.copyOut(), 'hit'];
+    let entry: Entry;
+    try {
+      entry = await cache.load(path, () => this.fetchEntry(path));
+    } catch (e) {
+      if (e instanceof VaultUnavailable) {
+        const stale = cache.usableStale(path);
+        if (stale !== undefined) {
+          this.warnStale(path, e, stale.age());
+          return [stale.copyOut(), 'stale'];
+        }
+      }
+      throw e;
+    }
+    this.warnedStale.delete(path);
+    return [entry.copyOut(), 'miss'];
+  }
+
+  /** Read `path` from Vault (no cache). */
+  async fetchEntry(path: string): Promise<Entry> {
+    const kv = parseKV2(path);
+    if (kv !== null) {
+      const v = await this.api.kvRead(kv);
+      return new Entry(v.data, v.version);
+    }
+    const r = await this.api.read(path);
+    if (r.data === null) throw new SecretNotFound(`secret ${JSON.stringify(path)} returned no data`, { path });
+    return new Entry(r.data, null);
+  }
+
+  private warnStale(path: string, e: VaultUnavailable, age: number): void {
+    if (this.warnedStale.has(path)) return;
+    this.warnedStale.add(path);
+    this.logger.warn(`Vault unavailable; serving last known value of ${path} (${age.toFixed(0)}s old, from memory): ${e.message}`, {
+      path,
+      age_s: Math.round(age * 10) / 10,
+      source: 'memory',
+    });
+  }
+}
