@@ -1,8 +1,8 @@
 # Three-node raft variant: the same file on vault-0, vault-1 and vault-2 (StatefulSet),
-# with node_id, api_addr and cluster_addr from the pod's name (HOSTNAME), e.g. via the
-# Helm chart's `server.ha.raft.config` with VAULT_API_ADDR / VAULT_CLUSTER_ADDR set from
-# the pod IP. Each node joins the others over TLS; clients may use any node (a standby
-# forwards to the active node; tests/test_ha.py shows reads surviving a leader SIGKILL).
+# with node_id, api_addr and cluster_addr per pod from the environment: OpenBao reads
+# BAO_RAFT_NODE_ID, BAO_API_ADDR and BAO_CLUSTER_ADDR (set them from the pod name and IP).
+# Each node joins the others over TLS; clients may use any node (a standby forwards to the
+# active node). tests/test_server_configs.py starts this file on loopback and kills the leader.
 ui            = false
 disable_mlock = true
 
@@ -37,6 +37,8 @@ storage "raft" {
 
 service_registration "kubernetes" {}
 
+# The audit device's options must be identical on every node (OpenBao refuses a differing
+# file_path when a standby becomes active and seals itself): keep the same path everywhere.
 audit "file" "file" {
   description = "every request and response, HMAC'd values"
   options {
