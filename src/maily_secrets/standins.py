@@ -51,6 +51,8 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+from .devserver import _pid_alive, port_in_use
+
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
 MOTO_REGION = "us-east-1"
@@ -90,26 +92,6 @@ def free_port(preferred: int | None = None) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
 
 
 def _write_private(path: Path, text: str) -> None:

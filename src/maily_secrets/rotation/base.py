@@ -195,6 +195,31 @@ class Rotator(ABC):
         return None
 
 
+def option_seconds(
+    options: Mapping[str, Any], name: str, default: float, problems: list[str]
+) -> float:
+    """A positive number of seconds from a rotator's options (a problem noted otherwise)."""
+    try:
+        value = float(options.get(name, default))
+        if value <= 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        problems.append(f"option {name} must be a positive number of seconds")
+        return default
+    return value
+
+
+def option_password_length(
+    options: Mapping[str, Any], problems: list[str], default: int = 32
+) -> int:
+    """``password_length`` from a rotator's options: an integer from 16 to 256."""
+    length = options.get("password_length", default)
+    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
+        problems.append("option password_length must be an integer from 16 to 256")
+        return default
+    return length
+
+
 def rotator_for(type_name: str, implementation: str | None = None) -> Rotator:
     """The rotator of a type (``implementation``: the config's ``rotator``, if set)."""
     name = implementation or type_name

@@ -56,7 +56,14 @@ from pydantic import SecretStr
 
 from ...bootstrap import PostgresTarget, random_password
 from ...errors import PermissionDenied, SecretNotFound, VaultError
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import (
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    option_password_length,
+    option_seconds,
+)
 
 ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
 DEFAULT_GROUP = "maily_app_group"
@@ -163,17 +170,8 @@ def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
     group = o.get("group", DEFAULT_GROUP)
     if not isinstance(group, str) or not group:
         problems.append("option group must name the group role")
-    try:
-        timeout = float(o.get("connect_timeout", 5))
-        if timeout <= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        problems.append("option connect_timeout must be a positive number of seconds")
-        timeout = 5.0
-    length = o.get("password_length", 32)
-    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
-        problems.append("option password_length must be an integer from 16 to 256")
-        length = 32
+    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
+    length = option_password_length(o, problems)
     if problems:
         return None, problems
     assert isinstance(admin, str) and isinstance(roles, (list, tuple)) and isinstance(group, str)

@@ -64,7 +64,14 @@ from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ...bootstrap import random_password
 from ...errors import PermissionDenied, SecretNotFound, VaultError
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import (
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    option_password_length,
+    option_seconds,
+)
 
 DEFAULT_ACL_USER = "maily"
 DEFAULT_USERNAME_KEY = "redis_username"
@@ -245,16 +252,8 @@ def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
     tls = o.get("tls", False)
     if not isinstance(tls, bool):
         problems.append("option tls must be true or false")
-    try:
-        timeout = float(o.get("connect_timeout", 5))
-        if timeout <= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        problems.append("option connect_timeout must be a positive number of seconds")
-        timeout = 5.0
-    length = o.get("password_length", 32)
-    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
-        problems.append("option password_length must be an integer from 16 to 256")
+    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
+    length = option_password_length(o, problems)
     persist = o.get("persist", "acl_save")
     if persist not in PERSIST_MODES:
         problems.append(f"option persist must be one of {', '.join(PERSIST_MODES)}")
