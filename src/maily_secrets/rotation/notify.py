@@ -35,6 +35,7 @@ import aiohttp
 
 from ..errors import SecretNotFound, VaultError
 from ..paths import KV2Path
+from ..smtp_auth import login_once as _login
 from ..vault.client import VaultClient
 from .config import EmailNotify, ResolvedEnvironment, WebhookNotify
 from .report import RunReport, TypeResult
@@ -360,19 +361,6 @@ def _smtp_send(smtp: _Smtp, starttls: bool | None, msg: EmailMessage, to: list[s
             f" {len(refused)} refused ({', '.join(codes)})"
         )
     return f"sent to {sent} recipient(s) via {smtp.where} ({security})"
-
-
-def _login(conn: smtplib.SMTP, username: str, password: str) -> None:
-    """AUTH PLAIN or LOGIN, once: ``smtplib.login`` would retry a rejected password with
-    every other mechanism, and servers commonly hang up after the first rejection."""
-    offered = conn.esmtp_features.get("auth", "").upper().split()
-    for mech in ("PLAIN", "LOGIN"):
-        if mech in offered:
-            conn.user, conn.password = username, password
-            auth = conn.auth_plain if mech == "PLAIN" else conn.auth_login
-            conn.auth(mech, auth, initial_response_ok=True)
-            return
-    conn.login(username, password)  # CRAM-MD5 only
 
 
 def _server_text(raw: bytes | str, secrets: Iterable[str]) -> str:

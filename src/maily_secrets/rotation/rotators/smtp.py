@@ -82,6 +82,7 @@ from typing import Any
 
 from ...bootstrap import random_password
 from ...errors import SecretNotFound, VaultError
+from ...smtp_auth import login_once as _login
 from ..base import (
     ActionRequired,
     RotationContext,
@@ -237,18 +238,6 @@ def smtp_session(
             except (smtplib.SMTPException, OSError):
                 conn.close()
     return security
-
-
-def _login(conn: smtplib.SMTP, username: str, password: str) -> None:
-    """AUTH PLAIN or LOGIN, once (``smtplib.login`` would try every mechanism in turn)."""
-    offered = conn.esmtp_features.get("auth", "").upper().split()
-    for mech in ("PLAIN", "LOGIN"):
-        if mech in offered:
-            conn.user, conn.password = username, password
-            auth = conn.auth_plain if mech == "PLAIN" else conn.auth_login
-            conn.auth(mech, auth, initial_response_ok=True)
-            return
-    conn.login(username, password)
 
 
 # ---------------------------------------------------------------------------- the hook
