@@ -51,6 +51,16 @@ class Bao:
     def client(self, **kw: Any) -> VaultClient:
         return VaultClient(self.settings(**kw))
 
+    async def new_kv_mount(self, prefix: str) -> str:
+        """A KV v2 mount of the test's own (check-and-set required, every version kept)."""
+        import uuid
+
+        mount = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        async with self.client() as c:
+            await c.write(f"sys/mounts/{mount}", {"type": "kv", "options": {"version": "2"}})
+            await c.kv.configure(mount)
+        return mount
+
     def audit_entries(self) -> list[dict[str, Any]]:
         if not self.audit_log.exists():
             return []

@@ -98,11 +98,7 @@ def store_factory(ctx: RotationContext, store: str) -> DictSource:
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 async def mount(bao: Bao) -> str:
-    m = f"re-{uid()}"
-    async with bao.client() as c:
-        await c.write(f"sys/mounts/{m}", {"type": "kv", "options": {"version": "2"}})
-        await c.kv.configure(m)
-    return m
+    return await bao.new_kv_mount("re")
 
 
 @pytest.fixture

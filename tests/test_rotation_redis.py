@@ -90,11 +90,7 @@ async def can_login(user: str, password: str) -> bool:
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 async def mount(bao: Bao) -> str:
-    m = f"rr-{uid()}"
-    async with bao.client() as c:
-        await c.write(f"sys/mounts/{m}", {"type": "kv", "options": {"version": "2"}})
-        await c.kv.configure(m)
-    return m
+    return await bao.new_kv_mount("rr")
 
 
 @pytest.fixture
