@@ -5,6 +5,7 @@ Every message names the path and the cause, never a secret value. Catch
 specific subclasses::
 
     VaultError
+    ├── ConfigurationError   a setting (environment variable) is invalid; names the variable
     ├── InvalidPath          the path was refused before any request was made
     ├── SecretNotFound       the path does not exist (HTTP 404)
     ├── PermissionDenied     the token may not do this (HTTP 403 after re-login)
@@ -32,6 +33,14 @@ class VaultError(Exception):
         self.path = path
         self.status = status
         self.detail = detail  # Vault's own error text (never a secret value)
+
+
+class ConfigurationError(VaultError):
+    """A setting is invalid (``variable`` names the environment variable); nothing was sent."""
+
+    def __init__(self, message: str, *, variable: str | None = None) -> None:
+        super().__init__(message)
+        self.variable = variable
 
 
 class InvalidPath(VaultError, ValueError):
