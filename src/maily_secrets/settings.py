@@ -9,11 +9,29 @@ object never prints a token.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from yarl import URL
+
+from .errors import ConfigurationError
 
 DEFAULT_ADDR = "http://vault.vault:8200"
 K8S_SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
@@ -23,118 +41,188 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+class _OurNamesOnly(EnvSettingsSource):
+    """The environment, read only through each field's aliases (VAULT_*, BAO_*, MAILY_*).
+
+    pydantic-settings also matches a field's own name (``namespace``, ``token``,
+    ``role``, ``timeout``) against the environment, case-insensitively, when
+    ``populate_by_name`` is on: a pod's ``NAMESPACE`` would become the Vault
+    namespace. Field names are keyword arguments, never environment variables.
+    """
+
+    def _extract_field_info(
+        self, field: FieldInfo, field_name: str, model_config: Any = None
+    ) -> list[tuple[str, str, bool]]:
+        infos = super()._extract_field_info(field, field_name, model_config)
+        return [i for i in infos if i[0] != field_name]
+
+
 class VaultSettings(BaseSettings):
     """How to reach and authenticate to Vault, and how to cache what it returns."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # Only the names in each field's ``validation_alias`` are read from the environment
+    # (VAULT_*, BAO_*, MAILY_*): a field name is accepted as a keyword argument only.
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, _OurNamesOnly(settings_cls))
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise _configuration_error(exc, values) from None
 
     # --- where -------------------------------------------------------------------------
-    addr: str = Field(DEFAULT_ADDR, validation_alias=_env("addr", "VAULT_ADDR", "BAO_ADDR"))
-    namespace: str | None = Field(
-        None, validation_alias=_env("namespace", "VAULT_NAMESPACE", "BAO_NAMESPACE")
-    )
-    cacert: Path | None = Field(None, validation_alias=_env("cacert", "VAULT_CACERT", "BAO_CACERT"))
-    skip_verify: bool = Field(
-        False, validation_alias=_env("skip_verify", "VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY")
-    )
+    addr: str = Field(DEFAULT_ADDR, validation_alias=_env("VAULT_ADDR", "BAO_ADDR"))
+    namespace: str | None = Field(None, validation_alias=_env("VAULT_NAMESPACE", "BAO_NAMESPACE"))
+    cacert: Path | None = Field(None, validation_alias=_env("VAULT_CACERT", "BAO_CACERT"))
+    skip_verify: bool = Field(False, validation_alias=_env("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"))
     timeout: float = Field(
         10.0,
         gt=0,
-        validation_alias=_env("timeout", "VAULT_CLIENT_TIMEOUT", "BAO_CLIENT_TIMEOUT"),
+        validation_alias=_env("VAULT_CLIENT_TIMEOUT", "BAO_CLIENT_TIMEOUT"),
         description="Seconds for one HTTP request (connect + read).",
     )
-    max_retries: int = Field(
-        4, ge=0, validation_alias=_env("max_retries", "VAULT_MAX_RETRIES", "BAO_MAX_RETRIES")
+    max_retries: int = Field(4, ge=0, validation_alias=_env("VAULT_MAX_RETRIES", "BAO_MAX_RETRIES"))
+    retry_base_delay: float = Field(
+        0.1, gt=0, validation_alias=_env("MAILY_SECRETS_RETRY_BASE_DELAY")
     )
-    retry_base_delay: float = Field(0.1, gt=0, validation_alias=_env("retry_base_delay"))
-    retry_max_delay: float = Field(2.0, gt=0, validation_alias=_env("retry_max_delay"))
-    pool_size: int = Field(100, ge=1, validation_alias=_env("pool_size", "VAULT_POOL_SIZE"))
+    retry_max_delay: float = Field(
+        2.0, gt=0, validation_alias=_env("MAILY_SECRETS_RETRY_MAX_DELAY")
+    )
+    pool_size: int = Field(100, ge=1, validation_alias=_env("VAULT_POOL_SIZE"))
+    cluster_members: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias=_env("MAILY_SECRETS_CLUSTER_MEMBERS"),
+        description="Addresses of the other Vault nodes (comma-separated): a 307/308 redirect"
+        " is followed, with the token, only to the same origin or to one of these.",
+    )
 
     # --- who ---------------------------------------------------------------------------
     auth_method: Literal["auto", "token", "kubernetes", "approle"] = Field(
-        "auto", validation_alias=_env("auth_method", "VAULT_AUTH_METHOD", "BAO_AUTH_METHOD")
+        "auto", validation_alias=_env("VAULT_AUTH_METHOD", "BAO_AUTH_METHOD")
     )
-    token: SecretStr | None = Field(
-        None, validation_alias=_env("token", "VAULT_TOKEN", "BAO_TOKEN")
-    )
+    token: SecretStr | None = Field(None, validation_alias=_env("VAULT_TOKEN", "BAO_TOKEN"))
     token_file: Path | None = Field(
         None,
-        validation_alias=_env("token_file", "VAULT_TOKEN_FILE", "BAO_TOKEN_FILE"),
+        validation_alias=_env("VAULT_TOKEN_FILE", "BAO_TOKEN_FILE"),
         description="A file holding the token, e.g. /vault/secrets/token written by Vault Agent.",
     )
-    role: str = Field("maily", validation_alias=_env("role", "VAULT_ROLE", "BAO_ROLE"))
+    role: str = Field("maily", validation_alias=_env("VAULT_ROLE", "BAO_ROLE"))
     kubernetes_jwt_path: Path = Field(
-        Path(K8S_SA_TOKEN), validation_alias=_env("kubernetes_jwt_path", "VAULT_K8S_JWT_PATH")
+        Path(K8S_SA_TOKEN), validation_alias=_env("VAULT_K8S_JWT_PATH")
     )
-    kubernetes_mount: str = Field(
-        "kubernetes", validation_alias=_env("kubernetes_mount", "VAULT_K8S_MOUNT")
-    )
-    approle_mount: str = Field(
-        "approle", validation_alias=_env("approle_mount", "VAULT_APPROLE_MOUNT")
-    )
-    role_id: SecretStr | None = Field(None, validation_alias=_env("role_id", "VAULT_ROLE_ID"))
-    role_id_file: Path | None = Field(
-        None, validation_alias=_env("role_id_file", "VAULT_ROLE_ID_FILE")
-    )
-    secret_id: SecretStr | None = Field(None, validation_alias=_env("secret_id", "VAULT_SECRET_ID"))
-    secret_id_file: Path | None = Field(
-        None, validation_alias=_env("secret_id_file", "VAULT_SECRET_ID_FILE")
-    )
+    kubernetes_mount: str = Field("kubernetes", validation_alias=_env("VAULT_K8S_MOUNT"))
+    approle_mount: str = Field("approle", validation_alias=_env("VAULT_APPROLE_MOUNT"))
+    role_id: SecretStr | None = Field(None, validation_alias=_env("VAULT_ROLE_ID"))
+    role_id_file: Path | None = Field(None, validation_alias=_env("VAULT_ROLE_ID_FILE"))
+    secret_id: SecretStr | None = Field(None, validation_alias=_env("VAULT_SECRET_ID"))
+    secret_id_file: Path | None = Field(None, validation_alias=_env("VAULT_SECRET_ID_FILE"))
     renew_fraction: float = Field(
         2 / 3,
         gt=0,
         lt=1,
-        validation_alias=_env("renew_fraction"),
+        validation_alias=_env("MAILY_SECRETS_RENEW_FRACTION"),
         description="Renew a token once this fraction of its TTL has passed.",
     )
 
     # --- the facade --------------------------------------------------------------------
-    kv_mount: str = Field("maily", validation_alias=_env("kv_mount", "MAILY_SECRETS_MOUNT"))
-    transit_mount: str = Field(
-        "transit", validation_alias=_env("transit_mount", "MAILY_SECRETS_TRANSIT_MOUNT")
-    )
+    kv_mount: str = Field("maily", validation_alias=_env("MAILY_SECRETS_MOUNT"))
+    transit_mount: str = Field("transit", validation_alias=_env("MAILY_SECRETS_TRANSIT_MOUNT"))
     cache_ttl: float = Field(
         60.0,
         ge=0,
-        validation_alias=_env("cache_ttl", "MAILY_SECRETS_CACHE_TTL"),
+        validation_alias=_env("MAILY_SECRETS_CACHE_TTL"),
         description="Seconds a secret read is served from memory before Vault is asked again.",
     )
     max_staleness: float = Field(
         3600.0,
         ge=0,
-        validation_alias=_env("max_staleness", "MAILY_SECRETS_MAX_STALENESS"),
+        validation_alias=_env("MAILY_SECRETS_MAX_STALENESS"),
         description="How old a last-known value may be when served because Vault is down.",
     )
     listener_interval: float = Field(
         30.0,
         gt=0,
-        validation_alias=_env("listener_interval", "MAILY_SECRETS_LISTENER_INTERVAL"),
+        validation_alias=_env("MAILY_SECRETS_LISTENER_INTERVAL"),
         description="Seconds between two polls of a watched secret's metadata (+-10% jitter).",
     )
     snapshot_path: Path | None = Field(
         None,
-        validation_alias=_env("snapshot_path", "MAILY_SECRETS_SNAPSHOT_PATH"),
+        validation_alias=_env("MAILY_SECRETS_SNAPSHOT_PATH"),
         description="Encrypted last-known-good snapshot file (off when unset).",
     )
     snapshot_interval: float = Field(
         5.0,
         ge=0,
-        validation_alias=_env("snapshot_interval", "MAILY_SECRETS_SNAPSHOT_INTERVAL"),
+        validation_alias=_env("MAILY_SECRETS_SNAPSHOT_INTERVAL"),
         description="At most one snapshot write per this many seconds (and one at close()).",
     )
     snapshot_key: SecretStr | None = Field(
         None,
-        validation_alias=_env("snapshot_key", "MAILY_SECRETS_SNAPSHOT_KEY"),
+        validation_alias=_env("MAILY_SECRETS_SNAPSHOT_KEY"),
         description="Fernet key (urlsafe base64, 32 bytes) that encrypts the snapshot.",
     )
 
     @field_validator("addr")
     @classmethod
     def _strip_addr(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("VAULT_ADDR must start with http:// or https://")
+        return _check_addr(v)
+
+    @field_validator("cluster_members", mode="before")
+    @classmethod
+    def _split_members(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [m for m in (p.strip() for p in v.split(",")) if m]
+        if isinstance(v, (list, tuple)):
+            return tuple(_check_addr(str(m)) for m in v)
         return v
+
+    @field_validator("cacert")
+    @classmethod
+    def _readable_cacert(cls, v: Path | None) -> Path | None:
+        if v is None:
+            return v
+        try:
+            with open(v, "rb") as f:
+                head = f.read(1 << 16)
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ValueError(f"cannot read CA file {v}: {why}") from None
+        if b"-----BEGIN CERTIFICATE-----" not in head:
+            raise ValueError(f"{v} holds no PEM certificate")
+        return v
+
+    @model_validator(mode="after")
+    def _snapshot_needs_key(self) -> VaultSettings:
+        if self.snapshot_path is None:
+            return self
+        if self.snapshot_key is None:
+            raise ValueError(
+                "snapshot_path is set but MAILY_SECRETS_SNAPSHOT_KEY is not"
+                " (make one with `mailyctl snapshot-key`)"
+            )
+        from cryptography.fernet import Fernet
+
+        try:
+            Fernet(self.snapshot_key.get_secret_value().encode())
+        except (ValueError, TypeError):
+            raise ValueError(
+                "MAILY_SECRETS_SNAPSHOT_KEY is not a valid Fernet key (32 url-safe"
+                " base64-encoded bytes; make one with `mailyctl snapshot-key`)"
+            ) from None
+        return self
 
     @field_validator("kv_mount", "transit_mount", "kubernetes_mount", "approle_mount")
     @classmethod
@@ -143,3 +231,56 @@ class VaultSettings(BaseSettings):
         if not v:
             raise ValueError("a mount path cannot be empty")
         return v
+
+
+def _check_addr(v: str) -> str:
+    v = v.strip().rstrip("/")
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    try:
+        u = URL(v)
+    except (ValueError, TypeError):
+        raise ValueError("is not a valid URL") from None
+    if not u.host:
+        raise ValueError("has no host")
+    if u.user is not None or u.password is not None:
+        raise ValueError("must not hold a user name or password (userinfo)")
+    if u.query_string or "?" in v:
+        raise ValueError("must not have a query string")
+    if u.fragment or "#" in v:
+        raise ValueError("must not have a fragment")
+    if u.path not in ("", "/"):
+        raise ValueError("must not have a path (give scheme://host:port)")
+    try:
+        u.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    return v
+
+
+def _env_names(field: str) -> tuple[str, ...]:
+    info = VaultSettings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, AliasChoices):
+        return tuple(str(c) for c in alias.choices if isinstance(c, str))
+    return (alias,) if isinstance(alias, str) else ()
+
+
+def _configuration_error(exc: ValidationError, given: dict[str, Any]) -> ConfigurationError:
+    """One typed error naming the variable (or keyword) and the reason, never the value."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(x) for x in first.get("loc", ()) if isinstance(x, str)]
+    key = loc[0] if loc else ""
+    if not key:  # a model-level check: the snapshot key is the one to fix
+        variable = "MAILY_SECRETS_SNAPSHOT_KEY"
+    elif key in given:  # a keyword argument
+        variable = key
+    else:
+        field = next(
+            (f for f in VaultSettings.model_fields if f == key or key in _env_names(f)), key
+        )
+        names = _env_names(field)
+        in_env = {k.upper() for k in os.environ}
+        variable = next((n for n in names if n.upper() in in_env), names[0] if names else key)
+    reason = str(first.get("msg") or "invalid").removeprefix("Value error, ")
+    return ConfigurationError(f"invalid configuration: {variable} {reason}", variable=variable)

@@ -92,9 +92,7 @@ def _port(u: URL) -> int:
     return {"http": 80, "https": 443}.get(u.scheme.lower(), 0)
 
 
-def redirect_target(
-    current: URL | str, location: str, members: Iterable[str] = ()
-) -> URL | None:
+def redirect_target(current: URL | str, location: str, members: Iterable[str] = ()) -> URL | None:
     """The URL to follow a 307/308 to, or ``None`` when the redirect must be refused.
 
     ``current`` is the URL that answered; ``location`` its ``Location`` header
