@@ -7,14 +7,14 @@ so mutating a returned dict cannot change what the next caller sees.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .clock import SYSTEM_CLOCK, Clock
 
 CacheStatus = Literal["hit", "miss", "stale", "snapshot"]
 _SCALARS = (str, int, float, bool, type(None))
-_monotonic = time.monotonic
 
 
 def json_copy(value: Any) -> Any:
@@ -28,45 +28,77 @@ def json_copy(value: Any) -> Any:
 
 @dataclass(slots=True)
 class Entry:
-    value: dict[str, Any]
+    value: dict[str, Any] = field(repr=False)  # the secret: never shown
     version: int | None
-    fetched: float  # time.monotonic() of the fetch
-    fetched_wall: float  # time.time() of the fetch, for snapshots
+    fetched: float  # the clock's monotonic() of the fetch
+    fetched_wall: float  # the clock's time() of the fetch, for snapshots
     flat: bool  # every value is a scalar: a shallow copy is a full copy
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     @classmethod
     def make(
-        cls, value: dict[str, Any], version: int | None, fetched_wall: float | None = None
+        cls,
+        value: dict[str, Any],
+        version: int | None,
+        fetched_wall: float | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> Entry:
-        now_wall = time.time()
+        now_wall = clock.time()
         wall = now_wall if fetched_wall is None else fetched_wall
         return cls(
             value=value,
             version=version,
-            fetched=time.monotonic() - max(0.0, now_wall - wall),
+            fetched=clock.monotonic() - max(0.0, now_wall - wall),
             fetched_wall=wall,
             flat=all(isinstance(v, _SCALARS) for v in value.values()),
+            clock=clock,
         )
 
     def copy_out(self) -> dict[str, Any]:
         return dict(self.value) if self.flat else json_copy(self.value)
 
     def age(self) -> float:
-        return time.monotonic() - self.fetched
+        return self.clock.monotonic() - self.fetched
+
+
+def newer_or_same(new: Entry, current: Entry | None) -> bool:
+    """The cache's one rule: an entry is replaced only by the same or a newer version.
+
+    Entries without a version (paths that are not KV v2) replace each other.
+    """
+    if current is None or new.version is None or current.version is None:
+        return True
+    return new.version >= current.version
 
 
 class SecretCache:
-    """Per-path entries with one TTL; concurrent misses share one load."""
+    """Per-path entries with one TTL; concurrent misses share one load.
 
-    def __init__(self, ttl: float, max_staleness: float) -> None:
+    It never goes back in time: :meth:`put` refuses an entry older than the one it
+    holds, so a load that started before a write cannot overwrite the write's newer
+    entry (whoever stores it: a load, a write, a watcher), and :meth:`invalidate`
+    during an in-flight load is honoured: that load's result is not stored, and the
+    next caller starts a new load instead of joining the old one.
+    """
+
+    def __init__(self, ttl: float, max_staleness: float, *, clock: Clock | None = None) -> None:
         self.ttl = ttl
         self.max_staleness = max_staleness
+        self.clock: Clock = clock or SYSTEM_CLOCK
+        self._now = self.clock.monotonic  # bound once: fresh() is the hot path
         self._entries: dict[str, Entry] = {}
         self._inflight: dict[str, asyncio.Task[Entry]] = {}
+        self._generation: dict[str, int] = {}
+        self._epoch = 0  # bumped by invalidate() of everything
+
+    def entry(self, value: dict[str, Any], version: int | None) -> Entry:
+        """A new entry fetched now, on this cache's clock."""
+        return Entry.make(value, version, clock=self.clock)
 
     def fresh(self, path: str) -> Entry | None:
         e = self._entries.get(path)
-        if e is not None and _monotonic() - e.fetched < self.ttl:
+        if e is not None and self._now() - e.fetched < self.ttl:
             return e
         return None
 
@@ -76,8 +108,12 @@ class SecretCache:
             return e
         return None
 
-    def put(self, path: str, entry: Entry) -> None:
+    def put(self, path: str, entry: Entry) -> bool:
+        """Store ``entry`` unless the cache holds a newer version; True if stored."""
+        if not newer_or_same(entry, self._entries.get(path)):
+            return False
         self._entries[path] = entry
+        return True
 
     def peek(self, path: str) -> Entry | None:
         return self._entries.get(path)
@@ -85,32 +121,59 @@ class SecretCache:
     def invalidate(self, path: str | None = None) -> None:
         if path is None:
             self._entries.clear()
+            self._inflight.clear()
+            self._epoch += 1
         else:
             self._entries.pop(path, None)
+            self._inflight.pop(path, None)
+            self._generation[path] = self._generation.get(path, 0) + 1
 
     def items(self) -> list[tuple[str, Entry]]:
         return list(self._entries.items())
+
+    def _stamp(self, path: str) -> tuple[int, int]:
+        return self._epoch, self._generation.get(path, 0)
 
     async def load(self, path: str, loader: Callable[[], Awaitable[Entry]]) -> Entry:
         """Run ``loader`` once for all concurrent callers of ``path``; store the result.
 
         The load runs in its own task: a caller that is cancelled (a request timing
-        out) does not cancel the load for the others.
+        out) does not cancel the load for the others. Callers get the newest entry
+        the cache knows when the load ends (a write may have landed meanwhile).
         """
         task = self._inflight.get(path)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._run(path, loader))
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            task = asyncio.get_running_loop().create_task(
+                self._run(path, loader, self._stamp(path))
+            )
             task.add_done_callback(_retrieve)
             self._inflight[path] = task
         return await asyncio.shield(task)
 
-    async def _run(self, path: str, loader: Callable[[], Awaitable[Entry]]) -> Entry:
+    async def _run(
+        self, path: str, loader: Callable[[], Awaitable[Entry]], stamp: tuple[int, int]
+    ) -> Entry:
         try:
             entry = await loader()
-            self._entries[path] = entry
-            return entry
+            if self._stamp(path) != stamp:
+                return entry  # invalidated meanwhile: hand it to our callers, store nothing
+            if self.put(path, entry):
+                return entry
+            return self._entries[path]  # a newer version arrived while we loaded
         finally:
-            self._inflight.pop(path, None)
+            if self._inflight.get(path) is asyncio.current_task():
+                del self._inflight[path]
+
+    async def close(self) -> None:
+        """Cancel the loads in flight (their callers get CancelledError)."""
+        tasks = [t for t in self._inflight.values() if not t.done()]
+        self._inflight.clear()
+        loop = asyncio.get_running_loop()
+        mine = [t for t in tasks if t.get_loop() is loop]
+        for t in mine:
+            t.cancel()
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
 
 
 def _retrieve(task: asyncio.Task[Entry]) -> None:

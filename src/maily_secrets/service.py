@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, overload
 
 from .cache import CacheStatus, Entry, SecretCache, json_copy
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
     AuthFailed,
+    ConfigurationError,
     DecryptedNotText,
     InvalidPath,
     PermissionDenied,
@@ -39,6 +41,7 @@ from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
 from .settings import VaultSettings
 from .snapshot import SnapshotStore
+from .supervise import supervised
 from .vault.client import VaultClient
 from .vault.database import DatabaseCredentials
 from .vault.transit import Transit
@@ -67,10 +70,15 @@ class VaultService:
     """Cached, resilient access to Maily's secrets in Vault."""
 
     def __init__(
-        self, settings: VaultSettings | None = None, *, client: VaultClient | None = None
+        self,
+        settings: VaultSettings | None = None,
+        *,
+        client: VaultClient | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._given_settings = settings
-        self._given_client = client
+        self._given_client = client  # not ours: close() leaves it open
+        self.clock: Clock = clock or (client.clock if client is not None else SYSTEM_CLOCK)
         self._settings: VaultSettings | None = None
         self._client: VaultClient | None = None
         self._cache: SecretCache | None = None
@@ -97,14 +105,14 @@ class VaultService:
     @property
     def client(self) -> VaultClient:
         if self._client is None:
-            self._client = self._given_client or VaultClient(self.settings)
+            self._client = self._given_client or VaultClient(self.settings, clock=self.clock)
         return self._client
 
     @property
     def cache(self) -> SecretCache:
         if self._cache is None:
             s = self.settings
-            self._cache = SecretCache(s.cache_ttl, s.max_staleness)
+            self._cache = SecretCache(s.cache_ttl, s.max_staleness, clock=self.clock)
         return self._cache
 
     @property
@@ -116,11 +124,20 @@ class VaultService:
     def _snapshot_store(self) -> SnapshotStore | None:
         s = self.settings
         if self._snapshot is None and s.snapshot_path is not None:
-            if s.snapshot_key is None:
-                raise VaultError(
-                    "MAILY_SECRETS_SNAPSHOT_PATH is set but MAILY_SECRETS_SNAPSHOT_KEY is not"
+            if s.snapshot_key is None:  # settings refuse this; a hand-made object may not
+                raise ConfigurationError(
+                    "invalid configuration: MAILY_SECRETS_SNAPSHOT_PATH is set but"
+                    " MAILY_SECRETS_SNAPSHOT_KEY is not",
+                    variable="MAILY_SECRETS_SNAPSHOT_KEY",
                 )
-            self._snapshot = SnapshotStore(s.snapshot_path, s.snapshot_key.get_secret_value())
+            try:
+                self._snapshot = SnapshotStore(
+                    s.snapshot_path, s.snapshot_key.get_secret_value()
+                )
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"invalid configuration: {exc}", variable="MAILY_SECRETS_SNAPSHOT_KEY"
+                ) from None
         return self._snapshot
 
     @property
@@ -413,10 +430,8 @@ class VaultService:
         return kv
 
     def _after_write(self, path: str, data: dict[str, Any], version: int) -> None:
-        entry = Entry.make(data, version)
-        current = self.cache.peek(path)
-        if current is None or current.version is None or current.version < version:
-            self.cache.put(path, entry)
+        entry = self.cache.entry(data, version)
+        if self.cache.put(path, entry):
             self._mark_snapshot_dirty()
         if self._listener_registry is not None:
             self._listener_registry.local_write(path, entry)
@@ -426,34 +441,66 @@ class VaultService:
         self.cache.invalidate(path)
 
     async def close(self) -> None:
-        """Flush the snapshot, stop renewals, close connections, forget the cache.
+        """Cancel loads in flight, stop listeners and leases, flush the snapshot, close.
 
-        Safe to call twice. A closed service may be used again: it then starts afresh
-        (re-reading the environment if it was built without explicit settings).
+        Always completes: a step that fails (a snapshot that cannot be written, a lease
+        that cannot be revoked) is logged and the next step still runs. A client given
+        to the constructor is left open (it is the caller's); one the service made is
+        closed. Safe to call twice. A closed service may be used again: it then starts
+        afresh (re-reading the environment if it was built without explicit settings).
         """
+        cache = self._cache
         registry, self._listener_registry = self._listener_registry, None
-        if registry is not None:
-            await registry.close()
         container, self._lease_container = self._lease_container, None
-        if container is not None:
-            await container.close(revoke=True)
         task, self._snapshot_task = self._snapshot_task, None
+        steps: list[tuple[str, Callable[[], Any]]] = []
+        if cache is not None:
+            steps.append(("cancel loads", cache.close))
+        if registry is not None:
+            steps.append(("stop listeners", registry.close))
+        if container is not None:
+            steps.append(("revoke leases", lambda: container.close(revoke=True)))
         if task is not None:
-            if self._snapshot_wake is not None:
-                self._snapshot_wake.set()  # skip the wait: write what is dirty now
-            await task
-        if self._snapshot_dirty:
-            await self._save_snapshot()  # the last values reach the disk
-        if self._client is not None:
-            await self._client.close()
+            steps.append(("stop snapshot writer", lambda: self._stop_snapshot_writer(task)))
+        steps.append(("write snapshot", self._final_snapshot))
+        if self._client is not None and self._client is not self._given_client:
+            steps.append(("close client", self._client.close))
+        for what, step in steps:
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "vault_service.close(): %s failed (%s); continuing",
+                    what,
+                    type(exc).__name__,
+                    extra={"step": what, "error": type(exc).__name__},
+                )
         self._client = None
         self._settings = None
         self._cache = None
         self._snapshot = None
         self._snapshot_entries = None
+        self._snapshot_dirty = False
+        self._snapshot_wake = None
         self._std_paths = None
         self._transit = None
         self._warned_stale.clear()
+
+    async def _stop_snapshot_writer(self, task: asyncio.Task[None]) -> None:
+        if task.done() or task.get_loop() is not asyncio.get_running_loop():
+            return
+        if self._snapshot_wake is not None:
+            self._snapshot_wake.set()  # skip the wait: write what is dirty now
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 10.0)
+        except TimeoutError:
+            task.cancel()
+
+    async def _final_snapshot(self) -> None:
+        if self._snapshot_dirty:
+            await self._save_snapshot()  # the last values reach the disk
 
     async def __aenter__(self) -> VaultService:
         return self
@@ -487,13 +534,13 @@ class VaultService:
         kv = KV2Path.parse(path)
         if kv is not None:
             v = await self.client.kv.read(kv)
-            entry = Entry.make(v.data, v.version)
+            entry = self.cache.entry(v.data, v.version)
         else:
             r = await self.client.read(path)
             data = r.data
             if data is None:
                 raise SecretNotFound(f"secret {path!r} returned no data", path=path)
-            entry = Entry.make(data, None)
+            entry = self.cache.entry(data, None)
         self._mark_snapshot_dirty()
         return entry
 
@@ -515,9 +562,13 @@ class VaultService:
         if self.settings.snapshot_path is None:
             return
         self._snapshot_dirty = True
-        if self._snapshot_task is None or self._snapshot_task.done():
+        loop = asyncio.get_running_loop()
+        t = self._snapshot_task
+        if t is None or t.done() or t.get_loop() is not loop:
             self._snapshot_wake = asyncio.Event()
-            self._snapshot_task = asyncio.get_running_loop().create_task(self._write_snapshot())
+            self._snapshot_task = loop.create_task(
+                supervised("secret snapshot writer", self._write_snapshot, clock=self.clock)
+            )
 
     async def _write_snapshot(self) -> None:
         """Write the snapshot now, then at most once per ``snapshot_interval`` while dirty."""
@@ -526,6 +577,8 @@ class VaultService:
         assert wake is not None
         while self._snapshot_dirty:
             await self._save_snapshot()
+            if wake.is_set():
+                return  # close() asked for the last write
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.settings.snapshot_interval)
 
@@ -540,8 +593,10 @@ class VaultService:
         }
         try:
             await asyncio.to_thread(store.save, entries)
-        except OSError as exc:
-            log.warning("cannot write secret snapshot: %s", exc.strerror or type(exc).__name__)
+        except (OSError, TypeError, ValueError) as exc:
+            self._snapshot_dirty = True  # try again at the next write
+            why = exc.strerror if isinstance(exc, OSError) else None
+            log.warning("cannot write secret snapshot: %s", why or type(exc).__name__)
 
     async def _from_snapshot(self, path: str) -> Entry | None:
         store = self._snapshot_store()
@@ -552,7 +607,9 @@ class VaultService:
         raw = self._snapshot_entries.get(path)
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
             return None
-        entry = Entry.make(raw["data"], raw.get("version"), float(raw.get("fetched_at") or 0))
+        entry = Entry.make(
+            raw["data"], raw.get("version"), float(raw.get("fetched_at") or 0), clock=self.clock
+        )
         if entry.age() > self.settings.max_staleness:
             return None
         self.cache.put(path, entry)  # later reads within max_staleness use memory

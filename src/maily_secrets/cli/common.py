@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -21,8 +22,14 @@ _PUBLIC_KEY = re.compile(r"(^|_)(host|port|region|username|user|name|url|endpoin
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {message}")
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
+
+
+def config_fail(exc: BaseException) -> NoReturn:
+    """Bad configuration (ConfigurationError): one line naming the variable, exit 2."""
+    typer.echo(f"error: {' '.join(str(exc).split())}", err=True)  # one line, never wrapped
+    raise typer.Exit(EXIT_USAGE)
 
 
 def print_json(doc: Any) -> None:

@@ -19,6 +19,7 @@ from rich.markup import escape
 from ..bootstrap import TRANSIT_KEY
 from ..errors import (
     AuthFailed,
+    ConfigurationError,
     PermissionDenied,
     SecretNotFound,
     TransitKeyNotFound,
@@ -31,7 +32,15 @@ from ..rotation.config import ConfigError, RotationConfig
 from ..rotation.engine import RotationEngine
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, console, err_console, print_json
+from .common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    config_fail,
+    console,
+    err_console,
+    print_json,
+)
 
 Status = Literal["ok", "warn", "fail", "skip"]
 SECRETS = ("config", "api-keys", "credentials")
@@ -355,9 +364,8 @@ def doctor(
     try:
         cfg = RotationConfig.load(config)
         env_name, settings = _settings(cfg, env)
-    except (ConfigError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    except (ConfigError, ConfigurationError, ValueError) as exc:
+        config_fail(exc)
     settings = settings.model_copy(update={"max_retries": min(settings.max_retries, 1)})
 
     async def go() -> list[Check]:
@@ -366,6 +374,8 @@ def doctor(
 
     try:
         checks = asyncio.run(go())
+    except ConfigurationError as exc:
+        config_fail(exc)
     except VaultError as exc:  # a credential that cannot even be loaded
         checks = [Check("auth", "fail", str(exc), H_AUTH)]
     failed = any(c.status == "fail" for c in checks)

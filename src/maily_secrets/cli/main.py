@@ -28,7 +28,16 @@ def snapshot_key() -> None:
 
 
 def run() -> None:
-    app()
+    from ..errors import ConfigurationError
+    from .common import config_fail
+
+    try:
+        app()
+    except ConfigurationError as exc:  # bad configuration anywhere: one line, exit 2
+        try:
+            config_fail(exc)
+        except typer.Exit as e:
+            raise SystemExit(e.exit_code) from None
 
 
 if __name__ == "__main__":

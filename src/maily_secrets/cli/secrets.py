@@ -13,12 +13,12 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from ..errors import VaultError
+from ..errors import ConfigurationError, VaultError
 from ..logs import configure as configure_logs
 from ..rotation.config import ConfigError, RotationConfig, format_duration
 from ..rotation.engine import RotationEngine
 from ..rotation.report import RunReport
-from .common import EXIT_FAILURE, EXIT_USAGE, console, err_console, print_json
+from .common import EXIT_FAILURE, EXIT_USAGE, config_fail, console, err_console, print_json
 
 EXIT_BUSY = 3
 T = TypeVar("T")
@@ -214,6 +214,8 @@ def rotate(
         report = _run(go)
     except ConfigError as exc:
         _usage(str(exc))
+    except ConfigurationError as exc:
+        config_fail(exc)
     except VaultError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILURE) from None
@@ -250,6 +252,8 @@ def status(
 
     try:
         rows = _run(go)
+    except ConfigurationError as exc:
+        config_fail(exc)
     except VaultError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILURE) from None
@@ -313,6 +317,8 @@ def history(
 
     try:
         rows = _run(go)
+    except ConfigurationError as exc:
+        config_fail(exc)
     except VaultError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILURE) from None
@@ -440,6 +446,8 @@ def set_(
 
     try:
         version = _run(go)
+    except ConfigurationError as exc:
+        config_fail(exc)
     except VaultError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(EXIT_FAILURE) from None

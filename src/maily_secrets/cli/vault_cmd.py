@@ -17,7 +17,7 @@ from ..bootstrap import (
     ensure_transit,
     sample_secrets,
 )
-from ..errors import VaultError
+from ..errors import ConfigurationError, VaultError
 from ..paths import KV2Path
 from ..policies import (
     KubernetesAuthConfig,
@@ -32,7 +32,7 @@ from ..policies import (
 from ..rotation.config import ConfigError, RotationConfig
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
-from .common import EXIT_USAGE, console, err_console, fail, print_json
+from .common import EXIT_USAGE, config_fail, console, err_console, fail, print_json
 
 app = typer.Typer(
     help="Apply Maily's Vault setup (mounts, transit key, policies, auth roles) idempotently.",
@@ -173,6 +173,8 @@ def bootstrap(
 
     try:
         report = asyncio.run(go())
+    except ConfigurationError as exc:
+        config_fail(exc)
     except (VaultError, OSError, ValueError) as exc:
         fail(f"bootstrap of {settings.addr} failed: {exc}")
     if json_out:

@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AuthFailed, VaultError
 from ..settings import VaultSettings
+from ..supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
     from .client import VaultClient
@@ -28,7 +29,7 @@ log = logging.getLogger("maily_secrets.auth")
 
 @dataclass(slots=True)
 class Token:
-    value: str
+    value: str = field(repr=False)
     ttl: float  # seconds; 0 = never expires (root token)
     renewable: bool
     obtained: float  # monotonic time
@@ -65,7 +66,7 @@ def _read_file(path: Path, what: str) -> str:
     return value
 
 
-def _token_from_auth(body: dict[str, Any] | None, method: str) -> Token:
+def _token_from_auth(body: dict[str, Any] | None, method: str, client: VaultClient) -> Token:
     auth = (body or {}).get("auth") or {}
     value = auth.get("client_token")
     if not value:
@@ -74,7 +75,7 @@ def _token_from_auth(body: dict[str, Any] | None, method: str) -> Token:
         value=str(value),
         ttl=float(auth.get("lease_duration") or 0),
         renewable=bool(auth.get("renewable")),
-        obtained=time.monotonic(),
+        obtained=client.clock.monotonic(),
     )
 
 
@@ -90,7 +91,7 @@ async def _lookup_self(client: VaultClient, value: str, method: str) -> Token:
         value=value,
         ttl=float(data.get("ttl") or 0),
         renewable=bool(data.get("renewable")),
-        obtained=time.monotonic(),
+        obtained=client.clock.monotonic(),
     )
 
 
@@ -136,6 +137,7 @@ class KubernetesAuth:
                 f"auth/{self.mount}/login",
                 json_body={"role": self.role, "jwt": jwt},
                 authenticated=False,
+                idempotent=True,  # a second login only makes a second token
             )
         except VaultError as exc:
             if exc.status in (400, 403):
@@ -146,7 +148,7 @@ class KubernetesAuth:
                     status=exc.status,
                 ) from None
             raise
-        return _token_from_auth(r.body, "kubernetes")
+        return _token_from_auth(r.body, "kubernetes", client)
 
 
 class AppRoleAuth:
@@ -179,7 +181,11 @@ class AppRoleAuth:
             body["secret_id"] = _read_file(self._secret_id_file, "AppRole secret-id")
         try:
             r = await client.request(
-                "POST", f"auth/{self.mount}/login", json_body=body, authenticated=False
+                "POST",
+                f"auth/{self.mount}/login",
+                json_body=body,
+                authenticated=False,
+                idempotent=True,  # a second login only makes a second token
             )
         except VaultError as exc:
             if exc.status in (400, 403):
@@ -190,7 +196,7 @@ class AppRoleAuth:
                     status=exc.status,
                 ) from None
             raise
-        return _token_from_auth(r.body, "approle")
+        return _token_from_auth(r.body, "approle", client)
 
 
 def auth_from_settings(settings: VaultSettings) -> AuthMethod:
@@ -248,17 +254,34 @@ class _NoAuth:
         )
 
 
-class TokenManager:
-    """Holds the current token; single-flight login, renewal at a fraction of the TTL."""
+Verdict = Literal["retry", "denied", "dead"]
 
-    def __init__(self, method: AuthMethod, client: VaultClient) -> None:
+
+class TokenManager:
+    """Holds the current token; single-flight login, renewal at a fraction of the TTL.
+
+    The renewal runs in the background under :func:`~maily_secrets.supervise.supervised`
+    (a crash is logged and the loop restarted) with capped backoff while Vault is
+    down. Its lock belongs to the event loop that uses it: a process that runs each
+    call in a new loop (``asyncio.run`` per request) gets a new lock on the new loop.
+    """
+
+    def __init__(
+        self, method: AuthMethod, client: VaultClient, *, clock: Clock | None = None
+    ) -> None:
         self.method = method
         self._client = client
+        self.clock: Clock = clock or getattr(client, "clock", None) or SYSTEM_CLOCK
         self._token: Token | None = None
         self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._renew_failures = 0
         self.logins = 0
         self.renewals = 0
+
+    def __repr__(self) -> str:
+        return f"TokenManager(method={self.method.name!r}, has_token={self._token is not None})"
 
     @property
     def fraction(self) -> float:
@@ -268,14 +291,18 @@ class TokenManager:
         t = self._token
         if t is not None:
             renew_at = t.renew_at(self.fraction)
-            if renew_at is None or time.monotonic() < renew_at:
+            if renew_at is None or self.clock.monotonic() < renew_at:
                 return t.value
         return (await self._refresh()).value
 
+    def _loop_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
     async def _refresh(self, force_login: bool = False, stale: Token | None = None) -> Token:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+        async with self._loop_lock():
             t = self._token
             if t is not None and t is not stale:
                 if force_login or not self._due(t):
@@ -293,12 +320,11 @@ class TokenManager:
 
     def _due(self, t: Token) -> bool:
         renew_at = t.renew_at(self.fraction)
-        return renew_at is not None and time.monotonic() >= renew_at
+        return renew_at is not None and self.clock.monotonic() >= renew_at
 
-    @staticmethod
-    def _expired(t: Token) -> bool:
+    def _expired(self, t: Token) -> bool:
         exp = t.expires_at()
-        return exp is not None and time.monotonic() >= exp
+        return exp is not None and self.clock.monotonic() >= exp
 
     async def _login(self) -> Token:
         token = await self.method.login(self._client)
@@ -317,7 +343,12 @@ class TokenManager:
             # No retries: a refused renewal (e.g. past the max TTL, HTTP 500) is
             # answered by a fresh login, not by waiting.
             r = await self._client.request(
-                "POST", "auth/token/renew-self", json_body={}, token=t.value, retries=0
+                "POST",
+                "auth/token/renew-self",
+                json_body={},
+                token=t.value,
+                retries=0,
+                idempotent=True,
             )
         except VaultError as exc:
             log.warning(
@@ -326,10 +357,15 @@ class TokenManager:
             )
             if exc.status == 403 or self.method.can_relogin:
                 return None
-            # Vault unreachable: keep the token while it lasts, try again shortly.
-            t.retry_after = time.monotonic() + 5.0
+            # Vault unreachable: keep the token while it lasts, try again later
+            # (capped backoff: any length of outage is survived).
+            self._renew_failures += 1
+            t.retry_after = self.clock.monotonic() + backoff_delay(
+                self._renew_failures, 1.0, 30.0
+            )
             return t
-        new = _token_from_auth(r.body, "renew-self")
+        self._renew_failures = 0
+        new = _token_from_auth(r.body, "renew-self", self._client)
         # Vault caps renewals at the token's max TTL: when the renewal gained
         # little, a fresh login (if possible) gives a full TTL.
         if self.method.can_relogin and t.ttl > 0 and new.ttl < t.ttl * (1 - self.fraction):
@@ -340,27 +376,31 @@ class TokenManager:
         self._schedule_renewal()
         return new
 
-    async def handle_forbidden(self, used: str) -> bool:
-        """After a 403 with token ``used``: True when a fresh login produced a new token.
+    async def handle_forbidden(self, used: str) -> Verdict:
+        """After a 403 with token ``used``: what the request should do.
 
         A 403 means either "this token may not do that" or "this token is dead".
         Only the second is cured by logging in again, so the token is checked first
-        (``lookup-self``): a live token gets False (the caller raises
-        PermissionDenied) and costs no login. A failed re-login raises AuthFailed.
+        (``lookup-self``). ``"denied"``: the token is alive, a real permission
+        problem (the caller raises PermissionDenied, no login). ``"retry"``: a fresh
+        token is in place. ``"dead"``: the token is dead and no re-login is possible
+        (the caller raises AuthFailed). A failed re-login raises AuthFailed.
         """
-        if not self.method.can_relogin:
-            return False
         stale = self._token
-        if stale is not None and stale.value != used:
-            return True  # somebody already replaced the token we used: just retry
+        if self.method.can_relogin and stale is not None and stale.value != used:
+            return "retry"  # somebody already replaced the token we used
         try:
-            await self._client.request("GET", "auth/token/lookup-self", token=used, retries=0)
-            return False  # the token is alive: a real permission problem
+            await self._client.request(
+                "GET", "auth/token/lookup-self", token=used, retries=0
+            )
+            return "denied"  # the token is alive: a real permission problem
         except VaultError as exc:
             if exc.status != 403:
-                return False
+                return "denied"
+        if not self.method.can_relogin:
+            return "dead"
         await self._refresh(force_login=True, stale=stale)
-        return True
+        return "retry"
 
     def _schedule_renewal(self) -> None:
         t = self._token
@@ -368,25 +408,35 @@ class TokenManager:
             return
         if self._renewer is None or self._renewer.done():
             try:
-                self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+                loop = asyncio.get_running_loop()
             except RuntimeError:
                 self._renewer = None
+                return
+            self._renewer = loop.create_task(
+                supervised("vault token renewal", self._renew_loop, clock=self.clock, logger=log)
+            )
 
     async def _renew_loop(self) -> None:
         """Background renewal so that an idle process keeps a live token."""
+        failures = 0
         while True:
             t = self._token
             renew_at = t.renew_at(self.fraction) if t else None
             if renew_at is None:
                 return
-            await asyncio.sleep(max(0.05, renew_at - time.monotonic()))
+            await self.clock.sleep(max(0.05, renew_at - self.clock.monotonic()))
             if self._token is not t:
                 continue
             try:
                 await self._refresh()
+                failures = 0
             except VaultError as exc:
-                log.warning("background token refresh failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(1.0)
+                failures += 1
+                log.warning(
+                    "background token refresh failed",
+                    extra={"error": type(exc).__name__, "failures": failures},
+                )
+                await self.clock.sleep(backoff_delay(failures, 1.0, 30.0))
 
     def current(self) -> Token | None:
         return self._token
@@ -395,6 +445,6 @@ class TokenManager:
         task, self._renewer = self._renewer, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
                 await task
         self._token = None

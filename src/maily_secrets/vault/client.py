@@ -6,23 +6,21 @@ the first request, inside the running event loop.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
-import random
 import ssl
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
-from multidict import CIMultiDictProxy
 from yarl import URL
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
-    CheckAndSetConflict,
+    AuthFailed,
+    ConfigurationError,
     PermissionDenied,
     SecretNotFound,
     VaultError,
@@ -31,22 +29,34 @@ from ..errors import (
 )
 from ..paths import validate_path
 from ..settings import VaultSettings
+from ..supervise import backoff_delay
+from . import policy
 from .auth import TokenManager, auth_from_settings
+from .transport import AiohttpTransport, Request, Transport, TransportError
 
 log = logging.getLogger("maily_secrets.vault")
 
 Consistency = Literal["index", "forward", "none"]
 
-_RETRY_STATUS = frozenset({412, 429, 500, 502, 503, 504})  # 5xx except 501, plus 412/429
-_REDIRECT_STATUS = frozenset({307, 308})
 _MAX_REDIRECTS = 3
+
+
+class ClientClosed(VaultError):
+    """The client was closed; make a new one (a closed client never reopens by itself)."""
+
+
+class OutcomeUnknown(VaultUnavailable):
+    """The request may have been applied: it was sent, and no answer came back.
+
+    Not retried for a write; a check-and-set write resolves it by reading back.
+    """
 
 
 @dataclass(frozen=True, slots=True)
 class VaultResponse:
     status: int
-    body: dict[str, Any] | None
-    headers: CIMultiDictProxy[str] | None = None
+    body: dict[str, Any] | None = field(repr=False)  # may hold secret data
+    headers: Mapping[str, str] | None = field(default=None, repr=False)
 
     @property
     def data(self) -> dict[str, Any] | None:
@@ -75,6 +85,14 @@ def newer_index(current: str | None, new: str) -> str:
     return new
 
 
+def _origin_text(location: str, current: URL) -> str:
+    try:
+        u = current.join(URL(location))
+        return f"{u.scheme}://{u.host}:{u.port}"
+    except (ValueError, TypeError):
+        return "an unparseable address"
+
+
 def _errors_of(body: Any) -> str:
     if isinstance(body, dict) and isinstance(body.get("errors"), list):
         text = "; ".join(str(e) for e in body["errors"])
@@ -92,6 +110,11 @@ class VaultClient:
     ``X-Vault-Inconsistent: forward-active-node``, so a lagging standby forwards
     the request to the active node instead (OpenBao acts on that header only
     together with an index); ``"none"`` does neither.
+
+    ``transport`` (default: pooled aiohttp, one session per event loop) and
+    ``clock`` (default: the system's) are injectable; the rules the client applies
+    (retry, redirect, error) are the pure functions of ``vault/policy.py``.
+    A closed client raises :class:`ClientClosed`; it never reopens quietly.
     """
 
     def __init__(
@@ -100,12 +123,21 @@ class VaultClient:
         *,
         token_manager: TokenManager | None = None,
         consistency: Consistency = "index",
+        transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings if settings is not None else VaultSettings()
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self._base = f"{self.settings.addr}/v1/"
-        self._session: aiohttp.ClientSession | None = None
-        self._session_lock: asyncio.Lock | None = None
-        self.tokens = token_manager or TokenManager(auth_from_settings(self.settings), self)
+        self._members = (self.settings.addr, *self.settings.cluster_members)
+        self._transport: Transport = transport or AiohttpTransport(
+            pool_size=self.settings.pool_size,
+            timeout=self.settings.timeout,
+            ssl_context=self._ssl,
+        )
+        self.tokens = token_manager or TokenManager(
+            auth_from_settings(self.settings), self, clock=self.clock
+        )
         self.consistency: Consistency = consistency
         self._index: str | None = None
         self.stats: Counter[str] = Counter()
@@ -117,41 +149,36 @@ class VaultClient:
         self._base_headers = base_headers
         self._closed = False
 
+    def __repr__(self) -> str:
+        return f"VaultClient(addr={self.settings.addr!r}, closed={self._closed})"
+
     # ------------------------------------------------------------------ lifecycle
     def _ssl(self) -> ssl.SSLContext | bool:
         if self.settings.skip_verify:
             log.warning("TLS certificate verification is disabled (VAULT_SKIP_VERIFY)")
             return False
         if self.settings.cacert:
-            return ssl.create_default_context(cafile=str(self.settings.cacert))
+            try:
+                return ssl.create_default_context(cafile=str(self.settings.cacert))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(
+                    f"invalid configuration: VAULT_CACERT {self.settings.cacert} cannot be"
+                    f" loaded ({type(exc).__name__})",
+                    variable="VAULT_CACERT",
+                ) from None
         return True
 
-    async def session(self) -> aiohttp.ClientSession:
-        s = self._session
-        if s is not None and not s.closed:
-            return s
-        if self._session_lock is None:
-            self._session_lock = asyncio.Lock()
-        async with self._session_lock:
-            if self._session is None or self._session.closed:
-                connector = aiohttp.TCPConnector(
-                    limit=self.settings.pool_size, ssl=self._ssl(), ttl_dns_cache=60
-                )
-                self._session = aiohttp.ClientSession(
-                    connector=connector,
-                    timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                    json_serialize=json.dumps,
-                )
-                self._closed = False
-            return self._session
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
-        """Stop token renewal and close the connection pool. The client may be used again."""
-        await self.tokens.close()
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        """Stop token renewal and close the connection pool. Later requests raise."""
         self._closed = True
+        try:
+            await self.tokens.close()
+        finally:
+            await self._transport.close()
 
     async def __aenter__(self) -> VaultClient:
         return self
@@ -170,11 +197,16 @@ class VaultClient:
         authenticated: bool = True,
         token: str | None = None,
         retries: int | None = None,
+        idempotent: bool | None = None,
     ) -> VaultResponse:
         """Send one API request with retries; raise a typed :class:`VaultError` on failure.
 
-        ``path`` is relative to ``/v1/`` and is validated first.
+        ``path`` is relative to ``/v1/`` and is validated first. A request is resent
+        only when that cannot apply it twice (``policy.should_retry``); pass
+        ``idempotent=True`` for a POST that may be resent (transit encrypt, login).
         """
+        if self._closed:
+            raise ClientClosed(f"the Vault client is closed; cannot send {path!r}", path=path)
         validate_path(path)
         max_retries = self.settings.max_retries if retries is None else retries
         # The state this request must see: fixed when it starts, so that a retry does
@@ -191,25 +223,28 @@ class VaultClient:
                 headers["X-Vault-Index"] = index
             try:
                 status, body, resp_headers = await self._send(
-                    method, self._base + path, headers, json_body, params
+                    method, path, headers, json_body, params
                 )
-            except aiohttp.ClientConnectorCertificateError as exc:
-                # Not transient: retrying cannot fix a certificate that does not verify.
-                raise VaultUnavailable(
-                    f"TLS verification of {self.settings.addr} failed for {path!r}"
-                    f" ({type(exc.certificate_error).__name__}); set VAULT_CACERT to the CA"
-                    " that signed the server's certificate",
-                    path=path,
-                ) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                cause = type(exc).__name__
-                if attempt < max_retries:
-                    await self._backoff(attempt, path, cause)
+            except TransportError as exc:
+                if exc.certificate is not None:
+                    # Not transient: retrying cannot fix a certificate that does not verify.
+                    raise VaultUnavailable(
+                        f"TLS verification of {self.settings.addr} failed for {path!r}"
+                        f" ({exc.certificate}); set VAULT_CACERT to the CA"
+                        " that signed the server's certificate",
+                        path=path,
+                    ) from None
+                if attempt < max_retries and policy.should_retry(
+                    method, failure=exc.failure, idempotent=idempotent
+                ):
+                    await self._backoff(attempt, path, exc.cause)
                     attempt += 1
                     continue
-                raise VaultUnavailable(
-                    f"Vault at {self.settings.addr} unreachable for {path!r}: {cause}"
-                    f" after {attempt + 1} attempt(s)",
+                kind = OutcomeUnknown if exc.failure == "sent" else VaultUnavailable
+                raise kind(
+                    f"Vault at {self.settings.addr} unreachable for {path!r}: {exc.cause}"
+                    f" after {attempt + 1} attempt(s)"
+                    + (" (the request may have been applied)" if kind is OutcomeUnknown else ""),
                     path=path,
                 ) from None
 
@@ -220,62 +255,80 @@ class VaultClient:
                         self._index = newer_index(self._index, idx)
                 return VaultResponse(status, body, resp_headers)
 
-            if status in _RETRY_STATUS and attempt < max_retries:
+            detail = _errors_of(body)
+            if attempt < max_retries and policy.should_retry(
+                method, status, detail=detail, idempotent=idempotent
+            ):
                 await self._backoff(attempt, path, f"HTTP {status}")
                 attempt += 1
                 continue
             if status == 403 and authenticated and token is None and not relogged:
-                # An expired or revoked token: log in again once, then retry.
+                # An expired or revoked token: log in again once (if possible), then retry.
                 relogged = True
-                if await self.tokens.handle_forbidden(used):
+                verdict = await self.tokens.handle_forbidden(used)
+                if verdict == "retry":
                     continue
+                if verdict == "dead":
+                    raise AuthFailed(
+                        f"the Vault token ({self.tokens.method.name} auth) is invalid, expired"
+                        f" or revoked, and cannot be renewed by logging in again; {path!r}"
+                        " was not read. Give a new token (VAULT_TOKEN, VAULT_TOKEN_FILE)"
+                        " or use an auth method that can log in again",
+                        path=path,
+                        status=status,
+                        detail=detail,
+                    )
             raise self._error(status, body, path)
 
     async def _send(
         self,
         method: str,
-        url: str,
+        path: str,
         headers: dict[str, str],
         json_body: Mapping[str, Any] | None,
         params: Mapping[str, str] | None,
-    ) -> tuple[int, Any, CIMultiDictProxy[str] | None]:
-        session = await self.session()
+    ) -> tuple[int, Any, Mapping[str, str] | None]:
+        url = URL(self._base + path)
         for _hop in range(_MAX_REDIRECTS + 1):
             self.stats[method] += 1
-            async with session.request(
-                method, url, headers=headers, json=json_body, params=params, allow_redirects=False
-            ) as resp:
-                if resp.status in _REDIRECT_STATUS and "Location" in resp.headers:
-                    # A standby pointing us at the active node: same method, body and token.
-                    url = str(resp.url.join(URL(resp.headers["Location"])))
-                    params = None  # the Location already carries the query string
-                    continue
-                if resp.status == 204:
-                    return resp.status, None, resp.headers
-                raw = await resp.read()
-                body: Any = None
-                if raw:
-                    try:
-                        body = json.loads(raw)
-                    except ValueError:
-                        body = None
-                return resp.status, body, resp.headers
+            resp = await self._transport.send(Request(method, url, headers, json_body, params))
+            if resp.status in policy.REDIRECT_STATUS and "Location" in resp.headers:
+                # A standby pointing us at the active node: same method, body and token,
+                # but only to the same origin or a configured cluster member.
+                target = policy.redirect_target(
+                    resp.url, resp.headers["Location"], self._members
+                )
+                if target is None:
+                    raise VaultRequestError(
+                        f"refused to follow a redirect for {path!r} (HTTP {resp.status}) to"
+                        f" {_origin_text(resp.headers['Location'], resp.url)}: not the same"
+                        " origin nor a configured cluster member (MAILY_SECRETS_CLUSTER_MEMBERS),"
+                        " or a downgrade from https; the token was not sent there",
+                        path=path,
+                        status=resp.status,
+                    )
+                url = target
+                params = None  # the Location already carries the query string
+                continue
+            return resp.status, resp.json(), resp.headers
         return 508, {"errors": ["too many redirects"]}, None
 
     async def _backoff(self, attempt: int, path: str, cause: str) -> None:
-        cap = min(self.settings.retry_max_delay, self.settings.retry_base_delay * (2**attempt))
-        delay = random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not crypto
+        delay = backoff_delay(
+            attempt, self.settings.retry_base_delay, self.settings.retry_max_delay
+        )
         log.debug("retrying %s in %.3fs after %s", path, delay, cause)
-        await asyncio.sleep(delay)
+        await self.clock.sleep(delay)
 
     def _error(self, status: int, body: Any, path: str) -> VaultError:
         detail = _errors_of(body)
         where = f"{path!r}"
-        if status == 404:
+        kind = policy.error_class(status, detail)
+        if kind is SecretNotFound:
             return SecretNotFound(
                 f"secret {where} not found", path=path, status=status, detail=detail
             )
-        if status == 403:
+        if kind is PermissionDenied:
             return PermissionDenied(
                 f"permission denied for {where}"
                 + (f" (Vault: {detail})" if detail and detail != "permission denied" else "")
@@ -284,15 +337,15 @@ class VaultClient:
                 status=status,
                 detail=detail,
             )
-        if status in _RETRY_STATUS or status >= 500:
+        if kind is VaultUnavailable:
             return VaultUnavailable(
                 f"Vault answered HTTP {status} for {where}" + (f": {detail}" if detail else ""),
                 path=path,
                 status=status,
                 detail=detail,
             )
-        if "check-and-set" in detail:
-            return CheckAndSetConflict(
+        if kind is not VaultRequestError:
+            return kind(
                 f"check-and-set conflict writing {where}: {detail}",
                 path=path,
                 status=status,

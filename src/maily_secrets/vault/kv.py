@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckAndSetConflict, SecretNotFound
 from ..paths import KV2Path
+from ..supervise import backoff_delay
 
 if TYPE_CHECKING:
     from .client import VaultClient
@@ -21,10 +23,10 @@ class SecretVersion:
     """One version of a KV v2 secret."""
 
     path: str
-    data: dict[str, Any]
+    data: dict[str, Any] = field(repr=False)
     version: int
     created_time: str = ""
-    custom_metadata: dict[str, str] = field(default_factory=dict)
+    custom_metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def _as_kv2(path: KV2Path | str) -> KV2Path:
@@ -97,29 +99,74 @@ class KV2:
     async def write(self, path: KV2Path | str, data: Mapping[str, Any], *, cas: int) -> int:
         """Write a new version if the current version is ``cas`` (0: only if absent).
 
-        Returns the new version; raises :class:`CheckAndSetConflict` otherwise.
+        Returns the new version; raises :class:`CheckAndSetConflict` otherwise. When the
+        answer is lost (the request was sent, no response came back), the outcome is
+        resolved by reading back: if version ``cas + 1`` holds exactly ``data``, the
+        write landed and its version is returned; if the secret is still at ``cas``,
+        the write is sent again (check-and-set makes that safe); else someone else
+        wrote first (:class:`CheckAndSetConflict`). A write is never applied twice.
         """
+        from .client import OutcomeUnknown
+
         p = _as_kv2(path)
-        r = await self._c.request(
-            "POST", p.data, json_body={"options": {"cas": int(cas)}, "data": dict(data)}
+        body = {"options": {"cas": int(cas)}, "data": dict(data)}
+        rounds = 3
+        for n in range(rounds):
+            try:
+                r = await self._c.request("POST", p.data, json_body=body)
+                return int((r.data or {}).get("version") or 0)
+            except OutcomeUnknown:
+                landed = await self._landed(p, body["data"], int(cas))
+                if landed is not None:
+                    return landed
+                if n == rounds - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _landed(self, p: KV2Path, data: dict[str, Any], cas: int) -> int | None:
+        """After a lost answer: the version our write made, or None if it did not land.
+
+        Raises :class:`CheckAndSetConflict` when another writer moved the secret.
+        """
+        current = await self.current_version(p)
+        if current == cas:
+            return None  # not applied: sending it again is safe
+        try:
+            # compared as JSON: what we sent is what the server stored, types aside
+            sent = json.loads(json.dumps(data))
+            mine = (await self.read(p, version=cas + 1)).data == sent
+        except SecretNotFound:
+            mine = False
+        if mine:
+            return cas + 1
+        raise CheckAndSetConflict(
+            f"check-and-set conflict writing {p.data!r}: another writer moved it from"
+            f" version {cas} while our answer was lost",
+            path=p.data,
+            status=400,
         )
-        return int((r.data or {}).get("version") or 0)
 
     async def update(
         self,
         path: KV2Path | str,
         change: Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]],
         *,
-        attempts: int = 10,
+        attempts: int = 100,
+        base_delay: float = 0.005,
+        max_delay: float = 0.5,
     ) -> int:
         """Read-modify-write with check-and-set, retried on conflict: no lost update.
 
         ``change`` gets a copy of the current data (``{}`` when absent) and returns the
-        new data.
+        new data. Under contention each retry waits a jittered, growing delay
+        (``base_delay`` doubling up to ``max_delay``) so concurrent updaters spread
+        out instead of colliding again; after ``attempts`` conflicts the last
+        :class:`CheckAndSetConflict` is raised. A write whose answer was lost is
+        resolved by reading back (:meth:`write`), so ``change`` is never applied twice.
         """
         p = _as_kv2(path)
         last: CheckAndSetConflict | None = None
-        for _ in range(attempts):
+        for attempt in range(max(1, attempts)):
             data, version = await self.read_with_version(p)
             base = dict(data) if data is not None else {}
             new = change(base)
@@ -129,6 +176,7 @@ class KV2:
                 return await self.write(p, new, cas=version)
             except CheckAndSetConflict as exc:
                 last = exc
+            await self._c.clock.sleep(backoff_delay(attempt, base_delay, max_delay, jitter=1.0))
         assert last is not None
         raise last
 

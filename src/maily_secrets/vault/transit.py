@@ -305,7 +305,8 @@ class Transit:
     ) -> VaultResponse:
         path = f"{self.mount}/{op}/{self._key(key)}"
         try:
-            return await self._c.request("POST", path, json_body=body)
+            # encrypt/decrypt/rewrap change nothing on the server: safe to resend
+            return await self._c.request("POST", path, json_body=body, idempotent=True)
         except (VaultRequestError, SecretNotFound) as exc:
             raise await self._map(
                 op,
@@ -414,7 +415,9 @@ class Transit:
     ) -> list[str] | _Failures:
         chunk = batch[start:end]
         try:
-            r = await self._c.request("POST", path, json_body={**top, "batch_input": chunk})
+            r = await self._c.request(
+                "POST", path, json_body={**top, "batch_input": chunk}, idempotent=True
+            )
         except (VaultRequestError, SecretNotFound) as exc:
             if exc.status == 400 and not exc.detail:
                 # Every item failed: Vault answers 400 with the per-item errors only in
@@ -448,7 +451,7 @@ class Transit:
     ) -> list[tuple[int, str]]:
         detail = ""
         try:
-            await self._c.request("POST", path, json_body=chunk[0])
+            await self._c.request("POST", path, json_body=chunk[0], idempotent=True)
         except VaultError as exc:
             detail = exc.detail
         detail = detail or "Vault refused the whole batch (HTTP 400) without a reason"
