@@ -53,3 +53,51 @@ class TcpProxy:
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._conns.difference_update({writer, up_writer})
+
+
+class LossyProxy(TcpProxy):
+    """A TCP proxy that can lose the answer to one request: the request reaches the real
+    server (which applies it), the answer never reaches the client, whose connection is
+    dropped. What a network cut or a crashed load balancer does to a write in flight."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self._armed: bytes | None = None
+        self.lost = 0
+
+    def lose_next_response(self, request_line_prefix: bytes) -> None:
+        """Drop the answer to the next request whose first line starts with this."""
+        self._armed = request_line_prefix
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._conns.update({writer, up_writer})
+        doomed = asyncio.Event()
+
+        async def client_to_server() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await reader.read(65536):
+                    if self._armed is not None and data.startswith(self._armed):
+                        self._armed = None
+                        doomed.set()
+                    up_writer.write(data)
+                    await up_writer.drain()
+            up_writer.close()
+
+        async def server_to_client() -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await up_reader.read(65536):
+                    if doomed.is_set():
+                        self.lost += 1
+                        break  # the server answered (so it applied it): lose the answer
+                    writer.write(data)
+                    await writer.drain()
+            writer.close()
+            up_writer.close()
+
+        await asyncio.gather(client_to_server(), server_to_client())
+        self._conns.difference_update({writer, up_writer})
