@@ -434,8 +434,7 @@ async def test_a_server_that_is_not_vault_gives_a_typed_error() -> None:
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         addr = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         svc = VaultService(
-            VaultSettings(addr=addr, token="CANARY-token-xyz", max_retries=1,
-                          retry_base_delay=0.01)
+            VaultSettings(addr=addr, token="CANARY-token-xyz", max_retries=1, retry_base_delay=0.01)
         )
         try:
             with pytest.raises(VaultError) as ei:
