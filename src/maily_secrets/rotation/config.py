@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -67,7 +67,13 @@ class EmailNotify(_Model):
     to: list[str] = Field(default_factory=list)
     sender: str = Field("maily-secrets@localhost", alias="from")
     smtp_secret: str = "config"  # noqa: S105 - a secret's name: which secret holds smtp_host/port/username/password
-    starttls: bool | None = None  # None: use STARTTLS when the server offers it
+    #: auto: implicit TLS on port 465, else STARTTLS, which must be offered before the
+    #: SMTP password is sent; starttls / implicit: that one, always; none: plaintext,
+    #: AUTH included (the only setting that lets a password cross in the clear)
+    tls: Literal["auto", "starttls", "implicit", "none"] = "auto"
+    #: older spelling: true is ``tls: starttls``; false skips STARTTLS, so a password
+    #: is then refused unless ``tls: none`` says plaintext is meant
+    starttls: bool | None = None
 
 
 class WebhookNotify(_Model):
