@@ -294,6 +294,7 @@ async def test_notify_email_arrives_and_contains_no_secret(renv: RotationEnv, sm
     async with renv.client() as c:
         await c.kv.update(f"{renv.mount}/data/config", lambda d: {**d, **smtp.settings()})
     renv.doc["notify"]["email"]["to"] = ["ops@maily.example"]
+    renv.doc["notify"]["email"]["tls"] = "none"  # the aiosmtpd stand-in has no TLS
     renv.write()
     before, _ = await config_of(renv)
     out = run_cli(renv, "secrets", "rotate", "--secret-types=jwt", "--notify", "--json")

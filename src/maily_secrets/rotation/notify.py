@@ -274,31 +274,46 @@ def _build_message(report: RunReport, cfg: EmailNotify) -> EmailMessage:
     return msg
 
 
-def _smtp_send(smtp: _Smtp, starttls: bool | None, msg: EmailMessage, to: list[str]) -> str:
-    """Blocking: connect, STARTTLS, AUTH, send. Returns a detail; raises _NotifyError."""
+def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) -> str:
+    """Blocking: connect, TLS as configured, AUTH, send. Returns a detail; raises _NotifyError.
+
+    The SMTP password never crosses a plaintext connection unless ``tls: none`` says
+    so: with STARTTLS expected and not offered, nothing is sent (no AUTH, no mail).
+    """
     creds = (smtp.password, smtp.username)
+    mode = cfg.tls
+    if mode == "auto" and cfg.starttls is True:
+        mode = "starttls"
+    implicit = mode == "implicit" or (mode == "auto" and smtp.port == 465)
+    want_starttls = not implicit and mode in ("auto", "starttls") and cfg.starttls is not False
     ctx = ssl.create_default_context()
     conn: smtplib.SMTP | None = None
     try:
         try:
-            if smtp.port == 465:  # implicit TLS (SMTPS)
+            if implicit:  # implicit TLS (SMTPS)
                 conn = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S, context=ctx)
                 tls = True
             else:
                 conn = smtplib.SMTP(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S)
                 tls = False
             conn.ehlo()
-            if not tls and starttls is not False:
+            if want_starttls:
                 if conn.has_extn("starttls"):
                     conn.starttls(context=ctx)
                     conn.ehlo()
                     tls = True
-                elif starttls:
+                elif mode == "starttls":
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer STARTTLS"
-                        " (notify.email.starttls is true)"
+                        " (notify.email.tls is starttls); nothing was sent"
                     )
             if smtp.username:
+                if not tls and mode != "none":
+                    raise _NotifyError(
+                        f"SMTP server {smtp.where}: no TLS (STARTTLS not offered or turned"
+                        " off); refusing to send the SMTP password in plaintext (set"
+                        " notify.email.tls: none to allow it); nothing was sent"
+                    )
                 if not conn.has_extn("auth"):
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer AUTH"
@@ -306,7 +321,7 @@ def _smtp_send(smtp: _Smtp, starttls: bool | None, msg: EmailMessage, to: list[s
                     )
                 if not tls:
                     log.warning(
-                        "SMTP login without TLS",
+                        "SMTP login without TLS (notify.email.tls: none)",
                         extra={"channel": "email", "smtp_host": smtp.where},
                     )
                 _login(conn, smtp.username, smtp.password)
@@ -377,7 +392,7 @@ async def send_email(
     try:
         smtp = await _smtp_settings(client, cfg)
         msg = _build_message(report, cfg)
-        detail = await asyncio.to_thread(_smtp_send, smtp, cfg.starttls, msg, list(cfg.to))
+        detail = await asyncio.to_thread(_smtp_send, smtp, cfg, msg, list(cfg.to))
     except _NotifyError as exc:
         log.warning(
             "rotation email not sent",
