@@ -301,6 +301,27 @@ async def test_retire_never_removes_the_password_in_use(
     assert await can_login(setup.user, setup.password)
 
 
+async def test_retire_without_the_password_in_use_removes_nothing(
+    setup: Setup, admin: aioredis.Redis
+) -> None:
+    """A consumer secret that lost redis_password: retire cannot tell which password is in
+    use, so it removes none (fail closed) and says why."""
+    rot = RedisAclRotator()
+    ctx = setup.ctx()
+    pending = await run_all(rot, ctx)
+    retiring = rot.retiring(ctx, pending)
+    assert retiring is not None
+    path = KV2Path(setup.vault.settings.kv_mount, setup.secret)
+    await setup.vault.kv.update(
+        path, lambda d: {k: v for k, v in d.items() if k != "redis_password"}
+    )
+    before = await hashes(admin, setup.user)
+    with pytest.raises(RotationError, match="not removing any password"):
+        await rot.retire(ctx, retiring)
+    assert await hashes(admin, setup.user) == before
+    assert await can_login(setup.user, setup.password)  # the previous one still works
+
+
 async def test_failed_verification_rolls_back(setup: Setup, admin: aioredis.Redis) -> None:
     s, rot = setup, RedisAclRotator()
     ctx = s.ctx()

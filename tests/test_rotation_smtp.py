@@ -698,6 +698,23 @@ async def test_verify_uses_starttls_when_offered(
         await rot.check(w.ctx(tls="none"))
 
 
+async def test_unreadable_state_is_an_error_not_an_unknown_previous_credential(
+    hook_world: HookWorld,
+) -> None:
+    """``previous_credential_id`` None tells the retire hook to remove *every* other
+    password of the user: an unreadable state must not read as "not made by a rotation"."""
+    w, rot = hook_world, SmtpRotator()
+    ctx = w.ctx()
+    state_path = KV2Path(w.mount, f"{ctx.env.env.state_prefix}/smtp")
+    version = await w.client.kv.current_version(state_path)
+    version = await w.client.kv.write(state_path, {"type": "smtp", "retiring": "x"}, cas=version)
+    try:
+        with pytest.raises(RotationError, match="cannot read the rotation state"):
+            await rot.create_pending(ctx)
+    finally:
+        await w.client.kv.write(state_path, {"type": "smtp", "env": "x"}, cas=version)
+
+
 @pytest.mark.parametrize("tls", ["auto", "starttls"])
 async def test_no_plaintext_auth_when_starttls_is_not_offered(
     hook_world: HookWorld, tls: str

@@ -615,11 +615,15 @@ class SmtpRotator(Rotator):
 
     async def _previous_credential_id(self, ctx: RotationContext) -> str | None:
         """The rotation id that made the credential in use (None: not made by a rotation)."""
+        store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
         try:
-            store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
             state, _ = await store.read(ctx.type_name)
-        except (VaultError, ValueError):
-            return None
+        except (VaultError, ValueError) as exc:
+            # never guess None: the retire hook would then remove *every* other password
+            raise RotationError(
+                f"smtp create_pending: cannot read the rotation state"
+                f" {store.path(ctx.type_name).data} ({type(exc).__name__})"
+            ) from None
         if state is None or state.last_success_at is None:
             return None
         return state.last_rotation_id
