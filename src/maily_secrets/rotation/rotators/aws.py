@@ -420,9 +420,7 @@ class KnownKeys:
     retiring: Mapping[str, datetime] = field(default_factory=dict)
 
 
-async def known_keys(
-    ctx: RotationContext, what: str, id_field: str = "access_key_id"
-) -> KnownKeys:
+async def known_keys(ctx: RotationContext, what: str, id_field: str = "access_key_id") -> KnownKeys:
     """The keys the rotation state knows. A state that cannot be read is an error, never
     "no keys known": that would make the pending key of a rotation in progress, or a
     previous key in its grace period, look like a leftover to delete."""
