@@ -182,6 +182,7 @@ async def test_failed_release_keeps_report_notification_and_metrics(
     assert email["ok"] is True, email
     (msg,) = smtp.received
     assert res.rotation_id and res.rotation_id in msg["content"]
+    assert "could not be released" in msg["content"]  # the email says so too
     assert "maily_secret_rotation" in prom.read_text()
     # the lock was not freed; it expires by itself, and then the next run takes it
     lock, _ = await w.lock()

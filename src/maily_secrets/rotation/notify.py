@@ -166,6 +166,11 @@ def email_body(report: RunReport) -> str:
         lines += [line(r) for r in rows]
     else:
         lines.append("No secret type was selected.")
+    notes = [f"{r.type}: {' '.join(n.split())}" for r in report.results for n in r.notes]
+    if notes:
+        lines += ["", "Also done:", *(f"  - {n}" for n in notes)]
+    if report.warnings:
+        lines += ["", "Warnings:", *(f"  - {' '.join(x.split())}" for x in report.warnings)]
     lines += [
         "",
         "This message lists types, outcomes and versions only; it never contains a secret.",
@@ -207,6 +212,15 @@ def webhook_payload(report: RunReport) -> dict[str, Any]:
             fields.append(f"*reason*\n{row[5][:1900]}")
         blocks.append(
             {"type": "section", "fields": [{"type": "mrkdwn", "text": _mrkdwn(f)} for f in fields]}
+        )
+    extra = [f"*{r.type}*: {n}" for r in report.results for n in r.notes]
+    extra += [f":warning: {x}" for x in report.warnings]
+    if extra:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _mrkdwn("\n".join(extra))[:2900]},
+            }
         )
     if len(report.results) > len(shown):
         more = len(report.results) - len(shown)
