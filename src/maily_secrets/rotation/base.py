@@ -86,7 +86,7 @@ class RotationContext:
     force: bool = False
     #: the type's rotation state as read at the start of this rotation (read-only view:
     #: e.g. what earlier rotations keep for their grace period, in ``state.retiring``)
-    state: Any = None
+    state: Any = field(default=None, repr=False)
 
     @property
     def kv_mount(self) -> str:

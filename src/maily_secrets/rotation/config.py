@@ -56,7 +56,8 @@ class TypeConfig(_Model):
     secret: str
     rotator: str | None = None  # the rotator implementation (default: the type's own name)
     grace: timedelta | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    #: may name credentials (a provider's settings): never in a repr
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     _dur = field_validator("grace", mode="before")(
         lambda v: None if v is None else parse_duration(v)
@@ -77,7 +78,7 @@ class EmailNotify(_Model):
 
 
 class WebhookNotify(_Model):
-    url: str | None = None
+    url: str | None = Field(None, repr=False)  # a webhook URL is a credential
     url_secret: str | None = None  # a secret with key webhook_url (webhook URLs are secrets)
 
 
@@ -88,7 +89,7 @@ class NotifyConfig(_Model):
 
 class EnvironmentConfig(_Model):
     confirm: bool = False
-    vault: dict[str, Any] = Field(default_factory=dict)
+    vault: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a token
     intervals: dict[str, timedelta] = Field(default_factory=dict)
     notify: NotifyConfig | None = None
     lock_ttl: timedelta = timedelta(minutes=5)

@@ -24,7 +24,7 @@ import smtplib
 import ssl
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -238,7 +238,7 @@ class _Smtp:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
 
     @property
     def where(self) -> str:
