@@ -84,6 +84,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
             "auth_method": "token",
         }
         doc["notify"]["email"]["to"] = ["admins@maily.example"]
+        # the dev SMTP stand-in has no TLS: plaintext AUTH must be allowed explicitly
+        # (`dev up` should write this itself, as it does for types.smtp.options.tls)
+        doc["notify"]["email"]["tls"] = "none"
         cfg = state / "guide-rotation.yaml"
         cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
         env["MAILY_ROTATION_CONFIG"] = str(cfg)

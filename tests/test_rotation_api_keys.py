@@ -38,6 +38,7 @@ from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .secrecy import assert_absent, assert_differ, assert_same
+from .ticker import Ticker
 
 ROOT = Path(__file__).resolve().parents[1]
 MANUAL = {
@@ -130,6 +131,7 @@ async def test_internal_key_dual_valid_through_grace_then_retired(
     stop = asyncio.Event()
     failures: list[str] = []
     checks = 0
+    ticker = Ticker()
 
     async def verifier(check_stale: bool) -> None:
         """Each round: a holder presents the key it read last round; the verifier
@@ -145,16 +147,17 @@ async def test_internal_key_dual_valid_through_grace_then_retired(
                 failures.append("pre-rotation holder rejected")
             held = fresh["internal_service"]
             checks += 1
+            ticker.tick()
             await asyncio.sleep(0.002)
 
     async def run_with_verifier(check_stale: bool, **kw: Any) -> Any:
         stop.clear()
         task = asyncio.create_task(verifier(check_stale))
-        await asyncio.sleep(0.02)
+        await ticker.rounds(3)  # the holder checked before the rotation...
         try:
             return await eng.run(["api_keys"], **kw)
         finally:
-            await asyncio.sleep(0.02)
+            await ticker.rounds(3)  # ...and after it
             stop.set()
             await task
 
@@ -568,6 +571,7 @@ async def test_provider_create_verify_promote_revoke(
     stop = asyncio.Event()
     failures: list[int] = []
     calls = 0
+    ticker = Ticker()
 
     async def consumer() -> None:
         """The application: calls the vendor with whatever key is in Vault."""
@@ -581,16 +585,17 @@ async def test_provider_create_verify_promote_revoke(
                     if r.status != 200:
                         failures.append(r.status)
                 calls += 1
+                ticker.tick()
                 await asyncio.sleep(0.002)
 
     async def run(**kw: Any) -> Any:
         stop.clear()
         task = asyncio.create_task(consumer())
-        await asyncio.sleep(0.02)
+        await ticker.rounds(3)  # the application called before the rotation...
         try:
             return await eng.run(["api_keys"], **kw)
         finally:
-            await asyncio.sleep(0.02)
+            await ticker.rounds(3)  # ...and after it
             stop.set()
             await task
 

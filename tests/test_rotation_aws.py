@@ -344,7 +344,7 @@ async def test_engine_resumes_after_a_killed_run(world: World, bao: Bao, tmp_pat
     pending_key = state.pending["access_key_id"]
     world.secrets.append(state.pending["secret_access_key"])
     assert (await world.creds())[0] == world.key[0]  # not promoted yet
-    await asyncio.sleep(2.5)  # the dead run's lock expires
+    # no waiting: the dead run's lock names this host and a pid that is gone
     rerun = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resum" in rerun.stdout
@@ -496,6 +496,61 @@ async def test_previous_key_in_grace_or_pending_is_never_deleted(world: World) -
         with pytest.raises(ActionRequired, match="in progress"):
             await rot.check(ctx)
     finally:
+        await world.client.kv.write(store.path("aws"), {"type": "aws", "env": "x"}, cas=version)
+
+
+@pytest.mark.parametrize("how", ["corrupt", "forbidden"])
+async def test_unreadable_state_deletes_no_key(world: World, bao: Bao, how: str) -> None:
+    """The state names the pending key of a rotation in progress (never used, so it looks
+    like a leftover). When the state cannot be read, the cleanup must not guess: nothing
+    is deleted and the step fails with a clear error."""
+    from maily_secrets.rotation.state import RotationState
+
+    rot = AwsAccessKeyRotator()
+    ctx = world.ctx()
+    store = StateStore(world.client, world.mount, ctx.env.env.state_prefix)
+    pending_id = world.moto.client("iam").create_access_key(UserName=world.user)["AccessKey"][
+        "AccessKeyId"
+    ]
+    _, version = await store.read("aws")
+    state = RotationState(
+        type="aws",
+        env="development",
+        outcome="in_progress",
+        step="created",
+        rotation_id="r-in-progress",
+        pending={"access_key_id": pending_id, "iam_user": world.user},
+    )
+    version = await store.write(state, cas=version)
+    policy = f"rot-aws-{hexid()}"
+    limited: VaultClient | None = None
+    try:
+        if how == "corrupt":
+            version = await world.client.kv.write(
+                store.path("aws"), {"type": "aws", "env": "x", "retiring": "garbage"}, cas=version
+            )
+        else:  # a policy that may read the consumer secret but not the rotation state
+            text = (
+                f'path "{world.mount}/*" {{ capabilities = ["read", "list"] }}\n'
+                f'path "{store.path("aws").data}" {{ capabilities = ["deny"] }}'
+            )
+            await world.client.write(f"sys/policies/acl/{policy}", {"policy": text})
+            r = await world.client.write("auth/token/create", {"policies": [policy], "ttl": "5m"})
+            token = str((r.body or {})["auth"]["client_token"])
+            limited = bao.client(token=token, kv_mount=world.mount)
+            ctx.client = limited
+        keys_before = world.keys()
+        assert keys_before == {world.key[0], pending_id}
+        for step in (rot.check, rot.create_pending):
+            with pytest.raises(RotationError, match="cannot read the rotation state") as exc:
+                await step(ctx)
+            assert "not deleting any access key" in str(exc.value)
+        assert world.keys() == keys_before  # old code: the pending key was deleted
+    finally:
+        if limited is not None:
+            await limited.close()
+        await world.client.delete(f"sys/policies/acl/{policy}")
+        world.moto.client("iam").delete_access_key(UserName=world.user, AccessKeyId=pending_id)
         await world.client.kv.write(store.path("aws"), {"type": "aws", "env": "x"}, cas=version)
 
 

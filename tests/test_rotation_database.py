@@ -604,6 +604,70 @@ async def test_engine_rotates_the_database_type(world: World, tmp_path: Path) ->
     assert await w.login(w.a, data["db_password"])
 
 
+async def test_previous_role_is_retired_when_the_grace_ends(
+    world: World, tmp_path: Path, caplog: Any
+) -> None:
+    """After the grace (and not before) the previous login role's password stops working;
+    the run's report first names the sessions still open as that role."""
+    from datetime import UTC, datetime
+
+    from maily_secrets.rotation.engine import RotationEngine
+    from maily_secrets.rotation.state import StateStore
+
+    w = world
+    w.superuser(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(w.rotator_role)))
+    doc = {
+        "defaults": {"environment": "development", "intervals": {"database": "30d"}},
+        "types": {"database": {"secret": "config", "grace": "1h", "options": w.options}},
+        "environments": {"development": {"vault": {"kv_mount": w.mount}}},
+    }
+    path = tmp_path / "rotation.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    t = [datetime.now(UTC)]  # the engine's time: due dates and the grace period
+    engine = RotationEngine(
+        RotationConfig.load(path), "development", client=w.client, now=lambda: t[0]
+    )
+    first = (await engine.run(["database"])).results[0]
+    assert first.status == "rotated", first.reason
+    data, _ = await w.current()
+    assert data["db_username"] == w.b
+    w.passwords.append(data["db_password"])
+    # a client that still uses the previous role (e.g. a pod that did not re-read Vault)
+    legacy = await psycopg.AsyncConnection.connect(
+        **w.pg.conninfo(w.a, w.a_password), application_name="legacy-worker", autocommit=True
+    )
+    try:
+        t[0] += timedelta(minutes=30)  # within the grace: nothing is retired
+        within = (await engine.run(["database"], due_only=True)).results[0]
+        assert within.status == "skipped" and within.notes == []
+        assert await w.login(w.a, w.a_password)
+
+        t[0] += timedelta(minutes=31)  # the grace is over: the (daily) --due run retires
+        caplog.set_level(logging.DEBUG)
+        after = (await engine.run(["database"], due_only=True)).results[0]
+        assert after.status == "skipped" and "not due" in after.reason, after
+        (note,) = after.notes
+        assert f"retired previous login role {w.a}" in note
+        assert "1 session(s)" in note and "application_name=legacy-worker" in note
+        assert "client_addr=127.0.0.1" in note
+        assert not await w.login(w.a, w.a_password)  # old code: valid for the whole interval
+        assert await w.login(w.b, data["db_password"])  # the role in use is untouched
+        cur = await legacy.execute("SELECT 1")  # open sessions are reported, not killed
+        assert await cur.fetchone() == (1,)
+    finally:
+        await legacy.close()
+    state, _ = await StateStore(w.client, w.mount).read("database")
+    assert state is not None and state.retiring == []
+    for text in [r.getMessage() + str(r.__dict__) for r in caplog.records] + [note]:
+        for secret in w.passwords:
+            assert_absent(secret, text, "logs and report")
+    # never the role in use, even if a record names it (a later rotation flipped back)
+    rot = PostgresTwoRoleRotator()
+    kept = await rot.retire(w.ctx(), {"role": w.b})
+    assert kept is not None and "in use again" in kept
+    assert await w.login(w.b, data["db_password"])
+
+
 class _PausingRotator(PostgresTwoRoleRotator):
     """The real rotator, pausing before each step until the app made more logins.
 

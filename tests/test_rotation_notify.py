@@ -238,6 +238,9 @@ def environment(
 ) -> ResolvedEnvironment:
     doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
     doc["notify"]["email"]["to"] = to if to is not None else ["admin@maily.test", "ops@maily.test"]
+    # the stand-in SMTP servers of these tests have no TLS unless a test says otherwise:
+    # plaintext AUTH must be allowed explicitly
+    doc["notify"]["email"]["tls"] = "none"
     doc["notify"]["email"].update(email or {})
     if webhook is not None:
         doc["notify"]["webhook"] = webhook
@@ -474,7 +477,7 @@ async def test_starttls_is_used_when_offered(
     ctl, box = _start_smtp(tls_context=server_ctx, require_starttls=True, auth_require_tls=True)
     try:
         m = await make_mount(root, box.settings())
-        env = environment(tmp_path)
+        env = environment(tmp_path, email={"tls": "auto"})
         async with bao.client(kv_mount=m) as client:
             email = await notify.send_email(env, client, run_report())
     finally:
@@ -485,15 +488,37 @@ async def test_starttls_is_used_when_offered(
     assert got["tls"] and got["authenticated"]
 
 
-async def test_starttls_required_but_not_offered(
-    bao: Bao, root: VaultClient, smtp: Smtp, tmp_path: Path
+@pytest.mark.parametrize(
+    ("email", "expect"),
+    [
+        ({"tls": "starttls"}, "does not offer STARTTLS"),
+        ({"tls": "auto", "starttls": True}, "does not offer STARTTLS"),
+        ({"tls": "auto"}, "refusing to send the SMTP password in plaintext"),  # the default
+        ({"tls": "auto", "starttls": False}, "refusing to send the SMTP password in plaintext"),
+    ],
+)
+async def test_no_plaintext_auth_unless_tls_none(
+    bao: Bao,
+    root: VaultClient,
+    smtp: Smtp,
+    tmp_path: Path,
+    email: dict[str, Any],
+    expect: str,
 ) -> None:
+    """A server without STARTTLS: an error, and no AUTH (nor mail) on the plaintext link."""
     m = await make_mount(root, smtp.settings())
-    env = environment(tmp_path, email={"starttls": True})
+    env = environment(tmp_path, email=email)
     async with bao.client(kv_mount=m) as client:
-        email = await notify.send_email(env, client, run_report())
-    assert email["ok"] is False and "does not offer STARTTLS" in email["detail"]
+        rec = await notify.send_email(env, client, run_report())
+    assert rec["ok"] is False and expect in rec["detail"], rec
+    assert "nothing was sent" in rec["detail"]
     assert smtp.logins == [] and smtp.received == []  # no credential sent in clear
+
+
+async def test_default_config_does_not_allow_plaintext_auth() -> None:
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert doc["notify"]["email"].get("tls", "auto") != "none"
+    assert RotationConfig.load(DEFAULT_CONFIG).notify.email.tls == "auto"
 
 
 # --------------------------------------------------------------------------- webhook

@@ -45,6 +45,7 @@ from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .secrecy import assert_absent
+from .ticker import Ticker
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 ROOT = Path(__file__).resolve().parent.parent
@@ -301,6 +302,27 @@ async def test_retire_never_removes_the_password_in_use(
     assert await can_login(setup.user, setup.password)
 
 
+async def test_retire_without_the_password_in_use_removes_nothing(
+    setup: Setup, admin: aioredis.Redis
+) -> None:
+    """A consumer secret that lost redis_password: retire cannot tell which password is in
+    use, so it removes none (fail closed) and says why."""
+    rot = RedisAclRotator()
+    ctx = setup.ctx()
+    pending = await run_all(rot, ctx)
+    retiring = rot.retiring(ctx, pending)
+    assert retiring is not None
+    path = KV2Path(setup.vault.settings.kv_mount, setup.secret)
+    await setup.vault.kv.update(
+        path, lambda d: {k: v for k, v in d.items() if k != "redis_password"}
+    )
+    before = await hashes(admin, setup.user)
+    with pytest.raises(RotationError, match="not removing any password"):
+        await rot.retire(ctx, retiring)
+    assert await hashes(admin, setup.user) == before
+    assert await can_login(setup.user, setup.password)  # the previous one still works
+
+
 async def test_failed_verification_rolls_back(setup: Setup, admin: aioredis.Redis) -> None:
     s, rot = setup, RedisAclRotator()
     ctx = s.ctx()
@@ -474,22 +496,24 @@ async def test_rotation_while_in_use_has_no_auth_failures(
             try:
                 await conn.ping()
                 ok += 1
+                ticker.tick()
             except RedisError as exc:
                 failures += 1
                 errors.append(type(exc).__name__)
             finally:
                 await conn.aclose()
 
+    ticker = Ticker()
     loops = [asyncio.create_task(client_loop()) for _ in range(4)]
     seen = [s.password]
     try:
-        await asyncio.sleep(0.2)
+        await ticker.rounds(8)  # clients log in before the first rotation...
         for _ in range(3):
             engine = RotationEngine(cfg, "development", client=s.vault)
             report = await engine.run(["redis"], force=True)
             assert [r.status for r in report.results] == ["rotated"], report.results[0].reason
             seen.append((await s.consumer())["redis_password"])
-            await asyncio.sleep(0.2)
+            await ticker.rounds(8)  # ...and with each new password
     finally:
         stop.set()
         await asyncio.gather(*loops)
@@ -595,6 +619,7 @@ async def test_plaintext_never_reaches_redis_logs(
     slower = await admin.config_get("slowlog-log-slower-than")
     monitor_lines: list[str] = []
     monitoring = asyncio.Event()
+    seen = Ticker()
 
     async def monitor() -> None:
         conn = _redis(single_connection_client=True)
@@ -604,6 +629,7 @@ async def test_plaintext_never_reaches_redis_logs(
                 while True:  # until cancelled
                     cmd = await m.next_command()
                     monitor_lines.append(str(cmd.get("command", "")))
+                    seen.tick()
         finally:
             await conn.aclose()
 
@@ -624,7 +650,8 @@ async def test_plaintext_never_reaches_redis_logs(
         bad = {**pending, "password": random_password()}
         with pytest.raises(RotationError):
             await rot.verify(ctx, bad)
-        await asyncio.sleep(0.3)
+        # MONITOR has seen the verifications' PINGs (it lags the commands a little)
+        await seen.until(lambda: any("PING" in ln.upper() for ln in monitor_lines))
     finally:
         await admin.config_set("slowlog-log-slower-than", slower["slowlog-log-slower-than"])
         task.cancel()

@@ -126,9 +126,9 @@ class World:
     secret: str
     host: str
     port: int
-    initial: tuple[str, str]
+    initial: tuple[str, str] = field(repr=False)  # a failed assert shows no password
     options: dict[str, Any]
-    secrets: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list, repr=False)
 
     @property
     def path(self) -> KV2Path:
@@ -157,7 +157,8 @@ class World:
 
     def works(self, creds: tuple[str, str]) -> bool:
         try:
-            smtp_session(SmtpServer(self.host, self.port, "auto", None, 5), *creds)
+            tls = str(self.options.get("tls", "auto"))
+            smtp_session(SmtpServer(self.host, self.port, tls, None, 5), *creds)
         except SmtpError:
             return False
         return True
@@ -208,6 +209,7 @@ async def hook_world(client: VaultClient, mount: str, tmp_path: Path) -> AsyncIt
         name = await write_consumer(client, mount, "127.0.0.1", ctl.port, initial)
         options = {
             "provider": "hook",
+            "tls": "none",  # this SMTP stand-in has no TLS: plaintext AUTH, said explicitly
             "hook": smtp_hook_argv(store.path),
             "retire_hook": True,
             "verify_timeout": 2,
@@ -278,6 +280,7 @@ async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterato
         )
         options = {
             "provider": "ses",
+            "tls": "none",  # this SMTP stand-in has no TLS: plaintext AUTH, said explicitly
             "iam_user": user,
             "region": SES_REGION,
             "iam_credentials": "vault",
@@ -693,6 +696,52 @@ async def test_verify_uses_starttls_when_offered(
     # the server refuses AUTH without TLS: "none" cannot log in
     with pytest.raises(RotatorConfigError, match="does not offer AUTH without TLS"):
         await rot.check(w.ctx(tls="none"))
+
+
+async def test_unreadable_state_is_an_error_not_an_unknown_previous_credential(
+    hook_world: HookWorld,
+) -> None:
+    """``previous_credential_id`` None tells the retire hook to remove *every* other
+    password of the user: an unreadable state must not read as "not made by a rotation"."""
+    w, rot = hook_world, SmtpRotator()
+    ctx = w.ctx()
+    state_path = KV2Path(w.mount, f"{ctx.env.env.state_prefix}/smtp")
+    version = await w.client.kv.current_version(state_path)
+    version = await w.client.kv.write(state_path, {"type": "smtp", "retiring": "x"}, cas=version)
+    try:
+        with pytest.raises(RotationError, match="cannot read the rotation state"):
+            await rot.create_pending(ctx)
+    finally:
+        await w.client.kv.write(state_path, {"type": "smtp", "env": "x"}, cas=version)
+
+
+@pytest.mark.parametrize("tls", ["auto", "starttls"])
+async def test_no_plaintext_auth_when_starttls_is_not_offered(
+    hook_world: HookWorld, tls: str
+) -> None:
+    """STARTTLS expected (the default ``auto`` on port 587, or ``starttls``), a server that
+    does not offer it: an error, and no AUTH on the plaintext connection."""
+    from .test_rotation_notify import SMTP_PASSWORD, SMTP_USER, _start_smtp
+
+    ctl, box = _start_smtp()
+    try:
+        server = SmtpServer("127.0.0.1", box.port, tls, None, 5.0)
+        with pytest.raises(RotationError, match="does not offer STARTTLS"):
+            await asyncio.to_thread(smtp_session, server, SMTP_USER, SMTP_PASSWORD)
+        assert box.logins == []  # no AUTH was sent
+        # only an explicit tls: none logs in without TLS
+        none = SmtpServer("127.0.0.1", box.port, "none", None, 5.0)
+        assert await asyncio.to_thread(smtp_session, none, SMTP_USER, SMTP_PASSWORD) == "no TLS"
+        assert [ok for _, _, ok in box.logins] == ["ok"]
+    finally:
+        ctl.stop()
+    # the rotator: check and verify refuse too (the hook's plaintext server)
+    w, rot = hook_world, SmtpRotator()
+    with pytest.raises(RotatorConfigError, match="does not offer STARTTLS"):
+        await rot.check(w.ctx(tls=tls))
+    pending = await rot.create_pending(w.ctx(tls=tls))
+    with pytest.raises(RotationError, match="refusing to log in without TLS"):
+        await rot.verify(w.ctx(tls=tls, verify_timeout=0), pending)
 
 
 # ---------------------------------------------------------------------------- SES

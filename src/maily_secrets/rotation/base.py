@@ -86,7 +86,7 @@ class RotationContext:
     force: bool = False
     #: the type's rotation state as read at the start of this rotation (read-only view:
     #: e.g. what earlier rotations keep for their grace period, in ``state.retiring``)
-    state: Any = None
+    state: Any = field(default=None, repr=False)
 
     @property
     def kv_mount(self) -> str:
@@ -178,8 +178,12 @@ class Rotator(ABC):
         """Undo ``apply`` after a failed verification (the current credential stays)."""
         return None
 
-    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
-        """Remove what a previous rotation kept for its grace period (``retiring``)."""
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
+        """Remove what a previous rotation kept for its grace period (``retiring``).
+
+        May return one line for the run's report (e.g. who still used it); no values.
+        A state or secret that cannot be read is an error (raise): never guess.
+        """
         return None
 
     async def follow_up(self, ctx: RotationContext, pending: dict[str, Any]) -> str | None:

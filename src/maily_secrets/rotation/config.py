@@ -11,7 +11,7 @@ import re
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -56,7 +56,8 @@ class TypeConfig(_Model):
     secret: str
     rotator: str | None = None  # the rotator implementation (default: the type's own name)
     grace: timedelta | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    #: may name credentials (a provider's settings): never in a repr
+    options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
     _dur = field_validator("grace", mode="before")(
         lambda v: None if v is None else parse_duration(v)
@@ -67,11 +68,17 @@ class EmailNotify(_Model):
     to: list[str] = Field(default_factory=list)
     sender: str = Field("maily-secrets@localhost", alias="from")
     smtp_secret: str = "config"  # noqa: S105 - a secret's name: which secret holds smtp_host/port/username/password
-    starttls: bool | None = None  # None: use STARTTLS when the server offers it
+    #: auto: implicit TLS on port 465, else STARTTLS, which must be offered before the
+    #: SMTP password is sent; starttls / implicit: that one, always; none: plaintext,
+    #: AUTH included (the only setting that lets a password cross in the clear)
+    tls: Literal["auto", "starttls", "implicit", "none"] = "auto"
+    #: older spelling: true is ``tls: starttls``; false skips STARTTLS, so a password
+    #: is then refused unless ``tls: none`` says plaintext is meant
+    starttls: bool | None = None
 
 
 class WebhookNotify(_Model):
-    url: str | None = None
+    url: str | None = Field(None, repr=False)  # a webhook URL is a credential
     url_secret: str | None = None  # a secret with key webhook_url (webhook URLs are secrets)
 
 
@@ -82,7 +89,7 @@ class NotifyConfig(_Model):
 
 class EnvironmentConfig(_Model):
     confirm: bool = False
-    vault: dict[str, Any] = Field(default_factory=dict)
+    vault: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a token
     intervals: dict[str, timedelta] = Field(default_factory=dict)
     notify: NotifyConfig | None = None
     lock_ttl: timedelta = timedelta(minutes=5)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import VaultError
 from ..paths import KV2Path
 from ..vault.client import VaultClient
@@ -45,7 +46,7 @@ from .base import (
     rotator_for,
 )
 from .config import ConfigError, RotationConfig, format_duration
-from .lock import LockBusy, VaultLock
+from .lock import LockBusy, LockLost, VaultLock
 from .report import RunReport, TypeResult
 from .state import Retiring, RotationState, StateStore
 
@@ -77,6 +78,7 @@ class RotationEngine:
         actor: str | None = None,
         progress: Progress | None = None,
         now: Callable[[], datetime] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.env = config.environment(env_name)
@@ -84,8 +86,13 @@ class RotationEngine:
         self._own_client = client is None
         self.actor = actor or default_actor()
         self.progress = progress or (lambda t, m: None)
-        self.now = now or (lambda: datetime.now(UTC))
+        #: time for the lock (expiry, heartbeat) and, unless ``now`` is given, for due
+        #: dates and grace periods: tests inject a ManualClock instead of waiting
+        self.clock = clock or SYSTEM_CLOCK
+        clk = self.clock
+        self.now = now or (lambda: datetime.fromtimestamp(clk.time(), UTC))
         self._crash_after = os.environ.get(CRASH_ENV) or None
+        self._lock: VaultLock | None = None
 
     @property
     def client(self) -> VaultClient:
@@ -198,6 +205,7 @@ class RotationEngine:
                 run_id,
                 self.actor,
                 self.env.env.lock_ttl,
+                clock=self.clock,
             )
             try:
                 await lock.acquire()
@@ -206,17 +214,26 @@ class RotationEngine:
                     report.results.append(TypeResult(t, "busy", reason=str(exc)))
                     self.progress(t, "busy: another rotation is running")
             else:
+                self._lock = lock
                 try:
                     for t in names:
+                        if lock.lost is not None:
+                            report.results.append(self._not_started(t, lock.lost))
+                            continue
                         report.results.append(await self._rotate_type(t, due_only, force))
                 finally:
-                    await lock.release()
+                    self._lock = None
+                    await self._release(lock, report)
         report.finished_at = self.now()
         if notify and not dry_run:
             from .notify import send_notifications
 
             report.notifications = await send_notifications(self.env, self.client, report)
-        await self._metrics(report)
+        try:
+            await self._metrics(report)
+        except Exception as exc:  # metrics never replace the outcome they describe
+            report.warnings.append(f"metrics not recorded: {type(exc).__name__}")
+            log.error("rotation metrics failed: %s", type(exc).__name__)
         log.info(
             "rotation run finished",
             extra={
@@ -227,6 +244,34 @@ class RotationEngine:
             },
         )
         return report
+
+    def _not_started(self, t: str, why: str) -> TypeResult:
+        res = TypeResult(
+            t,
+            "failed",
+            secret=self._where(t),
+            reason=f"not started: this run lost the rotation lock ({why})",
+        )
+        self.progress(t, f"failed: {res.reason}")
+        return res
+
+    async def _release(self, lock: VaultLock, report: RunReport) -> None:
+        """Free the lock; a failure is a warning of the report, never its replacement."""
+        try:
+            await lock.release()
+        except Exception as exc:  # the outcome of the run stands; the lock expires by itself
+            text = (
+                f"the rotation lock could not be released ({_error_text(exc)}); it expires"
+                f" by itself within {format_duration(self.env.env.lock_ttl)}"
+            )
+            report.warnings.append(text)
+            log.error(text, extra={"run_id": report.run_id})
+
+    async def _guard(self, res: TypeResult, step: str) -> None:
+        """Before every step: this run must still hold the lock (else stop, state kept)."""
+        res.step = step
+        if self._lock is not None:
+            await self._lock.ensure_held()
 
     async def _metrics(self, report: RunReport) -> None:
         """Prometheus metrics of the run: Pushgateway and/or textfile, when configured."""
@@ -319,6 +364,17 @@ class RotationEngine:
         res = TypeResult(t, "skipped", secret=self._where(t), started_at=self.now())
         try:
             await self._rotate_type_inner(t, due_only, force, res)
+        except LockLost as exc:
+            res.status = "failed"
+            res.reason = (
+                f"stopped before step {res.step or 'start'}: this run lost the rotation lock"
+                f" ({exc}); the next run resumes from the saved state"
+            )
+            log.error(
+                "rotation of %s stopped: lock lost",
+                t,
+                extra={"type": t, "rotation_id": res.rotation_id, "step": res.step},
+            )
         except ActionRequired as exc:
             res.status = "action_required"
             res.reason = str(exc)
@@ -368,7 +424,8 @@ class RotationEngine:
 
         # 1. retire what earlier rotations kept for their grace period
         if state is not None and state.retiring and not state.in_progress:
-            version = await self._retire(rotator, state, version)
+            version = await self._retire(rotator, state, version, res)
+            res.step = None
 
         # 2. resume an interrupted rotation, or start a new one
         if state is not None and state.in_progress:
@@ -393,6 +450,7 @@ class RotationEngine:
                 return
             res.rotation_id = ctx.rotation_id
             await rotator.check(ctx)
+            await self._guard(res, "create_pending")
             self.progress(t, "creating the new credential")
             pending = await rotator.create_pending(ctx)
             prev = state or RotationState(type=t, env=self.env.name)
@@ -413,7 +471,7 @@ class RotationEngine:
         pending = state.pending or {}
         step = state.step
         if step == "created":
-            res.step = "apply"
+            await self._guard(res, "apply")
             self.progress(t, "applying to the target system")
             try:
                 await rotator.apply(ctx, pending)
@@ -424,7 +482,7 @@ class RotationEngine:
             version = await self._save(state, version)
             step = "applied"
         if step == "applied":
-            res.step = "verify"
+            await self._guard(res, "verify")
             self.progress(t, "verifying the new credential")
             try:
                 await rotator.verify(ctx, pending)
@@ -435,13 +493,14 @@ class RotationEngine:
             version = await self._save(state, version)
             step = "verified"
         if step == "verified":
-            res.step = "promote"
+            await self._guard(res, "promote")
             self.progress(t, "promoting (check-and-set)")
             state.last_version = await rotator.promote(ctx, pending)
             state.step = "promoted"
             version = await self._save(state, version)
             step = "promoted"
         if step == "promoted":
+            await self._guard(res, "finish")
             retiring = rotator.retiring(ctx, pending)
             if retiring:
                 state.retiring.append(
@@ -513,7 +572,9 @@ class RotationEngine:
             " was not replaced" + rollback_error
         )
 
-    async def _retire(self, rotator: Rotator, state: RotationState, version: int) -> int:
+    async def _retire(
+        self, rotator: Rotator, state: RotationState, version: int, res: TypeResult
+    ) -> int:
         now = self.now()
         keep: list[Retiring] = []
         done = 0
@@ -521,16 +582,23 @@ class RotationEngine:
             if item.after > now:
                 keep.append(item)
                 continue
-            ctx = self._context(state.type, item.rotation_id)
+            await self._guard(res, "retire")
+            ctx = self._context(state.type, item.rotation_id, state=state)
             try:
-                await rotator.retire(ctx, item.data)
+                note = await rotator.retire(ctx, item.data)
                 done += 1
+                if note:
+                    res.notes.append(note)
             except (RotationError, VaultError, OSError) as exc:
                 log.warning(
                     "retiring after %s failed; will retry: %s",
                     item.rotation_id,
                     _error_text(exc),
                     extra={"type": state.type},
+                )
+                res.notes.append(
+                    f"retiring what rotation {item.rotation_id} kept failed (will retry):"
+                    f" {_error_text(exc)}"
                 )
                 keep.append(item)
         if done:

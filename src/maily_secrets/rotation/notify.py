@@ -24,7 +24,7 @@ import smtplib
 import ssl
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -166,6 +166,11 @@ def email_body(report: RunReport) -> str:
         lines += [line(r) for r in rows]
     else:
         lines.append("No secret type was selected.")
+    notes = [f"{r.type}: {' '.join(n.split())}" for r in report.results for n in r.notes]
+    if notes:
+        lines += ["", "Also done:", *(f"  - {n}" for n in notes)]
+    if report.warnings:
+        lines += ["", "Warnings:", *(f"  - {' '.join(x.split())}" for x in report.warnings)]
     lines += [
         "",
         "This message lists types, outcomes and versions only; it never contains a secret.",
@@ -208,6 +213,15 @@ def webhook_payload(report: RunReport) -> dict[str, Any]:
         blocks.append(
             {"type": "section", "fields": [{"type": "mrkdwn", "text": _mrkdwn(f)} for f in fields]}
         )
+    extra = [f"*{r.type}*: {n}" for r in report.results for n in r.notes]
+    extra += [f":warning: {x}" for x in report.warnings]
+    if extra:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _mrkdwn("\n".join(extra))[:2900]},
+            }
+        )
     if len(report.results) > len(shown):
         more = len(report.results) - len(shown)
         blocks.append(
@@ -224,7 +238,7 @@ class _Smtp:
     host: str
     port: int
     username: str
-    password: str
+    password: str = field(repr=False)
 
     @property
     def where(self) -> str:
@@ -274,31 +288,46 @@ def _build_message(report: RunReport, cfg: EmailNotify) -> EmailMessage:
     return msg
 
 
-def _smtp_send(smtp: _Smtp, starttls: bool | None, msg: EmailMessage, to: list[str]) -> str:
-    """Blocking: connect, STARTTLS, AUTH, send. Returns a detail; raises _NotifyError."""
+def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) -> str:
+    """Blocking: connect, TLS as configured, AUTH, send. Returns a detail; raises _NotifyError.
+
+    The SMTP password never crosses a plaintext connection unless ``tls: none`` says
+    so: with STARTTLS expected and not offered, nothing is sent (no AUTH, no mail).
+    """
     creds = (smtp.password, smtp.username)
+    mode = cfg.tls
+    if mode == "auto" and cfg.starttls is True:
+        mode = "starttls"
+    implicit = mode == "implicit" or (mode == "auto" and smtp.port == 465)
+    want_starttls = not implicit and mode in ("auto", "starttls") and cfg.starttls is not False
     ctx = ssl.create_default_context()
     conn: smtplib.SMTP | None = None
     try:
         try:
-            if smtp.port == 465:  # implicit TLS (SMTPS)
+            if implicit:  # implicit TLS (SMTPS)
                 conn = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S, context=ctx)
                 tls = True
             else:
                 conn = smtplib.SMTP(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S)
                 tls = False
             conn.ehlo()
-            if not tls and starttls is not False:
+            if want_starttls:
                 if conn.has_extn("starttls"):
                     conn.starttls(context=ctx)
                     conn.ehlo()
                     tls = True
-                elif starttls:
+                elif mode == "starttls":
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer STARTTLS"
-                        " (notify.email.starttls is true)"
+                        " (notify.email.tls is starttls); nothing was sent"
                     )
             if smtp.username:
+                if not tls and mode != "none":
+                    raise _NotifyError(
+                        f"SMTP server {smtp.where}: no TLS (STARTTLS not offered or turned"
+                        " off); refusing to send the SMTP password in plaintext (set"
+                        " notify.email.tls: none to allow it); nothing was sent"
+                    )
                 if not conn.has_extn("auth"):
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer AUTH"
@@ -306,7 +335,7 @@ def _smtp_send(smtp: _Smtp, starttls: bool | None, msg: EmailMessage, to: list[s
                     )
                 if not tls:
                     log.warning(
-                        "SMTP login without TLS",
+                        "SMTP login without TLS (notify.email.tls: none)",
                         extra={"channel": "email", "smtp_host": smtp.where},
                     )
                 _login(conn, smtp.username, smtp.password)
@@ -377,7 +406,7 @@ async def send_email(
     try:
         smtp = await _smtp_settings(client, cfg)
         msg = _build_message(report, cfg)
-        detail = await asyncio.to_thread(_smtp_send, smtp, cfg.starttls, msg, list(cfg.to))
+        detail = await asyncio.to_thread(_smtp_send, smtp, cfg, msg, list(cfg.to))
     except _NotifyError as exc:
         log.warning(
             "rotation email not sent",

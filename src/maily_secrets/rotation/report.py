@@ -31,6 +31,9 @@ class TypeResult:
     duration_s: float = 0.0
     next_due: datetime | None = None
     last_rotated: datetime | None = None
+    #: what else the run did for this type (e.g. a previous credential retired after its
+    #: grace period, and who still had sessions open with it); no values
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +51,8 @@ class RunReport:
     due_only: bool = False
     results: list[TypeResult] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    #: problems that did not change the outcome (e.g. the lock could not be released)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

@@ -40,7 +40,8 @@ class RotationState(BaseModel):
     started_at: datetime | None = None
     updated_at: datetime | None = None
     error: str = ""
-    pending: dict[str, Any] | None = None  # secret material while in progress
+    #: secret material while in progress: never in a repr (nor in ``public()``)
+    pending: dict[str, Any] | None = Field(default=None, repr=False)
     last_success_at: datetime | None = None
     last_rotation_id: str | None = None
     last_version: int | None = None

@@ -246,7 +246,7 @@ class KeySpec:
     nbytes: int = 32
     prefix: str = ""
     provider: str = ""
-    settings: Mapping[str, Any] = field(default_factory=dict)  # provider options
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
     configured: bool = True
 
     @property
@@ -362,7 +362,7 @@ def _known_options(options: Mapping[str, Any]) -> None:
 class Snapshot:
     """The api-keys secret: data, version, custom metadata, creation time."""
 
-    data: dict[str, Any]
+    data: dict[str, Any] = field(repr=False)  # the keys themselves
     version: int
     custom: dict[str, str]
     created: datetime | None

@@ -420,12 +420,18 @@ class KnownKeys:
     retiring: Mapping[str, datetime] = field(default_factory=dict)
 
 
-async def known_keys(ctx: RotationContext, id_field: str = "access_key_id") -> KnownKeys:
+async def known_keys(ctx: RotationContext, what: str, id_field: str = "access_key_id") -> KnownKeys:
+    """The keys the rotation state knows. A state that cannot be read is an error, never
+    "no keys known": that would make the pending key of a rotation in progress, or a
+    previous key in its grace period, look like a leftover to delete."""
+    store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
     try:
-        store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
         state, _ = await store.read(ctx.type_name)
-    except (VaultError, ValueError):
-        return KnownKeys()
+    except (VaultError, ValueError) as exc:
+        raise RotationError(
+            f"{what}: cannot read the rotation state {store.path(ctx.type_name).data}"
+            f" ({type(exc).__name__}); not deleting any access key"
+        ) from None
     if state is None:
         return KnownKeys()
     pending: set[str] = set()
@@ -472,7 +478,7 @@ async def free_slot(
             )
     if len(listed) < 2:
         return []
-    known = await known_keys(ctx)
+    known = await known_keys(ctx, what)
     others = [k for k in listed if k.id != current]
     doomed: list[str] = []
     for k in others:

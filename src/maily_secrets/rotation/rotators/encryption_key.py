@@ -151,7 +151,7 @@ def resolve_source_factory(ref: str) -> SourceFactory:
 class SourceSpec:
     ref: str
     name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 def _source_specs(value: object) -> tuple[list[SourceSpec], list[str]]:

@@ -20,10 +20,16 @@ One rotation:
                        check-and-set read-modify-write (other keys of the same secret,
                        rotated by other types, are kept).
 
-Nothing is retired: the previous role keeps its password (and its open sessions)
-until the *next* rotation sets a new one on it. That is the grace period, which is
-why this rotator is ``two_slots``: two rotations closer than ``grace`` would cut off
-holders of the previous credential.
+The previous role keeps its password for the grace period (``grace``), so that no
+client fails mid-rotation; this rotator is ``two_slots``: two rotations closer than
+``grace`` would cut off holders of the previous credential. Once the grace is over,
+``retire`` first reports who still has sessions open as that role
+(``pg_stat_activity``: count, ``application_name``, ``client_addr``), then sets a
+random password nobody knows on it (never logged), so the previous password stops
+logging in. Open sessions are not terminated. ``client_addr`` of other roles'
+sessions is visible to the admin only with ``pg_read_all_stats`` (else reported as
+hidden). The role in use is never retired (a later rotation may have flipped back
+to it).
 
 Options (``types.database.options``)::
 
@@ -44,6 +50,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -141,6 +148,41 @@ async def membership(
     )
     row = await cur.fetchone()
     return None if row is None else (bool(row[0]), bool(row[1]))
+
+
+async def open_sessions(
+    conn: psycopg.AsyncConnection[Any], role: str
+) -> list[tuple[int, str, str | None]]:
+    """Sessions open as ``role``: (count, application_name, client_addr), busiest first.
+
+    ``client_addr`` is ``local`` for a unix socket; None when it is hidden from the admin
+    (another role's sessions, without ``pg_read_all_stats``).
+    """
+    cur = await conn.execute(
+        "SELECT count(*), coalesce(application_name, ''),"
+        " CASE WHEN client_addr IS NOT NULL THEN host(client_addr)"
+        "      WHEN client_port = -1 THEN 'local' END"  # NULL: hidden from this admin
+        " FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()"
+        " GROUP BY 2, 3 ORDER BY 1 DESC, 2, 3",
+        (role,),
+    )
+    return [(int(r[0]), str(r[1]), r[2]) for r in await cur.fetchall()]
+
+
+def describe_sessions(sessions: list[tuple[int, str, str | None]]) -> str:
+    total = sum(n for n, _, _ in sessions)
+    if not total:
+        return "no sessions were open"
+    parts = [
+        f"{n} x application_name={app or '(none)'!s} client_addr="
+        f"{addr if addr is not None else '(hidden: grant pg_read_all_stats to the rotator)'}"
+        for n, app, addr in sessions[:10]
+    ]
+    more = f"; and {len(sessions) - 10} more groups" if len(sessions) > 10 else ""
+    return (
+        f"{total} session(s) were still open with it and keep running until they"
+        f" disconnect: {'; '.join(parts)}{more}"
+    )
 
 
 # ---------------------------------------------------------------------------- options
@@ -530,6 +572,63 @@ class PostgresTwoRoleRotator(Rotator):
             extra={"role": role, "host": admin.host, "found": found},
         )
 
-    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
-        """Nothing: the previous role keeps its password until the next rotation sets a
-        new one on it (that is the grace period; see ``two_slots``)."""
+    def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
+        previous = pending.get("previous_role")
+        if not previous or previous == pending.get("role"):
+            return None
+        return {"role": str(previous)}
+
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
+        """After the grace: report the previous role's open sessions, then give it a random
+        password nobody knows. Never the role in use; anything unreadable is an error."""
+        opts = _opts(ctx, "retire")
+        role = str(retiring.get("role") or "")
+        if role not in opts.login_roles:
+            raise RotatorConfigError(
+                f"database retire: {role or '(none)'} is not one of the login roles"
+                f" {', '.join(opts.login_roles)}; not retiring it"
+            )
+        data, _ = await self._consumer(ctx, "retire")  # unreadable: raises, nothing changes
+        active = data.get("db_username")
+        if not active:
+            raise RotationError(
+                f"database retire: {ctx.secret_path().data} has no db_username; cannot tell"
+                " which login role is in use, so none is retired"
+            )
+        if active == role:
+            ctx.log.warning(
+                "database: the role to retire is the one in use again; keeping it",
+                extra={"role": role},
+            )
+            return f"{role} is the login role in use again (a later rotation); not retired"
+        admin = await self._admin(ctx, opts, "retire")
+        async with self._admin_conn(admin, opts, "retire", role) as conn:
+            sessions = await open_sessions(conn, role)
+            found = await self._set_password(
+                conn,
+                admin,
+                opts,
+                role,
+                random_password(opts.password_length),
+                "retire",
+                ensure_login=False,
+            )
+        if not found:
+            return f"previous login role {role} no longer exists on {admin.describe()}"
+        total = sum(n for n, _, _ in sessions)
+        ctx.log.log(
+            logging.WARNING if total else logging.INFO,
+            "database: previous login role retired",
+            extra={
+                "role": role,
+                "host": admin.host,
+                "open_sessions": total,
+                "sessions": [
+                    {"count": n, "application_name": app, "client_addr": addr}
+                    for n, app, addr in sessions
+                ],
+            },
+        )
+        return f"retired previous login role {role} (its password no longer works): " + (
+            describe_sessions(sessions)
+        )

@@ -663,7 +663,12 @@ class RedisAclRotator(Rotator):
             raise RotationError("redis retire: the retiring record holds no password hash")
         consumer, _ = await self._consumer(ctx, "retire")
         current = consumer.get(PASSWORD_KEY)
-        if current and password_sha256(str(current)) == digest:
+        if not current:  # cannot tell whether the password to remove is the one in use
+            raise RotationError(
+                f"redis retire: {ctx.secret_path().data} holds no {PASSWORD_KEY}; not removing"
+                " any password"
+            )
+        if password_sha256(str(current)) == digest:
             ctx.log.warning(
                 "redis: the password to retire is the one in use again; keeping it",
                 extra={"user": retiring.get("user")},

@@ -34,8 +34,9 @@ The provider that issues the credentials is pluggable (``options.provider``):
 
           ``credential_id`` is the rotation id that made the password.
 
-Both providers: ``verify`` is a real SMTP login (AUTH, STARTTLS when offered or
-required) with the new credentials at ``smtp_host``:``smtp_port`` of the secret,
+Both providers: ``verify`` is a real SMTP login (AUTH after TLS: implicit or
+STARTTLS; plaintext only with ``tls: none``) with the new credentials at
+``smtp_host``:``smtp_port`` of the secret,
 retried for up to ``verify_timeout`` seconds (a provider may take a moment); ``promote``
 is a check-and-set read-modify-write of ``smtp_username``/``smtp_password`` (other
 keys of the secret, rotated by other types, are kept).
@@ -43,8 +44,9 @@ keys of the secret, rotated by other types, are kept).
 Options (``types.smtp.options``)::
 
     provider: hook                     # or ses (required)
-    tls: auto                          # auto (implicit TLS on 465, else STARTTLS when
-                                       # offered), starttls, implicit, none
+    tls: auto                          # auto (implicit TLS on 465, else STARTTLS, which
+                                       # the server must offer), starttls, implicit, or
+                                       # none: plaintext AUTH, only when said explicitly
     cafile: /etc/ssl/smtp-ca.pem       # optional CA bundle for the server certificate
     verify_timeout: 30                 # seconds to keep retrying the login
     smtp_timeout: 10                   # seconds for one SMTP connection
@@ -195,14 +197,15 @@ def smtp_session(
                 security = "no TLS"
             conn.ehlo()
             if not implicit and server.tls in ("auto", "starttls"):
-                if conn.has_extn("starttls"):
-                    conn.starttls(context=ctx)
-                    conn.ehlo()
-                    security = "STARTTLS"
-                elif server.tls == "starttls":
+                if not conn.has_extn("starttls"):
+                    # never AUTH in plaintext unless the configuration says tls: none
                     raise SmtpError(
-                        f"SMTP server {server.where} does not offer STARTTLS (option tls: starttls)"
+                        f"SMTP server {server.where} does not offer STARTTLS (option tls:"
+                        f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
                     )
+                conn.starttls(context=ctx)
+                conn.ehlo()
+                security = "STARTTLS"
             if not conn.has_extn("auth"):
                 raise SmtpError(
                     f"SMTP server {server.where} does not offer AUTH"
@@ -612,11 +615,15 @@ class SmtpRotator(Rotator):
 
     async def _previous_credential_id(self, ctx: RotationContext) -> str | None:
         """The rotation id that made the credential in use (None: not made by a rotation)."""
+        store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
         try:
-            store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
             state, _ = await store.read(ctx.type_name)
-        except (VaultError, ValueError):
-            return None
+        except (VaultError, ValueError) as exc:
+            # never guess None: the retire hook would then remove *every* other password
+            raise RotationError(
+                f"smtp create_pending: cannot read the rotation state"
+                f" {store.path(ctx.type_name).data} ({type(exc).__name__})"
+            ) from None
         if state is None or state.last_success_at is None:
             return None
         return state.last_rotation_id
