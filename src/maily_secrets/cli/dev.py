@@ -141,6 +141,12 @@ def up(
     IAM user maily-app, its key in maily/data/credentials) and an SMTP server with
     AUTH (smtp_* in maily/data/config), so that the aws and smtp secret types rotate
     for real. Running it twice is harmless.
+
+    The PostgreSQL login roles and the Redis ACL user carry a short hash of the
+    directory (maily_app_<h>, maily_<h>): two dev servers never touch each other's.
+    --dir may hold other files: only what this tool makes is removed by `dev down`.
+    The server's log never holds its root token or unseal key (<dir>/token and
+    <dir>/unseal-key, mode 0600).
     """
     server = DevServer(state_dir)
     if server.running() is None:
@@ -294,9 +300,10 @@ def status(
 def env(state_dir: StateDir = None) -> None:
     """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
 
-    With the local stand-ins running, also MAILY_AWS_ENDPOINT_URL (moto) and
-    MAILY_ROTATION_CONFIG (the built-in rotation config plus the stand-ins), so that
-    `secrets rotate` rotates aws and smtp against them. Use: eval "$(./mailyctl.py dev env)"
+    Also MAILY_ROTATION_CONFIG (the built-in rotation config plus this dev directory's
+    PostgreSQL roles and Redis user and the stand-ins' options) and, with moto running,
+    MAILY_AWS_ENDPOINT_URL, so that `secrets rotate` rotates this dev server's own
+    credentials. Use: eval "$(./mailyctl.py dev env)"
     """
     server = DevServer(state_dir)
     info = server.running()
