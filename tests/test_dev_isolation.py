@@ -176,8 +176,12 @@ def test_cli_server_log_is_redacted_and_server_outlives_the_cli(tmp_path: Path) 
         assert_absent(token, text, "server.log")
         assert_absent(key, text, "server.log")
         assert "Root Token: (redacted" in text
-        # seal + unseal makes the server write to its log after `dev up` exited: the
-        # filter is still there (a dead pipe would kill bao with SIGPIPE)
+        # the log filter outlived `dev up` (a dead pipe would kill bao with SIGPIPE on
+        # its next line of output), and the server still works after a seal + unseal
+        doc = json.loads((d / "server.json").read_text())
+        cmdline = Path(f"/proc/{doc['log_filter_pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"filter-log" in cmdline and str(d / "server.log").encode() in cmdline
+        assert_absent(token, b" ".join(cmdline).decode(), "the filter's argv")
         _seal_unseal(env["VAULT_ADDR"], token, key)
         status = json.loads(mailyctl("dev", "status", "--json", "--dir", str(d)).stdout)
         assert status["healthy"]
