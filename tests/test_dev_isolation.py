@@ -300,3 +300,35 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
         if k.startswith("MAILY_DEV"):
             monkeypatch.delenv(k, raising=False)
+
+
+def test_manifest_removes_only_what_it_recorded(tmp_path: Path) -> None:
+    from maily_secrets.devserver import Manifest
+
+    root = tmp_path / "d"
+    m = Manifest(root)
+    m.claim_root()
+    m.claim_file(root / "token").write_text("t")
+    sub = m.claim_dir(root / "standins", generated=(".*.tmp",))
+    mail = m.claim_dir(sub / "smtp-mail", generated=("*.eml",))
+    (mail / "a.eml").write_text("mail")
+    (sub / ".x.json.123.tmp").write_text("partial")
+    (sub / "yours.txt").write_text("not ours")  # someone's file inside our folder
+    (root / "other").write_text("not ours")
+    with pytest.raises(Exception, match="not made by"):
+        m.claim_file(root / "other")
+    # a manifest is data: it never reaches outside the directory
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    doc = json.loads(m.path.read_text())
+    doc["files"] += ["../outside.txt", str(outside)]
+    doc["dirs"]["../"] = ["*"]
+    m.path.write_text(json.dumps(doc))
+    kept = m.remove_all()
+    assert outside.read_text() == "keep"
+    assert kept == ["standins"]
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
+        "other",
+        "standins",
+        "standins/yours.txt",
+    ]

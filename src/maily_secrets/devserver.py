@@ -116,7 +116,19 @@ class Manifest:
             p = self.root / p
         return str(p.resolve().relative_to(self.root))
 
-    def _in_the_way(self, path: Path, rel: str) -> DevServerError:
+    def _inside(self, rel: object) -> Path | None:
+        """``rel`` as a path inside the directory, or None (a manifest is data we read
+        back: never let it point elsewhere)."""
+        if not isinstance(rel, str) or not rel or rel == "." or Path(rel).is_absolute():
+            return None
+        full = self.root / rel
+        try:
+            full.parent.resolve().relative_to(self.root)
+        except ValueError:
+            return None
+        return None if ".." in Path(rel).parts else full
+
+    def _in_the_way(self, path: Path) -> DevServerError:
         return DevServerError(
             f"{path} exists and was not made by `mailyctl dev` (it is not recorded in"
             f" {self.path}); move it away or choose another --dir"
@@ -129,7 +141,7 @@ class Manifest:
         full = self.root / rel
         if rel not in doc["files"]:
             if os.path.lexists(full):
-                raise self._in_the_way(full, rel)
+                raise self._in_the_way(full)
             doc["files"].append(rel)
             self._save(doc)
         return full
@@ -143,7 +155,7 @@ class Manifest:
         globs = sorted({*doc["dirs"].get(rel, []), *generated})
         if rel not in doc["dirs"]:
             if os.path.lexists(full):
-                raise self._in_the_way(full, rel)
+                raise self._in_the_way(full)
             doc["dirs"][rel] = globs
             self._save(doc)
             full.mkdir(parents=True, mode=0o700)
@@ -166,14 +178,17 @@ class Manifest:
             return []
         doc = self.load()
         for rel in doc["files"]:
-            with contextlib.suppress(FileNotFoundError):
-                (self.root / rel).unlink()
+            f = self._inside(rel)
+            if f is not None and not f.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
         kept: list[str] = []
-        for rel in sorted(doc["dirs"], key=lambda r: r.count("/"), reverse=True):
-            d = self.root / rel
-            if not d.is_dir() or d.is_symlink():
+        dirs = {str(r): v for r, v in dict(doc["dirs"]).items()}
+        for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+            d = self._inside(rel)
+            if d is None or not d.is_dir() or d.is_symlink():
                 continue
-            globs = doc["dirs"][rel]
+            globs = [str(g) for g in dirs[rel] or []]
             for child in d.iterdir():
                 if child.is_file() and any(fnmatch.fnmatch(child.name, g) for g in globs):
                     child.unlink(missing_ok=True)
