@@ -112,6 +112,11 @@ def bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bao]:
     b = start_bao(tmp_path_factory.mktemp("bao"))
     try:
         yield b
+        # canary for the whole session: the server's log never held its secrets
+        log = Path(b.info.server_log).read_text()
+        for secret in (b.token, b.server.unseal_key()):
+            if secret in log:
+                raise AssertionError("the dev server's log holds its root token or unseal key")
     finally:
         b.server.stop()
 

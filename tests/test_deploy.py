@@ -7,10 +7,12 @@ guide's agent template rendered by a real `bao agent` against a real OpenBao.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +80,33 @@ def test_kustomization_lists_every_file() -> None:
     assert set(k["resources"]) == files
 
 
-def test_deployment_has_the_guides_annotations_exactly() -> None:
-    want = guide_deployment()["spec"]["template"]["metadata"]["annotations"]
+TEMPLATE = "vault.hashicorp.com/agent-inject-template-config.json"
+
+
+def escaped_like_the_deployment(guide_template: str) -> str:
+    """The guide's template with its one fix: quoted values through ``toJSON``, bare
+    (numeric) values through ``printf "%v" | parseInt``."""
+    out = re.sub(r'"\{\{ (\.Data\.data\.\w+) \}\}"', r"{{ \1 | toJSON }}", guide_template)
+    return re.sub(r"\{\{ (\.Data\.data\.\w+) \}\}", r'{{ printf "%v" \1 | parseInt }}', out)
+
+
+def test_deployment_has_the_guides_annotations_but_escapes_values() -> None:
+    want = dict(guide_deployment()["spec"]["template"]["metadata"]["annotations"])
     dep = find("Deployment", "maily-api")
     pod = dep["spec"]["template"]
-    assert pod["metadata"]["annotations"] == want
+    have = dict(pod["metadata"]["annotations"])
+    # every annotation is the guide's, byte for byte, but the template ...
+    assert set(have) == set(want)
+    assert {k: v for k, v in have.items() if k != TEMPLATE} == {
+        k: v for k, v in want.items() if k != TEMPLATE
+    }
+    # ... which differs only in the escaping of its values (the guide's breaks: see
+    # test_guides_own_template_breaks_on_such_values and the Deployment's comment)
+    assert have[TEMPLATE] != want[TEMPLATE]
+    assert have[TEMPLATE] == escaped_like_the_deployment(want[TEMPLATE])
+    assert '"{{' not in have[TEMPLATE]  # no value is pasted between quotes any more
+    deviation = (ROOT / "docs" / "kubernetes-injector-template.md").read_text()
+    assert "toJSON" in deviation and "parseInt" in deviation
     assert pod["spec"]["serviceAccountName"] == "maily-api"
     c = pod["spec"]["containers"][0]
     assert {"livenessProbe", "readinessProbe", "resources", "securityContext"} <= set(c)
@@ -197,45 +221,33 @@ def _wait_json(path: Path, pred: Any, within: float = 20.0) -> dict[str, Any]:
     raise AssertionError(f"not rendered as expected: {last!r}")
 
 
-def test_guide_template_renders_with_a_real_agent(private_bao: Any, tmp_path: Path) -> None:
-    ann = find("Deployment", "maily-api")["spec"]["template"]["metadata"]["annotations"]
-    assert ann["vault.hashicorp.com/agent-inject-secret-config.json"] == "maily/data/config"
-    tpl = tmp_path / "config.json.ctmpl"
-    tpl.write_text(ann["vault.hashicorp.com/agent-inject-template-config.json"])
+@contextlib.contextmanager
+def agent_rendering(bao: Any, tmp: Path, template: str) -> Iterator[Path]:
+    """A real ``bao agent`` rendering ``template`` with the ``maily`` policy's token;
+    yields the destination file."""
+    tpl = tmp / "config.json.ctmpl"
+    tpl.write_text(template)
 
     async def app_token() -> str:
         from maily_secrets.policies import load_policies
 
-        async with private_bao.client() as root:
+        async with bao.client() as root:
             for name, text in load_policies().items():
                 await root.write(f"sys/policies/acl/{name}", {"policy": text})
             r = await root.write("auth/token/create", {"policies": ["maily"], "ttl": "10m"})
             return str((r.body or {})["auth"]["client_token"])
 
-    token_file = tmp_path / "token"
+    token_file = tmp / "token"
     token_file.write_text(asyncio.run(app_token()))
-    out = tmp_path / "secrets" / "config.json"
+    out = tmp / "secrets" / "config.json"
     out.parent.mkdir()
-    cfg = _render_config(tmp_path, private_bao.addr, token_file, tpl, out)
-    log = (tmp_path / "agent.log").open("wb")
+    cfg = _render_config(tmp, bao.addr, token_file, tpl, out)
+    log = (tmp / "agent.log").open("wb")
     proc = subprocess.Popen(
         [bao_binary(), "agent", f"-config={cfg}"], stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        doc = _wait_json(out, lambda d: True)
-        assert isinstance(doc["database"]["port"], int) and doc["database"]["port"] == 5432
-        assert isinstance(doc["redis"]["port"], int)
-        assert doc["database"]["username"] and doc["redis"]["password"]
-
-        async def rotate() -> None:
-            async with private_bao.client() as root:
-                await root.kv.update(
-                    KV2Path("maily", "config"), lambda d: {**d, "redis_password": "rotated-pw"}
-                )
-
-        asyncio.run(rotate())
-        doc = _wait_json(out, lambda d: d["redis"]["password"] == "rotated-pw")
-        assert doc["database"]["port"] == 5432
+        yield out
     finally:
         proc.terminate()
         try:
@@ -244,3 +256,73 @@ def test_guide_template_renders_with_a_real_agent(private_bao: Any, tmp_path: Pa
             proc.kill()
             proc.wait()
         log.close()
+
+
+def deployment_template() -> str:
+    ann = find("Deployment", "maily-api")["spec"]["template"]["metadata"]["annotations"]
+    assert ann["vault.hashicorp.com/agent-inject-secret-config.json"] == "maily/data/config"
+    return str(ann[TEMPLATE])
+
+
+def _update_config(bao: Any, **values: Any) -> None:
+    async def go() -> None:
+        async with bao.client() as root:
+            await root.kv.update(KV2Path("maily", "config"), lambda d: {**d, **values})
+
+    asyncio.run(go())
+
+
+def test_guide_template_renders_with_a_real_agent(private_bao: Any, tmp_path: Path) -> None:
+    with agent_rendering(private_bao, tmp_path, deployment_template()) as out:
+        doc = _wait_json(out, lambda d: True)
+        assert isinstance(doc["database"]["port"], int) and doc["database"]["port"] == 5432
+        assert isinstance(doc["redis"]["port"], int)
+        assert doc["database"]["username"] and doc["redis"]["password"]
+        _update_config(private_bao, redis_password="rotated-pw")
+        doc = _wait_json(out, lambda d: d["redis"]["password"] == "rotated-pw")
+        assert doc["database"]["port"] == 5432
+
+
+# values a generated or rotated secret may hold: quotes, backslashes, newlines,
+# non-ASCII, HTML-ish and template-ish text, JSON that would inject a key
+CANARIES = {
+    "db_password": 'pa"ss\\word\n2nd line \u00e9\u00df\u2603 \U0001f511 \\"',
+    "db_username": 'maily_app\t"quoted"',
+    "redis_password": '", "injected": true, "x": "</script>{{ .Data }}\\',
+    "db_host": "db.example\u00e9.internal",
+}
+
+
+def test_deployment_template_renders_valid_json_for_any_value(
+    private_bao: Any, tmp_path: Path
+) -> None:
+    """Canary values round-trip exactly through a real ``bao agent``; ports stay numbers,
+    also when a port was stored as a string."""
+    _update_config(private_bao, **CANARIES, redis_port="6380")
+    with agent_rendering(private_bao, tmp_path, deployment_template()) as out:
+        doc = _wait_json(out, lambda d: True)
+        assert doc["database"]["password"] == CANARIES["db_password"]
+        assert doc["database"]["username"] == CANARIES["db_username"]
+        assert doc["database"]["host"] == CANARIES["db_host"]
+        assert doc["redis"]["password"] == CANARIES["redis_password"]
+        assert set(doc["redis"]) == {"host", "port", "password"}  # nothing injected
+        assert doc["database"]["port"] == 5432 and isinstance(doc["database"]["port"], int)
+        assert doc["redis"]["port"] == 6380 and isinstance(doc["redis"]["port"], int)
+        # a rotation to another awkward value re-renders valid JSON
+        _update_config(private_bao, redis_password='new\\"\n\u00fc')
+        doc = _wait_json(out, lambda d: d["redis"]["password"] == 'new\\"\n\u00fc')
+        assert doc["database"]["password"] == CANARIES["db_password"]
+
+
+def test_guides_own_template_breaks_on_such_values(private_bao: Any, tmp_path: Path) -> None:
+    """Why the Deployment deviates from the guide: the guide's template, rendered by the
+    same agent with the same canaries, is not JSON."""
+    guide_tpl = guide_deployment()["spec"]["template"]["metadata"]["annotations"][TEMPLATE]
+    _update_config(private_bao, **CANARIES)
+    with agent_rendering(private_bao, tmp_path, guide_tpl) as out:
+        deadline = time.monotonic() + 20
+        while not (out.exists() and out.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = out.read_text()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)

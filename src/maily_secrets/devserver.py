@@ -2,27 +2,44 @@
 
 State lives in one directory (``MAILY_DEV_DIR``, default
 ``$XDG_STATE_HOME/maily-secrets/dev``): ``server.json`` (pid, address),
-``token`` (mode 0600), the server's config with a declarative file audit
-device, its log and the audit log.  ``stop()`` kills only the process recorded
-there, and removes the directory: a dev server's data is in memory and goes
-with it.
+``token`` and ``unseal-key`` (mode 0600), the server's config with a declarative
+file audit device, its log and the audit log.  ``stop()`` kills only the process
+recorded there, then removes what the dev tools created: a dev server's data is
+in memory and goes with it.
+
+The directory may hold other files: everything the tools make is recorded in
+``.mailyctl-created.json`` (:class:`Manifest`) before it is made, and only that is
+removed; a file in the way that the tools did not make is an error, never
+overwritten.
+
+``bao server -dev`` prints its root token and unseal key on stdout.  The token is
+one we choose (given through the environment, never argv, kept in ``token``); the
+server's output goes through a small filter process (``python devserver.py
+filter-log``) that writes the unseal key to ``unseal-key`` and redacts both from
+``server.log``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import fnmatch
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 DEFAULT_PORT = 8200
 # Servers started by this process, so that stop() can reap them (no zombie, no
@@ -30,8 +47,162 @@ DEFAULT_PORT = 8200
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
+MANIFEST_NAME = ".mailyctl-created.json"
+TOKEN_FILE = "token"  # noqa: S105 - a file name
+UNSEAL_KEY_FILE = "unseal-key"
+
+
 class DevServerError(RuntimeError):
     pass
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically, mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Manifest:
+    """What the dev tools created in a state directory, so that cleaning up removes
+    exactly that and nothing else.
+
+    Paths are recorded (relative to the directory) *before* they are made; claiming a
+    path that exists without a record is an error (a file of someone else's is in the
+    way). A claimed directory may also own files its processes generate, by glob
+    (``*.eml`` of the SMTP stand-in's mail folder); anything else in it is kept, and
+    so is the directory then.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.path = self.root / MANIFEST_NAME
+
+    def load(self) -> dict[str, Any]:
+        try:
+            doc = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        doc.setdefault("root_created", False)
+        doc.setdefault("files", [])
+        doc.setdefault("dirs", {})
+        return doc
+
+    def _save(self, doc: dict[str, Any]) -> None:
+        write_private(self.path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def claim_root(self) -> None:
+        """Make the directory (0700) unless it exists; record whether we made it."""
+        doc = self.load()
+        if not self.root.exists():
+            self.root.mkdir(parents=True, mode=0o700)
+            os.chmod(self.root, 0o700)
+            doc["root_created"] = True
+        elif not self.root.is_dir():
+            raise DevServerError(f"{self.root} is not a directory")
+        if not self.path.exists():
+            self._save(doc)
+
+    def _rel(self, path: Path) -> str:
+        p = Path(path)
+        if not p.is_absolute():
+            p = self.root / p
+        return str(p.resolve().relative_to(self.root))
+
+    def _inside(self, rel: object) -> Path | None:
+        """``rel`` as a path inside the directory, or None (a manifest is data we read
+        back: never let it point elsewhere)."""
+        if not isinstance(rel, str) or not rel or rel == "." or Path(rel).is_absolute():
+            return None
+        full = self.root / rel
+        try:
+            full.parent.resolve().relative_to(self.root)
+        except ValueError:
+            return None
+        return None if ".." in Path(rel).parts else full
+
+    def _in_the_way(self, path: Path) -> DevServerError:
+        return DevServerError(
+            f"{path} exists and was not made by `mailyctl dev` (it is not recorded in"
+            f" {self.path}); move it away or choose another --dir"
+        )
+
+    def claim_file(self, path: Path) -> Path:
+        """Record ``path`` as ours (before making it). Returns the absolute path."""
+        doc = self.load()
+        rel = self._rel(path)
+        full = self.root / rel
+        if rel not in doc["files"]:
+            if os.path.lexists(full):
+                raise self._in_the_way(full)
+            doc["files"].append(rel)
+            self._save(doc)
+        return full
+
+    def claim_dir(self, path: Path, generated: Sequence[str] = ()) -> Path:
+        """Record (and make, 0700) the directory ``path``; ``generated``: globs of the
+        files our processes make in it."""
+        doc = self.load()
+        rel = self._rel(path)
+        full = self.root / rel
+        globs = sorted({*doc["dirs"].get(rel, []), *generated})
+        if rel not in doc["dirs"]:
+            if os.path.lexists(full):
+                raise self._in_the_way(full)
+            doc["dirs"][rel] = globs
+            self._save(doc)
+            full.mkdir(parents=True, mode=0o700)
+        elif globs != doc["dirs"][rel]:
+            doc["dirs"][rel] = globs
+            self._save(doc)
+        full.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return full
+
+    def owns(self, path: Path) -> bool:
+        doc = self.load()
+        rel = self._rel(path)
+        return rel in doc["files"] or rel in doc["dirs"]
+
+    def remove_all(self) -> list[str]:
+        """Remove what was recorded (files, then generated files and empty directories,
+        deepest first, then the directory itself if we made it and it is empty).
+        Returns what was kept because it is not ours."""
+        if not self.path.exists():
+            return []
+        doc = self.load()
+        for rel in doc["files"]:
+            f = self._inside(rel)
+            if f is not None and not f.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+        kept: list[str] = []
+        dirs = {str(r): v for r, v in dict(doc["dirs"]).items()}
+        for rel in sorted(dirs, key=lambda r: r.count("/"), reverse=True):
+            d = self._inside(rel)
+            if d is None or not d.is_dir() or d.is_symlink():
+                continue
+            globs = [str(g) for g in dirs[rel] or []]
+            for child in d.iterdir():
+                if child.is_file() and any(fnmatch.fnmatch(child.name, g) for g in globs):
+                    child.unlink(missing_ok=True)
+            try:
+                d.rmdir()
+            except OSError:
+                kept.append(rel)
+        self.path.unlink(missing_ok=True)
+        for leftover in self.root.glob(f".{MANIFEST_NAME}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+        if doc["root_created"]:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
+        return kept
 
 
 def default_state_dir() -> Path:
@@ -98,10 +269,11 @@ class DevServerInfo:
     audit_log: str
     server_log: str
     started_at: float
+    log_filter_pid: int = 0
 
     @property
     def token_file(self) -> Path:
-        return Path(self.state_dir) / "token"
+        return Path(self.state_dir) / TOKEN_FILE
 
     def token(self) -> str:
         return self.token_file.read_text().strip()
@@ -131,11 +303,22 @@ def _is_our_bao(pid: int, config: Path) -> bool:
     return any(a.endswith(b"bao") for a in cmdline[:1]) and f"-config={config}".encode() in cmdline
 
 
+def _is_our_filter(pid: int, log: Path) -> bool:
+    """The pid is the log filter of this server (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return _pid_alive(pid)
+    return b"filter-log" in cmdline and str(log).encode() in cmdline
+
+
 class DevServer:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = (state_dir or default_state_dir()).resolve()
         self.state_file = self.state_dir / "server.json"
         self.config_file = self.state_dir / "server.hcl"
+        # directories of ours that the last stop() kept: they hold files not ours
+        self.kept: list[str] = []
 
     def info(self) -> DevServerInfo | None:
         try:
@@ -163,10 +346,15 @@ class DevServer:
                     " run `mailyctl dev down` and try again"
                 )
             return current, False
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)  # leftovers of a server that died
-        self.state_dir.mkdir(parents=True, mode=0o700)
-        os.chmod(self.state_dir, 0o700)
+        self.remove_created()  # leftovers of a server that died: only what we made
+        manifest = self.manifest
+        manifest.claim_root()
+        audit_log = manifest.claim_file(self.state_dir / "audit.log")
+        server_log = manifest.claim_file(self.state_dir / "server.log")
+        token_file = manifest.claim_file(self.state_dir / TOKEN_FILE)
+        unseal_file = manifest.claim_file(self.state_dir / UNSEAL_KEY_FILE)
+        manifest.claim_file(self.config_file)
+        manifest.claim_file(self.state_file)
 
         if port is None:
             default_free = not port_in_use(DEFAULT_PORT) and not port_in_use(DEFAULT_PORT + 1)
@@ -176,8 +364,6 @@ class DevServer:
         elif port_in_use(port):
             raise DevServerError(f"port {port} on 127.0.0.1 is already in use; choose --port 0")
         addr = f"http://127.0.0.1:{port}"
-        audit_log = self.state_dir / "audit.log"
-        server_log = self.state_dir / "server.log"
         self.config_file.write_text(
             "# Maily dev server: in-memory storage (-dev), a declarative file audit device.\n"
             'audit "file" "file" {\n'
@@ -185,10 +371,8 @@ class DevServer:
             "}\n"
         )
         token = "maily-dev-" + secrets.token_urlsafe(24)
-        token_file = self.state_dir / "token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        write_private(token_file, token + "\n")
+        unseal_file.unlink(missing_ok=True)
         env = dict(os.environ)
         # The root token goes through the environment, never the command line.
         env["BAO_DEV_ROOT_TOKEN_ID"] = token
@@ -204,20 +388,51 @@ class DevServer:
             "-dev-no-store-token",  # never touch the user's ~/.vault-token
             "-log-level=warn",
         ]
-        # The dev server prints its root token and unseal key: keep the log private.
+        # The dev server prints its root token and unseal key: its output goes through
+        # a filter that redacts them (the log stays 0600 all the same). The filter is a
+        # process of its own, in its own session, so that it outlives `dev up`.
         log_fd = os.open(server_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=env,
+            log_filter = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-I",
+                    str(Path(__file__).resolve()),
+                    "filter-log",
+                    "--log",
+                    str(server_log),
+                    "--token-file",
+                    str(token_file),
+                    "--unseal-key-file",
+                    str(unseal_file),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=log_fd,
                 cwd=self.state_dir,
                 start_new_session=True,
             )
         finally:
             os.close(log_fd)
+        _CHILDREN[log_filter.pid] = log_filter
+        assert log_filter.stdin is not None
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_filter.stdin,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.state_dir,
+                start_new_session=True,
+            )
+        except OSError:
+            log_filter.stdin.close()
+            log_filter.wait(5)
+            _CHILDREN.pop(log_filter.pid, None)
+            raise
+        finally:
+            log_filter.stdin.close()  # the filter sees EOF when bao exits
         _CHILDREN[proc.pid] = proc
         info = DevServerInfo(
             pid=proc.pid,
@@ -227,12 +442,17 @@ class DevServer:
             audit_log=str(audit_log),
             server_log=str(server_log),
             started_at=time.time(),
+            log_filter_pid=log_filter.pid,
         )
         self.state_file.write_text(json.dumps(asdict(info), indent=2))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 self.state_file.unlink(missing_ok=True)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    log_filter.wait(5)  # the log is complete
+                _CHILDREN.pop(log_filter.pid, None)
+                _CHILDREN.pop(proc.pid, None)
                 raise DevServerError(
                     f"bao exited with code {proc.returncode} while starting; see {server_log}"
                 )
@@ -243,8 +463,30 @@ class DevServer:
         self.stop()
         raise DevServerError(f"bao did not become healthy at {addr} within {wait:.0f}s")
 
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest(self.state_dir)
+
+    def unseal_key(self, wait: float = 5.0) -> str:
+        """The running server's unseal key (``unseal-key``, 0600, written by the log
+        filter from the server's banner)."""
+        path = self.state_dir / UNSEAL_KEY_FILE
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(OSError):
+                key = path.read_text().strip()
+                if key:
+                    return key
+            if time.monotonic() > deadline:
+                raise DevServerError(f"no unseal key in {path}")
+            time.sleep(0.05)
+
+    def remove_created(self) -> list[str]:
+        """Remove what the dev tools made in the state directory, nothing else."""
+        return self.manifest.remove_all()
+
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the server we started (pid file) and remove its state. True if one ran."""
+        """Stop the server we started (pid file) and remove what we made. True if one ran."""
         info = self.info()
         was_running = False
         if info is not None and _pid_alive(info.pid) and _is_our_bao(info.pid, self.config_file):
@@ -262,6 +504,80 @@ class DevServer:
             if child is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(timeout)
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            if info.log_filter_pid:
+                self._stop_filter(info, timeout)
+        if self.manifest.exists():
+            self.kept = self.remove_created()
         return was_running
+
+    def _stop_filter(self, info: DevServerInfo, timeout: float) -> None:
+        """The filter ends by itself at EOF once bao is gone; make sure it did."""
+        pid = info.log_filter_pid
+        log = Path(info.server_log)
+        deadline = time.monotonic() + min(timeout, 3.0)
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            if not _is_our_filter(pid, log):
+                break
+            time.sleep(0.02)
+        if _pid_alive(pid) and _is_our_filter(pid, log):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        child = _CHILDREN.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
+
+
+# ---------------------------------------------------------------------------- log filter
+_SECRET_LINE = re.compile(rb"^(?P<lead>\s*)(?P<what>Root Token|Unseal Key)s?:\s*(?P<value>\S+)")
+
+
+def filter_log(src: BinaryIO, log: Path, token_file: Path, unseal_file: Path) -> None:
+    """Copy the dev server's output to ``log`` without its root token and unseal key.
+
+    The ``Root Token:`` and ``Unseal Key:`` lines are replaced by a pointer to the
+    0600 file that holds the value (the unseal key is written to ``unseal_file``);
+    any later occurrence of either value is masked as well. Runs until EOF.
+    """
+    try:
+        token = token_file.read_bytes().strip()
+    except OSError:
+        token = b""
+    known = [token] if token else []
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for raw in iter(src.readline, b""):
+            line = raw
+            m = _SECRET_LINE.match(line)
+            if m:
+                value = m.group("value")
+                where = token_file
+                if m.group("what") == b"Unseal Key":
+                    where = unseal_file
+                    write_private(unseal_file, value.decode("utf-8", "replace") + "\n")
+                if value not in known:
+                    known.append(value)
+                line = m.group("lead") + m.group("what") + f": (redacted; in {where})\n".encode()
+            for secret in known:
+                line = line.replace(secret, b"(redacted)")
+            os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="devserver.py")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("filter-log", help="copy stdin to --log without the dev secrets")
+    f.add_argument("--log", type=Path, required=True)
+    f.add_argument("--token-file", type=Path, required=True)
+    f.add_argument("--unseal-key-file", type=Path, required=True)
+    args = p.parse_args(argv)
+    # a terminal's Ctrl-C or a SIGTERM to bao's group must not cut bao's output short
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    filter_log(sys.stdin.buffer, args.log, args.token_file, args.unseal_key_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

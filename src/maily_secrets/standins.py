@@ -17,8 +17,11 @@ Maily's secrets at them:
   so a rotation really changes what the server accepts. Messages received are kept
   in ``smtp-mail/`` (one ``.eml`` file each).
 
-A rotation config for these stand-ins is written to ``standins/rotation.yaml`` (the
-built-in config plus ``endpoint_url`` for ``aws`` and the hook for ``smtp``).
+A rotation config for this dev directory is written to ``standins/rotation.yaml`` (the
+built-in config plus ``endpoint_url`` for ``aws``, the hook for ``smtp``, and the dev
+directory's own PostgreSQL login roles and Redis ACL user). Every file made here is
+recorded in the dev directory's manifest (``devserver.Manifest``): ``dev down``
+removes those and nothing else.
 
 The registry and the hook protocol (see ``rotation/rotators/smtp.py``)::
 
@@ -51,7 +54,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from .devserver import _pid_alive, port_in_use
+from .devserver import Manifest, _pid_alive, port_in_use, write_private
 
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
@@ -94,13 +97,7 @@ def free_port(preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically, mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+_write_private = write_private  # atomically, mode 0600
 
 
 # ---------------------------------------------------------------------------- processes
@@ -139,6 +136,12 @@ class _Background:
     def ready(self, info: StandinInfo) -> bool:
         raise NotImplementedError
 
+    def claim(self, manifest: Manifest) -> None:
+        """Record (before they exist) the files this stand-in makes."""
+        manifest.claim_dir(self.dir, generated=(".*.tmp",))
+        manifest.claim_file(self.pid_file)
+        manifest.claim_file(self.dir / f"{self.name}.log")
+
     def info(self) -> StandinInfo | None:
         try:
             return StandinInfo(**json.loads(self.pid_file.read_text()))
@@ -164,7 +167,7 @@ class _Background:
         current = self.running()
         if current is not None:
             return current, False
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.claim(Manifest(self.state_dir))
         port = free_port(port)
         log = self.dir / f"{self.name}.log"
         log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -307,6 +310,12 @@ class SmtpStandin(_Background):
                 return int(s.ehlo()[0]) == 250
         except (OSError, smtplib.SMTPException):
             return False
+
+    def claim(self, manifest: Manifest) -> None:
+        super().claim(manifest)
+        manifest.claim_file(self.store_path)
+        manifest.claim_file(self.store_path.with_name(self.store_path.name + ".lock"))
+        manifest.claim_dir(self.dir / MAIL_DIR, generated=("*.eml",))
 
     def hook_argv(self) -> list[str]:
         return smtp_hook_argv(self.store_path)
@@ -553,9 +562,13 @@ def dev_environment(state_dir: Path) -> dict[str, str]:
 
 
 def write_rotation_config(
-    state_dir: Path, moto: StandinInfo | None, smtp: SmtpStandin | None
+    state_dir: Path,
+    moto: StandinInfo | None,
+    smtp: SmtpStandin | None,
+    type_options: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """The built-in rotation config plus the stand-ins' options."""
+    """The built-in rotation config plus the stand-ins' options and ``type_options``
+    (per type, merged into its ``options``: the dev directory's own role names)."""
     from importlib import resources
 
     import yaml
@@ -574,11 +587,16 @@ def write_rotation_config(
             "tls": "none",
             "verify_timeout": 5,
         }
-    path = Path(state_dir).resolve() / STANDIN_DIR / "rotation.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name, extra in (type_options or {}).items():
+        if name in types:
+            types[name]["options"] = {**(types[name].get("options") or {}), **extra}
+    manifest = Manifest(Path(state_dir))
+    manifest.claim_dir(Path(state_dir).resolve() / STANDIN_DIR, generated=(".*.tmp",))
+    path = manifest.claim_file(Path(state_dir).resolve() / STANDIN_DIR / "rotation.yaml")
     _write_private(
         path,
-        "# Written by `mailyctl dev up`: the built-in config + the local stand-ins.\n"
+        "# Written by `mailyctl dev up`: the built-in config + the local stand-ins"
+        " + this dev directory's PostgreSQL roles and Redis user.\n"
         + yaml.safe_dump(doc, sort_keys=False),
     )
     return path
@@ -606,8 +624,15 @@ async def _point_vault_at(
         await client.kv.update(KV2Path(kv_mount, "config"), set_smtp)
 
 
-def dev_up(state_dir: Path, vault_addr: str, token: str, kv_mount: str = "maily") -> DevStandins:
-    """Start the stand-ins (unless running) and point ``maily/`` at them (blocking)."""
+def dev_up(
+    state_dir: Path,
+    vault_addr: str,
+    token: str,
+    kv_mount: str = "maily",
+    type_options: dict[str, dict[str, Any]] | None = None,
+) -> DevStandins:
+    """Start the stand-ins (unless running) and point ``maily/`` at them (blocking);
+    write the dev directory's rotation config (with ``type_options``)."""
     import asyncio
 
     from .settings import VaultSettings
@@ -688,7 +713,9 @@ def dev_up(state_dir: Path, vault_addr: str, token: str, kv_mount: str = "maily"
             smtp.stop()
             out.lines.append(f"  [yellow]smtp: skipped[/yellow] (SMTP stand-in: {exc})")
     try:
-        out.rotation_config = write_rotation_config(state_dir, out.moto, smtp if smtp_ok else None)
+        out.rotation_config = write_rotation_config(
+            state_dir, out.moto, smtp if smtp_ok else None, type_options
+        )
     except Exception as exc:
         out.lines.append(
             f"  [yellow]rotation config for the stand-ins not written[/yellow] ({exc})"

@@ -3,28 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 from pathlib import Path
 from typing import Annotated
 
 import psycopg
 import typer
+from pydantic import SecretStr
 
 from .. import standins
 from ..bootstrap import (
     DB_APP_ROLE,
     DB_MOUNT,
     DEV_PG_URL_ENV,
+    DEV_RESOURCES_FILE,
     BootstrapReport,
+    DevNames,
     PostgresSetupError,
     PostgresTarget,
     dev_postgres_target,
+    drop_postgres_roles,
+    drop_redis_user,
     ensure_database,
     ensure_database_rotation,
+    ensure_dev_names,
     ensure_redis_rotation,
+    load_dev_resources,
+    postgres_record,
     prepare_postgres,
+    record_dev_resources,
 )
-from ..devserver import DevServer, DevServerError, health
+from ..devserver import DevServer, DevServerError, DevServerInfo, health
 from ..errors import VaultError
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
@@ -46,10 +56,15 @@ StateDir = Annotated[
 
 
 async def _bootstrap(
-    addr: str, token: str, postgres: PostgresTarget | None
+    addr: str, token: str, postgres: PostgresTarget | None, server: DevServer
 ) -> tuple[BootstrapReport, str | None]:
     """KV, transit and sample secrets; then, if ``postgres`` is given, dynamic database
-    credentials.  Returns the report and why the database part failed (None: it worked)."""
+    credentials.  Returns the report and why the database part failed (None: it worked).
+
+    The PostgreSQL roles and the Redis ACL user are this dev directory's own
+    (:class:`DevNames`), recorded in ``dev-resources.json`` before they are made."""
+    names = DevNames.for_dir(server.state_dir)
+    resources = server.manifest.claim_file(server.state_dir / DEV_RESOURCES_FILE)
     settings = VaultSettings(addr=addr, token=token, auth_method="token")
     async with VaultClient(settings) as client:
         # the same bootstrap as a real server (`mailyctl vault bootstrap`): mounts,
@@ -57,15 +72,28 @@ async def _bootstrap(
         from .vault_cmd import bootstrap_server
 
         report = await bootstrap_server(client, samples=True)
-        redis_skipped = await ensure_redis_rotation(client, report)
+        await ensure_dev_names(client, names, report)
+        cfg = (await client.kv.read("maily/data/config")).data
+        record_dev_resources(
+            resources,
+            redis={
+                "host": str(cfg.get("redis_host") or "127.0.0.1"),
+                "port": int(cfg.get("redis_port") or 6379),
+                "user": names.redis_user,
+            },
+        )
+        redis_skipped = await ensure_redis_rotation(client, report, user=names.redis_user)
         if redis_skipped:
             report.add(f"redis rotation skipped ({redis_skipped})", False)
         if postgres is None:
             return report, None
+        record_dev_resources(resources, postgres=postgres_record(postgres, names))
         try:
             await ensure_database(client, postgres, report)
             # the `database` secret type rotates the two login roles of the app
-            await ensure_database_rotation(client, postgres, report)
+            await ensure_database_rotation(
+                client, postgres, report, roles=names.login_roles, group=names.group
+            )
         except (VaultError, PostgresSetupError, OSError, psycopg.Error) as exc:
             return report, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return report, None
@@ -113,11 +141,18 @@ def up(
     IAM user maily-app, its key in maily/data/credentials) and an SMTP server with
     AUTH (smtp_* in maily/data/config), so that the aws and smtp secret types rotate
     for real. Running it twice is harmless.
+
+    The PostgreSQL login roles and the Redis ACL user carry a short hash of the
+    directory (maily_app_<h>, maily_<h>): two dev servers never touch each other's.
+    --dir may hold other files: only what this tool makes is removed by `dev down`.
+    The server's log never holds its root token or unseal key (<dir>/token and
+    <dir>/unseal-key, mode 0600).
     """
     server = DevServer(state_dir)
     if server.running() is None:
-        # stand-ins of a dev server that died: their pid files go with its state dir
+        # a dev server that died: its stand-ins, roles and users go with its state dir
         standins.stop_all(server.state_dir)
+        _drop_dev_resources(server, None)
     try:
         info, started = server.start(port=port)
     except DevServerError as exc:
@@ -127,7 +162,7 @@ def up(
     postgres, pg_skipped = _dev_postgres()
     try:
         report, db_failed = asyncio.run(
-            _bootstrap(info.addr, info.token(), postgres if pg_skipped is None else None)
+            _bootstrap(info.addr, info.token(), postgres if pg_skipped is None else None, server)
         )
     except Exception as exc:
         fail(f"bootstrap failed: {exc}")
@@ -139,16 +174,83 @@ def up(
         console.print(f"  [yellow]database: skipped[/yellow] ({pg_skipped})")
     else:
         console.print(_database_line(postgres, pg_skipped or db_failed))
-    for line in standins.dev_up(server.state_dir, info.addr, info.token()).lines:
+    names = DevNames.for_dir(server.state_dir)
+    console.print(
+        f"  this dev directory's PostgreSQL login roles {', '.join(names.login_roles)}"
+        f" (group {names.group}) and Redis ACL user {names.redis_user}",
+        highlight=False,
+    )
+    ups = standins.dev_up(
+        server.state_dir, info.addr, info.token(), type_options=names.rotation_options()
+    )
+    for line in ups.lines:
         console.print(line, highlight=False)
     console.print(f"  audit log: {info.audit_log}")
     console.print('Use it from a shell:  [bold]eval "$(./mailyctl.py dev env)"[/bold]')
 
 
+def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[str]:
+    """Drop what ``dev up`` made outside the directory (recorded in dev-resources.json):
+    dynamic database users (by revoking their leases while the server runs), the login
+    roles and their group, the Redis ACL user. Lines to print; best effort."""
+    path = server.state_dir / DEV_RESOURCES_FILE
+    if not server.manifest.owns(path):
+        return []
+    doc = load_dev_resources(path)
+    lines: list[str] = []
+    pg, rd = doc.get("postgres"), doc.get("redis")
+
+    async def go() -> None:
+        admin_password: SecretStr | None = None
+        if info is not None:
+            settings = VaultSettings(addr=info.addr, token=info.token(), auth_method="token")
+            async with VaultClient(settings) as client:
+                with contextlib.suppress(VaultError):
+                    # revocation runs the role's revocation statements: users dropped
+                    await client.write(f"sys/leases/revoke-prefix/{DB_MOUNT}/creds", {})
+                with contextlib.suppress(VaultError):
+                    a = (await client.kv.read("maily/data/rotator/postgres-admin")).data
+                    if a.get("password"):
+                        admin_password = SecretStr(str(a["password"]))
+        if isinstance(pg, dict):
+            password = admin_password or dev_postgres_target().password
+            target = PostgresTarget(
+                host=str(pg["host"]),
+                port=int(pg["port"]),
+                user=str(pg["user"]),
+                dbname=str(pg["dbname"]),
+                password=password,
+            )
+            try:
+                dropped = await drop_postgres_roles(target, [str(r) for r in pg["roles"]])
+                if dropped:
+                    lines.append(f"PostgreSQL roles dropped: {', '.join(dropped)}.")
+            except (OSError, psycopg.Error) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                lines.append(f"[yellow]PostgreSQL roles not dropped[/yellow] ({first})")
+        if isinstance(rd, dict):
+            import redis.asyncio as aioredis
+
+            try:
+                if await drop_redis_user(str(rd["host"]), int(rd["port"]), str(rd["user"])):
+                    lines.append(f"Redis ACL user dropped: {rd['user']}.")
+            except (OSError, aioredis.RedisError) as exc:
+                lines.append(f"[yellow]Redis ACL user not dropped[/yellow] ({type(exc).__name__})")
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:
+        lines.append(f"[yellow]cleanup incomplete[/yellow] ({type(exc).__name__})")
+    return lines
+
+
 @app.command()
 def down(state_dir: StateDir = None) -> None:
-    """Stop the dev server this tool started (by its pid file) and delete its data."""
+    """Stop the dev server this tool started (by its pid file), drop the PostgreSQL roles
+    and Redis user it made, and delete the files it made (nothing else in the folder)."""
     server = DevServer(state_dir)
+    for line in _drop_dev_resources(server, server.running()):
+        console.print(line, highlight=False)
     stopped = standins.stop_all(server.state_dir)
     if stopped:
         console.print(f"Stand-ins stopped: {', '.join(stopped)}.")
@@ -156,6 +258,9 @@ def down(state_dir: StateDir = None) -> None:
         console.print("OpenBao dev server stopped; its data is gone.")
     else:
         console.print("No dev server of ours was running.")
+    kept = server.kept
+    if kept:
+        console.print(f"Kept (they hold files the dev tools did not make): {', '.join(kept)}")
 
 
 @app.command()
@@ -195,9 +300,10 @@ def status(
 def env(state_dir: StateDir = None) -> None:
     """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
 
-    With the local stand-ins running, also MAILY_AWS_ENDPOINT_URL (moto) and
-    MAILY_ROTATION_CONFIG (the built-in rotation config plus the stand-ins), so that
-    `secrets rotate` rotates aws and smtp against them. Use: eval "$(./mailyctl.py dev env)"
+    Also MAILY_ROTATION_CONFIG (the built-in rotation config plus this dev directory's
+    PostgreSQL roles and Redis user and the stand-ins' options) and, with moto running,
+    MAILY_AWS_ENDPOINT_URL, so that `secrets rotate` rotates this dev server's own
+    credentials. Use: eval "$(./mailyctl.py dev env)"
     """
     server = DevServer(state_dir)
     info = server.running()

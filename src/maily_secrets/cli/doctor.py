@@ -48,7 +48,10 @@ TOKEN_TTL_WARN_S = 300
 
 H_PODS = "kubectl get pods -n vault; kubectl logs -n vault vault-0"
 H_ADDR = "check VAULT_ADDR (in Kubernetes: http://vault.vault:8200)"
-H_UNSEAL = "unseal it: bao operator unseal (each node), then kubectl logs -n vault vault-0"
+H_UNSEAL = (
+    "unseal it: bao operator unseal (each node), then kubectl logs -n vault vault-0;"
+    " a dev server's key is in <dev dir>/unseal-key (paste it at the prompt)"
+)
 H_AUTH = (
     "the token is revoked, expired or wrong: set VAULT_TOKEN / VAULT_TOKEN_FILE, or check the"
     " Kubernetes auth role (VAULT_ROLE) is bound to this service account"
