@@ -42,12 +42,12 @@ import contextlib
 import inspect
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, get_args
 
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import VaultError, VaultUnavailable
 
 if TYPE_CHECKING:
@@ -90,8 +90,9 @@ class Lease:
     lease_id: str
     duration: float  # seconds granted, counted from ``obtained``
     renewable: bool
-    obtained: float  # time.monotonic() when the request was sent (conservative)
-    obtained_wall: float  # time.time() at the same moment
+    obtained: float  # clock.monotonic() when the request was sent (conservative)
+    obtained_wall: float  # clock.time() at the same moment
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     @property
     def expires_at(self) -> float:
@@ -104,7 +105,7 @@ class Lease:
         return datetime.fromtimestamp(self.obtained_wall, UTC) + timedelta(seconds=self.duration)
 
     def remaining(self, now: float | None = None) -> float:
-        return self.expires_at - (time.monotonic() if now is None else now)
+        return self.expires_at - (self.clock.monotonic() if now is None else now)
 
     def expired(self, now: float | None = None) -> bool:
         return self.remaining(now) <= 0
@@ -232,12 +233,15 @@ class LeaseContainer:
         retry_max_delay: float = 30.0,
         listener_timeout: float = 30.0,
         revoke_timeout: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         """``renew_fraction`` (default: the client's, 2/3): act once this share of a
         lease's duration has passed.  ``min_lead``: when a capped renewal leaves the
         lease less than this many seconds after the next scheduled action, rotate at
-        once instead."""
+        once instead.  ``clock``: what every delay and expiry is measured with
+        (default: the system's; tests pass a ``ManualClock``)."""
         self.client = client
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self.renew_fraction = (
             renew_fraction if renew_fraction is not None else client.settings.renew_fraction
         )
@@ -363,7 +367,7 @@ class LeaseContainer:
         return dict(self._leases)
 
     async def _fetch(self, fetcher: Fetcher[T]) -> tuple[T, Lease]:
-        started, wall = time.monotonic(), time.time()
+        started, wall = self.clock.monotonic(), self.clock.time()
         secret = await fetcher()
         lease = Lease(
             lease_id=secret.lease_id,
@@ -371,6 +375,7 @@ class LeaseContainer:
             renewable=bool(secret.renewable),
             obtained=started,
             obtained_wall=wall,
+            clock=self.clock,
         )
         return secret, lease
 
@@ -378,7 +383,7 @@ class LeaseContainer:
     def _next_action(self, m: ManagedLease[Any]) -> tuple[Literal["renew", "rotate"], float]:
         lease = m.lease
         if m.rotate_now:
-            return "rotate", time.monotonic()
+            return "rotate", self.clock.monotonic()
         at = lease.obtained + lease.duration * self.renew_fraction
         if not lease.renewable or lease.duration <= 0:
             return "rotate", at
@@ -394,9 +399,9 @@ class LeaseContainer:
         failures = 0
         while True:
             action, at = self._next_action(m)
-            delay = at - time.monotonic()
+            delay = at - self.clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             try:
                 if action == "renew":
                     await self._renew(m)
@@ -407,7 +412,7 @@ class LeaseContainer:
                 err = _describe(exc, _secret_values(m.secret))
                 log.error("lease task error", extra={"key": m.key, "error": err})
                 await self._emit(LeaseEvent("error", m.key, m.secret, m.lease, error=err))
-                await asyncio.sleep(self._backoff(failures))
+                await self.clock.sleep(self._backoff(failures))
                 failures += 1
 
     def _backoff(self, attempt: int) -> float:
@@ -421,7 +426,7 @@ class LeaseContainer:
         while True:
             old = m.lease
             increment = max(1, round(m.secret.lease_duration or old.duration))
-            started, wall = time.monotonic(), time.time()
+            started, wall = self.clock.monotonic(), self.clock.time()
             try:
                 r = await self.client.request(
                     "PUT",
@@ -443,7 +448,7 @@ class LeaseContainer:
                 delay = min(self._backoff(attempt), max(0.0, old.remaining()) + 0.01)
                 attempt += 1
                 log.debug("lease renewal retry", extra={"key": m.key, "delay": round(delay, 3)})
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 continue
             body = r.body or {}
             granted = float(body.get("lease_duration") or 0)
@@ -453,6 +458,7 @@ class LeaseContainer:
                 renewable=bool(body.get("renewable", old.renewable)),
                 obtained=started,
                 obtained_wall=wall,
+                clock=self.clock,
             )
             extended = new.expires_at > old.expires_at + 0.5
             m.lease = new
@@ -486,7 +492,7 @@ class LeaseContainer:
                 if m.state == "active":
                     delay = min(delay, max(0.0, old_lease.remaining()) + 0.01)
                 attempt += 1
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
         if not old_lease.expired():
             m.retired.append((old_secret, old_lease))
         m.retired = [(s, le) for s, le in m.retired if not le.expired()]
