@@ -326,3 +326,36 @@ async def test_registering_on_an_unreachable_vault_raises_nothing_and_catches_up
     finally:
         await svc.close()
         await proxy.down()
+
+
+# ---------------------------------------------------------------------------- repr
+async def test_listener_objects_show_no_pending_or_delivered_value_in_repr(
+    bao: Bao, root: VaultClient
+) -> None:
+    path = await new_secret(root, {"v": 0})
+    canary = "canary-" + uuid.uuid4().hex
+    clock = ManualClock()
+    svc = service(bao, clock)
+    release, entered = threading.Event(), threading.Event()
+
+    def holding(value: dict[str, Any]) -> None:
+        entered.set()
+        release.wait(30)
+
+    try:
+        sub = await svc.register_secret_listener(path, holding)
+        await svc.put_secret(path, {"token": canary}, cas=1)
+        await until(entered.is_set)
+        await svc.put_secret(path, {"token": canary + "-2"}, cas=2)  # pending behind it
+        registry = svc._listeners
+        watcher = registry.watchers[path]
+        runner = watcher.runners[0]
+        assert runner._pending is not None  # the newest value waits for the callback
+        work = list(registry.executor._queue)
+        for obj in (sub, runner, watcher, registry, registry.executor, *work):
+            for text in (repr(obj), str(obj)):
+                assert_absent(canary, text, f"repr of {type(obj).__name__}")
+        assert path in repr(runner) and "pending_version=3" in repr(runner)
+    finally:
+        release.set()
+        await svc.close()
