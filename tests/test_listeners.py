@@ -1,4 +1,8 @@
-"""Secret listeners against a real OpenBao: the guide's snippet, fan-out, isolation, outages."""
+"""Secret listeners against a real OpenBao: the guide's snippet, fan-out, isolation, outages.
+
+Every watcher here sleeps on an injected ManualClock: a test moves time on and
+counts polls instead of sleeping and hoping that enough of them happened.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,18 @@ from urllib.parse import urlparse
 import pytest
 
 from apps.api.services.vault_service import vault_service
+from maily_secrets.clock import ManualClock, settle
+from maily_secrets.listeners import _Watcher
 from maily_secrets.service import VaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .faultkit import drive, until
 from .guide import code_blocks
 from .netfault import TcpProxy
 from .secrecy import assert_same
 
-FAST = 0.1  # seconds between polls in these tests
+FAST = 1.0  # seconds of the ManualClock between polls
 
 
 async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
@@ -29,13 +36,30 @@ async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
     return path
 
 
-async def wait_for(pred: Any, within: float = 5.0) -> None:
-    """Poll a condition (bounded); fails the test when it never becomes true."""
-    deadline = asyncio.get_running_loop().time() + within
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+def service(bao: Bao, clock: ManualClock, **kw: Any) -> VaultService:
+    svc = VaultService(bao.settings(listener_interval=FAST, **kw))
+    svc.clock = clock  # type: ignore[attr-defined]  # until VaultService takes clock=
+    return svc
+
+
+async def polls(clock: ManualClock, n: int, *watchers: _Watcher) -> None:
+    """Move the clock on until each watcher polled ``n`` more times (each poll finished)."""
+    targets = [(w, w.polls + n) for w in watchers]
+    await drive(clock, lambda: all(w.polls >= t for w, t in targets), what=f"{n} polls")
+
+    def all_asleep() -> bool:  # no callback at work, so every sleeper is a watcher
+        busy = any(r._task is not None and not r._task.done() for w in watchers for r in w.runners)
+        return not busy and clock.sleepers >= len(watchers)
+
+    await until(all_asleep, what="polls finished")
+    await settle()
+
+
+async def barrier(bao: Bao, root: VaultClient) -> None:
+    """Every request sent so far is in the audit log (it is written in order)."""
+    marker = f"maily/data/barrier-{uuid.uuid4().hex[:8]}"
+    await root.kv.write(marker, {"x": 1}, cas=0)
+    assert await bao.wait_audit(marker, 1) >= 1
 
 
 async def test_guide_listener_snippet_verbatim(
@@ -45,6 +69,8 @@ async def test_guide_listener_snippet_verbatim(
     monkeypatch.setenv("VAULT_ADDR", bao.addr)
     monkeypatch.setenv("VAULT_TOKEN", bao.token)
     monkeypatch.setenv("MAILY_SECRETS_LISTENER_INTERVAL", str(FAST))
+    clock = ManualClock()
+    monkeypatch.setattr(vault_service, "clock", clock, raising=False)
     await vault_service.close()
     printed: list[str] = []
     # The snippet's callback prints the whole config; capture it instead of the terminal.
@@ -55,11 +81,11 @@ async def test_guide_listener_snippet_verbatim(
         cur = await root.kv.read("maily/data/config")
         new = {**cur.data, "feature_flag": uuid.uuid4().hex}
         await root.kv.write("maily/data/config", new, cas=cur.version)
-        await wait_for(lambda: len(printed) == 1)
+        await drive(clock, lambda: len(printed) == 1, what="the snippet's print")
         prefix = "Configuration updated: "
         assert printed[0].startswith(prefix)
         assert_same(ast.literal_eval(printed[0][len(prefix) :]), new, "printed config")
-        await asyncio.sleep(5 * FAST)
+        await polls(clock, 5, vault_service._listeners.watchers["maily/data/config"])
         assert len(printed) == 1  # once per change
         assert_same(await vault_service.get_config(), new, "cached config")  # updated first
     finally:
@@ -68,7 +94,8 @@ async def test_guide_listener_snippet_verbatim(
 
 async def test_sync_and_async_callbacks_fire_once_per_change(bao: Bao, root: VaultClient) -> None:
     path = await new_secret(root, {"v": 0})
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     got_sync: list[dict[str, Any]] = []
     got_async: list[dict[str, Any]] = []
     seen_in_cache: list[int | None] = []
@@ -84,12 +111,13 @@ async def test_sync_and_async_callbacks_fire_once_per_change(bao: Bao, root: Vau
     try:
         await svc.register_secret_listener(path, on_sync)
         await svc.register_secret_listener(path, on_async)
-        await asyncio.sleep(3 * FAST)
+        watcher = svc._listeners.watchers[path]
+        await polls(clock, 3, watcher)
         assert got_sync == got_async == []  # registering does not fire
         for v in (1, 2, 3):
             await root.kv.write(path, {"v": v}, cas=v)
-            await wait_for(lambda v=v: len(got_sync) == v and len(got_async) == v)
-        await asyncio.sleep(3 * FAST)
+            await drive(clock, lambda v=v: len(got_sync) == v and len(got_async) == v)
+        await polls(clock, 3, watcher)
         assert got_sync == got_async == [{"v": 1}, {"v": 2}, {"v": 3}]
         assert seen_in_cache == [2, 3, 4]  # cache updated before each callback
         got_sync[0]["v"] = "mutated"  # each callback has its own copy
@@ -102,7 +130,8 @@ async def test_hundred_callbacks_cost_no_more_requests_than_one(
     bao: Bao, root: VaultClient
 ) -> None:
     one, many = await new_secret(root, {"v": 0}), await new_secret(root, {"v": 0})
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     calls = {"one": 0, "many": 0}
     lock = threading.Lock()
 
@@ -118,27 +147,29 @@ async def test_hundred_callbacks_cost_no_more_requests_than_one(
         for _ in range(100):
             await svc.register_secret_listener(many, make("many"))
         assert len(svc._listeners.watchers) == 2
+        w_one, w_many = svc._listeners.watchers[one], svc._listeners.watchers[many]
         for v in (1, 2, 3):
             await root.kv.write(one, {"v": v}, cas=v)
             await root.kv.write(many, {"v": v}, cas=v)
-            await wait_for(lambda v=v: calls["one"] == v and calls["many"] == 100 * v)
-        await asyncio.sleep(0.3)
+            await drive(clock, lambda v=v: calls["one"] == v and calls["many"] == 100 * v)
+        await polls(clock, 3, w_one, w_many)
     finally:
         await svc.close()
     name_one, name_many = one.split("/", 2)[2], many.split("/", 2)[2]
-    await asyncio.sleep(0.2)
+    await barrier(bao, root)
     # data reads: exactly one per change for each path, however many callbacks
     assert bao.audit_requests(one, "read") == bao.audit_requests(many, "read") == 3
-    polls_one = bao.audit_requests(f"maily/metadata/{name_one}")
-    polls_many = bao.audit_requests(f"maily/metadata/{name_many}")
-    assert polls_many <= polls_one + 3  # same watcher cadence (jitter aside)
+    # metadata reads: the baseline and one per poll, for one callback as for a hundred
+    assert bao.audit_requests(f"maily/metadata/{name_one}") == w_one.polls + 1
+    assert bao.audit_requests(f"maily/metadata/{name_many}") == w_many.polls + 1
 
 
 async def test_a_raising_or_slow_callback_does_not_stop_the_others(
     bao: Bao, root: VaultClient
 ) -> None:
     path = await new_secret(root, {"v": 0})
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     release = asyncio.Event()
     blocking = threading.Event()
     slow_started: list[int] = []
@@ -161,17 +192,18 @@ async def test_a_raising_or_slow_callback_does_not_stop_the_others(
         for cb in (raising, slow_async, slow_sync, fast):
             await svc.register_secret_listener(path, cb)
         await root.kv.write(path, {"v": 1}, cas=1)
-        await wait_for(lambda: good == [1])
+        await drive(clock, lambda: good == [1])
         await root.kv.write(path, {"v": 2}, cas=2)
-        await wait_for(lambda: good == [1, 2])  # while slow_async is still stuck on v1
+        await drive(clock, lambda: good == [1, 2])  # while slow_async is still stuck on v1
         assert slow_started == [1]
         await root.kv.write(path, {"v": 3}, cas=3)
-        await wait_for(lambda: good == [1, 2, 3])
+        await drive(clock, lambda: good == [1, 2, 3])
         release.set()
         # the slow callback catches up with the newest value, skipping what it missed
-        await wait_for(lambda: slow_started == [1, 3])
+        await until(lambda: slow_started == [1, 3])
         runners = svc._listeners.watchers[path].runners
-        assert runners[0].failures == 3
+        await until(lambda: runners[0].failures == 3, what="three failures of the raising one")
+        assert runners[0].calls == 0
     finally:
         blocking.set()
         await svc.close()
@@ -179,16 +211,19 @@ async def test_a_raising_or_slow_callback_does_not_stop_the_others(
 
 async def test_write_through_the_service_notifies_once(bao: Bao, root: VaultClient) -> None:
     path = await new_secret(root, {"v": 0})
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     got: list[Any] = []
     try:
         await svc.register_secret_listener(path, lambda v: got.append(v))
+        watcher = svc._listeners.watchers[path]
         version = await svc.put_secret(path, {"v": 1}, cas=1)
         assert version == 2
-        await wait_for(lambda: len(got) == 1)
+        await until(lambda: len(got) == 1)  # at once, no poll needed
+        await polls(clock, 3, watcher)  # polls see version 2 again
         await svc.update_secret(path, lambda cur: {**cur, "w": True})
-        await wait_for(lambda: len(got) == 2)
-        await asyncio.sleep(6 * FAST)  # several polls see versions 2 and 3 again
+        await until(lambda: len(got) == 2)
+        await polls(clock, 3, watcher)  # polls see version 3 again
         assert got == [{"v": 1}, {"v": 1, "w": True}]
         assert await svc.get_secret(path) == {"v": 1, "w": True}
     finally:
@@ -198,7 +233,8 @@ async def test_write_through_the_service_notifies_once(bao: Bao, root: VaultClie
 async def test_unregister_and_close_stop_the_watcher(bao: Bao, root: VaultClient) -> None:
     path = await new_secret(root, {"v": 0})
     name = path.split("/", 2)[2]
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     got: list[Any] = []
 
     def cb(v: dict[str, Any]) -> None:
@@ -209,16 +245,20 @@ async def test_unregister_and_close_stop_the_watcher(bao: Bao, root: VaultClient
         await svc.register_secret_listener(path, cb)  # the same function twice
         assert await svc.unregister_secret_listener(path, cb) is True
         await root.kv.write(path, {"v": 1}, cas=1)
-        await wait_for(lambda: len(got) == 1)  # one registration left
+        first = svc._listeners.watchers[path]
+        await drive(clock, lambda: len(got) == 1)  # one registration left
         await sub.cancel()
         assert path not in svc._listeners.watchers
         assert await svc.unregister_secret_listener(path, cb) is False
-        await asyncio.sleep(0.3)
-        polls = bao.audit_requests(f"maily/metadata/{name}")
+        assert first._task is None and clock.sleepers == 0  # nothing waits to poll
+        await barrier(bao, root)
+        before = bao.audit_requests(f"maily/metadata/{name}")
+        assert before == first.polls + 1  # baseline and every poll, nothing else
         await root.kv.write(path, {"v": 2}, cas=2)
-        await asyncio.sleep(5 * FAST)
+        await clock.advance(50 * FAST)
+        await barrier(bao, root)
         assert got == [{"v": 1}]
-        assert bao.audit_requests(f"maily/metadata/{name}") == polls  # no more polling
+        assert bao.audit_requests(f"maily/metadata/{name}") == before  # no more polling
 
         await svc.register_secret_listener(path, cb)
         watcher = svc._listeners.watchers[path]
@@ -234,21 +274,20 @@ async def test_outage_then_change_then_recovery_fires(bao: Bao, root: VaultClien
     target = urlparse(bao.addr)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
     await proxy.up()
-    svc = VaultService(
-        bao.settings(addr=proxy.addr, listener_interval=FAST, max_retries=0, cache_ttl=0.05)
-    )
+    clock = ManualClock()
+    svc = service(bao, clock, addr=proxy.addr, max_retries=0, cache_ttl=0.0)
     got: list[Any] = []
     try:
         await svc.register_secret_listener(path, lambda v: got.append(v))
+        watcher = svc._listeners.watchers[path]
         assert await svc.get_secret(path) == {"v": 0}
         await proxy.down()
-        await asyncio.sleep(4 * FAST)  # several failed polls: the watcher backs off
-        assert svc._listeners.watchers[path]._failures >= 1
+        await drive(clock, lambda: watcher._failures >= 4)  # failed polls: it backs off
         await root.kv.write(path, {"v": 1}, cas=1)  # changed during the outage
         assert await svc.get_secret(path) == {"v": 0}  # stale-if-error meanwhile
         await proxy.up()
-        await wait_for(lambda: got == [{"v": 1}], within=10)
-        assert svc._listeners.watchers[path]._failures == 0
+        await drive(clock, lambda: got == [{"v": 1}])
+        assert watcher._failures == 0
     finally:
         await svc.close()
         await proxy.down()
@@ -261,17 +300,19 @@ async def test_any_path_including_non_kv(bao: Bao, root: VaultClient) -> None:
         f"sys/policies/acl/{policy}", {"policy": 'path "a/*" { capabilities = ["read"] }'}
     )
     other = await new_secret(root, {"x": 1})
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     got: list[Any] = []
     try:
         await svc.register_secret_listener(f"sys/policies/acl/{policy}", lambda v: got.append(v))
         await svc.register_secret_listener(other, lambda v: got.append(v))
-        await asyncio.sleep(3 * FAST)
+        await polls(clock, 3, *svc._listeners.watchers.values())
+        assert got == []  # what exists at registration is no change
         await root.write(
             f"sys/policies/acl/{policy}", {"policy": 'path "b/*" { capabilities = ["read"] }'}
         )
         await root.kv.write(other, {"x": 2}, cas=1)
-        await wait_for(lambda: len(got) == 2)
+        await drive(clock, lambda: len(got) == 2)
         assert {"x": 2} in got
         assert any('path "b/*"' in str(v.get("policy")) for v in got)
     finally:
@@ -280,11 +321,14 @@ async def test_any_path_including_non_kv(bao: Bao, root: VaultClient) -> None:
 
 async def test_listener_on_a_secret_created_later(bao: Bao, root: VaultClient) -> None:
     path = f"maily/data/later-{uuid.uuid4().hex[:8]}"
-    svc = VaultService(bao.settings(listener_interval=FAST))
+    clock = ManualClock()
+    svc = service(bao, clock)
     got: list[Any] = []
     try:
         await svc.register_secret_listener(path, lambda v: got.append(v))
+        await polls(clock, 2, svc._listeners.watchers[path])
+        assert got == []
         await root.kv.write(path, {"born": True}, cas=0)
-        await wait_for(lambda: got == [{"born": True}])
+        await drive(clock, lambda: got == [{"born": True}])
     finally:
         await svc.close()

@@ -28,8 +28,14 @@ For each requested secret the container
 * tells listeners what happened, as :class:`LeaseEvent` with ``kind`` one of
   :data:`EVENTS`.
 
-Listeners run one after the other in the lease's task; a listener that raises
-(or an async one that takes longer than ``listener_timeout``) is logged,
+Listeners are called one after the other for each event, and each listener
+sees the events in order.  Plain functions run on the container's own pool of
+daemon threads (never the loop's default executor, never in the loop itself),
+coroutine functions in the loop.  The lease's task waits for a listener at most
+``listener_timeout`` seconds: an async one is then cancelled; a sync one (a
+thread cannot be cancelled) is logged as still running and left to finish, its
+later events queued behind it, and nobody else waits for it meanwhile.  So a
+listener that hangs never stops renewals.  A listener that raises is logged,
 without any secret value, and the others still run.  Nothing starts at
 construction: the tasks start inside the running loop, on the first request.
 The leases belong to the client's token: revoking that token revokes them.
@@ -39,16 +45,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import random
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, get_args
 
+from .callbacks import CallbackExecutor, callback_name, is_async_callable, run_watched
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import VaultError, VaultUnavailable
+from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
     from .vault.client import VaultClient
@@ -90,8 +97,9 @@ class Lease:
     lease_id: str
     duration: float  # seconds granted, counted from ``obtained``
     renewable: bool
-    obtained: float  # time.monotonic() when the request was sent (conservative)
-    obtained_wall: float  # time.time() at the same moment
+    obtained: float  # clock.monotonic() when the request was sent (conservative)
+    obtained_wall: float  # clock.time() at the same moment
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     @property
     def expires_at(self) -> float:
@@ -104,7 +112,7 @@ class Lease:
         return datetime.fromtimestamp(self.obtained_wall, UTC) + timedelta(seconds=self.duration)
 
     def remaining(self, now: float | None = None) -> float:
-        return self.expires_at - (time.monotonic() if now is None else now)
+        return self.expires_at - (self.clock.monotonic() if now is None else now)
 
     def expired(self, now: float | None = None) -> bool:
         return self.remaining(now) <= 0
@@ -153,9 +161,9 @@ class LeaseEvent(Generic[T]):
 
     kind: EventKind
     key: str
-    secret: T | None
+    secret: T | None = field(repr=False)  # a user's secret type may print its values
     lease: Lease | None
-    previous: T | None = None
+    previous: T | None = field(default=None, repr=False)
     previous_lease: Lease | None = None
     error: str = ""
 
@@ -232,12 +240,15 @@ class LeaseContainer:
         retry_max_delay: float = 30.0,
         listener_timeout: float = 30.0,
         revoke_timeout: float = 10.0,
+        clock: Clock | None = None,
     ) -> None:
         """``renew_fraction`` (default: the client's, 2/3): act once this share of a
         lease's duration has passed.  ``min_lead``: when a capped renewal leaves the
         lease less than this many seconds after the next scheduled action, rotate at
-        once instead."""
+        once instead.  ``clock``: what every delay and expiry is measured with
+        (default: the system's; tests pass a ``ManualClock``)."""
         self.client = client
+        self.clock: Clock = clock or SYSTEM_CLOCK
         self.renew_fraction = (
             renew_fraction if renew_fraction is not None else client.settings.renew_fraction
         )
@@ -250,7 +261,9 @@ class LeaseContainer:
         self.revoke_timeout = revoke_timeout
         self._leases: dict[str, ManagedLease[Any]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._listeners: list[tuple[Listener, frozenset[str] | None]] = []
+        self._listeners: list[_ListenerEntry] = []
+        self._executor: CallbackExecutor | None = None
+        self._calls: set[asyncio.Task[None]] = set()  # listener calls under way
 
     # ------------------------------------------------------------------ listeners
     def add_listener(
@@ -263,7 +276,7 @@ class LeaseContainer:
         kinds = frozenset(events) if events is not None else None
         if kinds is not None and not kinds <= set(EVENTS):
             raise ValueError(f"unknown lease event(s): {sorted(kinds - set(EVENTS))}")
-        entry = (listener, kinds)
+        entry = _ListenerEntry(listener, kinds)
         self._listeners.append(entry)
 
         def remove() -> None:
@@ -287,23 +300,77 @@ class LeaseContainer:
                 "error": event.error or None,
             },
         )
-        for listener, kinds in list(self._listeners):
-            if kinds is not None and event.kind not in kinds:
+        for entry in list(self._listeners):
+            if entry.kinds is not None and event.kind not in entry.kinds:
                 continue
-            try:
-                result = listener(event)
-                if inspect.isawaitable(result):
-                    await asyncio.wait_for(_as_coro(result), self.listener_timeout)
-            except Exception as exc:
-                log.warning(
-                    "lease listener failed",
-                    extra={
-                        "key": event.key,
-                        "event": event.kind,
-                        "listener": getattr(listener, "__qualname__", type(listener).__name__),
-                        "error": _describe(exc, secrets),
-                    },
-                )
+            await self._deliver(entry, event, secrets)
+
+    async def _deliver(
+        self, entry: _ListenerEntry, event: LeaseEvent[Any], secrets: list[str]
+    ) -> None:
+        """Start ``entry``'s call for ``event`` (after its previous one ended) and wait
+        for it at most ``listener_timeout``; not at all while an earlier call overran."""
+        loop = asyncio.get_running_loop()
+        previous = entry.tail
+        ended: asyncio.Future[None] = loop.create_future()
+        released: asyncio.Future[None] = loop.create_future()
+        entry.tail = ended
+        task = loop.create_task(self._call(entry, event, secrets, previous, ended, released))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        if previous is not None and not previous.done():
+            return  # still busy with an earlier event: this one waits behind it
+        await asyncio.shield(released)
+
+    async def _call(
+        self,
+        entry: _ListenerEntry,
+        event: LeaseEvent[Any],
+        secrets: list[str],
+        previous: asyncio.Future[None] | None,
+        ended: asyncio.Future[None],
+        released: asyncio.Future[None],
+    ) -> None:
+        name = callback_name(entry.listener)
+
+        def slow() -> None:
+            log.warning(
+                "lease listener %s still running after %ss (event %s); not waiting for it",
+                name,
+                self.listener_timeout,
+                event.kind,
+                extra={"key": event.key, "event": event.kind, "listener": name},
+            )
+            _resolve(released)
+
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            if self._executor is None:
+                self._executor = CallbackExecutor(max_workers=2, name="maily-lease-listener")
+            await run_watched(
+                entry.listener,
+                event,
+                executor=self._executor,
+                clock=self.clock,
+                watch=self.listener_timeout,
+                on_slow=None if entry.is_async else slow,
+                is_async=entry.is_async,
+                cancel_after_watch=entry.is_async,
+            )
+        except Exception as exc:
+            log.warning(
+                "lease listener failed",
+                extra={
+                    "key": event.key,
+                    "event": event.kind,
+                    "listener": name,
+                    "error": _describe(exc, secrets),
+                },
+            )
+        finally:
+            _resolve(ended)
+            _resolve(released)
 
     # ------------------------------------------------------------------ requests
     async def request(self, key: str, fetcher: Fetcher[T]) -> ManagedLease[T]:
@@ -324,7 +391,15 @@ class LeaseContainer:
             await self._emit(LeaseEvent("created", key, secret, lease))
             if self._leases.get(key) is managed:  # not released/closed meanwhile
                 managed.task = asyncio.get_running_loop().create_task(
-                    self._run(managed), name=f"lease:{key}"
+                    supervised(
+                        f"lease:{key}",
+                        partial(self._run, managed),
+                        clock=self.clock,
+                        base=self.retry_base_delay,
+                        cap=self.retry_max_delay,
+                        logger=log,
+                    ),
+                    name=f"lease:{key}",
                 )
             return managed
 
@@ -363,7 +438,7 @@ class LeaseContainer:
         return dict(self._leases)
 
     async def _fetch(self, fetcher: Fetcher[T]) -> tuple[T, Lease]:
-        started, wall = time.monotonic(), time.time()
+        started, wall = self.clock.monotonic(), self.clock.time()
         secret = await fetcher()
         lease = Lease(
             lease_id=secret.lease_id,
@@ -371,6 +446,7 @@ class LeaseContainer:
             renewable=bool(secret.renewable),
             obtained=started,
             obtained_wall=wall,
+            clock=self.clock,
         )
         return secret, lease
 
@@ -378,7 +454,7 @@ class LeaseContainer:
     def _next_action(self, m: ManagedLease[Any]) -> tuple[Literal["renew", "rotate"], float]:
         lease = m.lease
         if m.rotate_now:
-            return "rotate", time.monotonic()
+            return "rotate", self.clock.monotonic()
         at = lease.obtained + lease.duration * self.renew_fraction
         if not lease.renewable or lease.duration <= 0:
             return "rotate", at
@@ -394,9 +470,9 @@ class LeaseContainer:
         failures = 0
         while True:
             action, at = self._next_action(m)
-            delay = at - time.monotonic()
+            delay = at - self.clock.monotonic()
             if delay > 0:
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
             try:
                 if action == "renew":
                     await self._renew(m)
@@ -407,12 +483,12 @@ class LeaseContainer:
                 err = _describe(exc, _secret_values(m.secret))
                 log.error("lease task error", extra={"key": m.key, "error": err})
                 await self._emit(LeaseEvent("error", m.key, m.secret, m.lease, error=err))
-                await asyncio.sleep(self._backoff(failures))
+                await self.clock.sleep(self._backoff(failures))
                 failures += 1
 
     def _backoff(self, attempt: int) -> float:
-        cap = min(self.retry_max_delay, self.retry_base_delay * (2**attempt))
-        return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not crypto
+        """Jittered ``base * 2**attempt`` capped at ``retry_max_delay``; never overflows."""
+        return backoff_delay(attempt, self.retry_base_delay, self.retry_max_delay)
 
     async def _renew(self, m: ManagedLease[Any]) -> None:
         """Renew until it worked, the lease cannot be renewed (capped/refused: rotate
@@ -421,7 +497,7 @@ class LeaseContainer:
         while True:
             old = m.lease
             increment = max(1, round(m.secret.lease_duration or old.duration))
-            started, wall = time.monotonic(), time.time()
+            started, wall = self.clock.monotonic(), self.clock.time()
             try:
                 r = await self.client.request(
                     "PUT",
@@ -443,7 +519,7 @@ class LeaseContainer:
                 delay = min(self._backoff(attempt), max(0.0, old.remaining()) + 0.01)
                 attempt += 1
                 log.debug("lease renewal retry", extra={"key": m.key, "delay": round(delay, 3)})
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
                 continue
             body = r.body or {}
             granted = float(body.get("lease_duration") or 0)
@@ -453,6 +529,7 @@ class LeaseContainer:
                 renewable=bool(body.get("renewable", old.renewable)),
                 obtained=started,
                 obtained_wall=wall,
+                clock=self.clock,
             )
             extended = new.expires_at > old.expires_at + 0.5
             m.lease = new
@@ -486,7 +563,7 @@ class LeaseContainer:
                 if m.state == "active":
                     delay = min(delay, max(0.0, old_lease.remaining()) + 0.01)
                 attempt += 1
-                await asyncio.sleep(delay)
+                await self.clock.sleep(delay)
         if not old_lease.expired():
             m.retired.append((old_secret, old_lease))
         m.retired = [(s, le) for s, le in m.retired if not le.expired()]
@@ -560,6 +637,17 @@ class LeaseContainer:
             await self._stop(m)
         if revoke:
             await asyncio.gather(*(self._revoke_all(m) for m in managed))
+        # Listener calls still under way are stuck (they overran listener_timeout):
+        # stop waiting for them; a blocked thread is a daemon and does not delay exit.
+        calls = list(self._calls)
+        for t in calls:
+            t.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        for entry in self._listeners:
+            entry.tail = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown()
 
     async def __aenter__(self) -> LeaseContainer:
         return self
@@ -568,5 +656,22 @@ class LeaseContainer:
         await self.close()
 
 
-async def _as_coro(aw: Awaitable[None]) -> None:
-    await aw
+class _ListenerEntry:
+    """One ``add_listener`` registration and the end of its latest call."""
+
+    __slots__ = ("is_async", "kinds", "listener", "tail")
+
+    def __init__(self, listener: Listener, kinds: frozenset[str] | None) -> None:
+        self.listener = listener
+        self.kinds = kinds
+        self.is_async = is_async_callable(listener)
+        self.tail: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        kinds = sorted(self.kinds) if self.kinds is not None else "all"
+        return f"<lease listener {callback_name(self.listener)} events={kinds}>"
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -11,9 +11,21 @@ Callbacks may be plain functions or coroutine functions:
 - each callback has its own worker, so a slow or failing callback delays
   nobody else; values reach one callback in order, one at a time, and when it
   falls behind it gets the newest value (intermediate versions are skipped);
-- plain functions run in a worker thread (``asyncio.to_thread``), so a blocking
-  callback does not stall the event loop; coroutine functions run in the loop;
+- plain functions run on the registry's own pool of daemon threads
+  (:class:`~maily_secrets.callbacks.CallbackExecutor`, not ``asyncio.to_thread``):
+  a blocking callback stalls neither the event loop, nor the other callbacks
+  (a call running longer than its ``timeout``, or 5 s, stops counting against the
+  pool's bound), nor process exit after ``close()``; coroutine functions run in
+  the loop;
+- with ``timeout=`` a callback that runs longer is logged (a warning naming the
+  path and the callback, never the value); it is not interrupted;
 - an exception is logged with the path and the callback's name, never the value.
+
+The watcher's loop runs under :func:`~maily_secrets.supervise.supervised`: a bug
+is logged and the loop restarted; an outage of any length only backs the polling
+off (capped at ``MAX_BACKOFF_FACTOR`` intervals, :func:`backoff_delay`). It never
+puts a version into the cache that is older than the cached one, and notifies
+each version at most once (a write made through the service notified it already).
 
 Paths that are not KV v2 (no metadata) are watched by reading the data and
 comparing it with the last value.
@@ -23,17 +35,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .cache import Entry
+from .callbacks import STUCK_AFTER, CallbackExecutor, callback_name, is_async_callable, run_watched
+from .clock import SYSTEM_CLOCK, Clock
 from .errors import PermissionDenied, SecretNotFound, VaultError
 from .paths import KV2Path
+from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
     from .service import VaultService
@@ -45,27 +60,62 @@ JITTER = 0.10
 MAX_BACKOFF_FACTOR = 8
 
 
-def _name(cb: Any) -> str:
-    return str(getattr(cb, "__qualname__", None) or type(cb).__name__)
+_name = callback_name
 
 
-def _is_async(cb: Any) -> bool:
-    return inspect.iscoroutinefunction(cb) or inspect.iscoroutinefunction(
-        getattr(cb, "__call__", None)  # noqa: B004 - async callable objects
-    )
+def _clock_of(service: Any) -> Clock:
+    clock: Clock = getattr(service, "clock", None) or SYSTEM_CLOCK
+    return clock
 
 
 class _Runner:
     """Delivers values to one callback: in order, one at a time, newest wins."""
 
-    def __init__(self, path: str, callback: SecretCallback) -> None:
+    def __init__(
+        self,
+        path: str,
+        callback: SecretCallback,
+        *,
+        executor: CallbackExecutor | None = None,
+        clock: Clock | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        if timeout is not None and timeout <= 0:
+            raise ValueError("timeout must be positive (seconds)")
         self.path = path
         self.callback = callback
-        self._async = _is_async(callback)
+        self.timeout = timeout
+        self._executor = executor or CallbackExecutor(max_workers=1, name="maily-listener")
+        self._clock = clock or SYSTEM_CLOCK
+        self._async = is_async_callable(callback)
         self._pending: tuple[int, dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self.calls = 0
         self.failures = 0
+        self.slow = 0  # calls that ran longer than ``timeout``
+
+    def __repr__(self) -> str:  # never the pending value
+        pending = self._pending[0] if self._pending is not None else None
+        return (
+            f"<_Runner {self.path!r} {_name(self.callback)} pending_version={pending}"
+            f" calls={self.calls} failures={self.failures}>"
+        )
+
+    def _slow(self, version: int) -> None:
+        self.slow += 1
+        log.warning(
+            "secret listener %s for %s still running after %ss (version %s)",
+            _name(self.callback),
+            self.path,
+            self.timeout,
+            version,
+            extra={
+                "path": self.path,
+                "callback": _name(self.callback),
+                "version": version,
+                "timeout_s": self.timeout,
+            },
+        )
 
     def deliver(self, version: int, value: dict[str, Any]) -> None:
         self._pending = (version, value)
@@ -77,12 +127,16 @@ class _Runner:
             version, value = self._pending
             self._pending = None
             try:
-                if self._async:
-                    await self.callback(value)
-                else:
-                    result = await asyncio.to_thread(self.callback, value)
-                    if inspect.isawaitable(result):
-                        await result
+                await run_watched(
+                    self.callback,
+                    value,
+                    executor=self._executor,
+                    clock=self._clock,
+                    watch=self.timeout if self.timeout is not None else STUCK_AFTER,
+                    on_slow=partial(self._slow, version) if self.timeout is not None else None,
+                    is_async=self._async,
+                )
+                del value
                 self.calls += 1
             except asyncio.CancelledError:
                 raise
@@ -132,6 +186,7 @@ class Subscription:
 class _Watcher:
     def __init__(self, service: VaultService, path: str, interval: float) -> None:
         self.service = service
+        self.clock = _clock_of(service)
         self.path = path
         self.kv = KV2Path.parse(path)
         self.interval = interval
@@ -142,6 +197,13 @@ class _Watcher:
         self._failures = 0
         self.polls = 0
         self.changes = 0
+        self.crashes = 0  # unexpected errors: logged, the loop restarted
+
+    def __repr__(self) -> str:
+        return (
+            f"<_Watcher {self.path!r} version={self.version} callbacks={len(self.runners)}"
+            f" polls={self.polls} failures={self._failures}>"
+        )
 
     # --- lifecycle
     async def start(self) -> None:
@@ -162,7 +224,21 @@ class _Watcher:
                 type(exc).__name__,
                 extra={"path": self.path},
             )
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._task = asyncio.get_running_loop().create_task(
+            supervised(
+                f"listener:{self.path}",
+                self._loop,
+                clock=self.clock,
+                base=self.interval,
+                cap=self.interval * MAX_BACKOFF_FACTOR,
+                logger=log,
+                on_crash=self._crashed,
+            ),
+            name=f"listener:{self.path}",
+        )
+
+    def _crashed(self, exc: BaseException) -> None:
+        self.crashes += 1
 
     async def _baseline(self) -> None:
         if self.kv is not None:
@@ -190,16 +266,19 @@ class _Watcher:
 
     # --- polling
     def _delay(self) -> float:
-        factor: float = min(2.0**self._failures, MAX_BACKOFF_FACTOR)
-        return self.interval * factor * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311
+        """The interval, doubled per failed poll up to ``MAX_BACKOFF_FACTOR`` times, +-10%."""
+        d = backoff_delay(
+            self._failures, self.interval, self.interval * MAX_BACKOFF_FACTOR, jitter=0
+        )
+        return d * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
 
     async def _loop(self) -> None:
+        """Poll forever; Vault errors back off. Anything else propagates to
+        ``supervised``, which logs it and runs this again."""
         while True:
-            await asyncio.sleep(self._delay())
+            await self.clock.sleep(self._delay())
             try:
                 await self.poll_once()
-            except asyncio.CancelledError:
-                raise
             except VaultError as exc:
                 self._failures += 1
                 if self._failures == 1:
@@ -210,12 +289,13 @@ class _Watcher:
                         extra={"path": self.path, "error": type(exc).__name__},
                     )
                 continue
-            except Exception:  # a bug must not kill the watcher silently
-                self._failures += 1
-                log.exception("listener for %s: unexpected error", self.path)
-                continue
             if self._failures:
-                log.info("listener for %s: Vault reachable again", self.path)
+                log.info(
+                    "listener for %s: Vault reachable again after %d failed polls",
+                    self.path,
+                    self._failures,
+                    extra={"path": self.path, "failures": self._failures},
+                )
             self._failures = 0
 
     async def poll_once(self) -> None:
@@ -233,6 +313,16 @@ class _Watcher:
             entry = await self.service._fetch(self.path)
         except SecretNotFound:  # the newest version was deleted: nothing to hand out
             self.version = current
+            return
+        cached = self.service.cache.peek(self.path)
+        if (
+            cached is not None
+            and cached.version is not None
+            and entry.version is not None
+            and entry.version < cached.version
+        ):
+            # A write (or read) that finished while this read was in flight put a
+            # newer version there: ours is outdated. The next poll catches up.
             return
         self.service.cache.put(self.path, entry)
         self.notify(entry)
@@ -268,18 +358,35 @@ def _digest(value: Any) -> str:
 
 
 class ListenerRegistry:
-    """All watchers of one service: one per path."""
+    """All watchers of one service: one per path; one thread pool for their callbacks."""
 
-    def __init__(self, service: VaultService) -> None:
+    def __init__(self, service: VaultService, *, max_workers: int = 4) -> None:
         self.service = service
         self.watchers: dict[str, _Watcher] = {}
         self._lock: asyncio.Lock | None = None
+        self.executor = CallbackExecutor(max_workers=max_workers, name="maily-listener")
+
+    def __repr__(self) -> str:
+        return f"<ListenerRegistry paths={sorted(self.watchers)!r} {self.executor!r}>"
 
     async def register(
-        self, path: str, callback: SecretCallback, interval: float | None = None
+        self,
+        path: str,
+        callback: SecretCallback,
+        interval: float | None = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - a limit for each callback call
     ) -> Subscription:
+        """``timeout``: warn (path and callback name) when one call runs longer."""
         if not callable(callback):
             raise TypeError("callback must be a function or a coroutine function")
+        runner = _Runner(
+            path,
+            callback,
+            executor=self.executor,
+            clock=_clock_of(self.service),
+            timeout=timeout,
+        )
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -292,7 +399,6 @@ class ListenerRegistry:
                 )
                 await w.start()
                 self.watchers[path] = w
-        runner = _Runner(path, callback)
         w.runners.append(runner)
         return Subscription(path, callback, w, runner)
 
@@ -318,7 +424,10 @@ class ListenerRegistry:
             w.notify(entry)
 
     async def close(self) -> None:
+        """Stop every watcher and callback; a callback thread still blocked is left
+        behind (a daemon thread: it does not delay process exit)."""
         watchers = list(self.watchers.values())
         self.watchers.clear()
         for w in watchers:
             await w.stop()
+        self.executor.shutdown()
