@@ -155,6 +155,7 @@ EXPECTED_NODE_TESTS = (
     "conformance (e): the redirect rule",
     "a 307 to another origin is refused",
     "a revoked token is AuthFailed",
+    "TLS: https -> http is refused",
 )
 MIN_NODE_TESTS = 40
 
