@@ -13,8 +13,24 @@ from functools import lru_cache
 
 from .errors import InvalidPath
 
-MAX_PATH_LENGTH = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_PATH_LENGTH = 1024  # code points, as in TypeScript
+# The characters no path may contain (the same table as packages/services/src/vault/paths.ts,
+# checked by tests/conformance/cases.json): C0 and C1 controls and DEL (Cc), format
+# characters (Cf: soft hyphen, BOM, zero-width space/joiners, bidi marks, embeddings,
+# overrides and isolates, invisible operators, tags), line and paragraph separators (Zl,
+# Zp), lone surrogates (Cs) and every space separator except U+0020 (Zs: NBSP, ideographic
+# space...), as of Unicode 17; plus the noncharacters (U+FDD0-FDEF, U+xFFFE/xFFFF). An
+# explicit table, not unicodedata.category(): Python's and Node's Unicode versions differ.
+# Ordinary letters of any script, digits, marks, symbols and emoji are allowed.
+_CONTROL = re.compile(
+    r"[\u0000-\u001f\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891"
+    r"\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000"
+    r"\ud800-\udfff\ufdd0-\ufdef\ufeff\ufff9-\ufffb\ufffe\uffff"
+    r"\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    r"\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+    + "".join(rf"\U{plane:04x}fffe\U{plane:04x}ffff" for plane in range(1, 17))
+    + "]"
+)
 # Characters that would change the meaning of the URL we build.
 _FORBIDDEN = set("?#%\\")
 
@@ -34,8 +50,13 @@ def _check(path: str) -> None:
     shown = _CONTROL.sub("?", path)[:200]
     if len(path) > MAX_PATH_LENGTH:
         raise InvalidPath(f"secret path {shown!r} is longer than {MAX_PATH_LENGTH}", path=shown)
-    if _CONTROL.search(path):
-        raise InvalidPath(f"secret path {shown!r} contains a control character", path=shown)
+    bad_char = _CONTROL.search(path)
+    if bad_char:
+        raise InvalidPath(
+            f"secret path {shown!r} contains a control, format or separator character"
+            f" (U+{ord(bad_char.group()):04X})",
+            path=shown,
+        )
     if "://" in path or path.lower().startswith(("http:", "https:", "//")):
         raise InvalidPath(
             f"secret path {shown!r} looks like a URL; give a path such as 'maily/data/config'",
@@ -54,7 +75,7 @@ def _check(path: str) -> None:
         )
     if any(s in (".", "..") for s in segments):
         raise InvalidPath(f"secret path {shown!r} contains '.' or '..'", path=shown)
-    if any(s != s.strip() for s in segments):
+    if any(s.startswith(" ") or s.endswith(" ") for s in segments):
         raise InvalidPath(
             f"secret path {shown!r} has a segment with leading/trailing spaces", path=shown
         )

@@ -87,3 +87,61 @@ export function waitFor(predicate, { within = 5000, step = 20 } = {}) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * An HTTP server on another loopback port. `handle(req, body, n)` (n: 1-based count of
+ * requests seen) answers by returning one of:
+ *   'proxy'                       forward to the real OpenBao and relay its answer
+ *   'drop'                        close the connection after reading the request (hang up)
+ *   'hang'                        never answer
+ *   { status, headers?, json? }   answer this
+ * Every request is recorded in `requests` ({ method, url, headers }).
+ */
+export async function startHttpServer(handle = () => 'proxy') {
+  const http = await import('node:http');
+  const target = new URL(ADDR);
+  const requests = [];
+  const sockets = new Set();
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method, url: req.url, headers: { ...req.headers } });
+      const what = handle(req, body, requests.length);
+      if (what === 'drop') return req.socket.destroy();
+      if (what === 'hang') return;
+      if (what === 'proxy') {
+        const headers = { ...req.headers, host: target.host };
+        const up = http.request(
+          { host: target.hostname, port: target.port, method: req.method, path: req.url, headers },
+          (ur) => {
+            res.writeHead(ur.statusCode, ur.headers);
+            ur.pipe(res);
+          },
+        );
+        up.on('error', () => req.socket.destroy());
+        up.end(body);
+        return;
+      }
+      const payload = what.json === undefined ? '' : JSON.stringify(what.json);
+      res.writeHead(what.status, { 'Content-Type': 'application/json', ...(what.headers ?? {}) });
+      res.end(payload);
+    });
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
+  return {
+    addr: `http://127.0.0.1:${port}`,
+    port,
+    requests,
+    async stop() {
+      for (const s of sockets) s.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}

@@ -14,6 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AuthFailed,
   CheckAndSetConflict,
+  ConfigurationError,
   PermissionDenied,
   SecretNotFound,
   VaultError,
@@ -21,14 +22,15 @@ import {
   VaultUnavailable,
 } from './errors.js';
 import { validatePath, type KV2Path } from './paths.js';
+import { REDIRECT_STATUS, errorClass, redirectTarget, shouldRetry, type Failure } from './policy.js';
 import { consoleLogger, type Logger, type VaultSettings } from './settings.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type SecretData = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-const RETRY_STATUS = new Set([412, 429, 500, 502, 503, 504]); // 5xx except 501, plus 412/429
-const REDIRECT_STATUS = new Set([307, 308]);
 const MAX_REDIRECTS = 3;
+/** Idle keep-alive sockets are closed after this (below any server's or proxy's idle timeout). */
+const IDLE_SOCKET_MS = 5000;
 const TLS_ERRORS = new Set([
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
@@ -54,12 +56,29 @@ export interface RequestOptions {
   /** Use this token instead of the managed one (no re-login on 403). */
   token?: string;
   retries?: number;
+  /**
+   * Resending has no further effect (transit encrypt/decrypt), so the request may be
+   * retried after a timeout or a 500/502/504 even though it is a POST. Default: by method.
+   */
+  idempotent?: boolean;
 }
 
 class TransportError extends Error {
-  constructor(readonly code: string) {
+  /** `connect`: nothing reached the server; `sent`: the request may have reached it. */
+  constructor(
+    readonly code: string,
+    readonly failure: Failure,
+  ) {
     super(code);
   }
+}
+
+interface RawResponse {
+  status: number;
+  body: unknown;
+  headers: http.IncomingHttpHeaders;
+  /** Set when a 307/308 was refused: where it pointed (origin only). */
+  refused?: string;
 }
 
 function errorsOf(body: unknown): string {
@@ -383,21 +402,23 @@ export class TokenManager {
   }
 
   /**
-   * After a 403 with token `used`: true when a fresh login produced a new token.
-   * A live token (lookup-self works) means a real permission problem: false.
+   * After a 403 with token `used`: `retry` when a new token is there (a fresh login, or
+   * another caller's); `denied` when the token is alive (lookup-self works: a real
+   * permission problem); `dead` when it is invalid, expired or revoked and no fresh
+   * login is possible.
    */
-  async handleForbidden(used: string): Promise<boolean> {
-    if (!this.method.canRelogin) return false;
+  async handleForbidden(used: string): Promise<'retry' | 'denied' | 'dead'> {
     const stale = this.current;
-    if (stale !== null && stale.value !== used) return true; // already replaced: just retry
+    if (this.method.canRelogin && stale !== null && stale.value !== used) return 'retry'; // already replaced
     try {
       await this.api.request('GET', 'auth/token/lookup-self', { token: used, retries: 0 });
-      return false;
+      return 'denied';
     } catch (e) {
-      if (!(e instanceof VaultError) || e.status !== 403) return false;
+      if (!(e instanceof VaultError) || e.status !== 403) return 'denied';
     }
+    if (!this.method.canRelogin) return 'dead';
     await this.refresh(true, stale);
-    return true;
+    return 'retry';
   }
 
   /** Background renewal (an unref'd timer) so that an idle process stays logged in. */
@@ -481,14 +502,23 @@ export class VaultApi {
         try {
           this.ca = readFileSync(this.settings.cacert);
         } catch (e) {
-          throw new VaultError(`cannot read VAULT_CACERT ${this.settings.cacert}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+          const name = this.settings.sources?.cacert ?? 'VAULT_CACERT';
+          throw new ConfigurationError(
+            `cannot read ${name} ${JSON.stringify(this.settings.cacert)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
+            { variable: name },
+          );
         }
       }
-      const opts: https.AgentOptions = { keepAlive: true, maxSockets: 100, rejectUnauthorized: !this.settings.skipVerify };
+      const opts: https.AgentOptions = {
+        keepAlive: true,
+        maxSockets: this.settings.poolSize,
+        timeout: IDLE_SOCKET_MS,
+        rejectUnauthorized: !this.settings.skipVerify,
+      };
       if (this.ca !== undefined) opts.ca = this.ca;
       this.agent = new https.Agent(opts);
     } else {
-      this.agent = new http.Agent({ keepAlive: true, maxSockets: 100 });
+      this.agent = new http.Agent({ keepAlive: true, maxSockets: this.settings.poolSize, timeout: IDLE_SOCKET_MS });
     }
     return this.agent;
   }
@@ -511,12 +541,13 @@ export class VaultApi {
     const url = new URL(path, this.base);
     if (options.params) for (const [k, v] of Object.entries(options.params)) url.searchParams.set(k, v);
     const payload = options.body === undefined ? undefined : Buffer.from(JSON.stringify(options.body));
+    const idempotent = options.idempotent;
     for (;;) {
       const headers: Record<string, string> = { ...this.baseHeaders };
       let used = '';
       if (authenticated) used = headers['X-Vault-Token'] = options.token ?? (await this.tokens.get());
       if (index !== null) headers['X-Vault-Index'] = index;
-      let res: { status: number; body: unknown; headers: http.IncomingHttpHeaders };
+      let res: RawResponse;
       try {
         res = await this.send(method, url, headers, payload);
       } catch (e) {
@@ -528,10 +559,19 @@ export class VaultApi {
             { path },
           );
         }
-        if (attempt < maxRetries) {
+        const retry = shouldRetry(method, { failure: e.failure, idempotent });
+        if (retry && attempt < maxRetries) {
           await this.backoff(attempt, path, e.code);
           attempt += 1;
           continue;
+        }
+        if (!retry) {
+          // The request may have been applied: resending it could apply it twice.
+          throw new VaultUnavailable(
+            `${method} ${JSON.stringify(path)} to ${this.settings.addr} failed after it was sent (${e.code}); not resent,` +
+              ' since it may have been applied: check its effect before trying again',
+            { path },
+          );
         }
         throw new VaultUnavailable(
           `Vault at ${this.settings.addr} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
@@ -539,7 +579,14 @@ export class VaultApi {
         );
       }
       const { status, body } = res;
-      if (status < 400) {
+      if (res.refused !== undefined) {
+        throw new VaultRequestError(
+          `Vault redirected ${JSON.stringify(path)} to ${res.refused}, which is neither ${this.base.origin} nor a configured` +
+            ' cluster member (MAILY_SECRETS_CLUSTER_MEMBERS); not followed, the token was not sent there',
+          { path, status },
+        );
+      }
+      if (status >= 200 && status < 300) {
         if (method !== 'GET') {
           const idx = res.headers['x-vault-index'];
           if (typeof idx === 'string' && idx) this.index = newerIndex(this.index, idx);
@@ -548,29 +595,33 @@ export class VaultApi {
         const data = obj && obj.data !== null && typeof obj.data === 'object' && !Array.isArray(obj.data) ? obj.data : null;
         return { status, body: obj, data, headers: res.headers };
       }
-      if (RETRY_STATUS.has(status) && attempt < maxRetries) {
+      if (attempt < maxRetries && shouldRetry(method, { status, detail: errorsOf(body), idempotent })) {
         await this.backoff(attempt, path, `HTTP ${status}`);
         attempt += 1;
         continue;
       }
       if (status === 403 && authenticated && options.token === undefined && !relogged) {
         relogged = true; // an expired or revoked token: log in again once, then retry
-        if (await this.tokens.handleForbidden(used)) continue;
+        const verdict = await this.tokens.handleForbidden(used);
+        if (verdict === 'retry') continue;
+        if (verdict === 'dead') {
+          const source = this.tokens.method instanceof TokenAuth ? ` (${this.tokens.method.source})` : '';
+          throw new AuthFailed(
+            `the Vault token${source} is invalid, expired or revoked (HTTP 403 for ${JSON.stringify(path)});` +
+              ' give a valid token, or use an auth method that can log in again',
+            { path, status, detail: errorsOf(body) },
+          );
+        }
       }
       throw this.error(status, body, path);
     }
   }
 
-  private send(
-    method: string,
-    url: URL,
-    headers: Record<string, string>,
-    payload: Buffer | undefined,
-  ): Promise<{ status: number; body: unknown; headers: http.IncomingHttpHeaders }> {
+  private send(method: string, url: URL, headers: Record<string, string>, payload: Buffer | undefined): Promise<RawResponse> {
     const agent = this.getAgent();
     const timeoutMs = this.settings.timeout * 1000;
     const once = (target: URL) =>
-      new Promise<{ status: number; body: unknown; headers: http.IncomingHttpHeaders }>((resolve, reject) => {
+      new Promise<RawResponse>((resolve, reject) => {
         this.stats.requests += 1;
         this.stats.byMethod[method] = (this.stats.byMethod[method] ?? 0) + 1;
         const h: Record<string, string | number> = { ...headers };
@@ -578,11 +629,17 @@ export class VaultApi {
           h['Content-Type'] = 'application/json';
           h['Content-Length'] = payload.length;
         }
-        const mod = target.protocol === 'https:' ? https : http;
+        // Until the connection is established nothing can have reached the server:
+        // a failure then is `connect` (safe to resend); after, `sent` (outcome unknown).
+        let connected = false;
+        const failure = (): Failure => (connected ? 'sent' : 'connect');
+        const tls = target.protocol === 'https:';
+        const mod = tls ? https : http;
         const req = mod.request(target, { method, headers: h, agent }, (resp) => {
           const chunks: Buffer[] = [];
           resp.on('data', (c: Buffer) => chunks.push(c));
-          resp.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name)));
+          resp.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name, 'sent')));
+          resp.on('aborted', () => reject(new TransportError('ECONNRESET', 'sent')));
           resp.on('end', () => {
             const raw = Buffer.concat(chunks);
             let body: unknown = null;
@@ -596,8 +653,17 @@ export class VaultApi {
             resolve({ status: resp.statusCode ?? 0, body, headers: resp.headers });
           });
         });
+        req.on('socket', (sock) => {
+          if (!sock.connecting && !(sock as { pending?: boolean }).pending) {
+            connected = true; // a kept-alive socket
+            return;
+          }
+          sock.once(tls ? 'secureConnect' : 'connect', () => {
+            connected = true;
+          });
+        });
         req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' })));
-        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name)));
+        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name, failure())));
         if (payload !== undefined) req.write(payload);
         req.end();
       });
@@ -606,8 +672,21 @@ export class VaultApi {
       for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
         const r = await once(target);
         const loc = r.headers.location;
-        if (REDIRECT_STATUS.has(r.status) && loc) {
-          target = new URL(loc, target); // a standby pointing at the active node: same method, body, token
+        if (REDIRECT_STATUS.has(r.status) && typeof loc === 'string' && loc) {
+          // A standby pointing at the active node: same method, body and token, but only
+          // to the same origin or a configured cluster member (never https -> http).
+          const next = redirectTarget(target, loc, this.settings.clusterMembers);
+          if (next === null) {
+            let where = 'another origin';
+            try {
+              const u = new URL(loc, target);
+              where = u.protocol === 'http:' || u.protocol === 'https:' ? u.origin : `a ${u.protocol} URL`;
+            } catch {
+              where = 'an invalid URL';
+            }
+            return { ...r, refused: where };
+          }
+          target = next;
           continue;
         }
         return r;
@@ -627,8 +706,9 @@ export class VaultApi {
     const detail = errorsOf(body);
     const where = JSON.stringify(path);
     const o = { path, status, detail };
-    if (status === 404) return new SecretNotFound(`secret ${where} not found`, o);
-    if (status === 403) {
+    const cls = errorClass(status, detail);
+    if (cls === SecretNotFound) return new SecretNotFound(`secret ${where} not found`, o);
+    if (cls === PermissionDenied) {
       return new PermissionDenied(
         `permission denied for ${where}` +
           (detail && detail !== 'permission denied' ? ` (Vault: ${detail})` : '') +
@@ -636,10 +716,10 @@ export class VaultApi {
         o,
       );
     }
-    if (RETRY_STATUS.has(status) || status >= 500) {
+    if (cls === VaultUnavailable) {
       return new VaultUnavailable(`Vault answered HTTP ${status} for ${where}` + (detail ? `: ${detail}` : ''), o);
     }
-    if (detail.includes('check-and-set')) return new CheckAndSetConflict(`check-and-set conflict writing ${where}: ${detail}`, o);
+    if (cls === CheckAndSetConflict) return new CheckAndSetConflict(`check-and-set conflict writing ${where}: ${detail}`, o);
     return new VaultRequestError(`Vault rejected the request for ${where} (HTTP ${status})` + (detail ? `: ${detail}` : ''), o);
   }
 

@@ -4,6 +4,7 @@
  * Every message names the path and the cause, never a secret value.
  *
  *     VaultError
+ *     ├── ConfigurationError   a setting (environment variable) is invalid; names the variable
  *     ├── InvalidPath          the path was refused before any request was made
  *     ├── SecretNotFound       the path does not exist (HTTP 404)
  *     │   └── TransitKeyNotFound
@@ -40,6 +41,15 @@ export class VaultError extends Error {
   }
 }
 
+/** A setting is invalid; `variable` names the environment variable. Nothing was sent. */
+export class ConfigurationError extends VaultError {
+  readonly variable: string | undefined;
+
+  constructor(message: string, options: VaultErrorOptions & { variable?: string | undefined } = {}) {
+    super(message, options);
+    this.variable = options.variable;
+  }
+}
 /** The secret path is malformed; no request was sent. */
 export class InvalidPath extends VaultError {}
 /** The secret does not exist (or was deleted/destroyed). Never an empty object. */

@@ -17,7 +17,9 @@ export { SecretCache, Entry, jsonCopy } from './cache.js';
 export type { SecretCallback } from './listeners.js';
 export { validatePath, parseKV2 } from './paths.js';
 export type { KV2Path } from './paths.js';
-export { loadSettings, consoleLogger, DEFAULT_ADDR } from './settings.js';
+export { loadSettings, normalizeSettings, consoleLogger, DEFAULT_ADDR, ENV_PREFIXES } from './settings.js';
+export { shouldRetry, redirectTarget, errorClass, isIdempotent, origin, KV_UPGRADING } from './policy.js';
+export type { Failure, Outcome } from './policy.js';
 export type { VaultSettings, Logger, AuthMethodName } from './settings.js';
 export * from './errors.js';
 

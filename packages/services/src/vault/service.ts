@@ -97,12 +97,13 @@ export class VaultClient {
   }
 
   /** Core configuration: `<mount>/data/config`. */
-  getConfig(): Promise<SecretData> {
+  // async: an invalid setting (read on first use) is a rejection, never a synchronous throw
+  async getConfig(): Promise<SecretData> {
     return this.getSecret(`${this.kvMount}/data/config`);
   }
 
   /** API keys for external services: `<mount>/data/api-keys`. */
-  getApiKeys(): Promise<SecretData> {
+  async getApiKeys(): Promise<SecretData> {
     return this.getSecret(`${this.kvMount}/data/api-keys`);
   }
 
@@ -153,7 +154,7 @@ export class VaultClient {
 
   // ---------------------------------------------------------------- encryption as a service
   /** Encrypt with the transit key `key`; a string is UTF-8 encoded. Returns `vault:vN:...`. */
-  encrypt(key: string, plaintext: Plaintext, context?: Plaintext): Promise<string> {
+  async encrypt(key: string, plaintext: Plaintext, context?: Plaintext): Promise<string> {
     return this.transit.encrypt(key, plaintext, context);
   }
 

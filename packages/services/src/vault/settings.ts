@@ -1,15 +1,22 @@
 /**
  * Configuration read from the environment, with the same names and defaults as
- * maily_secrets.settings (VAULT_* first, the BAO_* spellings too).
+ * maily_secrets.settings (VAULT_* first, the BAO_* spellings too, MAILY_SECRETS_* for
+ * the facade). Only those prefixes are read: never a bare name such as NAMESPACE, ROLE
+ * or TOKEN (a pod's downward API sets NAMESPACE). An invalid value is a
+ * {@link ConfigurationError} naming the variable, raised on first use of the client.
+ * The defaults and names are held to tests/conformance/cases.json.
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { VaultError } from './errors.js';
+import { ConfigurationError } from './errors.js';
 
 export const DEFAULT_ADDR = 'http://vault.vault:8200';
 export const K8S_SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+/** The prefixes of every environment variable this package reads. */
+export const ENV_PREFIXES = ['VAULT_', 'BAO_', 'MAILY_'] as const;
 
 export type AuthMethodName = 'auto' | 'token' | 'kubernetes' | 'approle';
+const AUTH_METHODS: readonly string[] = ['auto', 'token', 'kubernetes', 'approle'];
 
 export interface VaultSettings {
   addr: string;
@@ -24,6 +31,14 @@ export interface VaultSettings {
   retryBaseDelay: number;
   /** Seconds. */
   retryMaxDelay: number;
+  /** Connections kept per origin (VAULT_POOL_SIZE). */
+  poolSize: number;
+  /**
+   * Other nodes of the Vault cluster (MAILY_SECRETS_CLUSTER_MEMBERS, comma-separated
+   * addresses): a 307/308 to one of them is followed with the token. Redirects to the
+   * same origin as `addr` are always followed; anywhere else is refused.
+   */
+  clusterMembers: string[];
   authMethod: AuthMethodName;
   token: string | undefined;
   tokenFile: string | undefined;
@@ -46,102 +61,198 @@ export interface VaultSettings {
   listenerInterval: number;
   /** Where ~/.vault-token is looked for (tests). */
   homeTokenPath: string;
+  /**
+   * The environment variable each value came from (for error messages), e.g.
+   * `{ cacert: 'BAO_CACERT' }`; absent for defaults and explicit settings.
+   */
+  sources?: Partial<Record<keyof VaultSettings, string>>;
 }
 
 type Env = Record<string, string | undefined>;
 
-function pick(env: Env, ...names: string[]): string | undefined {
-  for (const n of names) {
-    const v = env[n];
-    if (v !== undefined && v !== '') return v;
+/** Reads the environment, remembering which variable each value came from. */
+class Reader {
+  readonly sources: Partial<Record<keyof VaultSettings, string>> = {};
+  constructor(private readonly env: Env) {}
+
+  /** The first of `names` that is set and not empty. */
+  str(key: keyof VaultSettings, ...names: string[]): string | undefined {
+    for (const n of names) {
+      const v = this.env[n];
+      if (v !== undefined && v !== '') {
+        this.sources[key] = n;
+        return v;
+      }
+    }
+    return undefined;
   }
-  return undefined;
-}
 
-function num(env: Env, name: string, dflt: number, min: number, strictlyAbove = false): number {
-  const raw = env[name];
-  if (raw === undefined || raw === '') return dflt;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v < min || (strictlyAbove && v <= min)) {
-    throw new VaultError(`${name} must be a number ${strictlyAbove ? '>' : '>='} ${min}, got ${JSON.stringify(raw)}`);
+  num(
+    key: keyof VaultSettings,
+    names: string[],
+    dflt: number,
+    o: { min: number; above?: boolean; integer?: boolean },
+  ): number {
+    const raw = this.str(key, ...names);
+    if (raw === undefined) return dflt;
+    const v = Number(raw.trim());
+    const bad = raw.trim() === '' || !Number.isFinite(v) || (o.integer && !Number.isInteger(v)) || v < o.min || (o.above && v <= o.min);
+    if (bad) {
+      const name = this.sources[key]!;
+      const what = o.integer ? 'an integer' : 'a number';
+      throw new ConfigurationError(`${name} must be ${what} ${o.above ? '>' : '>='} ${o.min}, got ${JSON.stringify(raw)}`, {
+        variable: name,
+      });
+    }
+    return v;
   }
-  return v;
+
+  bool(key: keyof VaultSettings, ...names: string[]): boolean {
+    const raw = this.str(key, ...names);
+    if (raw === undefined) return false;
+    const v = raw.trim().toLowerCase();
+    if (['1', 'true', 'yes', 'on', 't', 'y'].includes(v)) return true;
+    if (['0', 'false', 'no', 'off', 'f', 'n'].includes(v)) return false;
+    const name = this.sources[key]!;
+    throw new ConfigurationError(`${name} must be true or false (1/0, yes/no, on/off), got ${JSON.stringify(raw)}`, {
+      variable: name,
+    });
+  }
 }
 
-function bool(raw: string | undefined): boolean {
-  return raw !== undefined && ['1', 'true', 'yes', 'on'].includes(raw.trim().toLowerCase());
+function variable(s: VaultSettings, key: keyof VaultSettings, fallback: string): string {
+  return s.sources?.[key] ?? fallback;
 }
 
-function mount(v: string, what: string): string {
-  const m = v.replace(/^\/+|\/+$/g, '');
-  if (!m) throw new VaultError(`${what}: a mount path cannot be empty`);
+function mount(s: VaultSettings, key: 'kvMount' | 'transitMount' | 'kubernetesMount' | 'approleMount', name: string): string {
+  const m = String(s[key]).replace(/^\/+|\/+$/g, '');
+  if (!m) {
+    const v = variable(s, key, name);
+    throw new ConfigurationError(`${v}: a mount path cannot be empty`, { variable: v });
+  }
   return m;
 }
 
-/** Validate and normalise explicit settings (addr, mounts). */
-export function normalizeSettings(s: VaultSettings): VaultSettings {
-  const addr = s.addr.trim().replace(/\/+$/, '');
-  if (!addr.startsWith('http://') && !addr.startsWith('https://')) {
-    throw new VaultError('VAULT_ADDR must start with http:// or https://');
+/** An http(s) address with no path, query, fragment or userinfo; without a trailing slash. */
+function address(raw: string, name: string, what = 'an address'): string {
+  const v = raw.trim().replace(/\/+$/, '');
+  const fail = (why: string): never => {
+    const shown = raw.slice(0, 200).replace(/\/\/[^/?#]*@/, '//***@'); // never echo a password
+    throw new ConfigurationError(`${name} must be ${what} such as https://vault.example:8200 (${why}), got ${JSON.stringify(shown)}`, {
+      variable: name,
+    });
+  };
+  if (!/^https?:\/\//i.test(v)) fail('it must start with http:// or https://');
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    return fail('not a URL');
   }
-  if (!['auto', 'token', 'kubernetes', 'approle'].includes(s.authMethod)) {
-    throw new VaultError(`VAULT_AUTH_METHOD must be auto, token, kubernetes or approle, got ${JSON.stringify(s.authMethod)}`);
+  if (u.username !== '' || u.password !== '' || /^[a-z]+:\/\/[^/]*@/i.test(v)) fail('no user or password in it');
+  if (u.search !== '' || v.includes('?')) fail('no query');
+  if (u.hash !== '' || v.includes('#')) fail('no fragment');
+  if (!u.hostname) fail('no host');
+  return v;
+}
+
+/** Validate and normalise explicit settings (addr, mounts, numbers). */
+export function normalizeSettings(s: VaultSettings): VaultSettings {
+  const addr = address(String(s.addr), variable(s, 'addr', 'VAULT_ADDR'));
+  if (!AUTH_METHODS.includes(s.authMethod)) {
+    const v = variable(s, 'authMethod', 'VAULT_AUTH_METHOD');
+    throw new ConfigurationError(`${v} must be auto, token, kubernetes or approle, got ${JSON.stringify(s.authMethod)}`, {
+      variable: v,
+    });
   }
   if (!(s.renewFraction > 0 && s.renewFraction < 1)) {
-    throw new VaultError('renewFraction must be between 0 and 1');
+    throw new ConfigurationError('renewFraction must be between 0 and 1', { variable: 'renewFraction' });
   }
+  const positive: [keyof VaultSettings, string, boolean][] = [
+    ['timeout', 'VAULT_CLIENT_TIMEOUT', true],
+    ['maxRetries', 'VAULT_MAX_RETRIES', false],
+    ['retryBaseDelay', 'retryBaseDelay', true],
+    ['retryMaxDelay', 'retryMaxDelay', true],
+    ['poolSize', 'VAULT_POOL_SIZE', true],
+    ['cacheTtl', 'MAILY_SECRETS_CACHE_TTL', false],
+    ['maxStaleness', 'MAILY_SECRETS_MAX_STALENESS', false],
+    ['listenerInterval', 'MAILY_SECRETS_LISTENER_INTERVAL', true],
+  ];
+  for (const [key, name, above] of positive) {
+    const v = s[key];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || (above && v === 0)) {
+      const n = variable(s, key, name);
+      throw new ConfigurationError(`${n} must be a number ${above ? '>' : '>='} 0, got ${JSON.stringify(v)}`, { variable: n });
+    }
+  }
+  const membersVar = variable(s, 'clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
+  const clusterMembers = (s.clusterMembers ?? []).map((m) => address(m, membersVar, 'a list of addresses'));
   return {
     ...s,
     addr,
-    kvMount: mount(s.kvMount, 'MAILY_SECRETS_MOUNT'),
-    transitMount: mount(s.transitMount, 'MAILY_SECRETS_TRANSIT_MOUNT'),
-    kubernetesMount: mount(s.kubernetesMount, 'VAULT_K8S_MOUNT'),
-    approleMount: mount(s.approleMount, 'VAULT_APPROLE_MOUNT'),
+    clusterMembers,
+    kvMount: mount(s, 'kvMount', 'MAILY_SECRETS_MOUNT'),
+    transitMount: mount(s, 'transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT'),
+    kubernetesMount: mount(s, 'kubernetesMount', 'VAULT_K8S_MOUNT'),
+    approleMount: mount(s, 'approleMount', 'VAULT_APPROLE_MOUNT'),
   };
 }
 
-/** Settings from the environment (default: `process.env`), overridden by `overrides`. */
+/**
+ * Settings from the environment (default: `process.env`), overridden by `overrides`.
+ * Throws {@link ConfigurationError} (with `.variable`) for an invalid value.
+ */
 export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = process.env): VaultSettings {
+  const r = new Reader(env);
+  const members = r.str('clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
   const base: VaultSettings = {
-    addr: pick(env, 'VAULT_ADDR', 'BAO_ADDR') ?? DEFAULT_ADDR,
-    namespace: pick(env, 'VAULT_NAMESPACE', 'BAO_NAMESPACE'),
-    cacert: pick(env, 'VAULT_CACERT', 'BAO_CACERT'),
-    skipVerify: bool(pick(env, 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY')),
-    timeout: num(env, env.VAULT_CLIENT_TIMEOUT !== undefined ? 'VAULT_CLIENT_TIMEOUT' : 'BAO_CLIENT_TIMEOUT', 10, 0, true),
-    maxRetries: Math.floor(num(env, env.VAULT_MAX_RETRIES !== undefined ? 'VAULT_MAX_RETRIES' : 'BAO_MAX_RETRIES', 4, 0)),
+    addr: r.str('addr', 'VAULT_ADDR', 'BAO_ADDR') ?? DEFAULT_ADDR,
+    namespace: r.str('namespace', 'VAULT_NAMESPACE', 'BAO_NAMESPACE'),
+    cacert: r.str('cacert', 'VAULT_CACERT', 'BAO_CACERT'),
+    skipVerify: r.bool('skipVerify', 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY'),
+    timeout: r.num('timeout', ['VAULT_CLIENT_TIMEOUT', 'BAO_CLIENT_TIMEOUT'], 10, { min: 0, above: true }),
+    maxRetries: r.num('maxRetries', ['VAULT_MAX_RETRIES', 'BAO_MAX_RETRIES'], 4, { min: 0, integer: true }),
     retryBaseDelay: 0.1,
     retryMaxDelay: 2.0,
-    authMethod: (pick(env, 'VAULT_AUTH_METHOD', 'BAO_AUTH_METHOD') ?? 'auto') as AuthMethodName,
-    token: pick(env, 'VAULT_TOKEN', 'BAO_TOKEN'),
-    tokenFile: pick(env, 'VAULT_TOKEN_FILE', 'BAO_TOKEN_FILE'),
-    role: pick(env, 'VAULT_ROLE', 'BAO_ROLE') ?? 'maily',
-    kubernetesJwtPath: pick(env, 'VAULT_K8S_JWT_PATH') ?? K8S_SA_TOKEN,
-    kubernetesMount: pick(env, 'VAULT_K8S_MOUNT') ?? 'kubernetes',
-    approleMount: pick(env, 'VAULT_APPROLE_MOUNT') ?? 'approle',
-    roleId: pick(env, 'VAULT_ROLE_ID'),
-    roleIdFile: pick(env, 'VAULT_ROLE_ID_FILE'),
-    secretId: pick(env, 'VAULT_SECRET_ID'),
-    secretIdFile: pick(env, 'VAULT_SECRET_ID_FILE'),
+    poolSize: r.num('poolSize', ['VAULT_POOL_SIZE'], 100, { min: 1, integer: true }),
+    clusterMembers: members === undefined ? [] : members.split(',').map((m) => m.trim()).filter((m) => m !== ''),
+    authMethod: (r.str('authMethod', 'VAULT_AUTH_METHOD', 'BAO_AUTH_METHOD') ?? 'auto') as AuthMethodName,
+    token: r.str('token', 'VAULT_TOKEN', 'BAO_TOKEN'),
+    tokenFile: r.str('tokenFile', 'VAULT_TOKEN_FILE', 'BAO_TOKEN_FILE'),
+    role: r.str('role', 'VAULT_ROLE', 'BAO_ROLE') ?? 'maily',
+    kubernetesJwtPath: r.str('kubernetesJwtPath', 'VAULT_K8S_JWT_PATH') ?? K8S_SA_TOKEN,
+    kubernetesMount: r.str('kubernetesMount', 'VAULT_K8S_MOUNT') ?? 'kubernetes',
+    approleMount: r.str('approleMount', 'VAULT_APPROLE_MOUNT') ?? 'approle',
+    roleId: r.str('roleId', 'VAULT_ROLE_ID'),
+    roleIdFile: r.str('roleIdFile', 'VAULT_ROLE_ID_FILE'),
+    secretId: r.str('secretId', 'VAULT_SECRET_ID'),
+    secretIdFile: r.str('secretIdFile', 'VAULT_SECRET_ID_FILE'),
     renewFraction: 2 / 3,
-    kvMount: pick(env, 'MAILY_SECRETS_MOUNT') ?? 'maily',
-    transitMount: pick(env, 'MAILY_SECRETS_TRANSIT_MOUNT') ?? 'transit',
-    cacheTtl: num(env, 'MAILY_SECRETS_CACHE_TTL', 60, 0),
-    maxStaleness: num(env, 'MAILY_SECRETS_MAX_STALENESS', 3600, 0),
-    listenerInterval: num(env, 'MAILY_SECRETS_LISTENER_INTERVAL', 30, 0, true),
+    kvMount: r.str('kvMount', 'MAILY_SECRETS_MOUNT') ?? 'maily',
+    transitMount: r.str('transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT') ?? 'transit',
+    cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
+    maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
+    listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
     homeTokenPath: join(homedir(), '.vault-token'),
   };
   const merged: VaultSettings = { ...base };
+  const sources = { ...r.sources };
   // An explicitly given key wins over the environment, even when it is undefined
   // (`{ token: undefined }` means "no VAULT_TOKEN", whatever the environment says).
-  for (const [k, v] of Object.entries(overrides)) (merged as unknown as Record<string, unknown>)[k] = v;
+  for (const [k, v] of Object.entries(overrides)) {
+    if (k === 'sources') continue;
+    (merged as unknown as Record<string, unknown>)[k] = v;
+    delete sources[k as keyof VaultSettings];
+  }
   const required: (keyof VaultSettings)[] = [
-    'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'authMethod', 'role',
-    'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'renewFraction', 'kvMount', 'transitMount',
-    'cacheTtl', 'maxStaleness', 'listenerInterval', 'homeTokenPath',
+    'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'poolSize', 'clusterMembers',
+    'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'renewFraction', 'kvMount',
+    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'homeTokenPath',
   ];
   for (const k of required) {
     if (merged[k] === undefined) (merged as unknown as Record<string, unknown>)[k] = base[k];
   }
+  merged.sources = sources;
   return normalizeSettings(merged);
 }
 

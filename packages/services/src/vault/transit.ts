@@ -74,7 +74,8 @@ export class Transit {
   private async post(op: 'encrypt' | 'decrypt' | 'rewrap', key: string, body: Record<string, string>, contextGiven: boolean) {
     const path = `${this.mount}/${op}/${this.keyName(key)}`;
     try {
-      return await this.api.request('POST', path, { body });
+      // Encrypt, decrypt and rewrap change nothing on the server: safe to resend.
+      return await this.api.request('POST', path, { body, idempotent: true });
     } catch (e) {
       if (e instanceof VaultRequestError || e instanceof SecretNotFound) {
         throw this.map(op, key, path, e, contextGiven, body.ciphertext);
