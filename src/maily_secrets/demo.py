@@ -197,11 +197,13 @@ async def listener_and_encryption(vault_service: VaultService) -> None:
     console.rule("[bold]5. Registering a Secret Listener[/bold]")
     fired = asyncio.Event()
     seen: dict[str, object] = {}
+    loop = asyncio.get_running_loop()
 
     def my_config_callback(new_config: dict[str, object]) -> None:
         # The guide prints the whole config; a real service must not print secrets.
+        # (A plain function runs on a listener thread: wake the loop thread-safely.)
         seen.update(new_config)
-        fired.set()
+        loop.call_soon_threadsafe(fired.set)
 
     await vault_service.register_secret_listener(
         "maily/data/config", my_config_callback, interval=1.0

@@ -504,6 +504,7 @@ class LeaseContainer:
                     "sys/leases/renew",
                     json_body={"lease_id": old.lease_id, "increment": increment},
                     retries=1,
+                    idempotent=True,  # renewing twice only extends the lease again
                 )
             except VaultError as exc:
                 err = _describe(exc, _secret_values(m.secret))
@@ -591,7 +592,11 @@ class LeaseContainer:
         try:
             await asyncio.wait_for(
                 self.client.request(
-                    "PUT", "sys/leases/revoke", json_body={"lease_id": lease.lease_id}, retries=1
+                    "PUT",
+                    "sys/leases/revoke",
+                    json_body={"lease_id": lease.lease_id},
+                    retries=1,
+                    idempotent=True,
                 ),
                 self.revoke_timeout,
             )

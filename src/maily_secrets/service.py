@@ -224,19 +224,27 @@ class VaultService:
 
     # ------------------------------------------------------------------ listeners
     async def register_secret_listener(
-        self, path: str, callback: SecretCallback, *, interval: float | None = None
+        self,
+        path: str,
+        callback: SecretCallback,
+        *,
+        interval: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - a limit for each callback call
     ) -> Subscription:
         """Call ``callback(new_value)`` whenever the secret at ``path`` changes.
 
         One watcher per path polls the KV v2 metadata every ``interval`` seconds
         (default ``MAILY_SECRETS_LISTENER_INTERVAL``, 30 s, +-10% jitter) and reads
         the data only when the version moved; the cache is updated before the
-        callbacks run. ``callback`` may be a function (run in a worker thread) or a
-        coroutine function. Returns a :class:`Subscription`; ``await sub.cancel()``
-        or :meth:`unregister_secret_listener` removes it, :meth:`close` stops all.
+        callbacks run. ``callback`` may be a function (run on the listeners' own
+        bounded pool of daemon threads, so a blocked callback neither starves the others
+        nor delays process exit) or a coroutine function. With ``timeout`` a call that
+        runs longer is logged as a warning naming the path and the callback. Returns a
+        :class:`Subscription`; ``await sub.cancel()`` or :meth:`unregister_secret_listener`
+        removes it, :meth:`close` stops all.
         """
         validate_path(path)
-        return await self._listeners.register(path, callback, interval)
+        return await self._listeners.register(path, callback, interval, timeout=timeout)
 
     async def unregister_secret_listener(self, path: str, callback: SecretCallback) -> bool:
         """Remove one registration of ``callback`` on ``path``; False if there was none."""
@@ -343,7 +351,7 @@ class VaultService:
     def leases(self) -> LeaseContainer:
         """The lease container of this service (renewal, rotation, revocation on close)."""
         if self._lease_container is None:
-            self._lease_container = LeaseContainer(self.client)
+            self._lease_container = LeaseContainer(self.client, clock=self.clock)
         return self._lease_container
 
     async def get_database_credentials(

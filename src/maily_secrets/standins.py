@@ -587,6 +587,9 @@ def write_rotation_config(
             "tls": "none",
             "verify_timeout": 5,
         }
+    if smtp is not None:
+        # the dev SMTP stand-in has no TLS: say so, or notifications refuse plaintext AUTH
+        doc.setdefault("notify", {}).setdefault("email", {})["tls"] = "none"
     for name, extra in (type_options or {}).items():
         if name in types:
             types[name]["options"] = {**(types[name].get("options") or {}), **extra}

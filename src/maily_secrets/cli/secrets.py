@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ConfigurationError, VaultError
@@ -137,6 +138,11 @@ def _print_report(report: RunReport) -> None:
             r.reason or (r.rotation_id or ""),
         )
     console.print(t)
+    for r in report.results:
+        for note in getattr(r, "notes", None) or []:
+            console.print(f"{escape(r.type)}: {escape(note)}")
+    for w in getattr(report, "warnings", None) or []:
+        console.print(f"[yellow]warning[/yellow] {escape(w)}")
     for n in report.notifications:
         mark = "[green]sent[/green]" if n.get("ok") else "[red]failed[/red]"
         console.print(f"notify {n.get('channel')}: {mark} {n.get('detail', '')}")
