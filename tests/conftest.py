@@ -84,6 +84,31 @@ class Bao:
             n += 1
         return n
 
+    async def audit_barrier(self, within: float = 10.0) -> None:
+        """Return once every request the server answered so far is in its audit log.
+
+        The file device writes entries in the order requests are handled: once a marker
+        request sent now appears, nothing that came before it can still show up.
+        """
+        import uuid
+
+        from maily_secrets.errors import SecretNotFound
+
+        marker = f"maily/data/_audit-barrier-{uuid.uuid4().hex}"
+        async with self.client() as c:
+            try:
+                await c.read(marker)
+            except SecretNotFound:
+                pass
+        if await self.wait_audit(marker, 1, within) < 1:
+            raise AssertionError("the audit log did not catch up")
+
+    async def settled_audit_count(self, path: str, expected: int) -> int:
+        """The server's count of requests to ``path`` once its audit log caught up."""
+        await self.wait_audit(path, expected)
+        await self.audit_barrier()
+        return self.audit_requests(path)
+
     async def wait_audit(self, path: str, minimum: int, within: float = 3.0) -> int:
         """Audit lines are written asynchronously by the server: wait until they appear."""
         deadline = asyncio.get_running_loop().time() + within

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
+from maily_secrets.clock import ManualClock, settle
 from maily_secrets.errors import AuthFailed, PermissionDenied
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .faultkit import drive
 
 READ_POLICY = """
 path "maily/data/*" { capabilities = ["read"] }
@@ -134,21 +136,27 @@ async def test_token_renewal_at_two_thirds_of_ttl(
 ) -> None:
     r = await root.write(
         "auth/token/create",
-        {"policies": ["test-read"], "ttl": "3s", "explicit_max_ttl": "1m", "renewable": True},
+        {"policies": ["test-read"], "ttl": "30s", "explicit_max_ttl": "1m", "renewable": True},
     )
     token = str(r.body["auth"]["client_token"])  # type: ignore[index]
-    svc = VaultService(VaultSettings(addr=bao.addr, token=token))
+    clock = ManualClock()
+    client = VaultClient(VaultSettings(addr=bao.addr, token=token), clock=clock)
+    svc = VaultService(client=client)
     try:
         await svc.get_config()
         before = bao.audit_requests("auth/token/renew-self")
-        # idle: the background renewer must act at ~2 s (2/3 of 3 s), before expiry
-        await asyncio.sleep(3.5)
-        assert svc.client.tokens.renewals >= 1
+        # idle: the background renewer sleeps on the clock until 2/3 of the TTL
+        await clock.advance(19)  # the server says 29 or 30 s left: renewal at 19.3-20 s
+        await settle()
+        assert client.tokens.renewals == 0
+        await drive(clock, lambda: client.tokens.renewals >= 1, what="a background renewal")
+        assert 19 < clock.monotonic() - 1_000 <= 20.01  # at 2/3 of the TTL, before expiry
         assert await bao.wait_audit("auth/token/renew-self", before + 1) >= before + 1
         svc.invalidate()
-        assert "db_host" in await svc.get_config()  # the token is still alive past its 3 s
+        assert "db_host" in await svc.get_config()
     finally:
         await svc.close()
+        await client.close()
 
 
 @pytest.fixture
@@ -217,12 +225,13 @@ async def test_approle_from_env(
 async def test_approle_renews_and_relogs_after_revocation(
     bao: Bao, root: VaultClient, approle: dict[str, Any]
 ) -> None:
-    svc = VaultService(approle_settings(bao, approle, cache_ttl=0))
+    clock = ManualClock()
+    client = VaultClient(approle_settings(bao, approle, cache_ttl=0), clock=clock)
+    svc = VaultService(client=client)
     try:
         await svc.get_config()
-        await asyncio.sleep(2.3)  # past 2/3 of the 3 s TTL
+        await drive(clock, lambda: client.tokens.renewals >= 1, what="a renewal at 2/3 TTL")
         await svc.get_config()
-        assert svc.client.tokens.renewals >= 1
         # an operator revokes the token: the next read logs in again (403 -> re-login)
         current = svc.client.tokens.current()
         assert current is not None
@@ -231,6 +240,7 @@ async def test_approle_renews_and_relogs_after_revocation(
         assert svc.client.tokens.logins == 2
     finally:
         await svc.close()
+        await client.close()
 
 
 async def test_approle_bad_secret_id(bao: Bao, approle: dict[str, Any], tmp_path: Path) -> None:

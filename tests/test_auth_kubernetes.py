@@ -112,9 +112,7 @@ async def k8s_auth(
 
 async def login_count(bao: Any, m: K8sMount, at_least: int) -> int:
     """Login requests in the audit log; waits for ``at_least``, then a little more."""
-    n = await bao.wait_audit(m.login_path, at_least)
-    await asyncio.sleep(0.2)  # anything late would show up now
-    return max(n, bao.audit_requests(m.login_path))
+    return int(await bao.settled_audit_count(m.login_path, at_least))
 
 
 # ----------------------------------------------------------------------------- (1)

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 
+from maily_secrets.clock import ManualClock
 from maily_secrets.devserver import free_port
 from maily_secrets.errors import (
     CheckAndSetConflict,
@@ -19,6 +20,7 @@ from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .faultkit import drive
 
 
 async def unseal_key(bao: Bao) -> str:
@@ -29,15 +31,21 @@ async def unseal_key(bao: Bao) -> str:
 async def test_retries_through_a_sealed_server(private_bao: Bao) -> None:
     """503 (sealed) is retried with backoff; the read succeeds once the server is unsealed."""
     key = await unseal_key(private_bao)
-    async with private_bao.client(max_retries=20, retry_base_delay=0.05, retry_max_delay=0.2) as c:
+    clock = ManualClock()
+    async with VaultClient(
+        private_bao.settings(max_retries=20, retry_base_delay=0.05, retry_max_delay=0.2),
+        clock=clock,
+    ) as c:
         await c.read("sys/mounts")  # token checked while unsealed
         await c.write("sys/seal")
         read = asyncio.create_task(c.kv.read("maily/data/config"))
-        await asyncio.sleep(0.5)
+        # sealed answers, each followed by a backoff on the injected clock
+        await drive(clock, lambda: c.stats["GET"] >= 5, what="two retries")
         assert not read.done()
         async with VaultClient(VaultSettings(addr=private_bao.addr)) as anon:
             await anon.request("POST", "sys/unseal", json_body={"key": key}, authenticated=False)
-        secret = await asyncio.wait_for(read, 10)
+        await drive(clock, read.done, what="the read after unsealing")
+        secret = await read
         assert "db_host" in secret.data
         assert c.stats["GET"] >= 3  # it really was retried
 

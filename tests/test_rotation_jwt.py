@@ -22,7 +22,7 @@ import pytest
 
 from maily_secrets import jwt_keys as jk
 from maily_secrets.bootstrap import sample_secrets
-from maily_secrets.cache import Entry
+from maily_secrets.clock import ManualClock
 from maily_secrets.errors import SecretNotFound
 from maily_secrets.rotation.base import (
     RotationContext,
@@ -261,7 +261,8 @@ async def test_unknown_kid_refreshes_a_cached_config(
     client: VaultClient, bao: Bao, mount: str
 ) -> None:
     """Another instance signs with the new key while this one's cache is still old."""
-    async with VaultService(bao.settings(kv_mount=mount, cache_ttl=3600)) as svc:
+    manual = ManualClock()
+    async with VaultService(bao.settings(kv_mount=mount, cache_ttl=3600), clock=manual) as svc:
         old_kid = (await svc.get_jwt_signing_key()).kid
         pending, _ = await rotate(make_ctx(client))
         cfg, _ = await config(client)
@@ -275,9 +276,9 @@ async def test_unknown_kid_refreshes_a_cached_config(
         path = f"{mount}/data/config"
         stale = svc.cache.peek(path)
         assert stale is not None
-        svc.cache.put(path, Entry.make(stale.value, stale.version))  # read just now
+        svc.cache.put(path, svc.cache.entry(stale.value, stale.version))  # read just now
         assert set(await svc.get_jwt_verification_keys(kid=kid)) == {old_kid}
-        await asyncio.sleep(jk.UNKNOWN_KID_REFRESH_AFTER + 0.05)
+        await manual.advance(jk.UNKNOWN_KID_REFRESH_AFTER + 0.05)
         keys = await svc.get_jwt_verification_keys(kid=kid)
         assert set(keys) == {old_kid, kid}
         assert jk.verify_with_keys(keys, token)["sub"] == "elsewhere"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from maily_secrets.clock import ManualClock
 from maily_secrets.errors import InvalidPath, SecretNotFound, VaultUnavailable
 from maily_secrets.service import VaultService
 from maily_secrets.snapshot import SnapshotStore, generate_key
@@ -38,8 +39,7 @@ async def test_single_flight_one_request_for_concurrent_misses(bao: Bao, root: V
         results = await asyncio.gather(*(svc.get_secret(path) for _ in range(100)))
         assert all(r == {"k": "v"} for r in results)
         # The audit device is the server's own count of what it received.
-        await asyncio.sleep(0.2)
-        assert await bao.wait_audit(path, before + 1) == before + 1
+        assert await bao.settled_audit_count(path, before + 1) == before + 1
         assert svc.client.stats["GET"] == 2  # token lookup-self + one read
     finally:
         await svc.close()
@@ -68,12 +68,14 @@ async def test_callers_cannot_corrupt_the_cache(bao: Bao, root: VaultClient) -> 
 
 async def test_ttl_expiry_refetches(bao: Bao, root: VaultClient) -> None:
     path = await make_secret(root, {"v": "1"})
-    svc = VaultService(bao.settings(cache_ttl=0.3))
+    clock = ManualClock()
+    svc = VaultService(bao.settings(cache_ttl=30), clock=clock)
     try:
         assert await svc.get_secret(path) == {"v": "1"}
         await root.kv.write(path, {"v": "2"}, cas=1)
+        await clock.advance(29.9)
         assert await svc.get_secret(path) == {"v": "1"}  # still fresh in the cache
-        await asyncio.sleep(0.35)
+        await clock.advance(0.2)
         assert await svc.get_secret(path) == {"v": "2"}
     finally:
         await svc.close()
@@ -145,12 +147,14 @@ async def test_non_string_path_is_invalid(bao: Bao) -> None:
 async def test_stale_if_error_while_the_server_is_stopped(
     private_bao: Bao, caplog: pytest.LogCaptureFixture
 ) -> None:
+    clock = ManualClock()
     svc = VaultService(
-        private_bao.settings(cache_ttl=0.05, max_staleness=60, max_retries=1, retry_base_delay=0.01)
+        private_bao.settings(cache_ttl=5, max_staleness=60, max_retries=1, retry_base_delay=0.01),
+        clock=clock,
     )
     try:
         config = await svc.get_config()
-        await asyncio.sleep(0.1)  # the entry is now expired
+        await clock.advance(6)  # the entry is now expired
         private_bao.server.stop()
         caplog.set_level(logging.WARNING, logger="maily_secrets")
         assert_same(await svc.get_config(), config, "config")
@@ -165,12 +169,16 @@ async def test_stale_if_error_while_the_server_is_stopped(
 
 
 async def test_staleness_is_bounded(private_bao: Bao) -> None:
-    svc = VaultService(private_bao.settings(cache_ttl=0.05, max_staleness=2.0, max_retries=0))
+    clock = ManualClock()
+    svc = VaultService(
+        private_bao.settings(cache_ttl=1, max_staleness=120, max_retries=0), clock=clock
+    )
     try:
         await svc.get_config()
         private_bao.server.stop()
-        await svc.get_config()  # within max_staleness
-        await asyncio.sleep(2.1)
+        await clock.advance(119)
+        await svc.get_config()  # expired, but within max_staleness
+        await clock.advance(2)
         with pytest.raises(VaultUnavailable):
             await svc.get_config()
     finally:

@@ -53,7 +53,6 @@ def tls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
-        time.sleep(0.3)
         assert health(addr) is None  # plain urllib without the CA cannot verify it either
         yield addr, token, d / "vault-ca.pem"
     finally:

@@ -89,9 +89,7 @@ def assert_no_canary(exc: BaseException) -> None:
 
 async def audited(bao: Bao, path: str, expected: int) -> int:
     """The server's count of requests to ``path`` once its audit log caught up."""
-    n = await bao.wait_audit(path, expected)
-    await asyncio.sleep(0.2)  # nothing more arrives
-    return max(n, bao.audit_requests(path))
+    return await bao.settled_audit_count(path, expected)
 
 
 # ---------------------------------------------------------------------------- round trips

@@ -105,7 +105,9 @@ class VaultService:
     @property
     def client(self) -> VaultClient:
         if self._client is None:
-            self._client = self._given_client or VaultClient(self.settings, clock=self.clock)
+            # HTTP backoff and token renewal keep the client's own (real) clock: ``clock``
+            # drives the cache, listeners, leases and snapshot; give a client for more.
+            self._client = self._given_client or VaultClient(self.settings)
         return self._client
 
     @property
