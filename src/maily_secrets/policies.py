@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,7 @@ async def _ensure_roles(client: VaultClient, auth: AuthRoles, report: BootstrapR
 class KubernetesAuthConfig:
     host: str
     ca_cert: str | None = None  # PEM
-    token_reviewer_jwt: str | None = None  # None: Vault uses its own pod's token
+    token_reviewer_jwt: str | None = field(default=None, repr=False)  # None: its own pod token
     disable_local_ca_jwt: bool = False  # Vault outside the cluster
 
 

@@ -53,7 +53,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -125,7 +125,7 @@ class AclUser:
 
     name: str
     flags: frozenset[str]
-    password_hashes: frozenset[str]
+    password_hashes: frozenset[str] = field(repr=False)
 
     @property
     def nopass(self) -> bool:
