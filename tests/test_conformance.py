@@ -141,7 +141,15 @@ def test_settings_default_and_names(field: dict[str, Any]) -> None:
     default = info.default
     if isinstance(default, Path):
         default = str(default)
+    if isinstance(default, tuple):
+        default = list(default)
     assert default == field["default"], field
+    for name in field["env"] if "example" in field else []:
+        # the environment value, read the way the TypeScript client reads it
+        got = VaultSettings(**{name: field["example"][0]})
+        value = getattr(got, field["python"])
+        value = list(value) if isinstance(value, tuple) else value
+        assert value == field["example"][1], (name, value)
     alias = info.validation_alias
     choices = (
         [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
@@ -149,6 +157,36 @@ def test_settings_default_and_names(field: dict[str, Any]) -> None:
     prefixes = tuple(CASES["settings"]["prefixes"])
     ours = [c for c in choices if c.startswith(prefixes)]
     assert ours == field["env"], (field["python"], choices)
+
+
+@pytest.mark.parametrize(
+    "case",
+    CASES["settings"]["invalid"],
+    ids=lambda c: ",".join(f"{k}={v}" for k, v in c["env"].items()),
+)
+def test_settings_invalid_values_raise_configuration_error(
+    case: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same bad values the TypeScript client refuses: one typed error naming the variable."""
+    from maily_secrets.errors import ConfigurationError
+
+    for k, v in case["env"].items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigurationError) as ei:
+        VaultSettings()
+    assert ei.value.variable == case["variable"]
+    for v in case["env"].values():
+        if "@" in v:  # a password in the address is never repeated
+            assert v.split("@")[0].split(":")[-1] not in str(ei.value)
+
+
+def test_settings_every_alias_has_one_of_our_prefixes() -> None:
+    prefixes = tuple(CASES["settings"]["prefixes"])
+    for name, info in VaultSettings.model_fields.items():
+        alias = info.validation_alias
+        assert isinstance(alias, AliasChoices), name
+        for c in alias.choices:
+            assert isinstance(c, str) and c.startswith(prefixes), (name, c)
 
 
 def test_settings_cover_the_python_fields() -> None:

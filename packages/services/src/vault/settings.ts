@@ -166,13 +166,14 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     });
   }
   if (!(s.renewFraction > 0 && s.renewFraction < 1)) {
-    throw new ConfigurationError('renewFraction must be between 0 and 1', { variable: 'renewFraction' });
+    const v = variable(s, 'renewFraction', 'MAILY_SECRETS_RENEW_FRACTION');
+    throw new ConfigurationError(`${v} must be between 0 and 1`, { variable: v });
   }
   const positive: [keyof VaultSettings, string, boolean][] = [
     ['timeout', 'VAULT_CLIENT_TIMEOUT', true],
     ['maxRetries', 'VAULT_MAX_RETRIES', false],
-    ['retryBaseDelay', 'retryBaseDelay', true],
-    ['retryMaxDelay', 'retryMaxDelay', true],
+    ['retryBaseDelay', 'MAILY_SECRETS_RETRY_BASE_DELAY', true],
+    ['retryMaxDelay', 'MAILY_SECRETS_RETRY_MAX_DELAY', true],
     ['poolSize', 'VAULT_POOL_SIZE', true],
     ['cacheTtl', 'MAILY_SECRETS_CACHE_TTL', false],
     ['maxStaleness', 'MAILY_SECRETS_MAX_STALENESS', false],
@@ -212,8 +213,8 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     skipVerify: r.bool('skipVerify', 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY'),
     timeout: r.num('timeout', ['VAULT_CLIENT_TIMEOUT', 'BAO_CLIENT_TIMEOUT'], 10, { min: 0, above: true }),
     maxRetries: r.num('maxRetries', ['VAULT_MAX_RETRIES', 'BAO_MAX_RETRIES'], 4, { min: 0, integer: true }),
-    retryBaseDelay: 0.1,
-    retryMaxDelay: 2.0,
+    retryBaseDelay: r.num('retryBaseDelay', ['MAILY_SECRETS_RETRY_BASE_DELAY'], 0.1, { min: 0, above: true }),
+    retryMaxDelay: r.num('retryMaxDelay', ['MAILY_SECRETS_RETRY_MAX_DELAY'], 2.0, { min: 0, above: true }),
     poolSize: r.num('poolSize', ['VAULT_POOL_SIZE'], 100, { min: 1, integer: true }),
     clusterMembers: members === undefined ? [] : members.split(',').map((m) => m.trim()).filter((m) => m !== ''),
     authMethod: (r.str('authMethod', 'VAULT_AUTH_METHOD', 'BAO_AUTH_METHOD') ?? 'auto') as AuthMethodName,
@@ -227,7 +228,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     roleIdFile: r.str('roleIdFile', 'VAULT_ROLE_ID_FILE'),
     secretId: r.str('secretId', 'VAULT_SECRET_ID'),
     secretIdFile: r.str('secretIdFile', 'VAULT_SECRET_ID_FILE'),
-    renewFraction: 2 / 3,
+    renewFraction: r.num('renewFraction', ['MAILY_SECRETS_RENEW_FRACTION'], 2 / 3, { min: 0, above: true }),
     kvMount: r.str('kvMount', 'MAILY_SECRETS_MOUNT') ?? 'maily',
     transitMount: r.str('transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT') ?? 'transit',
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
