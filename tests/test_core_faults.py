@@ -5,6 +5,7 @@ loops, and errors that say what happened."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -456,3 +457,43 @@ async def test_check_and_set_conflict_still_names_the_path(bao: Bao) -> None:
         with pytest.raises(CheckAndSetConflict) as ei:
             await c.kv.write(path, {"a": "CANARY-value-2"}, cas=0)
         assert path in str(ei.value) and "CANARY" not in str(ei.value)
+
+
+# ----------------------------------------------------------------------------- supervision
+async def test_token_renewal_survives_a_long_outage(
+    bao: Bao, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Thousands of failed renewals (a day of outage on the injected clock), then Vault is
+    back: the background renewal is still alive and the client logs in and reads."""
+    from maily_secrets.clock import ManualClock
+
+    from .faultkit import drive
+    from .netfault import TcpProxy
+
+    async with bao.client() as root:
+        r = await root.write("auth/token/create", {"ttl": "10m", "renewable": True})
+    token = r.body["auth"]["client_token"]  # type: ignore[index]
+    host, port = bao.addr.removeprefix("http://").split(":")
+    proxy = TcpProxy(host, int(port))
+    await proxy.up()
+    clock = ManualClock()
+    client = VaultClient(VaultSettings(addr=proxy.addr, token=token, max_retries=0), clock=clock)
+    try:
+        await client.read("sys/mounts")  # logged in; renewal scheduled at 2/3 of 10 min
+        await proxy.down()
+
+        def failed() -> int:
+            return sum("renewal failed" in m or "refresh failed" in m for m in caplog.messages)
+
+        caplog.set_level(logging.WARNING, logger="maily_secrets.auth")
+        await drive(clock, lambda: failed() >= 1500, within=120, what="1500 failed renewals")
+        assert clock.monotonic() - 1_000 > 6 * 3600  # hours of outage, in no real time
+        renewer = client.tokens._renewer
+        assert renewer is not None and not renewer.done()  # still alive
+        await proxy.up()
+        logins = client.tokens.logins
+        await drive(clock, lambda: client.tokens.logins > logins, within=60, what="re-login")
+        assert "maily/" in ((await client.read("sys/mounts")).data or {})
+    finally:
+        await client.close()
+        await proxy.down()
