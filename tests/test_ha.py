@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from maily_secrets.errors import CheckAndSetConflict, SecretNotFound, VaultError
+from maily_secrets.errors import CheckAndSetConflict, SecretNotFound, VaultError, VaultRequestError
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
@@ -62,6 +62,8 @@ def settings(node: RaftNode, cluster: RaftCluster, **kw: Any) -> VaultSettings:
         "retry_base_delay": 0.01,
         "retry_max_delay": 0.2,
         "timeout": 5.0,
+        # the operator lists the nodes: a standby's redirect is followed only to these
+        "cluster_members": tuple(n.addr for n in cluster.nodes),
     }
     base.update(kw)
     return VaultSettings(**base)
@@ -231,6 +233,14 @@ async def test_real_standby_redirects_and_client_follows_get(
     assert r.body is None  # a binary snapshot, not JSON
     assert hops == 2  # the 307 from the standby, then the active node
     report(capsys, f"GET sys/storage/raft/snapshot: 307 {standby.name} -> {leader.name}, 200")
+
+    # without the nodes listed, the same real redirect is refused and the token stays home
+    async with VaultClient(settings(standby, classic_cluster, cluster_members=())) as c:
+        await c.tokens.token()
+        before = c.stats["GET"]
+        with pytest.raises(VaultRequestError, match="refused to follow a redirect"):
+            await c.read("sys/storage/raft/snapshot")
+        assert c.stats["GET"] - before == 1  # nothing was sent to the active node
 
 
 class NoForwardingClient(VaultClient):
