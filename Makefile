@@ -38,7 +38,7 @@ node: $(NODE_STAMP)
 
 demo: $(STAMP)
 	$(PY) mailyctl.py dev up
-	$(PY) -m maily_secrets.demo
+	$(PY) -m maily_secrets.dev.demo
 
 test: $(STAMP) services node
 	$(VENV)/bin/pytest

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from maily_secrets.bootstrap import bootstrap_dev
-from maily_secrets.devserver import DevServer
+from maily_secrets.dev.server import DevServer
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient

@@ -32,7 +32,7 @@ from maily_secrets.bootstrap import (
     ensure_database_rotation,
     prepare_postgres,
 )
-from maily_secrets.devserver import DevServer
+from maily_secrets.dev.server import DevServer
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 

@@ -46,7 +46,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.table import Table
 
-from maily_secrets.devserver import DevServer, bao_binary
+from maily_secrets.dev.server import DevServer, bao_binary
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.transit import Transit

@@ -54,7 +54,7 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from maily_secrets.bootstrap import bootstrap_dev
-from maily_secrets.devserver import DevServer, bao_binary
+from maily_secrets.dev.server import DevServer, bao_binary
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 

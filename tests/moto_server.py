@@ -1,7 +1,7 @@
 """A real moto server (AWS APIs over HTTP) for the session, with IAM authentication on.
 
 Started on a free 127.0.0.1 port as a subprocess by the same code as ``mailyctl dev
-up`` (``maily_secrets.standins.MotoStandin``). An ``admin`` IAM user (policy ``*``)
+up`` (``maily_secrets.dev.standins.MotoStandin``). An ``admin`` IAM user (policy ``*``)
 is made first, then moto is switched to checking every request's signature and IAM
 policy: a deleted or wrong key fails exactly as on AWS (``InvalidClientTokenId``,
 ``SignatureDoesNotMatch``). Test modules use their own IAM users (``users()``).
@@ -22,7 +22,7 @@ import boto3  # type: ignore[import-untyped]
 import pytest
 from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from maily_secrets.standins import MotoStandin, moto_enable_auth, moto_setup_user
+from maily_secrets.dev.standins import MotoStandin, moto_enable_auth, moto_setup_user
 
 REGION = "us-east-1"
 ADMIN_POLICY = {

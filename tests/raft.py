@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maily_secrets.devserver import bao_binary, free_port, port_in_use
+from maily_secrets.dev.server import bao_binary, free_port, port_in_use
 
 CLUSTER_NAME = "maily-ha-test"
 
@@ -413,7 +413,7 @@ class RaftCluster:
 def _port_pair(used: set[int]) -> int:
     """A free port p with p+1 free too, *below* the kernel's ephemeral range.
 
-    ``devserver.free_port`` hands out ports from the ephemeral range; a node binds
+    ``dev.server.free_port`` hands out ports from the ephemeral range; a node binds
     its cluster port only once unsealed, and meanwhile the other nodes' outgoing
     connections can take that very port ("bind: address already in use").
     """

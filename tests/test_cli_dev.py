@@ -92,7 +92,7 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
 
         # `make demo`'s main job runs against it, with masked values
         demo = subprocess.run(
-            [sys.executable, "-m", "maily_secrets.demo"],
+            [sys.executable, "-m", "maily_secrets.dev.demo"],
             capture_output=True,
             text=True,
             cwd=ROOT,

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from maily_secrets.clock import ManualClock
-from maily_secrets.devserver import free_port
+from maily_secrets.dev.server import free_port
 from maily_secrets.errors import (
     CheckAndSetConflict,
     SecretNotFound,

@@ -20,7 +20,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from maily_secrets.devserver import bao_binary
+from maily_secrets.dev.server import bao_binary
 from maily_secrets.paths import KV2Path
 from maily_secrets.policies import deploy_dir
 

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 import redis
 
-from maily_secrets.devserver import DevServer
+from maily_secrets.dev.server import DevServer
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
@@ -303,7 +303,7 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_manifest_removes_only_what_it_recorded(tmp_path: Path) -> None:
-    from maily_secrets.devserver import Manifest
+    from maily_secrets.dev.server import Manifest
 
     root = tmp_path / "d"
     m = Manifest(root)

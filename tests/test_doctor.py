@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from maily_secrets.cli.main import app
-from maily_secrets.devserver import free_port
+from maily_secrets.dev.server import free_port
 from maily_secrets.policies import load_policies
 
 

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from maily_secrets.dev.standins import SELF_ROTATION_POLICY
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import (
     ActionRequired,
@@ -37,7 +38,6 @@ from maily_secrets.rotation.config import RotationConfig, TypeConfig
 from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.aws import AwsAccessKeyRotator, user_from_arn
 from maily_secrets.rotation.state import StateStore
-from maily_secrets.standins import SELF_ROTATION_POLICY
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

@@ -1,6 +1,6 @@
 """The ``smtp`` rotator against real servers: OpenBao, aiosmtpd with AUTH, moto (SES keys).
 
-* ``hook`` provider: the SMTP stand-in of ``mailyctl dev up`` (``maily_secrets.standins``:
+* ``hook`` provider: the SMTP stand-in of ``mailyctl dev up`` (``maily_secrets.dev.standins``:
   aiosmtpd + a 0600 registry of salted hashes) and its hook command, run as a real
   subprocess: a rotation really changes which passwords the server accepts.
 * ``ses`` provider: IAM keys in moto (server mode, IAM auth on) and a fake SES SMTP
@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from maily_secrets.dev.standins import CredentialStore, free_port, smtp_controller, smtp_hook_argv
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import (
     ActionRequired,
@@ -60,7 +61,6 @@ from maily_secrets.rotation.rotators.smtp import (
     smtp_session,
 )
 from maily_secrets.rotation.state import StateStore
-from maily_secrets.standins import CredentialStore, free_port, smtp_controller, smtp_hook_argv
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from maily_secrets.devserver import bao_binary
+from maily_secrets.dev.server import bao_binary
 from maily_secrets.errors import VaultError
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from maily_secrets.devserver import bao_binary, free_port, health
+from maily_secrets.dev.server import bao_binary, free_port, health
 from maily_secrets.errors import VaultUnavailable
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient

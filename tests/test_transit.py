@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from maily_secrets.devserver import bao_binary
+from maily_secrets.dev.server import bao_binary
 from maily_secrets.errors import (
     CiphertextVersionTooOld,
     DecryptionFailed,

@@ -12,7 +12,6 @@ import psycopg
 import typer
 from pydantic import SecretStr
 
-from .. import standins
 from ..bootstrap import (
     DB_APP_ROLE,
     DB_MOUNT,
@@ -34,7 +33,8 @@ from ..bootstrap import (
     prepare_postgres,
     record_dev_resources,
 )
-from ..devserver import DevServer, DevServerError, DevServerInfo, health
+from ..dev import standins
+from ..dev.server import DevServer, DevServerError, DevServerInfo, health
 from ..errors import VaultError
 from ..settings import VaultSettings
 from ..vault.client import VaultClient

@@ -13,19 +13,19 @@ Maily's secrets at them:
 * **SMTP** (aiosmtpd, port 2525 when free): accepts exactly the credentials of a
   registry file (``smtp-credentials.json``, mode 0600, salted PBKDF2 hashes only).
   The ``smtp`` rotator's ``hook`` provider writes new passwords there through
-  ``python -m maily_secrets.standins smtp-hook --store <file>`` (password on stdin),
+  ``python -m maily_secrets.dev.standins smtp-hook --store <file>`` (password on stdin),
   so a rotation really changes what the server accepts. Messages received are kept
   in ``smtp-mail/`` (one ``.eml`` file each).
 
 A rotation config for this dev directory is written to ``standins/rotation.yaml`` (the
 built-in config plus ``endpoint_url`` for ``aws``, the hook for ``smtp``, and the dev
 directory's own PostgreSQL login roles and Redis ACL user). Every file made here is
-recorded in the dev directory's manifest (``devserver.Manifest``): ``dev down``
+recorded in the dev directory's manifest (``server.Manifest``): ``dev down``
 removes those and nothing else.
 
 The registry and the hook protocol (see ``rotation/rotators/smtp.py``)::
 
-    python -m maily_secrets.standins smtp-hook --store FILE apply|rollback|retire
+    python -m maily_secrets.dev.standins smtp-hook --store FILE apply|rollback|retire
     stdin: {"username", "password" (apply), "credential_id", "current_credential_id"...}
 """
 
@@ -54,7 +54,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from .devserver import Manifest, _pid_alive, port_in_use, write_private
+from .server import Manifest, _pid_alive, port_in_use, write_private
 
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
@@ -282,7 +282,7 @@ class SmtpStandin(_Background):
     """An aiosmtpd server with AUTH against the credential registry."""
 
     name = "smtp"
-    module = "maily_secrets.standins"
+    module = "maily_secrets.dev.standins"
 
     @property
     def store_path(self) -> Path:
@@ -292,7 +292,7 @@ class SmtpStandin(_Background):
         return [
             sys.executable,
             "-m",
-            "maily_secrets.standins",
+            "maily_secrets.dev.standins",
             "smtp",
             "--port",
             str(port),
@@ -323,7 +323,7 @@ class SmtpStandin(_Background):
 
 def smtp_hook_argv(store: Path) -> list[str]:
     """The ``hook`` option that writes to the registry ``store``."""
-    return [sys.executable, "-m", "maily_secrets.standins", "smtp-hook", "--store", str(store)]
+    return [sys.executable, "-m", "maily_secrets.dev.standins", "smtp-hook", "--store", str(store)]
 
 
 # ---------------------------------------------------------------------------- registry
@@ -608,7 +608,7 @@ def write_rotation_config(
 async def _point_vault_at(
     client: Any, kv_mount: str, aws: dict[str, Any] | None, smtp: tuple[str, int] | None
 ) -> None:
-    from .paths import KV2Path
+    from ..paths import KV2Path
 
     if aws is not None:
 
@@ -638,14 +638,14 @@ def dev_up(
     write the dev directory's rotation config (with ``type_options``)."""
     import asyncio
 
-    from .settings import VaultSettings
-    from .vault.client import VaultClient
+    from ..settings import VaultSettings
+    from ..vault.client import VaultClient
 
     out = DevStandins(lines=[])
     settings = VaultSettings(addr=vault_addr, token=token, auth_method="token", kv_mount=kv_mount)
 
     async def read_smtp_creds() -> tuple[str, str]:
-        from .paths import KV2Path
+        from ..paths import KV2Path
 
         async with VaultClient(settings) as c:
             data = (await c.kv.read(KV2Path(kv_mount, "config"))).data
@@ -728,7 +728,7 @@ def dev_up(
 
 # ---------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m maily_secrets.standins")
+    p = argparse.ArgumentParser(prog="python -m maily_secrets.dev.standins")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("smtp", help="run the SMTP stand-in (until SIGTERM)")
     s.add_argument("--host", default="127.0.0.1")

@@ -14,7 +14,7 @@ overwritten.
 
 ``bao server -dev`` prints its root token and unseal key on stdout.  The token is
 one we choose (given through the environment, never argv, kept in ``token``); the
-server's output goes through a small filter process (``python devserver.py
+server's output goes through a small filter process (``python server.py
 filter-log``) that writes the unseal key to ``unseal-key`` and redacts both from
 ``server.log``.
 """
@@ -566,7 +566,7 @@ def filter_log(src: BinaryIO, log: Path, token_file: Path, unseal_file: Path) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="devserver.py")
+    p = argparse.ArgumentParser(prog="server.py")
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("filter-log", help="copy stdin to --log without the dev secrets")
     f.add_argument("--log", type=Path, required=True)

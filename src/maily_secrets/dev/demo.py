@@ -18,16 +18,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..cli.common import mask
+from ..errors import InvalidPath, SecretNotFound, VaultError
+from ..logs import configure
+from ..service import VaultService
+from ..vault.client import VaultClient
 from . import standins
-from .cli.common import mask
-from .devserver import DevServer
-from .errors import InvalidPath, SecretNotFound, VaultError
-from .logs import configure
-from .service import VaultService
-from .vault.client import VaultClient
+from .server import DevServer
 
 console = Console(highlight=False)
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _table(title: str, data: dict[str, object]) -> Table:
