@@ -67,7 +67,12 @@ def _outcome(exc: BaseException) -> str:
 
 
 class VaultService:
-    """Cached, resilient access to Maily's secrets in Vault."""
+    """Cached, resilient access to Maily's secrets in Vault.
+
+    It is the :class:`~maily_secrets.source.SecretSource` of its listeners
+    (:meth:`read_entry`, :meth:`current_version`, :meth:`read_data`, :attr:`cache`,
+    :attr:`clock`).
+    """
 
     def __init__(
         self,
@@ -120,7 +125,9 @@ class VaultService:
     @property
     def _listeners(self) -> ListenerRegistry:
         if self._listener_registry is None:
-            self._listener_registry = ListenerRegistry(self)
+            self._listener_registry = ListenerRegistry(
+                self, interval=self.settings.listener_interval
+            )
         return self._listener_registry
 
     def _snapshot_store(self) -> SnapshotStore | None:
@@ -133,9 +140,7 @@ class VaultService:
                     variable="MAILY_SECRETS_SNAPSHOT_KEY",
                 )
             try:
-                self._snapshot = SnapshotStore(
-                    s.snapshot_path, s.snapshot_key.get_secret_value()
-                )
+                self._snapshot = SnapshotStore(s.snapshot_path, s.snapshot_key.get_secret_value())
             except ValueError as exc:
                 raise ConfigurationError(
                     f"invalid configuration: {exc}", variable="MAILY_SECRETS_SNAPSHOT_KEY"
@@ -398,7 +403,7 @@ class VaultService:
         if entry is not None and entry.age() < UNKNOWN_KID_REFRESH_AFTER:
             return keys
         try:
-            fresh = await self.cache.load(path, lambda: self._fetch(path))
+            fresh = await self.cache.load(path, lambda: self.read_entry(path))
         except VaultError:
             return keys
         return verification_keys(fresh.copy_out())
@@ -539,6 +544,23 @@ class VaultService:
             raise
         self._warned_stale.discard(path)
         return entry.copy_out(), "miss"
+
+    # --- the SecretSource of listeners
+    async def read_entry(self, path: str) -> Entry:
+        """Read ``path`` from Vault now, bypassing the cache (KV v2 data with its version).
+
+        The result is not cached (``cache.put`` or ``cache.load`` decide); a snapshot
+        write is scheduled. Listeners compare versions with it.
+        """
+        return await self._fetch(path)  # through ``_fetch``: tests substitute it
+
+    async def current_version(self, path: KV2Path) -> int:
+        """The current version of a KV v2 secret (its metadata; 0 when it does not exist)."""
+        return await self.client.kv.current_version(path)
+
+    async def read_data(self, path: str) -> dict[str, Any] | None:
+        """The ``data`` of any API path as Vault returns it, uncached (``None``: no data)."""
+        return (await self.client.read(path)).data
 
     async def _fetch(self, path: str) -> Entry:
         kv = KV2Path.parse(path)
