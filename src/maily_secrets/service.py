@@ -30,12 +30,8 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
-from .jwt_keys import (
-    UNKNOWN_KID_REFRESH_AFTER,
-    SigningKey,
-    current_signing_key,
-    verification_keys,
-)
+from .jwt_keys import SigningKey
+from .jwt_keyset import JwtKeySet
 from .leases import LeaseContainer
 from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
@@ -69,9 +65,9 @@ def _outcome(exc: BaseException) -> str:
 class VaultService:
     """Cached, resilient access to Maily's secrets in Vault.
 
-    It is the :class:`~maily_secrets.source.SecretSource` of its listeners
-    (:meth:`read_entry`, :meth:`current_version`, :meth:`read_data`, :attr:`cache`,
-    :attr:`clock`).
+    It is the :class:`~maily_secrets.source.SecretSource` of its listeners and of its
+    JWT key set (:meth:`read_entry`, :meth:`current_version`, :meth:`read_data`,
+    :meth:`get_secret`, :attr:`cache`, :attr:`clock`).
     """
 
     def __init__(
@@ -383,8 +379,7 @@ class VaultService:
         Read through :meth:`get_config` (cached; listeners keep it current), so after a
         rotation new tokens carry the new key id. ``.secret`` is the HS256 secret.
         """
-
-        return current_signing_key(await self.get_config())
+        return await self._jwt_key_set().signing_key()
 
     async def get_jwt_verification_keys(self, *, kid: str | None = None) -> dict[str, str]:
         """``{kid: secret}`` of every key that verifies now (current, in-grace, published).
@@ -394,19 +389,10 @@ class VaultService:
         keeping the cached value if Vault is unreachable: a token signed by another
         instance right after a rotation verifies here before the cache expires.
         """
+        return await self._jwt_key_set().verification_keys(kid=kid)
 
-        keys = verification_keys(await self.get_config())
-        if kid is None or kid in keys:
-            return keys
-        path = self._paths()[0]
-        entry = self.cache.peek(path)
-        if entry is not None and entry.age() < UNKNOWN_KID_REFRESH_AFTER:
-            return keys
-        try:
-            fresh = await self.cache.load(path, lambda: self.read_entry(path))
-        except VaultError:
-            return keys
-        return verification_keys(fresh.copy_out())
+    def _jwt_key_set(self) -> JwtKeySet:
+        return JwtKeySet(self, self._paths()[0])  # the mount may change after close()
 
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
@@ -545,7 +531,7 @@ class VaultService:
         self._warned_stale.discard(path)
         return entry.copy_out(), "miss"
 
-    # --- the SecretSource of listeners
+    # --- the SecretSource of listeners and the JWT key set
     async def read_entry(self, path: str) -> Entry:
         """Read ``path`` from Vault now, bypassing the cache (KV v2 data with its version).
 
