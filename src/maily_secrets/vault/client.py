@@ -37,7 +37,14 @@ from .requester import VaultResponse, list_keys
 from .transit import Transit
 from .transport import AiohttpTransport, Request, Transport, TransportError
 
-__all__ = ["ClientClosed", "Consistency", "OutcomeUnknown", "VaultClient", "VaultResponse"]
+__all__ = [
+    "ClientClosed",
+    "Consistency",
+    "OutcomeUnknown",
+    "VaultClient",
+    "VaultResponse",
+    "newer_index",
+]
 
 log = logging.getLogger("maily_secrets.vault")
 
