@@ -74,6 +74,13 @@ class VaultUnavailable(VaultError):
     """Vault could not be reached or kept failing (connection, timeout, 5xx, sealed)."""
 
 
+class OutcomeUnknown(VaultUnavailable):
+    """The request may have been applied: it was sent, and no answer came back.
+
+    Not retried for a write; a check-and-set write resolves it by reading back.
+    """
+
+
 # ---------------------------------------------------------------------------- transit
 # Errors of the transit engine (vault/transit.py). Messages name the key, the mount,
 # the operation and, in a batch, the index of the item; never a plaintext, a context

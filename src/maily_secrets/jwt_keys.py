@@ -22,6 +22,9 @@ the guide's way, before key ids existed) are accepted by that key only.
 Signing and verifying: :func:`sign` and :func:`verify`, HS256 only (a token
 claiming any other algorithm, ``none`` included, is refused before any key is
 tried). Errors and ``repr`` never contain a secret or a token.
+
+Everything here is pure (no I/O); reading the key set through a service's cache, and
+refreshing it for an unknown key id, is :class:`maily_secrets.jwt_keyset.JwtKeySet`.
 """
 
 from __future__ import annotations

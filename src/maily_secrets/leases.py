@@ -58,8 +58,8 @@ from .errors import VaultError, VaultUnavailable
 from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
-    from .vault.client import VaultClient
     from .vault.database import DatabaseCredentials
+    from .vault.requester import Requester
 
 log = logging.getLogger("maily_secrets.leases")
 
@@ -232,7 +232,7 @@ class LeaseContainer:
 
     def __init__(
         self,
-        client: VaultClient,
+        client: Requester,
         *,
         renew_fraction: float | None = None,
         min_lead: float = 10.0,
@@ -416,7 +416,7 @@ class LeaseContainer:
         """Any leased secret read with ``GET path`` (e.g. ``aws/creds/role``)."""
 
         async def fetch() -> LeasedData:
-            r = await self.client.read(path)
+            r = await self.client.request("GET", path)
             body = r.body or {}
             if not body.get("lease_id"):
                 raise VaultError(f"{path!r} returned no lease", path=path)

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .cache import Entry
 from .callbacks import STUCK_AFTER, CallbackExecutor, callback_name, is_async_callable, run_watched
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import PermissionDenied, SecretNotFound, VaultError
@@ -51,7 +50,8 @@ from .paths import KV2Path
 from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
-    from .service import VaultService
+    from .cache import Entry
+    from .source import SecretSource
 
 log = logging.getLogger("maily_secrets.listeners")
 
@@ -61,11 +61,6 @@ MAX_BACKOFF_FACTOR = 8
 
 
 _name = callback_name
-
-
-def _clock_of(service: Any) -> Clock:
-    clock: Clock = getattr(service, "clock", None) or SYSTEM_CLOCK
-    return clock
 
 
 class _Runner:
@@ -184,9 +179,12 @@ class Subscription:
 
 
 class _Watcher:
-    def __init__(self, service: VaultService, path: str, interval: float) -> None:
-        self.service = service
-        self.clock = _clock_of(service)
+    def __init__(
+        self, source: SecretSource, registry: ListenerRegistry, path: str, interval: float
+    ) -> None:
+        self.source = source
+        self.registry = registry
+        self.clock = source.clock
         self.path = path
         self.kv = KV2Path.parse(path)
         self.interval = interval
@@ -216,7 +214,7 @@ class _Watcher:
             self.version = 0
         except VaultError as exc:
             # Vault down at registration: start from what the cache knows, if anything.
-            cached = self.service.cache.peek(self.path)
+            cached = self.source.cache.peek(self.path)
             self.version = cached.version if cached and cached.version is not None else None
             log.warning(
                 "listener for %s registered while Vault is unavailable (%s); polling",
@@ -242,10 +240,9 @@ class _Watcher:
 
     async def _baseline(self) -> None:
         if self.kv is not None:
-            self.version = await self.service.client.kv.current_version(self.kv)
+            self.version = await self.source.current_version(self.kv)
         else:
-            r = await self.service.client.read(self.path)
-            self._digest = _digest(r.data)
+            self._digest = _digest(await self.source.read_data(self.path))
             self.version = 0
 
     async def remove(self, runner: _Runner) -> None:
@@ -253,7 +250,7 @@ class _Watcher:
             self.runners.remove(runner)
             await runner.close()
         if not self.runners:
-            await self.service._listeners.drop(self)
+            await self.registry.drop(self)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -303,18 +300,18 @@ class _Watcher:
         if self.kv is None:
             await self._poll_generic()
             return
-        current = await self.service.client.kv.current_version(self.kv)
+        current = await self.source.current_version(self.kv)
         if self.version is None:
             self.version = current  # baseline after an outage at registration
             return
         if current <= self.version:
             return
         try:
-            entry = await self.service._fetch(self.path)
+            entry = await self.source.read_entry(self.path)
         except SecretNotFound:  # the newest version was deleted: nothing to hand out
             self.version = current
             return
-        cached = self.service.cache.peek(self.path)
+        cached = self.source.cache.peek(self.path)
         if (
             cached is not None
             and cached.version is not None
@@ -324,17 +321,17 @@ class _Watcher:
             # A write (or read) that finished while this read was in flight put a
             # newer version there: ours is outdated. The next poll catches up.
             return
-        self.service.cache.put(self.path, entry)
+        self.source.cache.put(self.path, entry)
         self.notify(entry)
 
     async def _poll_generic(self) -> None:
-        entry = await self.service._fetch(self.path)
+        entry = await self.source.read_entry(self.path)
         digest = _digest(entry.value)
         if digest == self._digest:
             return
         first = self._digest is None
         self._digest = digest
-        self.service.cache.put(self.path, entry)
+        self.source.cache.put(self.path, entry)
         if not first:
             self.version = (self.version or 0) + 1
             entry.version = self.version
@@ -358,10 +355,14 @@ def _digest(value: Any) -> str:
 
 
 class ListenerRegistry:
-    """All watchers of one service: one per path; one thread pool for their callbacks."""
+    """All watchers of one source: one per path; one thread pool for their callbacks.
 
-    def __init__(self, service: VaultService, *, max_workers: int = 4) -> None:
-        self.service = service
+    ``interval``: the seconds between polls of a path registered without its own.
+    """
+
+    def __init__(self, source: SecretSource, *, interval: float, max_workers: int = 4) -> None:
+        self.source = source
+        self.interval = interval
         self.watchers: dict[str, _Watcher] = {}
         self._lock: asyncio.Lock | None = None
         self.executor = CallbackExecutor(max_workers=max_workers, name="maily-listener")
@@ -384,7 +385,7 @@ class ListenerRegistry:
             path,
             callback,
             executor=self.executor,
-            clock=_clock_of(self.service),
+            clock=self.source.clock,
             timeout=timeout,
         )
         if self._lock is None:
@@ -393,9 +394,10 @@ class ListenerRegistry:
             w = self.watchers.get(path)
             if w is None:
                 w = _Watcher(
-                    self.service,
+                    self.source,
+                    self,
                     path,
-                    interval if interval is not None else self.service.settings.listener_interval,
+                    interval if interval is not None else self.interval,
                 )
                 await w.start()
                 self.watchers[path] = w

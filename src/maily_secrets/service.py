@@ -30,12 +30,8 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
-from .jwt_keys import (
-    UNKNOWN_KID_REFRESH_AFTER,
-    SigningKey,
-    current_signing_key,
-    verification_keys,
-)
+from .jwt_keys import SigningKey
+from .jwt_keyset import JwtKeySet
 from .leases import LeaseContainer
 from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .paths import KV2Path, validate_path
@@ -67,7 +63,12 @@ def _outcome(exc: BaseException) -> str:
 
 
 class VaultService:
-    """Cached, resilient access to Maily's secrets in Vault."""
+    """Cached, resilient access to Maily's secrets in Vault.
+
+    It is the :class:`~maily_secrets.source.SecretSource` of its listeners and of its
+    JWT key set (:meth:`read_entry`, :meth:`current_version`, :meth:`read_data`,
+    :meth:`get_secret`, :attr:`cache`, :attr:`clock`).
+    """
 
     def __init__(
         self,
@@ -120,7 +121,9 @@ class VaultService:
     @property
     def _listeners(self) -> ListenerRegistry:
         if self._listener_registry is None:
-            self._listener_registry = ListenerRegistry(self)
+            self._listener_registry = ListenerRegistry(
+                self, interval=self.settings.listener_interval
+            )
         return self._listener_registry
 
     def _snapshot_store(self) -> SnapshotStore | None:
@@ -133,9 +136,7 @@ class VaultService:
                     variable="MAILY_SECRETS_SNAPSHOT_KEY",
                 )
             try:
-                self._snapshot = SnapshotStore(
-                    s.snapshot_path, s.snapshot_key.get_secret_value()
-                )
+                self._snapshot = SnapshotStore(s.snapshot_path, s.snapshot_key.get_secret_value())
             except ValueError as exc:
                 raise ConfigurationError(
                     f"invalid configuration: {exc}", variable="MAILY_SECRETS_SNAPSHOT_KEY"
@@ -378,8 +379,7 @@ class VaultService:
         Read through :meth:`get_config` (cached; listeners keep it current), so after a
         rotation new tokens carry the new key id. ``.secret`` is the HS256 secret.
         """
-
-        return current_signing_key(await self.get_config())
+        return await self._jwt_key_set().signing_key()
 
     async def get_jwt_verification_keys(self, *, kid: str | None = None) -> dict[str, str]:
         """``{kid: secret}`` of every key that verifies now (current, in-grace, published).
@@ -389,19 +389,10 @@ class VaultService:
         keeping the cached value if Vault is unreachable: a token signed by another
         instance right after a rotation verifies here before the cache expires.
         """
+        return await self._jwt_key_set().verification_keys(kid=kid)
 
-        keys = verification_keys(await self.get_config())
-        if kid is None or kid in keys:
-            return keys
-        path = self._paths()[0]
-        entry = self.cache.peek(path)
-        if entry is not None and entry.age() < UNKNOWN_KID_REFRESH_AFTER:
-            return keys
-        try:
-            fresh = await self.cache.load(path, lambda: self._fetch(path))
-        except VaultError:
-            return keys
-        return verification_keys(fresh.copy_out())
+    def _jwt_key_set(self) -> JwtKeySet:
+        return JwtKeySet(self, self._paths()[0])  # the mount may change after close()
 
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
@@ -539,6 +530,23 @@ class VaultService:
             raise
         self._warned_stale.discard(path)
         return entry.copy_out(), "miss"
+
+    # --- the SecretSource of listeners and the JWT key set
+    async def read_entry(self, path: str) -> Entry:
+        """Read ``path`` from Vault now, bypassing the cache (KV v2 data with its version).
+
+        The result is not cached (``cache.put`` or ``cache.load`` decide); a snapshot
+        write is scheduled. Listeners compare versions with it.
+        """
+        return await self._fetch(path)  # through ``_fetch``: tests substitute it
+
+    async def current_version(self, path: KV2Path) -> int:
+        """The current version of a KV v2 secret (its metadata; 0 when it does not exist)."""
+        return await self.client.kv.current_version(path)
+
+    async def read_data(self, path: str) -> dict[str, Any] | None:
+        """The ``data`` of any API path as Vault returns it, uncached (``None``: no data)."""
+        return (await self.client.read(path)).data
 
     async def _fetch(self, path: str) -> Entry:
         kv = KV2Path.parse(path)

@@ -8,8 +8,9 @@ from .auth import (
     TokenManager,
     auth_from_settings,
 )
-from .client import VaultClient, VaultResponse
+from .client import VaultClient
 from .kv import KV2, SecretVersion
+from .requester import Requester, VaultResponse
 from .transit import KeyVersions, Transit
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "AuthMethod",
     "KeyVersions",
     "KubernetesAuth",
+    "Requester",
     "SecretVersion",
     "TokenAuth",
     "TokenManager",

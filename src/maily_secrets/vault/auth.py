@@ -22,7 +22,7 @@ from ..settings import VaultSettings
 from ..supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
-    from .client import VaultClient
+    from .requester import Requester
 
 log = logging.getLogger("maily_secrets.auth")
 
@@ -53,7 +53,7 @@ class AuthMethod(Protocol):
         """Whether a fresh login may produce a different, valid token."""
         ...
 
-    async def login(self, client: VaultClient) -> Token: ...
+    async def login(self, client: Requester) -> Token: ...
 
 
 def _read_file(path: Path, what: str) -> str:
@@ -66,7 +66,7 @@ def _read_file(path: Path, what: str) -> str:
     return value
 
 
-def _token_from_auth(body: dict[str, Any] | None, method: str, client: VaultClient) -> Token:
+def _token_from_auth(body: dict[str, Any] | None, method: str, client: Requester) -> Token:
     auth = (body or {}).get("auth") or {}
     value = auth.get("client_token")
     if not value:
@@ -79,7 +79,7 @@ def _token_from_auth(body: dict[str, Any] | None, method: str, client: VaultClie
     )
 
 
-async def _lookup_self(client: VaultClient, value: str, method: str) -> Token:
+async def _lookup_self(client: Requester, value: str, method: str) -> Token:
     try:
         r = await client.request("GET", "auth/token/lookup-self", token=value)
     except VaultError as exc:
@@ -110,7 +110,7 @@ class TokenAuth:
     def can_relogin(self) -> bool:
         return self._file is not None  # an agent may have written a new token
 
-    async def login(self, client: VaultClient) -> Token:
+    async def login(self, client: Requester) -> Token:
         value = self._token if self._file is None else _read_file(self._file, "Vault token")
         assert value is not None
         return await _lookup_self(client, value, f"token ({self.source})")
@@ -129,7 +129,7 @@ class KubernetesAuth:
     def __init__(self, role: str, jwt_path: Path, mount: str = "kubernetes") -> None:
         self.role, self.jwt_path, self.mount = role, jwt_path, mount
 
-    async def login(self, client: VaultClient) -> Token:
+    async def login(self, client: Requester) -> Token:
         jwt = _read_file(self.jwt_path, "Kubernetes service-account token")
         try:
             r = await client.request(
@@ -172,7 +172,7 @@ class AppRoleAuth:
         self._secret_id, self._secret_id_file = secret_id, secret_id_file
         self.mount = mount
 
-    async def login(self, client: VaultClient) -> Token:
+    async def login(self, client: Requester) -> Token:
         role_id = self._role_id or _read_file(self._role_id_file, "AppRole role-id")  # type: ignore[arg-type]
         body = {"role_id": role_id}
         if self._secret_id is not None:
@@ -247,7 +247,7 @@ class _NoAuth:
     name = "none"
     can_relogin = False
 
-    async def login(self, client: VaultClient) -> Token:
+    async def login(self, client: Requester) -> Token:
         raise AuthFailed(
             "no Vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE,"
             " VAULT_ROLE_ID/VAULT_SECRET_ID, or run in Kubernetes with a service-account token"
@@ -267,7 +267,7 @@ class TokenManager:
     """
 
     def __init__(
-        self, method: AuthMethod, client: VaultClient, *, clock: Clock | None = None
+        self, method: AuthMethod, client: Requester, *, clock: Clock | None = None
     ) -> None:
         self.method = method
         self._client = client
@@ -360,9 +360,7 @@ class TokenManager:
             # Vault unreachable: keep the token while it lasts, try again later
             # (capped backoff: any length of outage is survived).
             self._renew_failures += 1
-            t.retry_after = self.clock.monotonic() + backoff_delay(
-                self._renew_failures, 1.0, 30.0
-            )
+            t.retry_after = self.clock.monotonic() + backoff_delay(self._renew_failures, 1.0, 30.0)
             return t
         self._renew_failures = 0
         new = _token_from_auth(r.body, "renew-self", self._client)
@@ -390,9 +388,7 @@ class TokenManager:
         if self.method.can_relogin and stale is not None and stale.value != used:
             return "retry"  # somebody already replaced the token we used
         try:
-            await self._client.request(
-                "GET", "auth/token/lookup-self", token=used, retries=0
-            )
+            await self._client.request("GET", "auth/token/lookup-self", token=used, retries=0)
             return "denied"  # the token is alive: a real permission problem
         except VaultError as exc:
             if exc.status != 403:

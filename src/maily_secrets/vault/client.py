@@ -12,7 +12,6 @@ import logging
 import ssl
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from yarl import URL
@@ -21,6 +20,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import (
     AuthFailed,
     ConfigurationError,
+    OutcomeUnknown,
     PermissionDenied,
     SecretNotFound,
     VaultError,
@@ -30,9 +30,21 @@ from ..errors import (
 from ..paths import validate_path
 from ..settings import VaultSettings
 from ..supervise import backoff_delay
-from . import policy
 from .auth import TokenManager, auth_from_settings
+from .kv import KV2
+from .policy import REDIRECT_STATUS, error_class, redirect_target, should_retry
+from .requester import VaultResponse, list_keys
+from .transit import Transit
 from .transport import AiohttpTransport, Request, Transport, TransportError
+
+__all__ = [
+    "ClientClosed",
+    "Consistency",
+    "OutcomeUnknown",
+    "VaultClient",
+    "VaultResponse",
+    "newer_index",
+]
 
 log = logging.getLogger("maily_secrets.vault")
 
@@ -43,27 +55,6 @@ _MAX_REDIRECTS = 3
 
 class ClientClosed(VaultError):
     """The client was closed; make a new one (a closed client never reopens by itself)."""
-
-
-class OutcomeUnknown(VaultUnavailable):
-    """The request may have been applied: it was sent, and no answer came back.
-
-    Not retried for a write; a check-and-set write resolves it by reading back.
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class VaultResponse:
-    status: int
-    body: dict[str, Any] | None = field(repr=False)  # may hold secret data
-    headers: Mapping[str, str] | None = field(default=None, repr=False)
-
-    @property
-    def data(self) -> dict[str, Any] | None:
-        if self.body is None:
-            return None
-        d = self.body.get("data")
-        return d if isinstance(d, dict) else None
 
 
 def _index_position(index: str) -> tuple[str, int] | None:
@@ -202,7 +193,7 @@ class VaultClient:
         """Send one API request with retries; raise a typed :class:`VaultError` on failure.
 
         ``path`` is relative to ``/v1/`` and is validated first. A request is resent
-        only when that cannot apply it twice (``policy.should_retry``); pass
+        only when that cannot apply it twice (``should_retry``); pass
         ``idempotent=True`` for a POST that may be resent (transit encrypt, login).
         """
         if self._closed:
@@ -234,7 +225,7 @@ class VaultClient:
                         " that signed the server's certificate",
                         path=path,
                     ) from None
-                if attempt < max_retries and policy.should_retry(
+                if attempt < max_retries and should_retry(
                     method, failure=exc.failure, idempotent=idempotent
                 ):
                     await self._backoff(attempt, path, exc.cause)
@@ -256,7 +247,7 @@ class VaultClient:
                 return VaultResponse(status, body, resp_headers)
 
             detail = _errors_of(body)
-            if attempt < max_retries and policy.should_retry(
+            if attempt < max_retries and should_retry(
                 method, status, detail=detail, idempotent=idempotent
             ):
                 await self._backoff(attempt, path, f"HTTP {status}")
@@ -292,12 +283,10 @@ class VaultClient:
         for _hop in range(_MAX_REDIRECTS + 1):
             self.stats[method] += 1
             resp = await self._transport.send(Request(method, url, headers, json_body, params))
-            if resp.status in policy.REDIRECT_STATUS and "Location" in resp.headers:
+            if resp.status in REDIRECT_STATUS and "Location" in resp.headers:
                 # A standby pointing us at the active node: same method, body and token,
                 # but only to the same origin or a configured cluster member.
-                target = policy.redirect_target(
-                    resp.url, resp.headers["Location"], self._members
-                )
+                target = redirect_target(resp.url, resp.headers["Location"], self._members)
                 if target is None:
                     raise VaultRequestError(
                         f"refused to follow a redirect for {path!r} (HTTP {resp.status}) to"
@@ -323,7 +312,7 @@ class VaultClient:
     def _error(self, status: int, body: Any, path: str) -> VaultError:
         detail = _errors_of(body)
         where = f"{path!r}"
-        kind = policy.error_class(status, detail)
+        kind = error_class(status, detail)
         if kind is SecretNotFound:
             return SecretNotFound(
                 f"secret {where} not found", path=path, status=status, detail=detail
@@ -370,12 +359,7 @@ class VaultClient:
         return await self.request("DELETE", path)
 
     async def list(self, path: str) -> list[str]:
-        try:
-            r = await self.request("LIST", path)
-        except SecretNotFound:
-            return []
-        keys = (r.data or {}).get("keys") or []
-        return [str(k) for k in keys]
+        return await list_keys(self, path)
 
     @property
     def kv(self) -> KV2:
@@ -383,8 +367,3 @@ class VaultClient:
 
     def transit(self, mount: str | None = None) -> Transit:
         return Transit(self, mount or self.settings.transit_mount)
-
-
-# (circular: the engines use VaultClient for typing only)
-from .kv import KV2  # noqa: E402
-from .transit import Transit  # noqa: E402

@@ -30,9 +30,10 @@ from pydantic import SecretStr
 
 from ..errors import SecretNotFound, VaultError
 from ..paths import validate_path
+from .requester import list_keys
 
 if TYPE_CHECKING:
-    from .client import VaultClient
+    from .requester import Requester
 
 log = logging.getLogger("maily_secrets.database")
 
@@ -161,7 +162,7 @@ def _duration(value: Duration | None) -> Duration | None:
 class Database:
     """The database secrets engine mounted at ``mount``."""
 
-    def __init__(self, client: VaultClient, mount: str = "database") -> None:
+    def __init__(self, client: Requester, mount: str = "database") -> None:
         self._c = client
         self.mount = mount.strip("/")
         validate_path(self.mount)
@@ -169,9 +170,12 @@ class Database:
     def _p(self, *parts: str) -> str:
         return validate_path("/".join([self.mount, *parts]))
 
+    async def _post(self, path: str, data: Mapping[str, Any] | None = None) -> None:
+        await self._c.request("POST", path, json_body=data or {})
+
     # ------------------------------------------------------------------ engine
     async def is_enabled(self) -> bool:
-        mounts = (await self._c.read("sys/mounts")).data or {}
+        mounts = (await self._c.request("GET", "sys/mounts")).data or {}
         cur = mounts.get(f"{self.mount}/")
         if cur is None:
             return False
@@ -186,7 +190,7 @@ class Database:
         """Mount the engine unless it is there already; True when it was mounted now."""
         if await self.is_enabled():
             return False
-        await self._c.write(
+        await self._post(
             f"sys/mounts/{self.mount}", {"type": "database", "description": description}
         )
         log.info("database engine mounted", extra={"mount": self.mount})
@@ -228,7 +232,7 @@ class Database:
             body["root_rotation_statements"] = list(root_rotation_statements)
         if extra:
             body.update(extra)
-        await self._c.write(self._p("config", name), body)
+        await self._post(self._p("config", name), body)
         log.info(
             "database connection configured",
             extra={"mount": self.mount, "connection": name, "db_user": username},
@@ -237,19 +241,19 @@ class Database:
     async def read_connection(self, name: str) -> dict[str, Any] | None:
         """The connection's configuration (Vault never returns its password); None if absent."""
         try:
-            return (await self._c.read(self._p("config", name))).data or {}
+            return (await self._c.request("GET", self._p("config", name))).data or {}
         except SecretNotFound:
             return None
 
     async def delete_connection(self, name: str) -> None:
-        await self._c.delete(self._p("config", name))
+        await self._c.request("DELETE", self._p("config", name))
 
     async def reset_connection(self, name: str) -> None:
-        await self._c.write(self._p("reset", name))
+        await self._post(self._p("reset", name))
 
     async def rotate_root(self, name: str) -> None:
         """Let Vault change the connection user's password: afterwards only Vault knows it."""
-        await self._c.write(self._p("rotate-root", name))
+        await self._post(self._p("rotate-root", name))
         log.info("database root credentials rotated", extra={"connection": name})
 
     # ------------------------------------------------------------------ dynamic roles
@@ -281,24 +285,24 @@ class Database:
             body["rollback_statements"] = list(rollback_statements)
         if extra:
             body.update(extra)
-        await self._c.write(self._p("roles", name), body)
+        await self._post(self._p("roles", name), body)
         log.info("database role written", extra={"role": name, "connection": db_name})
 
     async def read_role(self, name: str) -> dict[str, Any] | None:
         try:
-            return (await self._c.read(self._p("roles", name))).data or {}
+            return (await self._c.request("GET", self._p("roles", name))).data or {}
         except SecretNotFound:
             return None
 
     async def delete_role(self, name: str) -> None:
-        await self._c.delete(self._p("roles", name))
+        await self._c.request("DELETE", self._p("roles", name))
 
     async def list_roles(self) -> list[str]:
-        return await self._c.list(self._p("roles"))
+        return await list_keys(self._c, self._p("roles"))
 
     async def credentials(self, role: str) -> DatabaseCredentials:
         """New dynamic credentials (a new database user) with their lease."""
-        r = await self._c.read(self._p("creds", role))
+        r = await self._c.request("GET", self._p("creds", role))
         body = r.body or {}
         data = r.data or {}
         username, password = data.get("username"), data.get("password")
@@ -348,25 +352,25 @@ class Database:
             body["rotation_statements"] = list(rotation_statements)
         if extra:
             body.update(extra)
-        await self._c.write(self._p("static-roles", name), body)
+        await self._post(self._p("static-roles", name), body)
         log.info("database static role written", extra={"role": name, "db_user": username})
 
     async def read_static_role(self, name: str) -> dict[str, Any] | None:
         try:
-            return (await self._c.read(self._p("static-roles", name))).data or {}
+            return (await self._c.request("GET", self._p("static-roles", name))).data or {}
         except SecretNotFound:
             return None
 
     async def delete_static_role(self, name: str) -> None:
-        await self._c.delete(self._p("static-roles", name))
+        await self._c.request("DELETE", self._p("static-roles", name))
 
     async def rotate_role(self, name: str) -> None:
         """Rotate a static role's password now."""
-        await self._c.write(self._p("rotate-role", name))
+        await self._post(self._p("rotate-role", name))
         log.info("database static role rotated", extra={"role": name})
 
     async def static_credentials(self, role: str) -> StaticCredentials:
-        r = await self._c.read(self._p("static-creds", role))
+        r = await self._c.request("GET", self._p("static-creds", role))
         data = r.data or {}
         if not data.get("username") or not data.get("password"):
             raise VaultError(

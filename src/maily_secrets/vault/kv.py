@@ -7,12 +7,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CheckAndSetConflict, SecretNotFound
+from ..errors import CheckAndSetConflict, OutcomeUnknown, SecretNotFound
 from ..paths import KV2Path
 from ..supervise import backoff_delay
+from .requester import list_keys
 
 if TYPE_CHECKING:
-    from .client import VaultClient
+    from .requester import Requester
 
 
 KEEP_ALL_VERSIONS = 1_000_000
@@ -43,7 +44,7 @@ def _as_kv2(path: KV2Path | str) -> KV2Path:
 class KV2:
     """KV v2 operations on any mount. Every write is a check-and-set write."""
 
-    def __init__(self, client: VaultClient) -> None:
+    def __init__(self, client: Requester) -> None:
         self._c = client
 
     async def read(self, path: KV2Path | str, version: int | None = None) -> SecretVersion:
@@ -106,8 +107,6 @@ class KV2:
         the write is sent again (check-and-set makes that safe); else someone else
         wrote first (:class:`CheckAndSetConflict`). A write is never applied twice.
         """
-        from .client import OutcomeUnknown
-
         p = _as_kv2(path)
         body = {"options": {"cas": int(cas)}, "data": dict(data)}
         rounds = 3
@@ -200,7 +199,7 @@ class KV2:
 
     async def list(self, mount: str, prefix: str = "") -> list[str]:
         path = f"{mount}/metadata/{prefix}".rstrip("/")
-        return await self._c.list(path)
+        return await list_keys(self._c, path)
 
     async def configure(
         self, mount: str, *, cas_required: bool = True, max_versions: int = KEEP_ALL_VERSIONS

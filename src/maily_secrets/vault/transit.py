@@ -52,7 +52,7 @@ from ..errors import (
 from ..paths import validate_path
 
 if TYPE_CHECKING:
-    from .client import VaultClient, VaultResponse
+    from .requester import Requester, VaultResponse
 
 # The listener's default ``max_request_json_strings``; chunks use 90% of it.
 MAX_REQUEST_JSON_STRINGS: Final = 1000
@@ -130,7 +130,7 @@ class Transit:
 
     def __init__(
         self,
-        client: VaultClient,
+        client: Requester,
         mount: str = "transit",
         batch_size: int = 250,
         *,
