@@ -82,9 +82,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...bootstrap import random_password
 from ...errors import SecretNotFound, VaultError
 from ...smtp_auth import login_once as _login
+from ...targets import random_password
 from ..base import (
     ActionRequired,
     RotationContext,
