@@ -85,15 +85,7 @@ from typing import Any
 from ...errors import SecretNotFound, VaultError
 from ...smtp_auth import login_once as _login
 from ...targets import random_password
-from ..base import (
-    ActionRequired,
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-)
-from ..state import StateStore
-from .aws import (
+from ...targets.aws_iam import (
     AwsApiError,
     AwsOptions,
     AwsTarget,
@@ -104,6 +96,14 @@ from .aws import (
     parse_aws_options,
     scrub,
 )
+from ..base import (
+    ActionRequired,
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+)
+from ..state import StateStore
 
 PROVIDERS = ("ses", "hook")
 TLS_MODES = ("auto", "starttls", "implicit", "none")
