@@ -83,7 +83,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import SecretNotFound, VaultError
-from ...smtp_auth import login_once as _login
 from ...targets import random_password
 from ...targets.aws_iam import (
     AwsApiError,
@@ -96,6 +95,7 @@ from ...targets.aws_iam import (
     parse_aws_options,
     scrub,
 )
+from ...targets.smtp import login_once, open_session, server_text
 from ..base import (
     ActionRequired,
     RotationContext,
@@ -163,11 +163,6 @@ class SmtpServer:
         return f"{self.host}:{self.port}"
 
 
-def _server_text(raw: bytes | str, *secrets: str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return scrub(text, *secrets)[:200]
-
-
 def smtp_session(
     server: SmtpServer, username: str | None = None, password: str | None = None
 ) -> str:
@@ -177,7 +172,10 @@ def smtp_session(
     Returns a short description ("STARTTLS", "TLS", "no TLS"); raises SmtpError.
     """
     secrets = [s for s in (password,) if s]
-    conn: smtplib.SMTP | None = None
+
+    def redact(text: str) -> str:
+        return scrub(text, *secrets)
+
     implicit = server.tls == "implicit" or (server.tls == "auto" and server.port == 465)
     try:
         ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
@@ -185,62 +183,37 @@ def smtp_session(
         raise RotatorConfigError(
             f"smtp: cannot load the CA bundle {server.cafile}: {type(exc).__name__}"
         ) from None
-    try:
-        try:
-            if implicit:
-                conn = smtplib.SMTP_SSL(
-                    server.host, server.port, timeout=server.timeout, context=ctx
-                )
-                security = "TLS"
-            else:
-                conn = smtplib.SMTP(server.host, server.port, timeout=server.timeout)
-                security = "no TLS"
-            conn.ehlo()
-            if not implicit and server.tls in ("auto", "starttls"):
-                if not conn.has_extn("starttls"):
-                    # never AUTH in plaintext unless the configuration says tls: none
-                    raise SmtpError(
-                        f"SMTP server {server.where} does not offer STARTTLS (option tls:"
-                        f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
-                    )
-                conn.starttls(context=ctx)
-                conn.ehlo()
-                security = "STARTTLS"
-            if not conn.has_extn("auth"):
+    with open_session(
+        server.host,
+        server.port,
+        implicit=implicit,
+        context=ctx,
+        timeout=server.timeout,
+        fail=SmtpError,
+        redact=redact,
+    ) as session:
+        if not implicit and server.tls in ("auto", "starttls"):
+            if not session.conn.has_extn("starttls"):
+                # never AUTH in plaintext unless the configuration says tls: none
                 raise SmtpError(
-                    f"SMTP server {server.where} does not offer AUTH"
-                    + ("" if security != "no TLS" else " without TLS")
+                    f"SMTP server {server.where} does not offer STARTTLS (option tls:"
+                    f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
                 )
-            if username is not None and password is not None:
-                _login(conn, username, password)
-        except SmtpError:
-            raise
-        except smtplib.SMTPAuthenticationError as exc:
+            session.starttls(ctx)
+        if not session.conn.has_extn("auth"):
             raise SmtpError(
-                f"SMTP login as {username} at {server.where} was refused"
-                f" ({exc.smtp_code} {_server_text(exc.smtp_error, *secrets)})"
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise SmtpError(
-                f"SMTP server {server.where} answered {exc.smtp_code}"
-                f" {_server_text(exc.smtp_error, *secrets)}"
-            ) from None
-        except smtplib.SMTPException as exc:
-            raise SmtpError(f"SMTP error with {server.where}: {type(exc).__name__}") from None
-        except ssl.SSLError as exc:
-            raise SmtpError(
-                f"TLS with SMTP server {server.where} failed: {exc.reason or type(exc).__name__}"
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            why = exc.strerror or type(exc).__name__
-            raise SmtpError(f"cannot reach SMTP server {server.where}: {why}") from None
-    finally:
-        if conn is not None:
+                f"SMTP server {server.where} does not offer AUTH"
+                + ("" if session.tls else " without TLS")
+            )
+        if username is not None and password is not None:
             try:
-                conn.quit()
-            except (smtplib.SMTPException, OSError):
-                conn.close()
-    return security
+                login_once(session.conn, username, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                raise SmtpError(
+                    f"SMTP login as {username} at {server.where} was refused"
+                    f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
+                ) from None
+        return session.security
 
 
 # ---------------------------------------------------------------------------- the hook
