@@ -24,8 +24,9 @@ from typing import Any
 
 from .errors import SecretNotFound, VaultError
 from .paths import KV2Path
-from .targets import random_password
-from .targets.postgres import PostgresTarget, can_log_in
+from .targets import random_password as random_password  # re-exported (dev tools)
+from .targets.postgres import PostgresTarget as PostgresTarget  # re-exported (cli/dev.py)
+from .targets.postgres import can_log_in
 from .vault.client import VaultClient
 
 log = logging.getLogger("maily_secrets.bootstrap")
