@@ -22,4 +22,14 @@ def random_password(n: int = 32) -> str:
     return "".join(secrets.choice(_URL_SAFE) for _ in range(n))
 
 
-__all__ = ["random_password"]
+def scrubbed_line(text: str, *values: str | None) -> str:
+    """The first line of an error text, on one line, with each of ``values`` blanked."""
+    lines = text.strip().splitlines() or ["error"]
+    line = " ".join(lines[0].split())
+    for v in values:
+        if v:
+            line = line.replace(v, "******")
+    return line
+
+
+__all__ = ["random_password", "scrubbed_line"]

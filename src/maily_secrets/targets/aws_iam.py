@@ -481,6 +481,24 @@ async def free_slot(
     return doomed
 
 
+async def activate_key(what: str, keys: IamUserKeys, key_id: str) -> None:
+    """Idempotent: the pending key ``key_id`` still exists on the IAM user and is
+    ``Active`` (re-activated if somebody deactivated it)."""
+    listed = await aws_call(f"{what}: iam:ListAccessKeys for {keys.user}", keys.target, keys.list)
+    found = next((k for k in listed if k.id == key_id), None)
+    if found is None:
+        raise RotationError(
+            f"{what}: the pending key {key_id} no longer exists on IAM user {keys.user}"
+            " (deleted outside the rotation)"
+        )
+    if found.status != "Active":
+        await aws_call(
+            f"{what}: activating {key_id}",
+            keys.target,
+            lambda: keys.set_status(key_id, "Active"),
+        )
+
+
 async def verify_key(
     what: str, target: AwsTarget, creds: AwsCreds, user: str, within: float
 ) -> str:

@@ -19,6 +19,8 @@ from urllib.parse import quote, urlencode
 
 from pydantic import SecretStr
 
+from . import scrubbed_line
+
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
@@ -144,12 +146,7 @@ def grant_membership_statement(group: str, role: str, server_version: int) -> sq
 
 def scrub(text: str, *values: str | None) -> str:
     """First line of an error text without any of ``values`` (at most 300 characters)."""
-    lines = text.strip().splitlines() or ["error"]
-    line = " ".join(lines[0].split())
-    for v in values:
-        if v:
-            line = line.replace(v, "******")
-    return line[:300]
+    return scrubbed_line(text, *values)[:300]
 
 
 async def membership(

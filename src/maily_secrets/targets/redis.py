@@ -19,6 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..rotation.base import RotationError
+from . import scrubbed_line
 
 DEFAULT_ACL_USER = "maily"
 DEFAULT_KEYS = ("maily:*",)
@@ -42,14 +43,8 @@ def password_rule(op: str, digest: str) -> str:
 
 def scrub(text: str, *values: str | None) -> str:
     """First line of an error text without any of ``values`` (at most 300 characters)."""
-    lines = text.strip().splitlines() or ["error"]
-    line = " ".join(lines[0].split())
-    for v in values:
-        if v:
-            line = line.replace(v, "******")
     # a password hash is no password, but it does not belong in a message either
-    line = re.sub(r"[#!]?[0-9a-f]{64}", "<sha256>", line)
-    return line[:300]
+    return re.sub(r"[#!]?[0-9a-f]{64}", "<sha256>", scrubbed_line(text, *values))[:300]
 
 
 async def redis_command(conn: aioredis.Redis, *args: str) -> Any:

@@ -72,6 +72,7 @@ from ...targets.aws_iam import (
     AwsOptions,
     AwsTarget,
     IamUserKeys,
+    activate_key,
     admin_creds,
     aws_call,
     caller_arn,
@@ -252,21 +253,9 @@ class AwsAccessKeyRotator(Rotator):
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Idempotent: the pending key exists and is active (it was made by create_pending)."""
-        _, target, _, keys = await self._keys_for(ctx, pending, "apply")
+        _, _, _, keys = await self._keys_for(ctx, pending, "apply")
         key_id = str(pending["access_key_id"])
-        listed = await aws_call(f"aws apply: iam:ListAccessKeys for {keys.user}", target, keys.list)
-        found = next((k for k in listed if k.id == key_id), None)
-        if found is None:
-            raise RotationError(
-                f"aws apply: the pending key {key_id} no longer exists on IAM user {keys.user}"
-                " (deleted outside the rotation)"
-            )
-        if found.status != "Active":
-            await aws_call(
-                f"aws apply: activating {key_id}",
-                target,
-                lambda: keys.set_status(key_id, "Active"),
-            )
+        await activate_key("aws apply", keys, key_id)
         ctx.log.info(
             "aws: new access key active",
             extra={"type": ctx.type_name, "iam_user": keys.user, "access_key_id": key_id},

@@ -89,6 +89,7 @@ from ...targets.aws_iam import (
     AwsOptions,
     AwsTarget,
     IamUserKeys,
+    activate_key,
     admin_creds,
     aws_call,
     free_slot,
@@ -622,21 +623,7 @@ class SmtpRotator(Rotator):
             keys, _ = await self._ses_keys(ctx, opts, server, "apply")
             keys.user = str(pending["iam_user"])
             key_id = str(pending["access_key_id"])
-            listed = await aws_call(
-                f"smtp apply: iam:ListAccessKeys for {keys.user}", keys.target, keys.list
-            )
-            found = next((k for k in listed if k.id == key_id), None)
-            if found is None:
-                raise RotationError(
-                    f"smtp apply: the pending key {key_id} no longer exists on IAM user"
-                    f" {keys.user} (deleted outside the rotation)"
-                )
-            if found.status != "Active":
-                await aws_call(
-                    f"smtp apply: activating {key_id}",
-                    keys.target,
-                    lambda: keys.set_status(key_id, "Active"),
-                )
+            await activate_key("smtp apply", keys, key_id)
         else:
             self._require_hook(opts, "apply")
             payload = {**self._hook_payload(pending, server), "password": password}
