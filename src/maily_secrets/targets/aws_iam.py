@@ -481,6 +481,35 @@ async def free_slot(
     return doomed
 
 
+async def create_key(
+    what: str,
+    ctx: RotationContext,
+    keys: IamUserKeys,
+    current: str | None,
+    *,
+    message: str,
+    require_current: bool = True,
+) -> AwsCreds:
+    """Free a slot (:func:`free_slot`, deleting a safe leftover), then
+    ``iam:CreateAccessKey``: the only moment AWS returns the secret. A failure before
+    the key is made is a configuration error (nothing that matters changed)."""
+    try:
+        await free_slot(what, ctx, keys, current, delete=True, require_current=require_current)
+    except AwsApiError as exc:  # before anything that matters changed
+        raise RotatorConfigError(str(exc)) from None
+    new = await aws_call(f"{what}: iam:CreateAccessKey for {keys.user}", keys.target, keys.create)
+    ctx.log.info(
+        message,
+        extra={
+            "type": ctx.type_name,
+            "iam_user": keys.user,
+            "access_key_id": new.access_key_id,
+            "rotation_id": ctx.rotation_id,
+        },
+    )
+    return new
+
+
 async def activate_key(what: str, keys: IamUserKeys, key_id: str) -> None:
     """Idempotent: the pending key ``key_id`` still exists on the IAM user and is
     ``Active`` (re-activated if somebody deactivated it)."""

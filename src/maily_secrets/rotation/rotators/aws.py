@@ -76,6 +76,7 @@ from ...targets.aws_iam import (
     admin_creds,
     aws_call,
     caller_arn,
+    create_key,
     creds_from_mapping,
     free_slot,
     parse_aws_options,
@@ -218,21 +219,8 @@ class AwsAccessKeyRotator(Rotator):
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
         _, target, current, keys = await self._setup(ctx, "create_pending")
         current_id = current.access_key_id if current else None
-        try:
-            await free_slot("aws create_pending", ctx, keys, current_id, delete=True)
-        except AwsApiError as exc:  # before anything that matters changed
-            raise RotatorConfigError(str(exc)) from None
-        new = await aws_call(
-            f"aws create_pending: iam:CreateAccessKey for {keys.user}", target, keys.create
-        )
-        ctx.log.info(
-            "aws: new access key created",
-            extra={
-                "type": ctx.type_name,
-                "iam_user": keys.user,
-                "access_key_id": new.access_key_id,
-                "rotation_id": ctx.rotation_id,
-            },
+        new = await create_key(
+            "aws create_pending", ctx, keys, current_id, message="aws: new access key created"
         )
         return {
             "iam_user": keys.user,

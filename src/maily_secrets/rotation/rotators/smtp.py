@@ -92,6 +92,7 @@ from ...targets.aws_iam import (
     activate_key,
     admin_creds,
     aws_call,
+    create_key,
     free_slot,
     parse_aws_options,
     scrub,
@@ -538,30 +539,16 @@ class SmtpRotator(Rotator):
                     keys.list,
                 )
                 ids = {k.id for k in listed}
-                previous_key = previous_username if previous_username in ids else None
-                await free_slot(
-                    "smtp create_pending",
-                    ctx,
-                    keys,
-                    previous_key,
-                    delete=True,
-                    require_current=False,
-                )
             except AwsApiError as exc:  # before anything that matters changed
                 raise RotatorConfigError(str(exc)) from None
-            new = await aws_call(
-                f"smtp create_pending: iam:CreateAccessKey for {keys.user}",
-                keys.target,
-                keys.create,
-            )
-            ctx.log.info(
-                "smtp: new SES access key created",
-                extra={
-                    "type": ctx.type_name,
-                    "iam_user": keys.user,
-                    "access_key_id": new.access_key_id,
-                    "rotation_id": ctx.rotation_id,
-                },
+            previous_key = previous_username if previous_username in ids else None
+            new = await create_key(
+                "smtp create_pending",
+                ctx,
+                keys,
+                previous_key,
+                message="smtp: new SES access key created",
+                require_current=False,
             )
             return {
                 "provider": "ses",
