@@ -6,7 +6,7 @@ The provider that issues the credentials is pluggable (``options.provider``):
           published algorithm (:func:`ses_smtp_password`); the SMTP username is the
           access key id. The IAM user (``iam_user``, which needs ``ses:SendRawEmail``)
           holds up to two keys: that is the grace period, as for the ``aws`` type, and
-          the same two-slot rules apply (see ``aws.py``): the key is created in
+          the same two-slot rules apply (see ``targets/aws_iam.py``): the key is created in
           ``create_pending`` (the only moment its secret exists), ``apply`` makes sure it
           is active, ``retire`` deletes the previous key after the grace period,
           ``rollback`` deletes the pending one.
@@ -56,7 +56,7 @@ Options (``types.smtp.options``)::
     hook_timeout: 30
     username: maily                    # default: smtp_username of the secret
     password_length: 32
-    # provider: ses (the AWS options of the aws type, see aws.py)
+    # provider: ses (the AWS options of the aws type, see targets/aws_iam.py)
     iam_user: maily-ses-smtp           # required
     region: eu-west-1                  # default: from smtp_host email-smtp.<region>.amazonaws.com
     iam_credentials: default           # default (boto3's chain) or vault (+ iam_credentials_secret)
