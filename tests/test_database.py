@@ -20,14 +20,11 @@ import pytest
 from pydantic import SecretStr
 
 from maily_secrets import logs
-from maily_secrets.bootstrap import (
-    PostgresTarget,
-    ensure_database,
-    prepare_postgres,
-)
+from maily_secrets.bootstrap import ensure_database, prepare_postgres
 from maily_secrets.errors import VaultRequestError
 from maily_secrets.leases import LeaseContainer, LeaseEvent
 from maily_secrets.service import VaultService
+from maily_secrets.targets.postgres import PostgresTarget
 from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.database import (
     Database,

@@ -36,8 +36,9 @@ from maily_secrets.rotation.base import (
 )
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
 from maily_secrets.rotation.engine import RotationEngine
-from maily_secrets.rotation.rotators.aws import AwsAccessKeyRotator, user_from_arn
+from maily_secrets.rotation.rotators.aws import AwsAccessKeyRotator
 from maily_secrets.rotation.state import StateStore
+from maily_secrets.targets.aws_iam import user_from_arn
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

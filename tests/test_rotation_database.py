@@ -26,11 +26,7 @@ import pytest
 import yaml
 from psycopg import sql
 
-from maily_secrets.bootstrap import (
-    PostgresSetupError,
-    ensure_postgres_login_roles,
-    random_password,
-)
+from maily_secrets.bootstrap import PostgresSetupError, ensure_postgres_login_roles
 from maily_secrets.errors import CheckAndSetConflict
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import (
@@ -41,11 +37,9 @@ from maily_secrets.rotation.base import (
     rotator_for,
 )
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
-from maily_secrets.rotation.rotators.postgres import (
-    PostgresTwoRoleRotator,
-    alter_password_statement,
-    scram_sha256_verifier,
-)
+from maily_secrets.rotation.rotators.postgres import PostgresTwoRoleRotator
+from maily_secrets.targets import random_password
+from maily_secrets.targets.postgres import alter_password_statement, scram_sha256_verifier
 from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.kv import KV2
 

@@ -24,7 +24,6 @@ import redis.asyncio as aioredis
 import yaml
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
-from maily_secrets.bootstrap import random_password
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation import rotators as _rotators  # noqa: F401 - registers them
 from maily_secrets.rotation.base import (
@@ -35,12 +34,9 @@ from maily_secrets.rotation.base import (
 )
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
 from maily_secrets.rotation.engine import CRASH_ENV, RotationEngine
-from maily_secrets.rotation.rotators.redis import (
-    RedisAclRotator,
-    ensure_redis_acl_user,
-    get_acl_user,
-    password_sha256,
-)
+from maily_secrets.rotation.rotators.redis import RedisAclRotator
+from maily_secrets.targets import random_password
+from maily_secrets.targets.redis import ensure_redis_acl_user, get_acl_user, password_sha256
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

@@ -21,23 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
-
-from pydantic import SecretStr
 
 from .errors import SecretNotFound, VaultError
 from .paths import KV2Path
+from .targets import random_password as random_password  # re-exported (dev tools)
+from .targets.postgres import PostgresTarget as PostgresTarget  # re-exported (cli/dev.py)
+from .targets.postgres import can_log_in
 from .vault.client import VaultClient
 
 log = logging.getLogger("maily_secrets.bootstrap")
 
 TRANSIT_KEY = "maily-enc-key"
-_URL_SAFE = string.ascii_letters + string.digits + "-_"
-
-
-def random_password(n: int = 32) -> str:
-    """A random password that is safe inside a DSN/URL without escaping."""
-    return "".join(secrets.choice(_URL_SAFE) for _ in range(n))
 
 
 def sample_secrets() -> dict[str, dict[str, Any]]:
@@ -175,70 +169,6 @@ DB_APP_ROLE = "maily-app"
 DEV_PG_URL_ENV = "MAILY_DEV_PG_URL"
 DEV_PG_PASSWORD_ENV = "MAILY_DEV_PG_PASSWORD"  # noqa: S105 - a variable name
 DEFAULT_DEV_PG_URL = "postgresql://postgres@127.0.0.1:5432/maily"
-
-
-@dataclass(frozen=True)
-class PostgresTarget:
-    """Where Vault reaches PostgreSQL, as which admin user. Prints no password."""
-
-    host: str = "127.0.0.1"
-    port: int = 5432
-    user: str = "postgres"
-    password: SecretStr | None = field(default=None, repr=False)
-    dbname: str = "maily"
-    sslmode: str | None = None
-
-    @classmethod
-    def from_url(cls, url: str, password: str | None = None) -> PostgresTarget:
-        """From a libpq URL or ``key=value`` string; ``password`` overrides the URL's."""
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            d = conninfo_to_dict(url)
-        except Exception:
-            raise ValueError("not a valid PostgreSQL connection URL") from None
-        pw = password if password is not None else d.get("password")
-        return cls(
-            host=str(d.get("host") or "127.0.0.1"),
-            port=int(d.get("port") or 5432),
-            user=str(d.get("user") or "postgres"),
-            password=SecretStr(str(pw)) if pw else None,
-            dbname=str(d.get("dbname") or "maily"),
-            sslmode=str(d["sslmode"]) if d.get("sslmode") else None,
-        )
-
-    def describe(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
-
-    def vault_connection_url(self) -> str:
-        """The templated URL for Vault: credentials only as ``{{username}}``/``{{password}}``."""
-        userinfo = "{{username}}:{{password}}" if self.password else "{{username}}"
-        params: dict[str, str] = {}
-        if self.sslmode:
-            params["sslmode"] = self.sslmode
-        if self.host.startswith("/"):  # a unix socket directory
-            params["host"] = self.host
-            where = ""
-        else:
-            where = f"{self.host}:{self.port}"
-            if ":" in self.host:
-                where = f"[{self.host}]:{self.port}"
-        query = "?" + urlencode(params) if params else ""
-        return f"postgresql://{userinfo}@{where}/{quote(self.dbname, safe='')}{query}"
-
-    def connect_kwargs(self, dbname: str | None = None) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "host": self.host,
-            "port": self.port,
-            "user": self.user,
-            "dbname": dbname or self.dbname,
-            "connect_timeout": 3,
-        }
-        if self.password is not None:
-            kw["password"] = self.password.get_secret_value()
-        if self.sslmode:
-            kw["sslmode"] = self.sslmode
-        return kw
 
 
 def dev_postgres_target(env: Mapping[str, str] | None = None) -> PostgresTarget:
@@ -421,7 +351,7 @@ async def ensure_postgres_login_roles(
     import psycopg
     from psycopg import sql
 
-    from .rotation.rotators.postgres import (
+    from .targets.postgres import (
         alter_password_statement,
         grant_membership_statement,
         membership,
@@ -606,7 +536,7 @@ async def ensure_database_rotation(
     password = str(cfg["db_password"])
     # set the active role's password only when the config's does not log in already
     # (so that a second run changes nothing)
-    works = await asyncio.to_thread(_can_log_in, target, active, password)
+    works = await asyncio.to_thread(can_log_in, target, active, password)
     await ensure_postgres_login_roles(
         target,
         roles,
@@ -632,23 +562,6 @@ async def ensure_database_rotation(
         report.add(f"secret {path.data} (rotator's PostgreSQL admin)", False)
 
 
-def _can_log_in(target: PostgresTarget, user: str, password: str) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(
-            host=target.host,
-            port=target.port,
-            dbname=target.dbname,
-            user=user,
-            password=password,
-            connect_timeout=3,
-        ):
-            return True
-    except psycopg.Error:
-        return False
-
-
 async def ensure_redis_rotation(
     client: VaultClient, report: BootstrapReport, *, kv_mount: str = "maily", user: str = "maily"
 ) -> str | None:
@@ -661,7 +574,7 @@ async def ensure_redis_rotation(
     """
     import redis.asyncio as aioredis
 
-    from .rotation.rotators.redis import ensure_redis_acl_user
+    from .targets.redis import ensure_redis_acl_user
 
     path = KV2Path(kv_mount, "config")
     cfg = (await client.kv.read(path)).data

@@ -35,7 +35,7 @@ import aiohttp
 
 from ..errors import SecretNotFound, VaultError
 from ..paths import KV2Path
-from ..smtp_auth import login_once as _login
+from ..targets.smtp import login_once, open_session, server_text
 from ..vault.client import VaultClient
 from .config import EmailNotify, ResolvedEnvironment, WebhookNotify
 from .report import RunReport, TypeResult
@@ -295,34 +295,37 @@ def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) 
     so: with STARTTLS expected and not offered, nothing is sent (no AUTH, no mail).
     """
     creds = (smtp.password, smtp.username)
+
+    def redact(text: str) -> str:
+        return _scrub(text, creds)
+
     mode = cfg.tls
     if mode == "auto" and cfg.starttls is True:
         mode = "starttls"
     implicit = mode == "implicit" or (mode == "auto" and smtp.port == 465)
     want_starttls = not implicit and mode in ("auto", "starttls") and cfg.starttls is not False
     ctx = ssl.create_default_context()
-    conn: smtplib.SMTP | None = None
-    try:
+    with open_session(
+        smtp.host,
+        smtp.port,
+        implicit=implicit,
+        context=ctx,
+        timeout=SMTP_TIMEOUT_S,
+        fail=_NotifyError,
+        redact=redact,
+    ) as session:
+        conn = session.conn
         try:
-            if implicit:  # implicit TLS (SMTPS)
-                conn = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S, context=ctx)
-                tls = True
-            else:
-                conn = smtplib.SMTP(smtp.host, smtp.port, timeout=SMTP_TIMEOUT_S)
-                tls = False
-            conn.ehlo()
             if want_starttls:
                 if conn.has_extn("starttls"):
-                    conn.starttls(context=ctx)
-                    conn.ehlo()
-                    tls = True
+                    session.starttls(ctx)
                 elif mode == "starttls":
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer STARTTLS"
                         " (notify.email.tls is starttls); nothing was sent"
                     )
             if smtp.username:
-                if not tls and mode != "none":
+                if not session.tls and mode != "none":
                     raise _NotifyError(
                         f"SMTP server {smtp.where}: no TLS (STARTTLS not offered or turned"
                         " off); refusing to send the SMTP password in plaintext (set"
@@ -331,21 +334,19 @@ def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) 
                 if not conn.has_extn("auth"):
                     raise _NotifyError(
                         f"SMTP server {smtp.where} does not offer AUTH"
-                        + ("" if tls else " without TLS")
+                        + ("" if session.tls else " without TLS")
                     )
-                if not tls:
+                if not session.tls:
                     log.warning(
                         "SMTP login without TLS (notify.email.tls: none)",
                         extra={"channel": "email", "smtp_host": smtp.where},
                     )
-                _login(conn, smtp.username, smtp.password)
+                login_once(conn, smtp.username, smtp.password)
             refused = conn.send_message(msg, from_addr=None, to_addrs=to)
-        except _NotifyError:
-            raise
         except smtplib.SMTPAuthenticationError as exc:
             raise _NotifyError(
                 f"SMTP authentication to {smtp.where} failed with the credentials from Vault"
-                f" ({exc.smtp_code} {_server_text(exc.smtp_error, creds)})"
+                f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
             ) from None
         except smtplib.SMTPRecipientsRefused as exc:
             codes = sorted({str(v[0]) for v in exc.recipients.values()})
@@ -355,34 +356,14 @@ def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) 
         except smtplib.SMTPSenderRefused as exc:
             raise _NotifyError(
                 f"SMTP server {smtp.where} refused the sender address"
-                f" ({exc.smtp_code} {_server_text(exc.smtp_error, creds)})"
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise _NotifyError(
-                f"SMTP server {smtp.where} answered {exc.smtp_code}"
-                f" {_server_text(exc.smtp_error, creds)}"
+                f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
             ) from None
         except smtplib.SMTPNotSupportedError:
             raise _NotifyError(
                 f"SMTP server {smtp.where} does not support a needed command"
             ) from None
-        except smtplib.SMTPException as exc:
-            raise _NotifyError(f"SMTP error with {smtp.where}: {type(exc).__name__}") from None
-        except ssl.SSLError as exc:
-            raise _NotifyError(
-                f"TLS with SMTP server {smtp.where} failed: {exc.reason or type(exc).__name__}"
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            why = exc.strerror or type(exc).__name__
-            raise _NotifyError(f"cannot reach SMTP server {smtp.where}: {why}") from None
-    finally:
-        if conn is not None:
-            try:
-                conn.quit()
-            except (smtplib.SMTPException, OSError):
-                conn.close()
     sent = len(to) - len(refused)
-    security = "TLS" if tls else "no TLS"
+    security = "TLS" if session.tls else "no TLS"
     if refused:
         codes = sorted({str(v[0]) for v in refused.values()})
         raise _NotifyError(
@@ -390,11 +371,6 @@ def _smtp_send(smtp: _Smtp, cfg: EmailNotify, msg: EmailMessage, to: list[str]) 
             f" {len(refused)} refused ({', '.join(codes)})"
         )
     return f"sent to {sent} recipient(s) via {smtp.where} ({security})"
-
-
-def _server_text(raw: bytes | str, secrets: Iterable[str]) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return _scrub(" ".join(text.split()), secrets)[:200]
 
 
 async def send_email(

@@ -47,22 +47,27 @@ need not be a superuser.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import logging
-import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from pydantic import SecretStr
 
-from ...bootstrap import PostgresTarget, random_password
 from ...errors import PermissionDenied, SecretNotFound, VaultError
+from ...targets import random_password
+from ...targets.postgres import (
+    PostgresTarget,
+    alter_password_statement,
+    describe_sessions,
+    grant_membership_statement,
+    membership,
+    open_sessions,
+    scram_sha256_verifier,
+    scrub,
+)
 from ..base import (
     RotationContext,
     RotationError,
@@ -74,115 +79,6 @@ from ..base import (
 
 ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
 DEFAULT_GROUP = "maily_app_group"
-SCRAM_ITERATIONS = 4096
-SCRAM_SALT_BYTES = 16
-
-
-# ---------------------------------------------------------------------------- SCRAM
-def scram_sha256_verifier(
-    password: str, *, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS
-) -> str:
-    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
-
-    ``SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`` (base64), which
-    ``ALTER ROLE ... PASSWORD`` accepts as is: the server never sees the password.
-
-    PostgreSQL SASLprep-normalises a password first; for ASCII that is the identity,
-    so only ASCII passwords are accepted here (generated ones always are).
-    """
-    if not password.isascii():
-        raise ValueError("only ASCII passwords can be hashed client-side")
-    if iterations < 1:
-        raise ValueError("iterations must be positive")
-    salt = os.urandom(SCRAM_SALT_BYTES) if salt is None else salt
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
-    stored_key = hashlib.sha256(client_key).digest()
-    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
-
-    def b64(b: bytes) -> str:
-        return base64.b64encode(b).decode("ascii")
-
-    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
-
-
-def alter_password_statement(role: str, verifier: str, *, login: bool = True) -> sql.Composed:
-    """``ALTER ROLE <role> WITH [LOGIN INHERIT] PASSWORD '<verifier>'``."""
-    if not verifier.startswith("SCRAM-SHA-256$"):
-        # never send something that might be a plaintext password
-        raise ValueError("not a SCRAM-SHA-256 verifier")
-    attrs = sql.SQL("LOGIN INHERIT ") if login else sql.SQL("")
-    return sql.SQL("ALTER ROLE {} WITH {}PASSWORD {}").format(
-        sql.Identifier(role), attrs, sql.Literal(verifier)
-    )
-
-
-def grant_membership_statement(group: str, role: str, server_version: int) -> sql.Composed:
-    """``GRANT <group> TO <role>``, inheriting its privileges on every version."""
-    stmt = sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role))
-    if server_version >= 160000:  # inheritance is per grant since PostgreSQL 16
-        stmt = sql.SQL("{} WITH INHERIT TRUE").format(stmt)
-    return stmt
-
-
-def scrub(text: str, *values: str | None) -> str:
-    """First line of an error text without any of ``values`` (at most 300 characters)."""
-    lines = text.strip().splitlines() or ["error"]
-    line = " ".join(lines[0].split())
-    for v in values:
-        if v:
-            line = line.replace(v, "******")
-    return line[:300]
-
-
-async def membership(
-    conn: psycopg.AsyncConnection[Any], role: str, group: str
-) -> tuple[bool, bool] | None:
-    """(``role`` is a member of ``group``, with inheritance); None when ``group`` is missing."""
-    cur = await conn.execute(
-        "SELECT m.roleid IS NOT NULL, pg_has_role(r.oid, g.oid, 'USAGE')"
-        " FROM pg_roles g JOIN pg_roles r ON r.rolname = %s"
-        " LEFT JOIN pg_auth_members m ON m.roleid = g.oid AND m.member = r.oid"
-        " WHERE g.rolname = %s",
-        (role, group),
-    )
-    row = await cur.fetchone()
-    return None if row is None else (bool(row[0]), bool(row[1]))
-
-
-async def open_sessions(
-    conn: psycopg.AsyncConnection[Any], role: str
-) -> list[tuple[int, str, str | None]]:
-    """Sessions open as ``role``: (count, application_name, client_addr), busiest first.
-
-    ``client_addr`` is ``local`` for a unix socket; None when it is hidden from the admin
-    (another role's sessions, without ``pg_read_all_stats``).
-    """
-    cur = await conn.execute(
-        "SELECT count(*), coalesce(application_name, ''),"
-        " CASE WHEN client_addr IS NOT NULL THEN host(client_addr)"
-        "      WHEN client_port = -1 THEN 'local' END"  # NULL: hidden from this admin
-        " FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()"
-        " GROUP BY 2, 3 ORDER BY 1 DESC, 2, 3",
-        (role,),
-    )
-    return [(int(r[0]), str(r[1]), r[2]) for r in await cur.fetchall()]
-
-
-def describe_sessions(sessions: list[tuple[int, str, str | None]]) -> str:
-    total = sum(n for n, _, _ in sessions)
-    if not total:
-        return "no sessions were open"
-    parts = [
-        f"{n} x application_name={app or '(none)'!s} client_addr="
-        f"{addr if addr is not None else '(hidden: grant pg_read_all_stats to the rotator)'}"
-        for n, app, addr in sessions[:10]
-    ]
-    more = f"; and {len(sessions) - 10} more groups" if len(sessions) > 10 else ""
-    return (
-        f"{total} session(s) were still open with it and keep running until they"
-        f" disconnect: {'; '.join(parts)}{more}"
-    )
 
 
 # ---------------------------------------------------------------------------- options

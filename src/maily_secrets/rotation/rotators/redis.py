@@ -49,21 +49,30 @@ Adopting a Redis that so far used ``requirepass`` / the default user::
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import SecretStr
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
-from ...bootstrap import random_password
 from ...errors import PermissionDenied, SecretNotFound, VaultError
+from ...targets import random_password
+from ...targets.redis import (
+    ACL_USER_NAME,
+    DEFAULT_ACL_USER,
+    SHA256_HEX,
+    AclUser,
+    RedisTarget,
+    connect,
+    get_acl_user,
+    password_rule,
+    password_sha256,
+    redis_command,
+    scrub,
+)
 from ..base import (
     RotationContext,
     RotationError,
@@ -73,137 +82,11 @@ from ..base import (
     option_seconds,
 )
 
-DEFAULT_ACL_USER = "maily"
 DEFAULT_USERNAME_KEY = "redis_username"
 PASSWORD_KEY = "redis_password"  # noqa: S105 - a key name
 HOST_KEY, PORT_KEY = "redis_host", "redis_port"
-DEFAULT_KEYS = ("maily:*",)
-DEFAULT_CHANNELS = ("maily:*",)
-DEFAULT_COMMANDS = ("+@all", "-@dangerous")
 PERSIST_MODES = ("acl_save", "config_rewrite", "none")
-_USER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_ACLFILE = "not configured to use an acl file"
-
-
-def password_sha256(password: str) -> str:
-    """The SHA-256 (lowercase hex) Redis keeps for a password: ``ACL SETUSER u #<it>``."""
-    return hashlib.sha256(password.encode("utf-8")).hexdigest()
-
-
-def _rule(op: str, digest: str) -> str:
-    """``#<sha256>`` (add) or ``!<sha256>`` (remove); never anything that may be a password."""
-    if op not in ("#", "!") or not _SHA256.fullmatch(digest):
-        raise ValueError("not a SHA-256 password hash")
-    return f"{op}{digest}"
-
-
-def scrub(text: str, *values: str | None) -> str:
-    """First line of an error text without any of ``values`` (at most 300 characters)."""
-    lines = text.strip().splitlines() or ["error"]
-    line = " ".join(lines[0].split())
-    for v in values:
-        if v:
-            line = line.replace(v, "******")
-    # a password hash is no password, but it does not belong in a message either
-    line = re.sub(r"[#!]?[0-9a-f]{64}", "<sha256>", line)
-    return line[:300]
-
-
-async def _cmd(conn: aioredis.Redis, *args: str) -> Any:
-    """One Redis command (redis-py's ``execute_command`` is untyped)."""
-    return await conn.execute_command(*args)  # type: ignore[no-untyped-call]
-
-
-def _text(v: object) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-@dataclass(frozen=True)
-class AclUser:
-    """What ``ACL GETUSER`` says about a user (no secret: passwords are hashes)."""
-
-    name: str
-    flags: frozenset[str]
-    password_hashes: frozenset[str] = field(repr=False)
-
-    @property
-    def nopass(self) -> bool:
-        return "nopass" in self.flags
-
-    @property
-    def enabled(self) -> bool:
-        return "on" in self.flags
-
-
-def _parse_getuser(name: str, raw: object) -> AclUser | None:
-    if raw is None:
-        return None
-    if isinstance(raw, Mapping):
-        doc = {_text(k): v for k, v in raw.items()}
-    elif isinstance(raw, (list, tuple)):  # RESP2: a flat list of field, value
-        doc = {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
-    else:
-        raise RotationError(f"redis: unexpected ACL GETUSER answer for {name}")
-
-    def items(v: object) -> list[str]:
-        if isinstance(v, (list, tuple, set, frozenset)):
-            return [_text(x) for x in v]
-        if v in (None, b"", ""):
-            return []
-        return _text(v).split()
-
-    return AclUser(
-        name=name,
-        flags=frozenset(items(doc.get("flags"))),
-        password_hashes=frozenset(items(doc.get("passwords"))),
-    )
-
-
-async def get_acl_user(conn: aioredis.Redis, user: str) -> AclUser | None:
-    """The user's flags and password hashes; None when it does not exist."""
-    return _parse_getuser(user, await _cmd(conn, "ACL", "GETUSER", user))
-
-
-async def ensure_redis_acl_user(
-    conn: aioredis.Redis,
-    user: str = DEFAULT_ACL_USER,
-    *,
-    keys: Iterable[str] = DEFAULT_KEYS,
-    channels: Iterable[str] = DEFAULT_CHANNELS,
-    commands: Iterable[str] = DEFAULT_COMMANDS,
-    password: str | None = None,
-    update_permissions: bool = False,
-) -> bool:
-    """Create the application's ACL user when it is missing; True when it was created.
-
-    ``conn`` is an admin connection (``+acl``). The new user is enabled with the
-    given key patterns (``~maily:*``), Pub/Sub channel patterns (``&maily:*``) and
-    command rules (``+@all -@dangerous``: everything but the administrative and
-    slow-on-big-data commands such as ``KEYS``, ``FLUSHALL``, ``CONFIG``, ``DEBUG``).
-    ``password`` (optional) is added as a hash, e.g. the password the consumer
-    secret holds today, so clients can switch to the user without a new password.
-    An existing user keeps its permissions unless ``update_permissions``; its
-    passwords are never removed. Nothing is persisted (see ``persist``).
-    """
-    if not _USER.fullmatch(user) or user == "default":
-        raise ValueError(f"not a usable ACL user name for the application: {user!r}")
-    current = await get_acl_user(conn, user)
-    rules: list[str] = []
-    if current is None or update_permissions:
-        rules += ["resetkeys", "resetchannels", "-@all"]
-        rules += [f"~{k}" for k in keys]
-        rules += [f"&{c}" for c in channels]
-        rules += list(commands)
-    if current is None:
-        rules = ["on", "resetpass", *rules]
-    if password is not None:
-        digest = password_sha256(password)
-        if current is None or digest not in current.password_hashes:
-            rules.append(_rule("#", digest))
-    if rules:
-        await _cmd(conn, "ACL", "SETUSER", user, *rules)
-    return current is None
 
 
 # ---------------------------------------------------------------------------- options
@@ -236,7 +119,7 @@ def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
             f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
         )
     user = o.get("acl_user", DEFAULT_ACL_USER)
-    if not isinstance(user, str) or not _USER.fullmatch(user):
+    if not isinstance(user, str) or not ACL_USER_NAME.fullmatch(user):
         problems.append("option acl_user must be an ACL user name (letters, digits, _ . : -)")
     elif user == "default":
         problems.append(
@@ -279,18 +162,6 @@ def _opts(ctx: RotationContext, step: str) -> _Options:
     if opts is None:
         raise RotatorConfigError(f"redis {step}: {'; '.join(problems)}")
     return opts
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    host: str
-    port: int
-    username: str | None = None
-    password: SecretStr | None = None
-    tls: bool = False
-
-    def describe(self) -> str:
-        return f"{self.host}:{self.port}"
 
 
 def _port(value: object) -> int | None:
@@ -373,29 +244,13 @@ class RedisAclRotator(Rotator):
         )
 
     # -- talking to Redis ------------------------------------------------------------
-    @staticmethod
-    def _connect(
-        target: RedisTarget, opts: _Options, username: str | None, password: str | None
-    ) -> aioredis.Redis:
-        return aioredis.Redis(
-            host=target.host,
-            port=target.port,
-            username=username,
-            password=password,
-            ssl=target.tls,
-            socket_connect_timeout=opts.connect_timeout,
-            socket_timeout=max(opts.connect_timeout, 10.0),
-            single_connection_client=True,
-            retry=Retry(NoBackoff(), 0),
-        )
-
     @asynccontextmanager
     async def _admin_conn(
         self, admin: RedisTarget, opts: _Options, step: str
     ) -> AsyncIterator[aioredis.Redis]:
         secret = admin.password.get_secret_value() if admin.password else None
         who = admin.username or "default"
-        conn = self._connect(admin, opts, admin.username, secret)
+        conn = connect(admin, admin.username, secret, timeout=opts.connect_timeout)
         try:
             try:
                 await conn.ping()
@@ -450,10 +305,10 @@ class RedisAclRotator(Rotator):
         if opts.persist == "none":
             return
         if opts.persist == "config_rewrite":
-            await _cmd(conn, "CONFIG", "REWRITE")
+            await redis_command(conn, "CONFIG", "REWRITE")
             return
         try:
-            await _cmd(conn, "ACL", "SAVE")
+            await redis_command(conn, "ACL", "SAVE")
         except ResponseError as exc:
             if _NO_ACLFILE not in str(exc).lower():
                 raise
@@ -486,12 +341,12 @@ class RedisAclRotator(Rotator):
             user = await self._user(conn, admin, opts, step, require_enabled=add is not None)
             rules: list[str] = []
             if add is not None and add not in user.password_hashes:
-                rules = [_rule("#", add)]
+                rules = [password_rule("#", add)]
             if remove is not None and remove in user.password_hashes:
-                rules = [_rule("!", remove)]
+                rules = [password_rule("!", remove)]
             if not rules:
                 return False
-            await _cmd(conn, "ACL", "SETUSER", opts.acl_user, *rules)
+            await redis_command(conn, "ACL", "SETUSER", opts.acl_user, *rules)
             await self._persist(ctx, conn, admin, opts)
         return True
 
@@ -583,7 +438,7 @@ class RedisAclRotator(Rotator):
             if ep
             else await self._admin(ctx, opts, consumer, "verify")
         )
-        conn = self._connect(target, opts, user, password)
+        conn = connect(target, user, password, timeout=opts.connect_timeout)
         where = f"{user}@{target.describe()}"
         try:
             try:
@@ -659,7 +514,7 @@ class RedisAclRotator(Rotator):
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         """Remove the previous password, never the one the consumer secret holds."""
         digest = str(retiring.get("password_sha256") or "")
-        if not _SHA256.fullmatch(digest):
+        if not SHA256_HEX.fullmatch(digest):
             raise RotationError("redis retire: the retiring record holds no password hash")
         consumer, _ = await self._consumer(ctx, "retire")
         current = consumer.get(PASSWORD_KEY)

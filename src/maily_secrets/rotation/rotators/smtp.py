@@ -6,7 +6,7 @@ The provider that issues the credentials is pluggable (``options.provider``):
           published algorithm (:func:`ses_smtp_password`); the SMTP username is the
           access key id. The IAM user (``iam_user``, which needs ``ses:SendRawEmail``)
           holds up to two keys: that is the grace period, as for the ``aws`` type, and
-          the same two-slot rules apply (see ``aws.py``): the key is created in
+          the same two-slot rules apply (see ``targets/aws_iam.py``): the key is created in
           ``create_pending`` (the only moment its secret exists), ``apply`` makes sure it
           is active, ``retire`` deletes the previous key after the grace period,
           ``rollback`` deletes the pending one.
@@ -56,7 +56,7 @@ Options (``types.smtp.options``)::
     hook_timeout: 30
     username: maily                    # default: smtp_username of the secret
     password_length: 32
-    # provider: ses (the AWS options of the aws type, see aws.py)
+    # provider: ses (the AWS options of the aws type, see targets/aws_iam.py)
     iam_user: maily-ses-smtp           # required
     region: eu-west-1                  # default: from smtp_host email-smtp.<region>.amazonaws.com
     iam_credentials: default           # default (boto3's chain) or vault (+ iam_credentials_secret)
@@ -82,9 +82,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...bootstrap import random_password
 from ...errors import SecretNotFound, VaultError
-from ...smtp_auth import login_once as _login
+from ...targets import random_password
+from ...targets.aws_iam import (
+    AwsApiError,
+    AwsOptions,
+    AwsTarget,
+    IamUserKeys,
+    activate_key,
+    admin_creds,
+    aws_call,
+    create_key,
+    free_slot,
+    parse_aws_options,
+    scrub,
+)
+from ...targets.smtp import login_once, open_session, server_text
 from ..base import (
     ActionRequired,
     RotationContext,
@@ -93,17 +106,6 @@ from ..base import (
     RotatorConfigError,
 )
 from ..state import StateStore
-from .aws import (
-    AwsApiError,
-    AwsOptions,
-    AwsTarget,
-    IamUserKeys,
-    admin_creds,
-    aws_call,
-    free_slot,
-    parse_aws_options,
-    scrub,
-)
 
 PROVIDERS = ("ses", "hook")
 TLS_MODES = ("auto", "starttls", "implicit", "none")
@@ -163,11 +165,6 @@ class SmtpServer:
         return f"{self.host}:{self.port}"
 
 
-def _server_text(raw: bytes | str, *secrets: str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return scrub(text, *secrets)[:200]
-
-
 def smtp_session(
     server: SmtpServer, username: str | None = None, password: str | None = None
 ) -> str:
@@ -177,7 +174,10 @@ def smtp_session(
     Returns a short description ("STARTTLS", "TLS", "no TLS"); raises SmtpError.
     """
     secrets = [s for s in (password,) if s]
-    conn: smtplib.SMTP | None = None
+
+    def redact(text: str) -> str:
+        return scrub(text, *secrets)
+
     implicit = server.tls == "implicit" or (server.tls == "auto" and server.port == 465)
     try:
         ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
@@ -185,62 +185,37 @@ def smtp_session(
         raise RotatorConfigError(
             f"smtp: cannot load the CA bundle {server.cafile}: {type(exc).__name__}"
         ) from None
-    try:
-        try:
-            if implicit:
-                conn = smtplib.SMTP_SSL(
-                    server.host, server.port, timeout=server.timeout, context=ctx
-                )
-                security = "TLS"
-            else:
-                conn = smtplib.SMTP(server.host, server.port, timeout=server.timeout)
-                security = "no TLS"
-            conn.ehlo()
-            if not implicit and server.tls in ("auto", "starttls"):
-                if not conn.has_extn("starttls"):
-                    # never AUTH in plaintext unless the configuration says tls: none
-                    raise SmtpError(
-                        f"SMTP server {server.where} does not offer STARTTLS (option tls:"
-                        f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
-                    )
-                conn.starttls(context=ctx)
-                conn.ehlo()
-                security = "STARTTLS"
-            if not conn.has_extn("auth"):
+    with open_session(
+        server.host,
+        server.port,
+        implicit=implicit,
+        context=ctx,
+        timeout=server.timeout,
+        fail=SmtpError,
+        redact=redact,
+    ) as session:
+        if not implicit and server.tls in ("auto", "starttls"):
+            if not session.conn.has_extn("starttls"):
+                # never AUTH in plaintext unless the configuration says tls: none
                 raise SmtpError(
-                    f"SMTP server {server.where} does not offer AUTH"
-                    + ("" if security != "no TLS" else " without TLS")
+                    f"SMTP server {server.where} does not offer STARTTLS (option tls:"
+                    f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
                 )
-            if username is not None and password is not None:
-                _login(conn, username, password)
-        except SmtpError:
-            raise
-        except smtplib.SMTPAuthenticationError as exc:
+            session.starttls(ctx)
+        if not session.conn.has_extn("auth"):
             raise SmtpError(
-                f"SMTP login as {username} at {server.where} was refused"
-                f" ({exc.smtp_code} {_server_text(exc.smtp_error, *secrets)})"
-            ) from None
-        except smtplib.SMTPResponseException as exc:
-            raise SmtpError(
-                f"SMTP server {server.where} answered {exc.smtp_code}"
-                f" {_server_text(exc.smtp_error, *secrets)}"
-            ) from None
-        except smtplib.SMTPException as exc:
-            raise SmtpError(f"SMTP error with {server.where}: {type(exc).__name__}") from None
-        except ssl.SSLError as exc:
-            raise SmtpError(
-                f"TLS with SMTP server {server.where} failed: {exc.reason or type(exc).__name__}"
-            ) from None
-        except (TimeoutError, OSError) as exc:
-            why = exc.strerror or type(exc).__name__
-            raise SmtpError(f"cannot reach SMTP server {server.where}: {why}") from None
-    finally:
-        if conn is not None:
+                f"SMTP server {server.where} does not offer AUTH"
+                + ("" if session.tls else " without TLS")
+            )
+        if username is not None and password is not None:
             try:
-                conn.quit()
-            except (smtplib.SMTPException, OSError):
-                conn.close()
-    return security
+                login_once(session.conn, username, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                raise SmtpError(
+                    f"SMTP login as {username} at {server.where} was refused"
+                    f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
+                ) from None
+        return session.security
 
 
 # ---------------------------------------------------------------------------- the hook
@@ -564,30 +539,16 @@ class SmtpRotator(Rotator):
                     keys.list,
                 )
                 ids = {k.id for k in listed}
-                previous_key = previous_username if previous_username in ids else None
-                await free_slot(
-                    "smtp create_pending",
-                    ctx,
-                    keys,
-                    previous_key,
-                    delete=True,
-                    require_current=False,
-                )
             except AwsApiError as exc:  # before anything that matters changed
                 raise RotatorConfigError(str(exc)) from None
-            new = await aws_call(
-                f"smtp create_pending: iam:CreateAccessKey for {keys.user}",
-                keys.target,
-                keys.create,
-            )
-            ctx.log.info(
-                "smtp: new SES access key created",
-                extra={
-                    "type": ctx.type_name,
-                    "iam_user": keys.user,
-                    "access_key_id": new.access_key_id,
-                    "rotation_id": ctx.rotation_id,
-                },
+            previous_key = previous_username if previous_username in ids else None
+            new = await create_key(
+                "smtp create_pending",
+                ctx,
+                keys,
+                previous_key,
+                message="smtp: new SES access key created",
+                require_current=False,
             )
             return {
                 "provider": "ses",
@@ -649,21 +610,7 @@ class SmtpRotator(Rotator):
             keys, _ = await self._ses_keys(ctx, opts, server, "apply")
             keys.user = str(pending["iam_user"])
             key_id = str(pending["access_key_id"])
-            listed = await aws_call(
-                f"smtp apply: iam:ListAccessKeys for {keys.user}", keys.target, keys.list
-            )
-            found = next((k for k in listed if k.id == key_id), None)
-            if found is None:
-                raise RotationError(
-                    f"smtp apply: the pending key {key_id} no longer exists on IAM user"
-                    f" {keys.user} (deleted outside the rotation)"
-                )
-            if found.status != "Active":
-                await aws_call(
-                    f"smtp apply: activating {key_id}",
-                    keys.target,
-                    lambda: keys.set_status(key_id, "Active"),
-                )
+            await activate_key("smtp apply", keys, key_id)
         else:
             self._require_hook(opts, "apply")
             payload = {**self._hook_payload(pending, server), "password": password}

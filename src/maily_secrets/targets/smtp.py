@@ -1,0 +1,115 @@
+"""SMTP, where the ``smtp`` credentials are used: one session routine for everything
+that logs in to an SMTP server (the rotation notifications and the smtp rotator's
+login check).
+
+:func:`open_session` connects (implicit TLS or plain), says EHLO, yields the
+session, and always says QUIT (or closes); smtplib, TLS and socket errors become
+``fail(message)``, a message without any secret. What TLS a caller insists on
+before AUTH is its own policy: it upgrades with :meth:`SmtpSession.starttls` and
+logs in with :func:`login_once`.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+
+def login_once(conn: smtplib.SMTP, username: str, password: str) -> None:
+    """AUTH PLAIN or LOGIN, exactly once.
+
+    ``smtplib.SMTP.login`` retries a rejected password with every other mechanism, and
+    servers commonly hang up after the first rejection (and count each try as a
+    failed login). CRAM-MD5-only servers fall back to ``login``.
+    """
+    offered = conn.esmtp_features.get("auth", "").upper().split()
+    for mech in ("PLAIN", "LOGIN"):
+        if mech in offered:
+            conn.user, conn.password = username, password
+            auth = conn.auth_plain if mech == "PLAIN" else conn.auth_login
+            conn.auth(mech, auth, initial_response_ok=True)
+            return
+    conn.login(username, password)
+
+
+def server_text(raw: bytes | str, redact: Callable[[str], str]) -> str:
+    """A server's answer on one line, through ``redact`` (at most 200 characters)."""
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return redact(" ".join(text.split()))[:200]
+
+
+@dataclass
+class SmtpSession:
+    """An open SMTP connection; ``security`` is "TLS" (implicit), "STARTTLS" or "no TLS"."""
+
+    conn: smtplib.SMTP
+    where: str
+    security: str
+
+    @property
+    def tls(self) -> bool:
+        return self.security != "no TLS"
+
+    def starttls(self, context: ssl.SSLContext | None) -> None:
+        """Upgrade to TLS and say EHLO again (the server's features may change)."""
+        self.conn.starttls(context=context)
+        self.conn.ehlo()
+        self.security = "STARTTLS"
+
+
+@contextmanager
+def open_session(
+    host: str,
+    port: int,
+    *,
+    implicit: bool,
+    context: ssl.SSLContext | None,
+    timeout: float,
+    fail: Callable[[str], Exception],
+    redact: Callable[[str], str],
+) -> Iterator[SmtpSession]:
+    """Connect to ``host:port`` (implicit TLS with ``implicit``), EHLO, yield the session.
+
+    An smtplib, TLS or socket error, while connecting or in the ``with`` body, is raised
+    as ``fail(message)`` (the server's answer passed through ``redact``); the caller
+    catches the smtplib errors it words itself (a refused login...) inside the body.
+    The connection is always closed.
+    """
+    where = f"{host}:{port}"
+    conn: smtplib.SMTP | None = None
+    try:
+        try:
+            if implicit:
+                conn = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+                session = SmtpSession(conn, where, "TLS")
+            else:
+                conn = smtplib.SMTP(host, port, timeout=timeout)
+                session = SmtpSession(conn, where, "no TLS")
+            conn.ehlo()
+            yield session
+        except smtplib.SMTPResponseException as exc:
+            raise fail(
+                f"SMTP server {where} answered {exc.smtp_code}"
+                f" {server_text(exc.smtp_error, redact)}"
+            ) from None
+        except smtplib.SMTPException as exc:
+            raise fail(f"SMTP error with {where}: {type(exc).__name__}") from None
+        except ssl.SSLError as exc:
+            raise fail(
+                f"TLS with SMTP server {where} failed: {exc.reason or type(exc).__name__}"
+            ) from None
+        except (TimeoutError, OSError) as exc:
+            why = exc.strerror or type(exc).__name__
+            raise fail(f"cannot reach SMTP server {where}: {why}") from None
+    finally:
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                conn.close()
+
+
+__all__ = ["SmtpSession", "login_once", "open_session", "server_text"]
