@@ -20,6 +20,8 @@ from maily_secrets.devserver import DevServer, DevServerInfo
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.smtp import Smtp, smtp_server
+
 _VAULT_ENV = [k for k in os.environ if k.startswith(("VAULT_", "BAO_", "MAILY_SECRETS_"))]
 
 
@@ -160,3 +162,10 @@ def private_bao(tmp_path: Path) -> Iterator[Bao]:
 async def root(bao: Bao) -> AsyncIterator[VaultClient]:
     async with bao.client() as c:
         yield c
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    """An aiosmtpd server requiring AUTH as ``kit.smtp.SMTP_USER`` / ``SMTP_PASSWORD``."""
+    with smtp_server() as box:
+        yield box

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import os
-import ssl
 import stat
 import sys
 import uuid
@@ -34,12 +31,8 @@ from typing import Any
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import (
@@ -64,6 +57,8 @@ from maily_secrets.standins import CredentialStore, free_port, smtp_controller, 
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.certs import self_signed, server_tls_context
+from .kit.smtp import SMTP_PASSWORD, SMTP_USER, Check, smtp_server, start_smtp
 from .moto_server import Moto, moto
 from .secrecy import assert_absent
 
@@ -231,47 +226,27 @@ class SesWorld(World):
         return self.moto.key_ids(self.user)
 
 
-def ses_smtp(moto: Moto, logins: list[tuple[str, bool]]) -> Controller:
+def ses_check(moto: Moto) -> Check:
     """A fake SES SMTP endpoint: <key id> / the SES password of that key, while it is active."""
 
-    def authenticator(
-        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        key_id = auth_data.login.decode()
+    def check(key_id: str, password: str) -> bool:
         rec = moto.secret_of(key_id)
-        ok = (
+        return (
             rec is not None
             and rec[1] == "Active"
-            and auth_data.password.decode() == ses_independent(rec[0], SES_REGION)
+            and password == ses_independent(rec[0], SES_REGION)
         )
-        logins.append((key_id, ok))
-        return AuthResult(success=ok, handled=False)
 
-    class Sink:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            return "250 OK"
-
-    return Controller(
-        Sink(),
-        hostname="127.0.0.1",
-        port=free_port(),
-        authenticator=authenticator,
-        auth_required=True,
-        auth_require_tls=False,
-    )
+    return check
 
 
 @pytest.fixture
 async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterator[SesWorld]:
     user, akid, secret = moto.user("ses")
-    logins: list[tuple[str, bool]] = []
-    ctl = ses_smtp(moto, logins)
-    ctl.start()
+    ctl, box = start_smtp(ses_check(moto))
     try:
         initial = (akid, ses_smtp_password(secret, SES_REGION))
-        name = await write_consumer(client, mount, "127.0.0.1", ctl.port, initial)
+        name = await write_consumer(client, mount, "127.0.0.1", box.port, initial)
         admin = f"rotator/aws-admin-{hexid()}"
         await client.kv.write(
             KV2Path(mount, admin),
@@ -293,7 +268,7 @@ async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterato
             mount,
             name,
             "127.0.0.1",
-            ctl.port,
+            box.port,
             initial,
             options,
             [secret, initial[1], moto.admin[1]],
@@ -627,42 +602,10 @@ async def test_engine_hook_rotates_then_retires_after_grace(
     assert len(w.store.ids("maily")) == 1
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "smtp.crt", tmp / "smtp.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_smtp(tmp_path: Path) -> Iterator[tuple[Controller, CredentialStore, Path]]:
     cert, key = self_signed(tmp_path)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls = server_tls_context(cert, key)
     store = CredentialStore(tmp_path / "tls-store.json")
     ctl = smtp_controller(store.path, tls_context=tls)
     ctl.start()
@@ -721,10 +664,7 @@ async def test_no_plaintext_auth_when_starttls_is_not_offered(
 ) -> None:
     """STARTTLS expected (the default ``auto`` on port 587, or ``starttls``), a server that
     does not offer it: an error, and no AUTH on the plaintext connection."""
-    from .test_rotation_notify import SMTP_PASSWORD, SMTP_USER, _start_smtp
-
-    ctl, box = _start_smtp()
-    try:
+    with smtp_server() as box:
         server = SmtpServer("127.0.0.1", box.port, tls, None, 5.0)
         with pytest.raises(RotationError, match="does not offer STARTTLS"):
             await asyncio.to_thread(smtp_session, server, SMTP_USER, SMTP_PASSWORD)
@@ -733,8 +673,6 @@ async def test_no_plaintext_auth_when_starttls_is_not_offered(
         none = SmtpServer("127.0.0.1", box.port, "none", None, 5.0)
         assert await asyncio.to_thread(smtp_session, none, SMTP_USER, SMTP_PASSWORD) == "no TLS"
         assert [ok for _, _, ok in box.logins] == ["ok"]
-    finally:
-        ctl.stop()
     # the rotator: check and verify refuse too (the hook's plaintext server)
     w, rot = hook_world, SmtpRotator()
     with pytest.raises(RotatorConfigError, match="does not offer STARTTLS"):
