@@ -22,9 +22,9 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from maily_secrets.rotation.base import (
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.smtp import (
     SmtpError,
@@ -58,6 +58,7 @@ from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .kit.certs import self_signed, server_tls_context
+from .kit.rotation import Clock, Traffic, all_log_text, hexid, rotate, rotation_ctx, scratch_mount
 from .kit.smtp import SMTP_PASSWORD, SMTP_USER, Check, smtp_server, start_smtp
 from .moto_server import Moto, moto
 from .secrecy import assert_absent
@@ -72,21 +73,6 @@ T0 = datetime(2030, 1, 15, 3, 0, tzinfo=UTC)
 SES_REGION = "eu-west-1"
 
 
-def hexid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-class Clock:
-    def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw: float) -> None:
-        self.t += timedelta(**kw)
-
-
 def ses_independent(secret: str, region: str) -> str:
     """AWS's documented SES SMTP password algorithm, written again with another HMAC."""
     key = ("AWS4" + secret).encode()
@@ -99,12 +85,8 @@ def ses_independent(secret: str, region: str) -> str:
 
 @pytest.fixture(scope="module")
 async def mount(bao: Bao) -> AsyncIterator[str]:
-    m = f"rot-smtp-{hexid()}"
-    async with bao.client() as c:
-        await c.write(f"sys/mounts/{m}", {"type": "kv", "options": {"version": "2"}})
-        await c.kv.configure(m)
+    async with scratch_mount(bao, "rot-smtp") as m:
         yield m
-        await c.delete(f"sys/mounts/{m}")
 
 
 @pytest.fixture
@@ -130,17 +112,8 @@ class World:
         return KV2Path(self.mount, self.secret)
 
     def ctx(self, now: Callable[[], datetime] | None = None, **options: Any) -> RotationContext:
-        return RotationContext(
-            env=RotationConfig.load().environment("development"),
-            type_name="smtp",
-            type_config=TypeConfig(
-                secret=self.secret, grace=timedelta(hours=1), options={**self.options, **options}
-            ),
-            client=self.client,
-            rotation_id=f"test-{hexid()}",
-            log=logging.getLogger("maily_secrets.rotation.test"),
-            **({"now": now} if now else {}),
-        )
+        opts = {**self.options, **options}
+        return rotation_ctx("smtp", self.client, self.secret, options=opts, now=now)
 
     async def data(self) -> tuple[dict[str, Any], int]:
         v = await self.client.kv.read(self.path)
@@ -279,59 +252,6 @@ async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterato
         ctl.stop()
 
 
-async def rotate(rot: SmtpRotator, ctx: RotationContext) -> tuple[dict[str, Any], int]:
-    await rot.check(ctx)
-    pending = await rot.create_pending(ctx)
-    await rot.apply(ctx, pending)
-    await rot.verify(ctx, pending)
-    return pending, await rot.promote(ctx, pending)
-
-
-class Traffic:
-    """An application sending mail: every login uses what is in Vault at that moment."""
-
-    def __init__(
-        self,
-        read: Callable[[], Awaitable[tuple[str, str]]],
-        call: Callable[[tuple[str, str]], bool],
-    ) -> None:
-        self.read, self.call = read, call
-        self.ok = self.failed = 0
-        self.seen: list[str] = []
-        self._stop = asyncio.Event()
-        self._progress = asyncio.Event()  # set after every call
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            creds = await self.read()
-            if await asyncio.to_thread(self.call, creds):
-                self.ok += 1
-            else:
-                self.failed += 1
-            self.seen.append(creds[1][-6:])
-            self._progress.set()
-            await asyncio.sleep(0.01)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def until_seen(self, password: str, times: int = 3, within: float = 20) -> None:
-        async with asyncio.timeout(within):
-            while self.seen.count(password[-6:]) < times:
-                self._progress.clear()
-                await self._progress.wait()
-
-    async def stop(self) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
-
-def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
-
-
 # ---------------------------------------------------------------------------- SES derivation
 def test_ses_smtp_password_test_vector() -> None:
     secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"  # AWS's documentation example key
@@ -367,7 +287,7 @@ async def test_hook_rotation_while_in_use_previous_valid_until_retired(
     rot = SmtpRotator()
     ctx = w.ctx()
     before, _ = await w.data()
-    app = Traffic(w.creds, w.works)
+    app = Traffic(w.creds, w.works, part=1, tail=6)
     app.start()
     try:
         await app.until_seen(w.initial[1])
@@ -690,7 +610,7 @@ async def test_ses_rotation_while_in_use_then_retire_deletes_the_old_key(
     caplog.set_level(logging.DEBUG)
     rot = SmtpRotator()
     ctx = w.ctx()
-    app = Traffic(w.creds, w.works)
+    app = Traffic(w.creds, w.works, part=1, tail=6)
     app.start()
     try:
         await app.until_seen(w.initial[1])
