@@ -7,6 +7,7 @@
     app.start(); await app.until_seen(key_id); ...; await app.stop()
     assert app.failed == 0
 
+``crash_engine_run`` runs the engine in a child process that dies after a given step.
 ``Clock`` is an injectable ``now`` that only moves when told; ``scratch_mount`` a KV v2
 mount of the caller's own that is deleted afterwards.
 """
@@ -16,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -27,11 +31,13 @@ import pytest
 
 from maily_secrets.rotation.base import RotationContext, Rotator
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.engine import CRASH_ENV
 from maily_secrets.vault.client import VaultClient
 
 if TYPE_CHECKING:
     from ..conftest import Bao
 
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2030, 1, 15, 3, 0, tzinfo=UTC)
 TEST_LOGGER = "maily_secrets.rotation.test"
 
@@ -159,3 +165,42 @@ class Traffic:
 def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
     """Every captured log record, all its fields, as one searchable text."""
     return "\n".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
+
+
+_CHILD = """
+import asyncio, sys
+from maily_secrets.rotation.config import RotationConfig
+from maily_secrets.rotation.engine import RotationEngine
+
+async def main() -> None:
+    engine = RotationEngine(RotationConfig.load(sys.argv[1]), "development")
+    try:
+        await engine.run([sys.argv[2]], force=True)
+    finally:
+        await engine.close()
+
+asyncio.run(main())
+"""
+
+
+def crash_engine_run(
+    bao: Bao, config: Path, type_name: str, step: str
+) -> subprocess.CompletedProcess[str]:
+    """A forced engine run of ``type_name`` in a child process that dies (exit 70) right
+    after ``step``, as a killed pod would; token auth against ``bao``."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
+        "VAULT_ADDR": bao.addr,
+        "VAULT_TOKEN": bao.token,
+        "VAULT_AUTH_METHOD": "token",
+        CRASH_ENV: step,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _CHILD, str(config), type_name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
