@@ -86,10 +86,12 @@ def api(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    opener: urllib.request.OpenerDirector | None = None,
 ) -> tuple[int, Any]:
     """One plain HTTP request (no redirect following): (status, decoded JSON or None).
 
-    A connection failure gives status 0.
+    A connection failure gives status 0. ``opener`` (for HTTPS with a CA of the test's
+    own) must not follow redirects either: build it with ``_NoRedirect``.
     """
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{addr}/v1/{path}", data=data, method=method)  # noqa: S310
@@ -99,7 +101,7 @@ def api(
         req.add_header("X-Vault-Token", token)
     for k, v in (headers or {}).items():
         req.add_header(k, v)
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = opener or urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
