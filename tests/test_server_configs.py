@@ -34,7 +34,6 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import time
@@ -58,6 +57,7 @@ from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
 from .kit.ha import ReadLoop
+from .kit.servers import kill_process, spawn_logged, stop_processes
 from .raft import RaftClusterError, _NoRedirect, _port_pair, _wait
 from .raft import api as raft_api
 
@@ -221,44 +221,16 @@ class Node:
         return ""
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env.update(self.env)
-        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            self.proc = subprocess.Popen(
-                [bao_binary(), "server", f"-config={self.config}"],
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-        finally:
-            os.close(fd)
+        argv = [bao_binary(), "server", f"-config={self.config}"]
+        self.proc = spawn_logged(argv, self.log, cwd=self.dir, env=self.env)
 
     def kill(self) -> None:
-        if self.proc is not None and self.alive():
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        kill_process(self.proc)
 
 
 def stop_all(nodes: list[Node], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL whatever is still alive after ``timeout``."""
-    for n in nodes:
-        if n.alive():
-            with contextlib.suppress(ProcessLookupError):
-                n.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    deadline = time.monotonic() + timeout
-    for n in nodes:
-        if n.proc is None:
-            continue
-        try:
-            n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                n.proc.kill()
-            n.proc.wait(timeout=5)
+    stop_processes([n.proc for n in nodes], timeout)
 
 
 def make_nodes(base: Path, source: Path, pki: Pki, n: int, *, ha: bool) -> list[Node]:
