@@ -22,26 +22,13 @@ from maily_secrets.vault.database import DatabaseCredentials
 
 from .conftest import Bao
 from .faultkit import drive, until
+from .kit.leases import LeaseEvents
 from .netfault import TcpProxy
 from .pg import PgServer, pg
 from .secrecy import assert_absent
 from .test_database import engine, password
 
 __all__ = ["pg"]  # the session fixture, imported for pytest
-
-
-class Events:
-    def __init__(self) -> None:
-        self.events: list[LeaseEvent[Any]] = []
-
-    def __call__(self, event: LeaseEvent[Any]) -> None:
-        self.events.append(event)
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-    def count(self, kind: str) -> int:
-        return sum(1 for e in self.events if e.kind == kind)
 
 
 def proxy_to(bao: Bao) -> TcpProxy:
@@ -57,7 +44,7 @@ async def test_lease_survives_5000_failed_renewals_and_fetches_then_rotates(
     proxy = proxy_to(bao)
     await proxy.up()
     clock = ManualClock()
-    events = Events()
+    events = LeaseEvents()
     client = VaultClient(
         bao.settings(addr=proxy.addr, max_retries=0, retry_base_delay=0.001, retry_max_delay=0.001)
     )
@@ -107,7 +94,7 @@ async def test_a_sync_lease_listener_blocked_forever_stops_neither_renewal_nor_o
     container = LeaseContainer(root, clock=clock, listener_timeout=5.0)
     never = threading.Event()
     blocked_calls: list[str] = []
-    other = Events()
+    other = LeaseEvents()
 
     def blocked(event: LeaseEvent[Any]) -> None:
         blocked_calls.append(event.kind)
