@@ -169,3 +169,16 @@ def smtp() -> Iterator[Smtp]:
     """An aiosmtpd server requiring AUTH as ``kit.smtp.SMTP_USER`` / ``SMTP_PASSWORD``."""
     with smtp_server() as box:
         yield box
+
+
+@pytest.fixture
+async def guide_env(bao: Bao, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The environment a Maily service gets (VAULT_ADDR and VAULT_TOKEN), and the guide's
+    ``vault_service`` singleton closed before and after, so each test starts it afresh."""
+    from apps.api.services.vault_service import vault_service
+
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", bao.token)
+    await vault_service.close()
+    yield
+    await vault_service.close()
