@@ -24,28 +24,16 @@ import pytest
 from maily_secrets.callbacks import STUCK_AFTER
 from maily_secrets.clock import ManualClock, settle
 from maily_secrets.errors import VaultError
-from maily_secrets.service import VaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .faultkit import drive, until
+from .kit.listeners import LISTENER_INTERVAL, new_secret, service
 from .netfault import TcpProxy
 from .secrecy import assert_absent
 
-INTERVAL = 1.0  # seconds of the ManualClock between polls
+INTERVAL = LISTENER_INTERVAL  # seconds of the ManualClock between polls
 REPO = Path(__file__).resolve().parent.parent
-
-
-async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
-    path = f"maily/data/fault-{uuid.uuid4().hex[:10]}"
-    await root.kv.write(path, data, cas=0)
-    return path
-
-
-def service(bao: Bao, clock: ManualClock, **kw: Any) -> VaultService:
-    svc = VaultService(bao.settings(listener_interval=INTERVAL, **kw))
-    svc.clock = clock  # type: ignore[attr-defined]  # until VaultService takes clock=
-    return svc
 
 
 # ---------------------------------------------------------------------------- outages
