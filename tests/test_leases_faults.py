@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
@@ -31,17 +30,12 @@ from .test_database import engine, password
 __all__ = ["pg"]  # the session fixture, imported for pytest
 
 
-def proxy_to(bao: Bao) -> TcpProxy:
-    target = urlparse(bao.addr)
-    return TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
-
-
 async def test_lease_survives_5000_failed_renewals_and_fetches_then_rotates(
     bao: Bao, root: VaultClient, pg: PgServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Old code: ``base * 2**attempt`` raised OverflowError after 1,024 failed attempts."""
     db, role = await engine(root, pg, default_ttl=3600, max_ttl=86400)
-    proxy = proxy_to(bao)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
     events = LeaseEvents()

@@ -11,7 +11,6 @@ import asyncio
 import threading
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
@@ -259,8 +258,7 @@ async def test_unregister_and_close_stop_the_watcher(bao: Bao, root: VaultClient
 async def test_outage_then_change_then_recovery_fires(bao: Bao, root: VaultClient) -> None:
     """The network to Vault is cut, the secret changes meanwhile, the listener catches up."""
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
     svc = service(bao, clock, addr=proxy.addr, max_retries=0, cache_ttl=0.0)

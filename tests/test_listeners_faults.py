@@ -17,7 +17,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
@@ -42,8 +41,7 @@ async def test_watcher_survives_5000_failed_polls_then_fires_on_the_next_change(
 ) -> None:
     """2.0 ** failures overflowed at 1,024 failed polls and ended the watcher silently."""
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
     svc = service(bao, clock, addr=proxy.addr, max_retries=0)
@@ -293,8 +291,7 @@ async def test_registering_on_an_unreachable_vault_raises_nothing_and_catches_up
     bao: Bao, root: VaultClient
 ) -> None:
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     port = proxy.port
     await proxy.down()
