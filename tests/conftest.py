@@ -20,6 +20,8 @@ from maily_secrets.dev.server import DevServer, DevServerInfo
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.smtp import Smtp, smtp_server
+
 _VAULT_ENV = [k for k in os.environ if k.startswith(("VAULT_", "BAO_", "MAILY_SECRETS_"))]
 
 
@@ -160,3 +162,23 @@ def private_bao(tmp_path: Path) -> Iterator[Bao]:
 async def root(bao: Bao) -> AsyncIterator[VaultClient]:
     async with bao.client() as c:
         yield c
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    """An aiosmtpd server requiring AUTH as ``kit.smtp.SMTP_USER`` / ``SMTP_PASSWORD``."""
+    with smtp_server() as box:
+        yield box
+
+
+@pytest.fixture
+async def guide_env(bao: Bao, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
+    """The environment a Maily service gets (VAULT_ADDR and VAULT_TOKEN), and the guide's
+    ``vault_service`` singleton closed before and after, so each test starts it afresh."""
+    from apps.api.services.vault_service import vault_service
+
+    monkeypatch.setenv("VAULT_ADDR", bao.addr)
+    monkeypatch.setenv("VAULT_TOKEN", bao.token)
+    await vault_service.close()
+    yield
+    await vault_service.close()

@@ -37,7 +37,6 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
-import ipaddress
 import json
 import ssl
 import tempfile
@@ -51,10 +50,10 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+
+from .kit.certs import self_signed, server_tls_context
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 LEGACY_ISSUER = "kubernetes/serviceaccount"
@@ -362,43 +361,16 @@ class KubernetesStandin:
         return _status(404, "NotFound", "the server could not find the requested resource")
 
     def _ssl_context(self) -> ssl.SSLContext:
-        key = new_rsa_key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.DNSName("kubernetes.default.svc"),
-                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256())
+        cert, key = self_signed(
+            Path(self._tmp.name),
+            "kube-apiserver",
+            dns_names=["localhost", "kubernetes.default.svc"],
+            key=new_rsa_key(),
+            valid_for=dt.timedelta(days=1),
+            stem="tls",
         )
-        self.ca_pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        d = Path(self._tmp.name)
-        (d / "tls.crt").write_text(self.ca_pem)
-        (d / "tls.key").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
-        return ctx
+        self.ca_pem = cert.read_text()
+        return server_tls_context(cert, key)
 
     @property
     def url(self) -> str:

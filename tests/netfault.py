@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlparse
 
 
 class TcpProxy:
@@ -17,6 +18,12 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def to(cls, addr: str) -> TcpProxy:
+        """A proxy (not yet up) in front of the server at the URL ``addr``."""
+        target = urlparse(addr)
+        return cls(target.hostname or "127.0.0.1", target.port or 8200)
 
     @property
     def addr(self) -> str:

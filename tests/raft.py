@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from maily_secrets.dev.server import bao_binary, free_port, port_in_use
+
+from .kit.servers import kill_process, spawn_logged, stop_processes
 
 CLUSTER_NAME = "maily-ha-test"
 
@@ -86,10 +87,12 @@ def api(
     token: str | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 5.0,
+    opener: urllib.request.OpenerDirector | None = None,
 ) -> tuple[int, Any]:
     """One plain HTTP request (no redirect following): (status, decoded JSON or None).
 
-    A connection failure gives status 0.
+    A connection failure gives status 0. ``opener`` (for HTTPS with a CA of the test's
+    own) must not follow redirects either: build it with ``_NoRedirect``.
     """
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(f"{addr}/v1/{path}", data=data, method=method)  # noqa: S310
@@ -99,7 +102,7 @@ def api(
         req.add_header("X-Vault-Token", token)
     for k, v in (headers or {}).items():
         req.add_header(k, v)
-    opener = urllib.request.build_opener(_NoRedirect)
+    opener = opener or urllib.request.build_opener(_NoRedirect)
     try:
         with opener.open(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
@@ -224,20 +227,8 @@ class RaftCluster:
             self.mount_kv()
 
     def _spawn(self, node: RaftNode) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        log_fd = os.open(node.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            node.proc = subprocess.Popen(
-                [self.binary, "server", f"-config={node.config_file}"],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=node.dir,
-                start_new_session=True,
-            )
-        finally:
-            os.close(log_fd)
+        argv = [self.binary, "server", f"-config={node.config_file}"]
+        node.proc = spawn_logged(argv, node.log_file, cwd=node.dir)
 
     def join(self, node: RaftNode, leader: RaftNode, timeout: float) -> None:
         """``sys/storage/raft/join`` (what ``bao operator raft join`` does), then unseal:
@@ -289,26 +280,11 @@ class RaftCluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM every node we started, SIGKILL those still alive after ``timeout``."""
-        for node in self.nodes:
-            if node.alive():
-                with contextlib.suppress(ProcessLookupError):
-                    node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        deadline = time.monotonic() + timeout
-        for node in self.nodes:
-            if node.proc is None:
-                continue
-            try:
-                node.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    node.proc.kill()
-                node.proc.wait(timeout=5)
+        stop_processes([node.proc for node in self.nodes], timeout)
 
     def kill(self, node: RaftNode) -> None:
         """SIGKILL one node (no graceful step-down) and reap it."""
-        if node.proc is not None and node.alive():
-            node.proc.kill()
-            node.proc.wait(timeout=5)
+        kill_process(node.proc)
 
     def restart(self, node: RaftNode, timeout: float = 20.0) -> None:
         """Start a killed node again with its data and unseal it; it rejoins as a standby."""

@@ -8,7 +8,6 @@ tests do not see each other's rotations.
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.cli import mailyctl_argv as mailyctl_argv  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "src" / "maily_secrets" / "rotation" / "default_config.yaml"
@@ -92,7 +92,3 @@ async def make_rotation_env(
     renv = RotationEnv(bao, mount, tmp / f"rotation-{mount}.yaml", doc)
     renv.write()
     return renv
-
-
-def mailyctl_argv(*args: str) -> list[str]:
-    return [sys.executable, str(ROOT / "mailyctl.py"), *args]

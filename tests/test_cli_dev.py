@@ -13,26 +13,14 @@ from pathlib import Path
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.cli import mailyctl_env, run_mailyctl
 from .secrecy import assert_absent, assert_differ, assert_same
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mailyctl(*args: str, state: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    env["MAILY_DEV_DIR"] = str(state)
-    env["COLUMNS"] = "200"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "mailyctl.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=60,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mailyctl {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    return run_mailyctl(*args, env=mailyctl_env(MAILY_DEV_DIR=str(state)), check=check)
 
 
 async def read_all(addr: str, token: str) -> dict[str, dict[str, object]]:

@@ -33,6 +33,7 @@ from maily_secrets.vault.database import (
 )
 
 from .conftest import Bao
+from .kit.leases import LeaseEvents
 from .pg import PgServer, pg
 from .secrecy import assert_absent
 
@@ -93,30 +94,6 @@ def captured(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
 def log_text(caplog: pytest.LogCaptureFixture) -> str:
     fmt = logs.JsonFormatter()
     return "\n".join(f"{r.getMessage()} {fmt.format(r)} {vars(r)!r}" for r in caplog.records)
-
-
-class Recorder:
-    """Collects lease events; ``wait`` polls with a deadline."""
-
-    def __init__(self) -> None:
-        self.events: list[LeaseEvent[Any]] = []
-
-    def __call__(self, event: LeaseEvent[Any]) -> None:
-        self.events.append(event)
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-    def of(self, kind: str) -> list[LeaseEvent[Any]]:
-        return [e for e in self.events if e.kind == kind]
-
-    async def wait(self, kind: str, within: float, count: int = 1) -> list[LeaseEvent[Any]]:
-        deadline = time.monotonic() + within
-        while len(self.of(kind)) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no {kind!r} event within {within}s: {self.kinds()}")
-            await asyncio.sleep(0.05)
-        return self.of(kind)
 
 
 def password(creds: DatabaseCredentials) -> str:
@@ -224,7 +201,7 @@ async def test_lease_is_renewed_rotated_before_max_ttl_and_revoked_on_close(
 ) -> None:
     db, role = await engine(root, pg, default_ttl=3, max_ttl=8)
     container = LeaseContainer(root)
-    sync_events = Recorder()
+    sync_events = LeaseEvents()
     async_events: list[str] = []
 
     async def async_listener(event: LeaseEvent[Any]) -> None:
@@ -345,7 +322,7 @@ async def test_renewal_retries_with_backoff_while_vault_is_down(
     async with private_bao.client(max_retries=0) as client:
         db, role = await engine(client, pg, default_ttl=3, max_ttl=60)
         container = LeaseContainer(client, retry_base_delay=0.2, retry_max_delay=0.8)
-        events = Recorder()
+        events = LeaseEvents()
         container.add_listener(events)
         handle = await container.database_credentials(role, mount=db.mount)
         creds: DatabaseCredentials = handle.secret
@@ -443,7 +420,7 @@ def test_target_from_url() -> None:
 async def test_a_lease_revoked_behind_our_back_is_replaced(root: VaultClient, pg: PgServer) -> None:
     db, role = await engine(root, pg, default_ttl=3, max_ttl=60)
     container = LeaseContainer(root)
-    events = Recorder()
+    events = LeaseEvents()
     container.add_listener(events)
     handle = await container.database_credentials(role, mount=db.mount)
     first: DatabaseCredentials = handle.secret

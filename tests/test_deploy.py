@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ import yaml
 from maily_secrets.dev.server import bao_binary
 from maily_secrets.paths import KV2Path
 from maily_secrets.policies import deploy_dir
+
+from .kit.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = deploy_dir() / "k8s"
@@ -242,20 +243,8 @@ def agent_rendering(bao: Any, tmp: Path, template: str) -> Iterator[Path]:
     out = tmp / "secrets" / "config.json"
     out.parent.mkdir()
     cfg = _render_config(tmp, bao.addr, token_file, tpl, out)
-    log = (tmp / "agent.log").open("wb")
-    proc = subprocess.Popen(
-        [bao_binary(), "agent", f"-config={cfg}"], stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
+    with running([bao_binary(), "agent", f"-config={cfg}"], tmp / "agent.log", clean_env=False):
         yield out
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def deployment_template() -> str:

@@ -11,8 +11,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,26 +25,15 @@ from maily_secrets.dev.server import DevServer
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.cli import mailyctl_env, run_mailyctl
 from .secrecy import assert_absent
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def mailyctl(*args: str, check: bool = True, env: dict[str, str] | None = None) -> Any:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "MAILY_"))}
-    base["COLUMNS"] = "200"
-    base.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "mailyctl.py"), *args],
-        capture_output=True,
-        text=True,
-        env=base,
-        cwd=ROOT,
-        timeout=120,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"mailyctl {args} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
+    base = mailyctl_env(drop=("VAULT_", "BAO_", "MAILY_"), **(env or {}))
+    return run_mailyctl(*args, env=base, timeout=120, check=check)
 
 
 def dev_env(state: Path) -> dict[str, str]:

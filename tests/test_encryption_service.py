@@ -8,21 +8,11 @@ from typing import Any
 
 import pytest
 
-from apps.api.services.vault_service import vault_service
 from maily_secrets.errors import DecryptedNotText, TransitKeyNotFound
 from maily_secrets.service import VaultService
 
 from .conftest import Bao
 from .guide import code_blocks
-
-
-@pytest.fixture
-async def guide_env(bao: Bao, monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setenv("VAULT_ADDR", bao.addr)
-    monkeypatch.setenv("VAULT_TOKEN", bao.token)
-    await vault_service.close()
-    yield
-    await vault_service.close()
 
 
 async def test_encryption_snippet_verbatim(guide_env: Any, bao: Bao) -> None:

@@ -8,23 +8,8 @@ import sys
 from types import FrameType
 from typing import Any
 
-import pytest
-
-from apps.api.services.vault_service import vault_service
-
-from .conftest import Bao
 from .guide import ROOT, code_blocks
 from .secrecy import assert_same
-
-
-@pytest.fixture
-async def guide_env(bao: Bao, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The environment a Maily service gets: VAULT_ADDR and VAULT_TOKEN."""
-    monkeypatch.setenv("VAULT_ADDR", bao.addr)
-    monkeypatch.setenv("VAULT_TOKEN", bao.token)
-    await vault_service.close()
-    yield
-    await vault_service.close()
 
 
 async def _run_capturing_locals(fn: Any) -> dict[str, Any]:

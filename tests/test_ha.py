@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from maily_secrets.errors import CheckAndSetConflict, SecretNotFound, VaultError, VaultRequestError
+from maily_secrets.errors import CheckAndSetConflict, SecretNotFound, VaultRequestError
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.ha import ReadLoop
 from .raft import RaftCluster, RaftNode, api
 
 NO_FORWARDING = "X-Vault-No-Request-Forwarding"
@@ -298,27 +298,6 @@ async def test_redirected_get_keeps_its_query_once(classic_cluster: RaftCluster)
 
 
 # ---------------------------------------------------------------------------- c. leader kill
-async def read_loop(
-    service: VaultService,
-    path: str,
-    stop: asyncio.Event,
-    killed: asyncio.Event,
-    tally: Counter[str],
-    latencies: list[float],
-) -> None:
-    while not stop.is_set():
-        phase = "after kill" if killed.is_set() else "before kill"
-        t0 = time.perf_counter()
-        try:
-            value = await service.get_secret(path)
-        except VaultError as exc:
-            tally[f"failed {phase}: {type(exc).__name__} {exc.status}"] += 1
-        else:
-            tally[f"ok {phase}" if value == {"k": "v"} else f"wrong {phase}"] += 1
-        latencies.append(time.perf_counter() - t0)
-        await asyncio.sleep(0.005)
-
-
 async def test_leader_killed_while_a_service_reads(
     raft_cluster: RaftCluster, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -352,28 +331,22 @@ async def test_leader_killed_while_a_service_reads(
             max_staleness=0,  # and a failure is not hidden by a last-known value
         )
     )
-    stop, killed = asyncio.Event(), asyncio.Event()
-    tally: Counter[str] = Counter()
-    latencies: list[float] = []
-    reader: asyncio.Task[None] | None = None
     try:
         assert await service.get_secret(path) == {"k": "v"}  # logged in before the kill
-        reader = asyncio.create_task(read_loop(service, path, stop, killed, tally, latencies))
-        await asyncio.sleep(0.5)
-        killed_at = time.monotonic()
-        raft_cluster.kill(leader)
-        killed.set()
-        new_leader = await asyncio.to_thread(raft_cluster.leader, 20.0)
-        elected_after = time.monotonic() - killed_at
-        # writes work again, through the standby the service uses
-        async with VaultClient(settings(standby, raft_cluster, max_retries=20)) as w:
-            assert await w.kv.write(path, {"k": "v"}, cas=1) == 2
-        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
+        async with ReadLoop(service, path, expect={"k": "v"}) as reads:
+            await asyncio.sleep(0.5)
+            killed_at = time.monotonic()
+            raft_cluster.kill(leader)
+            reads.killed()
+            new_leader = await asyncio.to_thread(raft_cluster.leader, 20.0)
+            elected_after = time.monotonic() - killed_at
+            # writes work again, through the standby the service uses
+            async with VaultClient(settings(standby, raft_cluster, max_retries=20)) as w:
+                assert await w.kv.write(path, {"k": "v"}, cas=1) == 2
+            await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
     finally:
-        stop.set()
-        if reader is not None:
-            await asyncio.wait_for(reader, 60)
         await service.close()
+    tally, latencies = reads.tally, reads.latencies
 
     report(
         capsys,

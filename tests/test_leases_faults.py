@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
@@ -22,6 +21,7 @@ from maily_secrets.vault.database import DatabaseCredentials
 
 from .conftest import Bao
 from .faultkit import drive, until
+from .kit.leases import LeaseEvents
 from .netfault import TcpProxy
 from .pg import PgServer, pg
 from .secrecy import assert_absent
@@ -30,34 +30,15 @@ from .test_database import engine, password
 __all__ = ["pg"]  # the session fixture, imported for pytest
 
 
-class Events:
-    def __init__(self) -> None:
-        self.events: list[LeaseEvent[Any]] = []
-
-    def __call__(self, event: LeaseEvent[Any]) -> None:
-        self.events.append(event)
-
-    def kinds(self) -> list[str]:
-        return [e.kind for e in self.events]
-
-    def count(self, kind: str) -> int:
-        return sum(1 for e in self.events if e.kind == kind)
-
-
-def proxy_to(bao: Bao) -> TcpProxy:
-    target = urlparse(bao.addr)
-    return TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
-
-
 async def test_lease_survives_5000_failed_renewals_and_fetches_then_rotates(
     bao: Bao, root: VaultClient, pg: PgServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Old code: ``base * 2**attempt`` raised OverflowError after 1,024 failed attempts."""
     db, role = await engine(root, pg, default_ttl=3600, max_ttl=86400)
-    proxy = proxy_to(bao)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
-    events = Events()
+    events = LeaseEvents()
     client = VaultClient(
         bao.settings(addr=proxy.addr, max_retries=0, retry_base_delay=0.001, retry_max_delay=0.001)
     )
@@ -107,7 +88,7 @@ async def test_a_sync_lease_listener_blocked_forever_stops_neither_renewal_nor_o
     container = LeaseContainer(root, clock=clock, listener_timeout=5.0)
     never = threading.Event()
     blocked_calls: list[str] = []
-    other = Events()
+    other = LeaseEvents()
 
     def blocked(event: LeaseEvent[Any]) -> None:
         blocked_calls.append(event.kind)

@@ -11,35 +11,22 @@ import asyncio
 import threading
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
 from apps.api.services.vault_service import vault_service
 from maily_secrets.clock import ManualClock, settle
 from maily_secrets.listeners import _Watcher
-from maily_secrets.service import VaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .faultkit import drive, until
 from .guide import code_blocks
+from .kit.listeners import LISTENER_INTERVAL, new_secret, service
 from .netfault import TcpProxy
 from .secrecy import assert_same
 
-FAST = 1.0  # seconds of the ManualClock between polls
-
-
-async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
-    path = f"maily/data/listen-{uuid.uuid4().hex[:10]}"
-    await root.kv.write(path, data, cas=0)
-    return path
-
-
-def service(bao: Bao, clock: ManualClock, **kw: Any) -> VaultService:
-    svc = VaultService(bao.settings(listener_interval=FAST, **kw))
-    svc.clock = clock  # type: ignore[attr-defined]  # until VaultService takes clock=
-    return svc
+FAST = LISTENER_INTERVAL  # seconds of the ManualClock between polls
 
 
 async def polls(clock: ManualClock, n: int, *watchers: _Watcher) -> None:
@@ -271,8 +258,7 @@ async def test_unregister_and_close_stop_the_watcher(bao: Bao, root: VaultClient
 async def test_outage_then_change_then_recovery_fires(bao: Bao, root: VaultClient) -> None:
     """The network to Vault is cut, the secret changes meanwhile, the listener catches up."""
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
     svc = service(bao, clock, addr=proxy.addr, max_retries=0, cache_ttl=0.0)

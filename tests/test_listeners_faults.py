@@ -17,35 +17,22 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
 from maily_secrets.callbacks import STUCK_AFTER
 from maily_secrets.clock import ManualClock, settle
 from maily_secrets.errors import VaultError
-from maily_secrets.service import VaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .faultkit import drive, until
+from .kit.listeners import LISTENER_INTERVAL, new_secret, service
 from .netfault import TcpProxy
 from .secrecy import assert_absent
 
-INTERVAL = 1.0  # seconds of the ManualClock between polls
+INTERVAL = LISTENER_INTERVAL  # seconds of the ManualClock between polls
 REPO = Path(__file__).resolve().parent.parent
-
-
-async def new_secret(root: VaultClient, data: dict[str, Any]) -> str:
-    path = f"maily/data/fault-{uuid.uuid4().hex[:10]}"
-    await root.kv.write(path, data, cas=0)
-    return path
-
-
-def service(bao: Bao, clock: ManualClock, **kw: Any) -> VaultService:
-    svc = VaultService(bao.settings(listener_interval=INTERVAL, **kw))
-    svc.clock = clock  # type: ignore[attr-defined]  # until VaultService takes clock=
-    return svc
 
 
 # ---------------------------------------------------------------------------- outages
@@ -54,8 +41,7 @@ async def test_watcher_survives_5000_failed_polls_then_fires_on_the_next_change(
 ) -> None:
     """2.0 ** failures overflowed at 1,024 failed polls and ended the watcher silently."""
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     clock = ManualClock()
     svc = service(bao, clock, addr=proxy.addr, max_retries=0)
@@ -305,8 +291,7 @@ async def test_registering_on_an_unreachable_vault_raises_nothing_and_catches_up
     bao: Bao, root: VaultClient
 ) -> None:
     path = await new_secret(root, {"v": 0})
-    target = urlparse(bao.addr)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 8200)
+    proxy = TcpProxy.to(bao.addr)
     await proxy.up()
     port = proxy.port
     await proxy.down()

@@ -37,6 +37,7 @@ from maily_secrets.rotation.rotators.api_keys import (
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.cli import run_mailyctl
 from .secrecy import assert_absent, assert_differ, assert_same
 from .ticker import Ticker
 
@@ -671,15 +672,7 @@ def cli_env(bao: Bao, mount: str, tmp_path: Path) -> dict[str, str]:
 def mailyctl(
     env: Mapping[str, str], *args: str, stdin: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "mailyctl.py"), "secrets", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=dict(env),
-        cwd=ROOT,
-        timeout=60,
-    )
+    return run_mailyctl("secrets", *args, env=env, stdin=stdin)
 
 
 async def test_secrets_set_stores_without_echo(

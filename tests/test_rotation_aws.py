@@ -9,14 +9,13 @@ real AWS; only ``endpoint_url`` points at moto.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +33,7 @@ from maily_secrets.rotation.base import (
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.aws import AwsAccessKeyRotator
 from maily_secrets.rotation.state import StateStore
@@ -42,6 +41,7 @@ from maily_secrets.targets.aws_iam import user_from_arn
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.rotation import Clock, Traffic, all_log_text, hexid, rotate, rotation_ctx, scratch_mount
 from .moto_server import Moto, moto
 from .secrecy import assert_absent
 
@@ -52,29 +52,10 @@ DEFAULT_YAML = ROOT / "src" / "maily_secrets" / "rotation" / "default_config.yam
 T0 = datetime(2030, 1, 15, 3, 0, tzinfo=UTC)
 
 
-def hexid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-class Clock:
-    def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw: float) -> None:
-        self.t += timedelta(**kw)
-
-
 @pytest.fixture(scope="module")
 async def mount(bao: Bao) -> AsyncIterator[str]:
-    m = f"rot-aws-{hexid()}"
-    async with bao.client() as c:
-        await c.write(f"sys/mounts/{m}", {"type": "kv", "options": {"version": "2"}})
-        await c.kv.configure(m)
+    async with scratch_mount(bao, "rot-aws") as m:
         yield m
-        await c.delete(f"sys/mounts/{m}")
 
 
 # ---------------------------------------------------------------------------- the world
@@ -95,17 +76,8 @@ class World:
         return KV2Path(self.mount, self.secret)
 
     def ctx(self, now: Callable[[], datetime] | None = None, **options: Any) -> RotationContext:
-        return RotationContext(
-            env=RotationConfig.load().environment("development"),
-            type_name="aws",
-            type_config=TypeConfig(
-                secret=self.secret, grace=timedelta(hours=1), options={**self.options, **options}
-            ),
-            client=self.client,
-            rotation_id=f"test-{hexid()}",
-            log=logging.getLogger("maily_secrets.rotation.test"),
-            **({"now": now} if now else {}),
-        )
+        opts = {**self.options, **options}
+        return rotation_ctx("aws", self.client, self.secret, options=opts, now=now)
 
     async def data(self) -> tuple[dict[str, Any], int]:
         v = await self.client.kv.read(self.path)
@@ -146,59 +118,6 @@ async def client(bao: Bao, mount: str) -> AsyncIterator[VaultClient]:
 @pytest.fixture
 async def world(moto: Moto, bao: Bao, client: VaultClient, mount: str) -> World:
     return await make_world(moto, bao, client, mount)
-
-
-async def rotate(rot: AwsAccessKeyRotator, ctx: RotationContext) -> tuple[dict[str, Any], int]:
-    await rot.check(ctx)
-    pending = await rot.create_pending(ctx)
-    await rot.apply(ctx, pending)
-    await rot.verify(ctx, pending)
-    return pending, await rot.promote(ctx, pending)
-
-
-class Traffic:
-    """An application: every call uses whatever key is in Vault at that moment."""
-
-    def __init__(
-        self,
-        read: Callable[[], Awaitable[tuple[str, str]]],
-        call: Callable[[tuple[str, str]], bool],
-    ) -> None:
-        self.read, self.call = read, call
-        self.ok = self.failed = 0
-        self.seen: list[str] = []
-        self._stop = asyncio.Event()
-        self._progress = asyncio.Event()  # set after every call
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            creds = await self.read()
-            if await asyncio.to_thread(self.call, creds):
-                self.ok += 1
-            else:
-                self.failed += 1
-            self.seen.append(creds[0])
-            self._progress.set()
-            await asyncio.sleep(0.01)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def until_seen(self, key_id: str, times: int = 3, within: float = 20) -> None:
-        async with asyncio.timeout(within):
-            while self.seen.count(key_id) < times:
-                self._progress.clear()
-                await self._progress.wait()
-
-    async def stop(self) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
-
-def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------- tests

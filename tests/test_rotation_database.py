@@ -14,7 +14,6 @@ import base64
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,11 +31,10 @@ from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import (
     RotationContext,
     RotationError,
-    Rotator,
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.rotators.postgres import PostgresTwoRoleRotator
 from maily_secrets.targets import random_password
 from maily_secrets.targets.postgres import alter_password_statement, scram_sha256_verifier
@@ -44,6 +42,7 @@ from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.kv import KV2
 
 from .conftest import Bao
+from .kit.rotation import hexid, rotate, rotation_ctx
 from .pg import PgServer, pg
 from .secrecy import assert_absent
 
@@ -51,10 +50,6 @@ __all__ = ["pg"]  # the session fixture, imported for pytest
 
 ADMIN_SECRET = "rotator/postgres-admin"
 TIMINGS: list[float] = []
-
-
-def hexid() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 # ---------------------------------------------------------------------------- the world
@@ -82,16 +77,7 @@ class World:
         return KV2Path(self.mount, ADMIN_SECRET)
 
     def ctx(self, **options: Any) -> RotationContext:
-        return RotationContext(
-            env=RotationConfig.load().environment("development"),
-            type_name="database",
-            type_config=TypeConfig(
-                secret="config", grace=timedelta(hours=1), options={**self.options, **options}
-            ),
-            client=self.client,
-            rotation_id=f"test-{hexid()}",
-            log=logging.getLogger("maily_secrets.rotation.test"),
-        )
+        return rotation_ctx("database", self.client, "config", options={**self.options, **options})
 
     async def login(self, user: str, password: str) -> bool:
         return await self.pg.try_login_async(user, password)
@@ -103,15 +89,6 @@ class World:
     def superuser(self, statement: sql.Composed | str) -> None:
         with self.pg.connect() as conn:
             conn.execute(statement)
-
-
-async def rotate(rot: Rotator, ctx: RotationContext) -> tuple[dict[str, Any], int]:
-    """One full rotation, step by step (what the engine does)."""
-    await rot.check(ctx)
-    pending = await rot.create_pending(ctx)
-    await rot.apply(ctx, pending)
-    await rot.verify(ctx, pending)
-    return pending, await rot.promote(ctx, pending)
 
 
 @pytest.fixture

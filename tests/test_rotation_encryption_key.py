@@ -7,9 +7,6 @@ caller's storage), registered by name or imported by reference. Nothing is mocke
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -27,8 +24,8 @@ from maily_secrets.rotation.base import (
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
-from maily_secrets.rotation.engine import CRASH_ENV, RotationEngine
+from maily_secrets.rotation.config import RotationConfig
+from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.encryption_key import (
     CiphertextSource,
     Rewrapped,
@@ -42,6 +39,7 @@ from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.transit import Transit
 
 from .conftest import Bao
+from .kit.rotation import crash_engine_run, rotation_ctx
 from .secrecy import assert_absent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,16 +139,15 @@ def make_ctx(
     grace: timedelta = timedelta(hours=1),
     prefix: str | None = None,
 ) -> RotationContext:
-    env = RotationConfig.load(DEFAULT_CONFIG).environment("development")
-    if prefix:
-        env.env = env.env.model_copy(update={"state_prefix": prefix})
-    return RotationContext(
-        env=env,
-        type_name="encryption_key",
-        type_config=TypeConfig(secret=f"transit/keys/{key}", grace=grace, options=options or {}),
-        client=vault,
-        rotation_id=f"test-{uid()}",
-        log=logging.getLogger("maily_secrets.rotation"),
+    return rotation_ctx(
+        "encryption_key",
+        vault,
+        f"transit/keys/{key}",
+        options=options,
+        grace=grace,
+        config=DEFAULT_CONFIG,
+        prefix=prefix,
+        logger="maily_secrets.rotation",
     )
 
 
@@ -484,22 +481,6 @@ async def test_engine_failed_rewrap_is_reported_then_resumed_without_rotating_tw
     await assert_readable(transit, key, src, plain)
 
 
-_CHILD = """
-import asyncio, sys
-from maily_secrets.rotation.config import RotationConfig
-from maily_secrets.rotation.engine import RotationEngine
-
-async def main() -> None:
-    engine = RotationEngine(RotationConfig.load(sys.argv[1]), "development")
-    try:
-        await engine.run([sys.argv[2]], force=True)
-    finally:
-        await engine.close()
-
-asyncio.run(main())
-"""
-
-
 @pytest.mark.parametrize("step", ["created", "applied", "verified", "promoted"])
 async def test_crash_after_each_step_then_resume_rotates_once(
     bao: Bao, vault: VaultClient, transit: Transit, key: str, tmp_path: Path, step: str
@@ -507,22 +488,7 @@ async def test_crash_after_each_step_then_resume_rotates_once(
     prefix = f"rot-{uid()}"
     cfg_path = write_config(tmp_path, vault, key, prefix)
     old = await transit.encrypt(key, CANARY)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
-        "VAULT_ADDR": bao.addr,
-        "VAULT_TOKEN": bao.token,
-        "VAULT_AUTH_METHOD": "token",
-        CRASH_ENV: step,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(cfg_path), "encryption_key"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = crash_engine_run(bao, cfg_path, "encryption_key", step)
     assert proc.returncode == 70, proc.stderr[-2000:]
     state = (await vault.kv.read(KV2Path(vault.settings.kv_mount, f"{prefix}/encryption_key"))).data
     assert state["step"] == step and state["outcome"] == "in_progress"

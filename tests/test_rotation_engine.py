@@ -8,7 +8,7 @@ import os
 import pty
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,9 @@ from maily_secrets.rotation.state import RotationState, StateStore
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.smtp import Smtp
 from .rotation_env import RotationEnv, mailyctl_argv, make_rotation_env
 from .secrecy import assert_absent
-from .test_rotation_notify import Smtp, _start_smtp
 
 JWT_ONLY = {"jwt": {"secret": "config", "grace": "1h"}}
 
@@ -294,16 +294,6 @@ async def test_production_asks_on_a_terminal(bao: Bao, root: VaultClient, tmp_pa
     # not on a terminal (the CronJob), or with --yes: no question
     out = run_cli(renv, "secrets", "rotate", "--env=production", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["results"][0]["status"] == "rotated"
-
-
-@pytest.fixture
-def smtp() -> Iterator[Smtp]:
-    """An aiosmtpd server requiring AUTH with the credentials the test puts in Vault."""
-    ctl, box = _start_smtp()
-    try:
-        yield box
-    finally:
-        ctl.stop()
 
 
 async def test_notify_email_arrives_and_contains_no_secret(renv: RotationEnv, smtp: Smtp) -> None:

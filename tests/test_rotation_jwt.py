@@ -30,28 +30,19 @@ from maily_secrets.rotation.base import (
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.config import TypeConfig
 from maily_secrets.rotation.rotators.jwt import JwtRotator
 from maily_secrets.service import VaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.rotation import Clock, rotation_ctx
+from .kit.rotation import rotate as rotate_steps
 from .secrecy import assert_absent, assert_same
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+ROTATION_LOGGER = "maily_secrets.rotation"
 OTHER_KEYS = ("db_password", "redis_password", "smtp_password", "db_host", "smtp_port")
-
-
-class Clock:
-    def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw: float) -> datetime:
-        self.t += timedelta(**kw)
-        return self.t
 
 
 @pytest.fixture(scope="module")
@@ -81,28 +72,13 @@ def make_ctx(
     now: Clock | None = None,
     options: dict[str, Any] | None = None,
 ) -> RotationContext:
-    env = RotationConfig.load().environment("development")
-    kw: dict[str, Any] = {}
-    if now is not None:
-        kw["now"] = now
-    return RotationContext(
-        env=env,
-        type_name="jwt",
-        type_config=TypeConfig(secret="config", grace=grace, options=options or {}),
-        client=client,
-        rotation_id=f"test-{uuid.uuid4().hex[:8]}",
-        log=logging.getLogger("maily_secrets.rotation"),
-        **kw,
+    return rotation_ctx(
+        "jwt", client, "config", options=options, grace=grace, now=now, logger=ROTATION_LOGGER
     )
 
 
 async def rotate(ctx: RotationContext) -> tuple[dict[str, Any], int]:
-    r = JwtRotator()
-    await r.check(ctx)
-    pending = await r.create_pending(ctx)
-    await r.apply(ctx, pending)
-    await r.verify(ctx, pending)
-    return pending, await r.promote(ctx, pending)
+    return await rotate_steps(JwtRotator(), ctx)
 
 
 async def config(client: VaultClient) -> tuple[dict[str, Any], int]:
@@ -181,7 +157,7 @@ async def test_verify_refuses_alg_none_other_algs_unknown_kids_and_forgeries(
 
     # after a rotation, kid-less tokens are checked with the pre-rotation key only:
     # one signed with the new key (without its kid) is refused
-    clock = Clock()
+    clock = Clock(T0)
     await rotate(make_ctx(client, now=clock))
     cfg2, _ = await config(client)
     kidless = jwt.encode(claims, cfg2["jwt_secret"], algorithm="HS256")
@@ -287,7 +263,7 @@ async def test_unknown_kid_refreshes_a_cached_config(
 
 async def test_promote_changes_only_the_key_set_with_cas(client: VaultClient) -> None:
     before, _ = await config(client)
-    clock = Clock()
+    clock = Clock(T0)
     ctx = make_ctx(client, now=clock)
     r = JwtRotator()
     pending = await r.create_pending(ctx)
@@ -321,7 +297,7 @@ async def test_promote_changes_only_the_key_set_with_cas(client: VaultClient) ->
 
 
 async def test_two_rotations_keep_both_previous_keys_then_retire(client: VaultClient) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     cfg0, _ = await config(client)
     long = timedelta(days=3)  # tokens outliving the grace show which key stops verifying
     tok0 = jk.sign(cfg0, {"n": 0}, long, now=clock())
@@ -369,7 +345,7 @@ async def test_two_rotations_keep_both_previous_keys_then_retire(client: VaultCl
 
 
 async def test_steps_are_idempotent(client: VaultClient) -> None:
-    clock = Clock()
+    clock = Clock(T0)
     ctx = make_ctx(client, now=clock)
     r = JwtRotator()
     pending = await r.create_pending(ctx)
@@ -399,7 +375,7 @@ async def test_steps_are_idempotent(client: VaultClient) -> None:
 
 
 async def test_verify_failure_and_rollback_leave_the_current_key(client: VaultClient) -> None:
-    ctx = make_ctx(client, now=Clock())
+    ctx = make_ctx(client, now=Clock(T0))
     r = JwtRotator()
     before, v0 = await config(client)
     pending = await r.create_pending(ctx)
@@ -461,7 +437,7 @@ async def test_no_secret_value_in_logs_or_errors(
     cur = await client.kv.read(path)
     await client.kv.write(path, {**cur.data, "jwt_secret": canary}, cas=cur.version)
     caplog.set_level(logging.DEBUG)
-    clock = Clock()
+    clock = Clock(T0)
     texts: list[str] = []
     r = JwtRotator()
     ctx = make_ctx(client, now=clock)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,8 +28,8 @@ from maily_secrets.rotation.state import StateStore
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.smtp import Smtp
 from .rotation_env import RotationEnv, make_rotation_env
-from .test_rotation_notify import Smtp, _start_smtp
 
 
 # ---------------------------------------------------------------------------- a gated rotator
@@ -152,15 +152,6 @@ async def resume_ungated(w: World) -> RunReport:
 
 
 # ---------------------------------------------------------------------------- 1. release
-@pytest.fixture
-def smtp() -> Iterator[Smtp]:
-    ctl, box = _start_smtp()
-    try:
-        yield box
-    finally:
-        ctl.stop()
-
-
 async def test_failed_release_keeps_report_notification_and_metrics(
     world: World, smtp: Smtp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
-import ipaddress
 import json
 import logging
-import socket
-import ssl
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -30,12 +27,6 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from maily_secrets.logs import JsonFormatter
@@ -45,12 +36,13 @@ from maily_secrets.rotation.report import RunReport, TypeResult
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.certs import self_signed, server_tls_context
+from .kit.smtp import SMTP_PASSWORD, SMTP_USER, Smtp, free_port, smtp_server
 from .secrecy import assert_absent
 
 DEFAULT_CONFIG = (
     Path(__file__).resolve().parents[1] / "src/maily_secrets/rotation/default_config.yaml"
 )
-SMTP_USER = "maily-notify"
 T0 = dt.datetime(2030, 1, 15, 3, 0, tzinfo=dt.UTC)
 
 
@@ -58,7 +50,6 @@ def canary(what: str) -> str:
     return f"CANARY-{what}-{uuid.uuid4().hex[:12]}"
 
 
-SMTP_PASSWORD = canary("smtp-password")
 OTHER_SECRETS = {
     "db_password": canary("db"),
     "jwt_secret": canary("jwt"),
@@ -70,12 +61,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 ALL_CANARIES = [SMTP_PASSWORD, HOOK_TOKEN, *OTHER_SECRETS.values()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_no_canary(text: str, where: str) -> None:
@@ -125,107 +110,6 @@ async def make_mount(root: VaultClient, smtp: dict[str, Any] | None) -> str:
     await root.kv.configure(m)
     await root.kv.write(f"{m}/data/config", {**OTHER_SECRETS, **(smtp or {})}, cas=0)
     return m
-
-
-@dataclass
-class Smtp:
-    port: int
-    received: list[dict[str, Any]] = field(default_factory=list)
-    logins: list[tuple[str, str, str]] = field(default_factory=list)  # mechanism, user, ok
-
-    def settings(self, password: str = SMTP_PASSWORD) -> dict[str, Any]:
-        return {
-            "smtp_host": "127.0.0.1",
-            "smtp_port": str(self.port),  # strings in Vault are fine
-            "smtp_username": SMTP_USER,
-            "smtp_password": password,
-        }
-
-
-class _Sink:
-    def __init__(self, box: Smtp) -> None:
-        self.box = box
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.box.received.append(
-            {
-                "content": envelope.content,
-                "mail_from": envelope.mail_from,
-                "rcpt_tos": list(envelope.rcpt_tos),
-                "authenticated": session.authenticated,
-                "tls": session.ssl is not None,
-            }
-        )
-        return "250 OK"
-
-
-def _start_smtp(**kw: Any) -> tuple[Controller, Smtp]:
-    box = Smtp(port=free_port())
-
-    def authenticator(
-        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        ok = (
-            isinstance(auth_data, LoginPassword)
-            and auth_data.login == SMTP_USER.encode()
-            and auth_data.password == SMTP_PASSWORD.encode()
-        )
-        user = auth_data.login.decode() if isinstance(auth_data, LoginPassword) else "?"
-        box.logins.append((mechanism, user, "ok" if ok else "rejected"))
-        return AuthResult(success=ok, handled=False)  # handled=False: the server answers 535
-
-    kw.setdefault("auth_require_tls", False)
-    ctl = Controller(
-        _Sink(box),
-        hostname="127.0.0.1",
-        port=box.port,
-        authenticator=authenticator,
-        auth_required=True,  # no MAIL FROM without a successful AUTH
-        decode_data=True,
-        **kw,
-    )
-    ctl.start()
-    return ctl, box
-
-
-@pytest.fixture
-def smtp() -> Iterator[Smtp]:
-    ctl, box = _start_smtp()
-    try:
-        yield box
-    finally:
-        ctl.stop()
-
-
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "smtp.crt", tmp / "smtp.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def environment(
@@ -471,17 +355,13 @@ async def test_starttls_is_used_when_offered(
     bao: Bao, root: VaultClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cert, key = self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    server_ctx = server_tls_context(cert, key)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the client trusts our test CA
-    ctl, box = _start_smtp(tls_context=server_ctx, require_starttls=True, auth_require_tls=True)
-    try:
+    with smtp_server(tls_context=server_ctx, require_starttls=True, auth_require_tls=True) as box:
         m = await make_mount(root, box.settings())
         env = environment(tmp_path, email={"tls": "auto"})
         async with bao.client(kv_mount=m) as client:
             email = await notify.send_email(env, client, run_report())
-    finally:
-        ctl.stop()
     assert email["ok"], email["detail"]
     assert email["detail"].endswith("(TLS)")
     [got] = box.received

@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -33,13 +30,14 @@ from maily_secrets.rotation.base import (
     rotator_for,
 )
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
-from maily_secrets.rotation.engine import CRASH_ENV, RotationEngine
+from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.redis import RedisAclRotator
 from maily_secrets.targets import random_password
 from maily_secrets.targets.redis import ensure_redis_acl_user, get_acl_user, password_sha256
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.rotation import crash_engine_run, rotation_ctx
 from .secrecy import assert_absent
 from .ticker import Ticker
 
@@ -134,18 +132,15 @@ class Setup:
         grace: timedelta = timedelta(hours=1),
         rotation_id: str | None = None,
     ) -> RotationContext:
-        env = RotationConfig.load(DEFAULT_CONFIG).environment("development")
-        return RotationContext(
-            env=env,
-            type_name="redis",
-            type_config=TypeConfig(
-                secret=self.secret,
-                grace=grace,
-                options=self.options if options is None else options,
-            ),
-            client=self.vault,
-            rotation_id=rotation_id or f"test-{uid()}",
-            log=logging.getLogger("maily_secrets.rotation"),
+        return rotation_ctx(
+            "redis",
+            self.vault,
+            self.secret,
+            options=self.options if options is None else options,
+            grace=grace,
+            config=DEFAULT_CONFIG,
+            rotation_id=rotation_id,
+            logger="maily_secrets.rotation",
         )
 
     async def consumer(self) -> dict[str, Any]:
@@ -540,43 +535,6 @@ async def test_grace_gate_without_force(setup: Setup, tmp_path: Path) -> None:
     assert second.results[0].status == "skipped" and "grace" in second.results[0].reason
 
 
-_CHILD = """
-import asyncio, sys
-from maily_secrets.rotation.config import RotationConfig
-from maily_secrets.rotation.engine import RotationEngine
-
-async def main() -> None:
-    engine = RotationEngine(RotationConfig.load(sys.argv[1]), "development")
-    try:
-        await engine.run([sys.argv[2]], force=True)
-    finally:
-        await engine.close()
-
-asyncio.run(main())
-"""
-
-
-def crash_run(
-    bao: Bao, config: Path, type_name: str, step: str
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))},
-        "VAULT_ADDR": bao.addr,
-        "VAULT_TOKEN": bao.token,
-        "VAULT_AUTH_METHOD": "token",
-        CRASH_ENV: step,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
-    }
-    return subprocess.run(
-        [sys.executable, "-c", _CHILD, str(config), type_name],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("step", ["created", "applied", "verified", "promoted"])
 async def test_crash_after_each_step_then_resume(
     bao: Bao, setup: Setup, admin: aioredis.Redis, tmp_path: Path, step: str
@@ -584,7 +542,7 @@ async def test_crash_after_each_step_then_resume(
     s = setup
     prefix = f"rot-{uid()}"
     cfg_path = write_config(tmp_path, s, prefix)
-    proc = crash_run(bao, cfg_path, "redis", step)
+    proc = crash_engine_run(bao, cfg_path, "redis", step)
     assert proc.returncode == 70, proc.stderr[-2000:]
     assert_absent(s.password, proc.stdout + proc.stderr, "the child's output")
 

@@ -15,31 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import logging
 import os
-import ssl
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as chmac
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from maily_secrets.dev.standins import CredentialStore, free_port, smtp_controller, smtp_hook_argv
 from maily_secrets.paths import KV2Path
@@ -50,7 +43,7 @@ from maily_secrets.rotation.base import (
     RotatorConfigError,
     rotator_for,
 )
-from maily_secrets.rotation.config import RotationConfig, TypeConfig
+from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
 from maily_secrets.rotation.rotators.smtp import (
     SmtpError,
@@ -64,6 +57,9 @@ from maily_secrets.rotation.state import StateStore
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
+from .kit.certs import self_signed, server_tls_context
+from .kit.rotation import Clock, Traffic, all_log_text, hexid, rotate, rotation_ctx, scratch_mount
+from .kit.smtp import SMTP_PASSWORD, SMTP_USER, Check, smtp_server, start_smtp
 from .moto_server import Moto, moto
 from .secrecy import assert_absent
 
@@ -75,21 +71,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_YAML = ROOT / "src" / "maily_secrets" / "rotation" / "default_config.yaml"
 T0 = datetime(2030, 1, 15, 3, 0, tzinfo=UTC)
 SES_REGION = "eu-west-1"
-
-
-def hexid() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-class Clock:
-    def __init__(self, t: datetime = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **kw: float) -> None:
-        self.t += timedelta(**kw)
 
 
 def ses_independent(secret: str, region: str) -> str:
@@ -104,12 +85,8 @@ def ses_independent(secret: str, region: str) -> str:
 
 @pytest.fixture(scope="module")
 async def mount(bao: Bao) -> AsyncIterator[str]:
-    m = f"rot-smtp-{hexid()}"
-    async with bao.client() as c:
-        await c.write(f"sys/mounts/{m}", {"type": "kv", "options": {"version": "2"}})
-        await c.kv.configure(m)
+    async with scratch_mount(bao, "rot-smtp") as m:
         yield m
-        await c.delete(f"sys/mounts/{m}")
 
 
 @pytest.fixture
@@ -135,17 +112,8 @@ class World:
         return KV2Path(self.mount, self.secret)
 
     def ctx(self, now: Callable[[], datetime] | None = None, **options: Any) -> RotationContext:
-        return RotationContext(
-            env=RotationConfig.load().environment("development"),
-            type_name="smtp",
-            type_config=TypeConfig(
-                secret=self.secret, grace=timedelta(hours=1), options={**self.options, **options}
-            ),
-            client=self.client,
-            rotation_id=f"test-{hexid()}",
-            log=logging.getLogger("maily_secrets.rotation.test"),
-            **({"now": now} if now else {}),
-        )
+        opts = {**self.options, **options}
+        return rotation_ctx("smtp", self.client, self.secret, options=opts, now=now)
 
     async def data(self) -> tuple[dict[str, Any], int]:
         v = await self.client.kv.read(self.path)
@@ -231,47 +199,27 @@ class SesWorld(World):
         return self.moto.key_ids(self.user)
 
 
-def ses_smtp(moto: Moto, logins: list[tuple[str, bool]]) -> Controller:
+def ses_check(moto: Moto) -> Check:
     """A fake SES SMTP endpoint: <key id> / the SES password of that key, while it is active."""
 
-    def authenticator(
-        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
-    ) -> AuthResult:
-        if not isinstance(auth_data, LoginPassword):
-            return AuthResult(success=False, handled=False)
-        key_id = auth_data.login.decode()
+    def check(key_id: str, password: str) -> bool:
         rec = moto.secret_of(key_id)
-        ok = (
+        return (
             rec is not None
             and rec[1] == "Active"
-            and auth_data.password.decode() == ses_independent(rec[0], SES_REGION)
+            and password == ses_independent(rec[0], SES_REGION)
         )
-        logins.append((key_id, ok))
-        return AuthResult(success=ok, handled=False)
 
-    class Sink:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            return "250 OK"
-
-    return Controller(
-        Sink(),
-        hostname="127.0.0.1",
-        port=free_port(),
-        authenticator=authenticator,
-        auth_required=True,
-        auth_require_tls=False,
-    )
+    return check
 
 
 @pytest.fixture
 async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterator[SesWorld]:
     user, akid, secret = moto.user("ses")
-    logins: list[tuple[str, bool]] = []
-    ctl = ses_smtp(moto, logins)
-    ctl.start()
+    ctl, box = start_smtp(ses_check(moto))
     try:
         initial = (akid, ses_smtp_password(secret, SES_REGION))
-        name = await write_consumer(client, mount, "127.0.0.1", ctl.port, initial)
+        name = await write_consumer(client, mount, "127.0.0.1", box.port, initial)
         admin = f"rotator/aws-admin-{hexid()}"
         await client.kv.write(
             KV2Path(mount, admin),
@@ -293,7 +241,7 @@ async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterato
             mount,
             name,
             "127.0.0.1",
-            ctl.port,
+            box.port,
             initial,
             options,
             [secret, initial[1], moto.admin[1]],
@@ -302,59 +250,6 @@ async def ses_world(moto: Moto, client: VaultClient, mount: str) -> AsyncIterato
         )
     finally:
         ctl.stop()
-
-
-async def rotate(rot: SmtpRotator, ctx: RotationContext) -> tuple[dict[str, Any], int]:
-    await rot.check(ctx)
-    pending = await rot.create_pending(ctx)
-    await rot.apply(ctx, pending)
-    await rot.verify(ctx, pending)
-    return pending, await rot.promote(ctx, pending)
-
-
-class Traffic:
-    """An application sending mail: every login uses what is in Vault at that moment."""
-
-    def __init__(
-        self,
-        read: Callable[[], Awaitable[tuple[str, str]]],
-        call: Callable[[tuple[str, str]], bool],
-    ) -> None:
-        self.read, self.call = read, call
-        self.ok = self.failed = 0
-        self.seen: list[str] = []
-        self._stop = asyncio.Event()
-        self._progress = asyncio.Event()  # set after every call
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            creds = await self.read()
-            if await asyncio.to_thread(self.call, creds):
-                self.ok += 1
-            else:
-                self.failed += 1
-            self.seen.append(creds[1][-6:])
-            self._progress.set()
-            await asyncio.sleep(0.01)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def until_seen(self, password: str, times: int = 3, within: float = 20) -> None:
-        async with asyncio.timeout(within):
-            while self.seen.count(password[-6:]) < times:
-                self._progress.clear()
-                await self._progress.wait()
-
-    async def stop(self) -> None:
-        self._stop.set()
-        assert self._task is not None
-        await self._task
-
-
-def all_log_text(caplog: pytest.LogCaptureFixture) -> str:
-    return "\n".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
 
 
 # ---------------------------------------------------------------------------- SES derivation
@@ -392,7 +287,7 @@ async def test_hook_rotation_while_in_use_previous_valid_until_retired(
     rot = SmtpRotator()
     ctx = w.ctx()
     before, _ = await w.data()
-    app = Traffic(w.creds, w.works)
+    app = Traffic(w.creds, w.works, part=1, tail=6)
     app.start()
     try:
         await app.until_seen(w.initial[1])
@@ -627,42 +522,10 @@ async def test_engine_hook_rotates_then_retires_after_grace(
     assert len(w.store.ids("maily")) == 1
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smtp.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "smtp.crt", tmp / "smtp.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 @pytest.fixture
 def tls_smtp(tmp_path: Path) -> Iterator[tuple[Controller, CredentialStore, Path]]:
     cert, key = self_signed(tmp_path)
-    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    tls.load_cert_chain(cert, key)
+    tls = server_tls_context(cert, key)
     store = CredentialStore(tmp_path / "tls-store.json")
     ctl = smtp_controller(store.path, tls_context=tls)
     ctl.start()
@@ -721,10 +584,7 @@ async def test_no_plaintext_auth_when_starttls_is_not_offered(
 ) -> None:
     """STARTTLS expected (the default ``auto`` on port 587, or ``starttls``), a server that
     does not offer it: an error, and no AUTH on the plaintext connection."""
-    from .test_rotation_notify import SMTP_PASSWORD, SMTP_USER, _start_smtp
-
-    ctl, box = _start_smtp()
-    try:
+    with smtp_server() as box:
         server = SmtpServer("127.0.0.1", box.port, tls, None, 5.0)
         with pytest.raises(RotationError, match="does not offer STARTTLS"):
             await asyncio.to_thread(smtp_session, server, SMTP_USER, SMTP_PASSWORD)
@@ -733,8 +593,6 @@ async def test_no_plaintext_auth_when_starttls_is_not_offered(
         none = SmtpServer("127.0.0.1", box.port, "none", None, 5.0)
         assert await asyncio.to_thread(smtp_session, none, SMTP_USER, SMTP_PASSWORD) == "no TLS"
         assert [ok for _, _, ok in box.logins] == ["ok"]
-    finally:
-        ctl.stop()
     # the rotator: check and verify refuse too (the hook's plaintext server)
     w, rot = hook_world, SmtpRotator()
     with pytest.raises(RotatorConfigError, match="does not offer STARTTLS"):
@@ -752,7 +610,7 @@ async def test_ses_rotation_while_in_use_then_retire_deletes_the_old_key(
     caplog.set_level(logging.DEBUG)
     rot = SmtpRotator()
     ctx = w.ctx()
-    app = Traffic(w.creds, w.works)
+    app = Traffic(w.creds, w.works, part=1, tail=6)
     app.start()
     try:
         await app.until_seen(w.initial[1])

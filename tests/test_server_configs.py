@@ -34,14 +34,12 @@ import ipaddress
 import json
 import os
 import re
-import signal
 import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +52,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from maily_secrets.dev.server import bao_binary
-from maily_secrets.errors import VaultError
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.ha import ReadLoop
+from .kit.servers import kill_process, spawn_logged, stop_processes
 from .raft import RaftClusterError, _NoRedirect, _port_pair, _wait
+from .raft import api as raft_api
 
 SERVER_DIR = Path(__file__).resolve().parents[1] / "deploy" / "vault" / "server"
 SINGLE = SERVER_DIR / "vault.hcl"
@@ -221,44 +221,16 @@ class Node:
         return ""
 
     def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-        env.update(self.env)
-        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            self.proc = subprocess.Popen(
-                [bao_binary(), "server", f"-config={self.config}"],
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-        finally:
-            os.close(fd)
+        argv = [bao_binary(), "server", f"-config={self.config}"]
+        self.proc = spawn_logged(argv, self.log, cwd=self.dir, env=self.env)
 
     def kill(self) -> None:
-        if self.proc is not None and self.alive():
-            self.proc.kill()
-            self.proc.wait(timeout=5)
+        kill_process(self.proc)
 
 
 def stop_all(nodes: list[Node], timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL whatever is still alive after ``timeout``."""
-    for n in nodes:
-        if n.alive():
-            with contextlib.suppress(ProcessLookupError):
-                n.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-    deadline = time.monotonic() + timeout
-    for n in nodes:
-        if n.proc is None:
-            continue
-        try:
-            n.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                n.proc.kill()
-            n.proc.wait(timeout=5)
+    stop_processes([n.proc for n in nodes], timeout)
 
 
 def make_nodes(base: Path, source: Path, pki: Pki, n: int, *, ha: bool) -> list[Node]:
@@ -310,23 +282,10 @@ class Api:
         auth: bool = True,
         timeout: float = 5.0,
     ) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"{node.addr}/v1/{path}", data=data, method=method)  # noqa: S310
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        if auth and self.token:
-            req.add_header("X-Vault-Token", self.token)
-        try:
-            with self.opener.open(req, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        except (OSError, urllib.error.URLError):
-            return 0, None
-        try:
-            return status, json.loads(raw) if raw else None
-        except ValueError:
-            return status, None
+        token = self.token if auth and self.token else None
+        return raft_api(
+            node.addr, method, path, body, token=token, timeout=timeout, opener=self.opener
+        )
 
     def listening(self, node: Node, timeout: float) -> None:
         def up() -> bool:
@@ -560,27 +519,6 @@ def test_ha_three_nodes_join_one_leader_two_standbys(
     report(capsys, f"vault-ha.hcl: 3 voters joined via retry_join over TLS, leader {lead.name}")
 
 
-async def read_loop(
-    service: VaultService,
-    path: str,
-    stop: asyncio.Event,
-    killed: asyncio.Event,
-    tally: Counter[str],
-    latencies: list[float],
-) -> None:
-    while not stop.is_set():
-        phase = "after kill" if killed.is_set() else "before kill"
-        t0 = time.perf_counter()
-        try:
-            value = await service.get_secret(path)
-        except VaultError as exc:
-            tally[f"failed {phase}: {type(exc).__name__} {exc.status}"] += 1
-        else:
-            tally[f"ok {phase}" if value == {"k": "v"} else f"wrong {phase}"] += 1
-        latencies.append(time.perf_counter() - t0)
-        await asyncio.sleep(0.005)
-
-
 async def test_ha_leader_sigkill_while_a_service_reads(
     ha: tuple[list[Node], Api, Pki], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -607,26 +545,20 @@ async def test_ha_leader_sigkill_while_a_service_reads(
             max_staleness=0,
         )
     )
-    stop, killed = asyncio.Event(), asyncio.Event()
-    tally: Counter[str] = Counter()
-    latencies: list[float] = []
-    reader: asyncio.Task[None] | None = None
     try:
         assert await service.get_secret(path) == {"k": "v"}
-        reader = asyncio.create_task(read_loop(service, path, stop, killed, tally, latencies))
-        await asyncio.sleep(0.5)
-        killed_at = time.monotonic()
-        leader.kill()  # SIGKILL
-        killed.set()
-        survivors = [n for n in nodes if n is not leader]
-        new_leader = await asyncio.to_thread(api.leader, survivors, 20.0)
-        elected_after = time.monotonic() - killed_at
-        await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
+        async with ReadLoop(service, path, expect={"k": "v"}) as reads:
+            await asyncio.sleep(0.5)
+            killed_at = time.monotonic()
+            leader.kill()  # SIGKILL
+            reads.killed()
+            survivors = [n for n in nodes if n is not leader]
+            new_leader = await asyncio.to_thread(api.leader, survivors, 20.0)
+            elected_after = time.monotonic() - killed_at
+            await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
     finally:
-        stop.set()
-        if reader is not None:
-            await asyncio.wait_for(reader, 60)
         await service.close()
+    tally, latencies = reads.tally, reads.latencies
     failed = sum(v for k, v in tally.items() if not k.startswith("ok"))
     report(
         capsys,

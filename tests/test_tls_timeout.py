@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,31 +17,26 @@ from maily_secrets.errors import VaultUnavailable
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient
 
+from .kit.servers import running
+
 
 @pytest.fixture(scope="module")
 def tls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     d = tmp_path_factory.mktemp("tls-bao")
     port = free_port()
     token = "tls-" + secrets.token_urlsafe(16)
-    env = {**os.environ, "BAO_DEV_ROOT_TOKEN_ID": token}
-    log = (d / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            bao_binary(),
-            "server",
-            "-dev",
-            "-dev-tls",
-            f"-dev-tls-cert-dir={d}",
-            f"-dev-listen-address=127.0.0.1:{port}",
-            "-dev-no-store-token",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    argv = [
+        bao_binary(),
+        "server",
+        "-dev",
+        "-dev-tls",
+        f"-dev-tls-cert-dir={d}",
+        f"-dev-listen-address=127.0.0.1:{port}",
+        "-dev-no-store-token",
+    ]
+    env = {"BAO_DEV_ROOT_TOKEN_ID": token}
     addr = f"https://127.0.0.1:{port}"
-    try:
+    with running(argv, d / "server.log", env=env, clean_env=False):
         deadline = time.monotonic() + 15
         while not (d / "vault-ca.pem").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -55,13 +48,6 @@ def tls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
             time.sleep(0.05)
         assert health(addr) is None  # plain urllib without the CA cannot verify it either
         yield addr, token, d / "vault-ca.pem"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 async def test_cacert_verifies_the_server(tls_bao: tuple[str, str, Path]) -> None:
