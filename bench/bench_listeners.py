@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from maily_secrets.bootstrap import bootstrap_dev
+from maily_secrets.dev.bootstrap import bootstrap_dev
 from maily_secrets.dev.server import DevServer
 from maily_secrets.service import VaultService
 from maily_secrets.settings import VaultSettings

@@ -25,13 +25,8 @@ from typing import Any
 
 import yaml
 
-from maily_secrets.bootstrap import (
-    BootstrapReport,
-    bootstrap_dev,
-    dev_postgres_target,
-    ensure_database_rotation,
-    prepare_postgres,
-)
+from maily_secrets.bootstrap import BootstrapReport, ensure_database_rotation, prepare_postgres
+from maily_secrets.dev.bootstrap import bootstrap_dev, dev_postgres_target
 from maily_secrets.dev.server import DevServer
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient

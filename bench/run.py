@@ -53,7 +53,7 @@ from bench_workloads import (
 from pydantic import SecretStr
 from rich.console import Console
 
-from maily_secrets.bootstrap import bootstrap_dev
+from maily_secrets.dev.bootstrap import bootstrap_dev
 from maily_secrets.dev.server import DevServer, bao_binary
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient

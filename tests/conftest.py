@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from maily_secrets.bootstrap import bootstrap_dev
+from maily_secrets.dev.bootstrap import bootstrap_dev
 from maily_secrets.dev.server import DevServer, DevServerInfo
 from maily_secrets.settings import VaultSettings
 from maily_secrets.vault.client import VaultClient

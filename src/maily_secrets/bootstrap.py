@@ -10,16 +10,11 @@ Sample secret values are generated at random, never fixed strings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
-import os
 import secrets
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .errors import SecretNotFound, VaultError
@@ -148,17 +143,6 @@ async def ensure_secret(
     report.add(f"secret {path.data} (+{', '.join(added)})", True)
 
 
-async def bootstrap_dev(
-    client: VaultClient, *, kv_mount: str = "maily", transit_mount: str = "transit"
-) -> BootstrapReport:
-    report = BootstrapReport()
-    await ensure_kv2_mount(client, kv_mount, report)
-    await ensure_transit(client, transit_mount, TRANSIT_KEY, report)
-    for name, data in sample_secrets().items():
-        await ensure_secret(client, KV2Path(kv_mount, name), data, report)
-    return report
-
-
 # ---------------------------------------------------------------------------- database
 # Dynamic PostgreSQL users for Maily: the database secrets engine at ``database/``, a
 # connection ``maily-postgres`` and a role ``maily-app`` (1h leases, at most 24h).
@@ -166,17 +150,6 @@ async def bootstrap_dev(
 DB_MOUNT = "database"
 DB_CONNECTION = "maily-postgres"
 DB_APP_ROLE = "maily-app"
-DEV_PG_URL_ENV = "MAILY_DEV_PG_URL"
-DEV_PG_PASSWORD_ENV = "MAILY_DEV_PG_PASSWORD"  # noqa: S105 - a variable name
-DEFAULT_DEV_PG_URL = "postgresql://postgres@127.0.0.1:5432/maily"
-
-
-def dev_postgres_target(env: Mapping[str, str] | None = None) -> PostgresTarget:
-    """``$MAILY_DEV_PG_URL`` (default ``postgresql://postgres@127.0.0.1:5432/maily``),
-    the password from the URL or ``$MAILY_DEV_PG_PASSWORD``."""
-    env = os.environ if env is None else env
-    url = env.get(DEV_PG_URL_ENV) or DEFAULT_DEV_PG_URL
-    return PostgresTarget.from_url(url, env.get(DEV_PG_PASSWORD_ENV) or None)
 
 
 def prepare_postgres(target: PostgresTarget, *, create_database: bool = True) -> str | None:
@@ -595,127 +568,3 @@ async def ensure_redis_rotation(
         await client.kv.update(path, lambda d: {**d, "redis_username": user})
         report.add(f"secret {path.data} (+redis_username)", True)
     return None
-
-
-# ---------------------------------------------------------------------------- per dev dir
-# Every dev server on a machine shares its PostgreSQL and Redis: the login roles, their
-# group and the Redis ACL user of a dev server are named after its state directory, so
-# that a rotation on one never touches another's, and `dev down` drops only its own.
-
-DEV_RESOURCES_FILE = "dev-resources.json"
-
-
-@dataclass(frozen=True)
-class DevNames:
-    """The names of one dev directory's PostgreSQL roles and Redis ACL user."""
-
-    suffix: str
-
-    @classmethod
-    def for_dir(cls, state_dir: Path | str) -> DevNames:
-        """A short stable hash of the resolved directory."""
-        resolved = str(Path(state_dir).expanduser().resolve())
-        return cls(hashlib.sha256(resolved.encode()).hexdigest()[:10])
-
-    @property
-    def login_roles(self) -> tuple[str, str]:
-        return (f"{APP_LOGIN_ROLES[0]}_{self.suffix}", f"{APP_LOGIN_ROLES[1]}_{self.suffix}")
-
-    @property
-    def group(self) -> str:
-        return f"{APP_GROUP_ROLE}_{self.suffix}"
-
-    @property
-    def redis_user(self) -> str:
-        return f"maily_{self.suffix}"
-
-    def rotation_options(self) -> dict[str, dict[str, Any]]:
-        """What a dev rotation config sets, per secret type."""
-        return {
-            "database": {"login_roles": list(self.login_roles), "group": self.group},
-            "redis": {"acl_user": self.redis_user},
-        }
-
-
-async def ensure_dev_names(
-    client: VaultClient, names: DevNames, report: BootstrapReport, *, kv_mount: str = "maily"
-) -> None:
-    """Point ``db_username`` of ``<mount>/data/config`` at this dev dir's first login
-    role, unless it names one of them already (a rotation may have flipped it)."""
-    path = KV2Path(kv_mount, "config")
-    cfg = (await client.kv.read(path)).data
-    if cfg.get("db_username") in names.login_roles:
-        return
-    await client.kv.update(path, lambda d: {**d, "db_username": names.login_roles[0]})
-    report.add(f"secret {path.data} (db_username {names.login_roles[0]})", True)
-
-
-def record_dev_resources(path: Path, **parts: Any) -> None:
-    """Remember (0600, no secret) what a dev server creates outside its directory, before
-    creating it, so that `dev down` can remove exactly that."""
-    doc = load_dev_resources(path)
-    doc.update(parts)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def load_dev_resources(path: Path) -> dict[str, Any]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def postgres_record(target: PostgresTarget, names: DevNames) -> dict[str, Any]:
-    return {
-        "host": target.host,
-        "port": target.port,
-        "user": target.user,
-        "dbname": target.dbname,
-        "roles": [*names.login_roles, names.group],
-    }
-
-
-async def drop_postgres_roles(target: PostgresTarget, roles: Sequence[str]) -> list[str]:
-    """``DROP OWNED BY`` (in ``target``'s database) and ``DROP ROLE`` the given roles,
-    those that exist. Returns the roles dropped."""
-    import psycopg
-    from psycopg import sql
-
-    conn = await psycopg.AsyncConnection.connect(**target.connect_kwargs(), autocommit=True)
-    async with conn:
-        cur = await conn.execute(
-            "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND NOT rolsuper",
-            (list(roles),),
-        )
-        present = [str(r[0]) for r in await cur.fetchall()]
-        if not present:
-            return []
-        idents = sql.SQL(", ").join(sql.Identifier(r) for r in present)
-        async with conn.transaction():
-            await conn.execute(sql.SQL("DROP OWNED BY {}").format(idents))
-            for role in present:
-                await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    return present
-
-
-async def drop_redis_user(host: str, port: int, user: str) -> bool:
-    """``ACL DELUSER`` (as the default user of a dev Redis), then ``ACL SAVE`` when Redis
-    has an ACL file. True if the user existed."""
-    import redis.asyncio as aioredis
-
-    if user == "default":
-        raise ValueError("refusing to delete Redis' default user")
-    conn = aioredis.Redis(host=host, port=port, socket_connect_timeout=3, socket_timeout=3)
-    try:
-        removed = int(await conn.execute_command("ACL", "DELUSER", user))  # type: ignore[no-untyped-call]
-        if removed:
-            with contextlib.suppress(aioredis.ResponseError):
-                await conn.execute_command("ACL", "SAVE")  # type: ignore[no-untyped-call]
-        return removed > 0
-    finally:
-        await conn.aclose()

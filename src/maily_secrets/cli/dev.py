@@ -15,25 +15,27 @@ from pydantic import SecretStr
 from ..bootstrap import (
     DB_APP_ROLE,
     DB_MOUNT,
-    DEV_PG_URL_ENV,
-    DEV_RESOURCES_FILE,
     BootstrapReport,
-    DevNames,
     PostgresSetupError,
     PostgresTarget,
+    ensure_database,
+    ensure_database_rotation,
+    ensure_redis_rotation,
+    prepare_postgres,
+)
+from ..dev import standins
+from ..dev.bootstrap import (
+    DEV_PG_URL_ENV,
+    DEV_RESOURCES_FILE,
+    DevNames,
     dev_postgres_target,
     drop_postgres_roles,
     drop_redis_user,
-    ensure_database,
-    ensure_database_rotation,
     ensure_dev_names,
-    ensure_redis_rotation,
     load_dev_resources,
     postgres_record,
-    prepare_postgres,
     record_dev_resources,
 )
-from ..dev import standins
 from ..dev.server import DevServer, DevServerError, DevServerInfo, health
 from ..errors import VaultError
 from ..settings import VaultSettings
