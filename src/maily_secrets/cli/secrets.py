@@ -8,7 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.markup import escape
@@ -60,8 +60,8 @@ LogLevelOpt = Annotated[
 ]
 
 
-def _usage(message: str) -> None:
-    err_console.print(f"[red]error:[/red] {message}")
+def _usage(message: str) -> NoReturn:
+    err_console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -87,10 +87,38 @@ def _logging(level: str) -> None:
 
 
 def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``coro_fn()``; bad configuration exits 2, a Vault error exits 1 (one line each)."""
+
     async def main() -> T:
         return await coro_fn()
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except ConfigError as exc:
+        _usage(str(exc))
+    except ConfigurationError as exc:
+        config_fail(exc)
+    except VaultError as exc:
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(EXIT_FAILURE) from None
+
+
+def _with_engine(
+    cfg: RotationConfig,
+    env_name: str,
+    use: Callable[[RotationEngine], Awaitable[T]],
+    **engine_kw: Any,
+) -> T:
+    """``use(engine)`` with an engine that is always closed, through :func:`_run`."""
+
+    async def go() -> T:
+        engine = RotationEngine(cfg, env_name, **engine_kw)
+        try:
+            return await use(engine)
+        finally:
+            await engine.close()
+
+    return _run(go)
 
 
 def _fmt_time(t: datetime | None) -> str:
@@ -207,24 +235,12 @@ def rotate(
     def progress(type_name: str, message: str) -> None:
         out.print(f"[bold]{type_name:>15}[/bold]  {message}", markup=True, highlight=False)
 
-    async def go() -> RunReport:
-        engine = RotationEngine(cfg, env_name, progress=progress)
-        try:
-            return await engine.run(
-                types, due_only=due, dry_run=dry_run, force=force, notify=notify
-            )
-        finally:
-            await engine.close()
-
-    try:
-        report = _run(go)
-    except ConfigError as exc:
-        _usage(str(exc))
-    except ConfigurationError as exc:
-        config_fail(exc)
-    except VaultError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_FAILURE) from None
+    report = _with_engine(
+        cfg,
+        env_name,
+        lambda e: e.run(types, due_only=due, dry_run=dry_run, force=force, notify=notify),
+        progress=progress,
+    )
     if as_json:
         print_json(report.to_json())
     else:
@@ -249,20 +265,7 @@ def status(
     _logging(log_level)
     cfg, env_name = _load(config, env)
 
-    async def go() -> list[dict[str, Any]]:
-        engine = RotationEngine(cfg, env_name)
-        try:
-            return await engine.status()
-        finally:
-            await engine.close()
-
-    try:
-        rows = _run(go)
-    except ConfigurationError as exc:
-        config_fail(exc)
-    except VaultError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_FAILURE) from None
+    rows = _with_engine(cfg, env_name, lambda e: e.status())
     if as_json:
         print_json({"env": env_name, "generated_at": datetime.now(UTC), "types": rows})
         return
@@ -310,24 +313,14 @@ def history(
     except (ConfigError, ValueError) as exc:
         _usage(str(exc))
 
-    async def go() -> list[dict[str, Any]]:
-        engine = RotationEngine(cfg, env_name)
-        try:
-            rows = []
-            for version, created, state in await engine.store.history(t_name):
-                doc = state.public() if state else {"deleted": True}
-                rows.append({"version": version, "time": created, **doc})
-            return rows
-        finally:
-            await engine.close()
+    async def steps(engine: RotationEngine) -> list[dict[str, Any]]:
+        rows = []
+        for version, created, state in await engine.store.history(t_name):
+            doc = state.public() if state else {"deleted": True}
+            rows.append({"version": version, "time": created, **doc})
+        return rows
 
-    try:
-        rows = _run(go)
-    except ConfigurationError as exc:
-        config_fail(exc)
-    except VaultError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_FAILURE) from None
+    rows = _with_engine(cfg, env_name, steps)
     if as_json:
         print_json({"env": env_name, "type": t_name, "history": rows})
         return
@@ -450,13 +443,7 @@ def set_(
         async with VaultClient(settings) as client:
             return await set_api_key(client, path, spec, value, actor=default_actor(), grace=grace)
 
-    try:
-        version = _run(go)
-    except ConfigurationError as exc:
-        config_fail(exc)
-    except VaultError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_FAILURE) from None
+    version = _run(go)
     extra = (
         f"; the previous value stays valid for {format_duration(grace)}"
         if spec.kind == "internal" and grace
