@@ -279,6 +279,18 @@ class DevServerInfo:
         return self.token_file.read_text().strip()
 
 
+def terminate(pid: int, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``pid`` is still alive after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -491,14 +503,7 @@ class DevServer:
         was_running = False
         if info is not None and _pid_alive(info.pid) and _is_our_bao(info.pid, self.config_file):
             was_running = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _pid_alive(info.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _pid_alive(info.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(info.pid, signal.SIGKILL)
+            terminate(info.pid, timeout)
         if info is not None:
             child = _CHILDREN.pop(info.pid, None)
             if child is not None:

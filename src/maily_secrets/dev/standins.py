@@ -54,7 +54,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from .server import Manifest, _pid_alive, port_in_use, write_private
+from .server import Manifest, _pid_alive, port_in_use, terminate, write_private
 
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
@@ -205,14 +205,7 @@ class _Background:
         was_running = False
         if info is not None and _pid_alive(info.pid) and self._ours(info.pid):
             was_running = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while _pid_alive(info.pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _pid_alive(info.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(info.pid, signal.SIGKILL)
+            terminate(info.pid, timeout)
         if info is not None:
             child = _CHILDREN.pop(info.pid, None)
             if child is not None:
