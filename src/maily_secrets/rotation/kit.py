@@ -1,0 +1,220 @@
+"""What every rotator needs, written once: options, scrubbing, admin secrets, CAS writes.
+
+- :class:`RotatorOptions`  a pydantic model of a type's ``options`` (unknown keys and
+  wrong values are a :class:`RotatorConfigError` naming the option), with shared field
+  types :data:`Seconds` (a positive duration), :data:`Delay` (a duration, zero allowed),
+  :data:`PasswordLength` (16..256) and :data:`SecretName` (a KV v2 secret name);
+- :func:`scrub`            one line of an error text with the given values blanked;
+- :func:`admin_secret`     the rotator's admin secret (``maily/data/rotator/<name>``)
+  with the fields it must hold, or a clear error;
+- :func:`cas_update`       read-modify-write of a KV v2 secret with check-and-set, where
+  ``change`` may answer "nothing to do";
+- :func:`promote_fields`   set named fields of the consumer secret that way;
+- :func:`in_use`           the line that says a credential of the previous rotation may
+  still be in use (the guard of two-slot rotators), or None;
+- :func:`blocking`         run a blocking SDK call in a thread, its errors translated to
+  a :class:`RotationError` whose message holds no secret value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Annotated, Any, ClassVar, Self, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from ..errors import CheckAndSetConflict
+from ..targets import scrubbed_line
+from .base import RotationContext, RotationError, RotatorConfigError
+from .config import format_duration, parse_duration
+
+T = TypeVar("T")
+
+CAS_ATTEMPTS = 10
+
+#: one line of an error text with each given value blanked (the one scrubber)
+scrub = scrubbed_line
+
+
+# ---------------------------------------------------------------------------- options
+def _seconds(value: object, *, positive: bool) -> float:
+    if isinstance(value, bool):  # True is not "1 second"
+        raise ValueError("must be a number of seconds or a duration such as 30s, 5m, 1h, 1d")
+    try:
+        td = parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"must be a number of seconds or a duration ({exc})") from None
+    seconds = td.total_seconds()
+    if seconds < 0 or (positive and seconds == 0):
+        raise ValueError(
+            "must be a positive number of seconds" if positive else "must not be negative"
+        )
+    return seconds
+
+
+#: a positive duration in seconds: 5, 2.5, "30s", "5m", "1h", "1d" (never a bool)
+Seconds = Annotated[float, BeforeValidator(lambda v: _seconds(v, positive=True))]
+#: a duration in seconds that may be zero ("no wait")
+Delay = Annotated[float, BeforeValidator(lambda v: _seconds(v, positive=False))]
+
+
+def _password_length(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 256:
+        raise ValueError("must be an integer from 16 to 256")
+    return value
+
+
+#: the length of a generated password: an integer from 16 to 256
+PasswordLength = Annotated[int, BeforeValidator(_password_length)]
+
+
+def _secret_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip("/"):
+        raise ValueError("must name a secret")
+    return value.strip("/")
+
+
+#: a KV v2 secret name of this environment's mount (surrounding slashes dropped)
+SecretName = Annotated[str, BeforeValidator(_secret_name)]
+
+
+def _message(err: Mapping[str, Any]) -> str:
+    msg = str(err.get("msg", "is not valid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+class RotatorOptions(BaseModel):
+    """A type's ``options``; subclasses list the fields, with defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: how an error message starts: ``{type}`` and ``{step}`` are filled in
+    error_prefix: ClassVar[str] = "{type} {step}"
+
+    @classmethod
+    def problems(cls, options: Mapping[str, Any]) -> tuple[Self | None, list[str]]:
+        """The options, or None and one line per problem (no value is repeated)."""
+        try:
+            return cls.model_validate(dict(options)), []
+        except ValidationError as exc:
+            errors = exc.errors()
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        problems = [
+            f"option {e['loc'][0] if e['loc'] else '?'} {_message(e)}"
+            for e in errors
+            if e["type"] != "extra_forbidden"
+        ]
+        if unknown:
+            valid = ", ".join(sorted(cls.model_fields))
+            problems.insert(0, f"unknown option(s) {', '.join(unknown)}; valid: {valid}")
+        return None, problems
+
+    @classmethod
+    def of(cls, ctx: RotationContext, step: str = "") -> Self:
+        """The options of ``ctx``'s type, or a :class:`RotatorConfigError` naming them."""
+        opts, problems = cls.problems(ctx.options)
+        if opts is None:
+            where = cls.error_prefix.format(type=ctx.type_name, step=step).strip()
+            raise RotatorConfigError(f"{where}: {'; '.join(problems)}")
+        return opts
+
+
+# ---------------------------------------------------------------------------- Vault
+async def admin_secret(
+    ctx: RotationContext, name: str, step: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """The rotator's admin secret ``name``, holding every field of ``required``."""
+    data, _ = await ctx.read_secret(name, step=step)
+    missing = [k for k in required if data.get(k) in (None, "")]
+    if missing:
+        raise RotatorConfigError(
+            f"{ctx.type_name} {step}: the secret {ctx.secret_path(name).data} lacks"
+            f" {', '.join(missing)}"
+        )
+    return data
+
+
+async def cas_update(
+    ctx: RotationContext,
+    step: str,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    name: str | None = None,
+    attempts: int = CAS_ATTEMPTS,
+) -> tuple[int, bool]:
+    """Read-modify-write of a KV v2 secret (default: the consumer's) with check-and-set.
+
+    ``change`` gets a copy of the data and returns the new data, or None for "nothing
+    to do". Returns (the version now current, whether this call wrote it).
+    """
+    path = ctx.secret_path(name)
+    for _ in range(attempts):
+        data, version = await ctx.read_secret(name, step=step)
+        new = change(data)
+        if new is None:
+            return version, False
+        try:
+            return await ctx.client.kv.write(path, new, cas=version), True
+        except CheckAndSetConflict:
+            continue
+    raise RotationError(
+        f"{step}: {path.data} kept changing during the update"
+        f" ({attempts} check-and-set conflicts); run the rotation again"
+    )
+
+
+async def promote_fields(
+    ctx: RotationContext, fields: Mapping[str, Any], step: str = "promote"
+) -> tuple[int, bool]:
+    """Set ``fields`` in the consumer secret, keeping its other keys (CAS; idempotent)."""
+
+    def change(cur: dict[str, Any]) -> dict[str, Any] | None:
+        if all(k in cur and cur[k] == v for k, v in fields.items()):
+            return None
+        return {**cur, **fields}
+
+    return await cas_update(ctx, step, change)
+
+
+# ---------------------------------------------------------------------------- guards
+def in_use(
+    ctx: RotationContext, what: str, rotated_at: datetime | None, force: bool | None = None
+) -> str | None:
+    """Why rotating now would break a holder of the previous credential (None: it is safe).
+
+    Two-slot rotators keep the previous credential for the grace period after
+    ``rotated_at``; rotating again within it would remove it.
+    """
+    if rotated_at is None or (ctx.force if force is None else force):
+        return None
+    until = rotated_at + ctx.grace
+    left = until - ctx.now()
+    if left <= timedelta(0):
+        return None
+    return (
+        f"{what} of the previous rotation may still be in use for"
+        f" {format_duration(left)} (grace period); rotate after that, or with --force"
+    )
+
+
+# ---------------------------------------------------------------------------- SDKs
+async def blocking(
+    step: str,
+    call: Callable[..., T],
+    *args: Any,
+    errors: tuple[type[BaseException], ...] = (Exception,),
+    secrets: tuple[str | None, ...] = (),
+    what: str = "",
+) -> T:
+    """``call(*args)`` in a thread; ``errors`` become a :class:`RotationError` of ``step``.
+
+    The message is one scrubbed line: none of ``secrets`` appears in it.
+    """
+    try:
+        return await asyncio.to_thread(call, *args)
+    except errors as exc:
+        text = scrub(f"{type(exc).__name__}: {exc}", *secrets)
+        raise RotationError(f"{step}: {what + ': ' if what else ''}{text}") from None
