@@ -25,7 +25,7 @@ from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from ..errors import CheckAndSetConflict
+from ..errors import CheckAndSetConflict, PermissionDenied, SecretNotFound
 from ..targets import scrubbed_line
 from .base import RotationContext, RotationError, RotatorConfigError
 from .config import format_duration, parse_duration
@@ -34,8 +34,10 @@ T = TypeVar("T")
 
 CAS_ATTEMPTS = 10
 
-#: one line of an error text with each given value blanked (the one scrubber)
-scrub = scrubbed_line
+
+def scrub(text: str, *values: str | None) -> str:
+    """The first line of an error text with each of ``values`` blanked (<= 300 chars)."""
+    return scrubbed_line(text, *values)[:300]
 
 
 # ---------------------------------------------------------------------------- options
@@ -78,6 +80,27 @@ def _secret_name(value: object) -> str:
 
 #: a KV v2 secret name of this environment's mount (surrounding slashes dropped)
 SecretName = Annotated[str, BeforeValidator(_secret_name)]
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+#: true or false (no "yes", no 1)
+Flag = Annotated[bool, BeforeValidator(_flag)]
+
+
+def one_of(*choices: str) -> BeforeValidator:
+    """A validator for a string option that must be one of ``choices``."""
+
+    def check(value: object) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    return BeforeValidator(check)
 
 
 def _message(err: Mapping[str, Any]) -> str:
@@ -127,13 +150,25 @@ class RotatorOptions(BaseModel):
 async def admin_secret(
     ctx: RotationContext, name: str, step: str, required: tuple[str, ...] = ()
 ) -> dict[str, Any]:
-    """The rotator's admin secret ``name``, holding every field of ``required``."""
-    data, _ = await ctx.read_secret(name, step=step)
+    """The rotator's admin secret ``name`` (e.g. ``rotator/redis-admin``).
+
+    Missing, unreadable or lacking a field of ``required``: a
+    :class:`RotatorConfigError` naming the path and the step.
+    """
+    path = ctx.secret_path(name)
+    where = f"{ctx.type_name} {step}".strip()
+    try:
+        data = dict((await ctx.client.kv.read(path)).data)
+    except SecretNotFound:
+        raise RotatorConfigError(f"{where}: the admin secret {path.data} does not exist") from None
+    except PermissionDenied:
+        raise RotatorConfigError(
+            f"{where}: this token may not read the admin secret {path.data}"
+        ) from None
     missing = [k for k in required if data.get(k) in (None, "")]
     if missing:
         raise RotatorConfigError(
-            f"{ctx.type_name} {step}: the secret {ctx.secret_path(name).data} lacks"
-            f" {', '.join(missing)}"
+            f"{where}: the admin secret {path.data} lacks {', '.join(missing)}"
         )
     return data
 

@@ -51,11 +51,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import redis.asyncio as aioredis
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ...errors import PermissionDenied, SecretNotFound, VaultError
@@ -73,13 +72,15 @@ from ...targets.redis import (
     redis_command,
     scrub,
 )
-from ..base import (
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-    option_password_length,
-    option_seconds,
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import (
+    Flag,
+    PasswordLength,
+    RotatorOptions,
+    Seconds,
+    SecretName,
+    admin_secret,
+    one_of,
 )
 
 DEFAULT_USERNAME_KEY = "redis_username"
@@ -90,78 +91,44 @@ _NO_ACLFILE = "not configured to use an acl file"
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class _Options:
-    acl_user: str
-    admin_secret: str | None
-    username_key: str | None
-    tls: bool
-    connect_timeout: float
-    password_length: int
-    persist: str
+def _acl_user(value: object) -> str:
+    if not isinstance(value, str) or not ACL_USER_NAME.fullmatch(value):
+        raise ValueError("must be an ACL user name (letters, digits, _ . : -)")
+    if value == "default":
+        raise ValueError(
+            "must not be 'default': give the application an ACL user of its"
+            " own (ensure_redis_acl_user)"
+        )
+    return value
+
+
+def _key_name(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError("must be a key name or null")
+    return value
+
+
+class RedisOptions(RotatorOptions):
+    error_prefix: ClassVar[str] = "redis {step}"
+
+    acl_user: Annotated[str, BeforeValidator(_acl_user)] = DEFAULT_ACL_USER
+    admin_secret: SecretName | None = None
+    username_key: Annotated[str | None, BeforeValidator(_key_name)] = DEFAULT_USERNAME_KEY
+    tls: Flag = False
+    connect_timeout: Seconds = 5.0
+    password_length: PasswordLength = 32
+    persist: Annotated[str, one_of(*PERSIST_MODES)] = "acl_save"
+
+
+_Options = RedisOptions
 
 
 def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o = ctx.options
-    problems: list[str] = []
-    known = {
-        "acl_user",
-        "admin_secret",
-        "username_key",
-        "tls",
-        "connect_timeout",
-        "password_length",
-        "persist",
-    }
-    unknown = sorted(set(o) - known)
-    if unknown:
-        problems.append(
-            f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
-    user = o.get("acl_user", DEFAULT_ACL_USER)
-    if not isinstance(user, str) or not ACL_USER_NAME.fullmatch(user):
-        problems.append("option acl_user must be an ACL user name (letters, digits, _ . : -)")
-    elif user == "default":
-        problems.append(
-            "option acl_user must not be 'default': give the application an ACL user of its"
-            " own (ensure_redis_acl_user)"
-        )
-    admin = o.get("admin_secret")
-    if admin is not None and (not isinstance(admin, str) or not admin.strip("/")):
-        problems.append("option admin_secret must name a secret (or be left out)")
-    username_key = o.get("username_key", DEFAULT_USERNAME_KEY)
-    if username_key is not None and (not isinstance(username_key, str) or not username_key):
-        problems.append("option username_key must be a key name or null")
-    tls = o.get("tls", False)
-    if not isinstance(tls, bool):
-        problems.append("option tls must be true or false")
-    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
-    length = option_password_length(o, problems)
-    persist = o.get("persist", "acl_save")
-    if persist not in PERSIST_MODES:
-        problems.append(f"option persist must be one of {', '.join(PERSIST_MODES)}")
-    if problems:
-        return None, problems
-    assert isinstance(user, str) and isinstance(length, int)
-    return (
-        _Options(
-            acl_user=user,
-            admin_secret=admin.strip("/") if isinstance(admin, str) else None,
-            username_key=username_key,
-            tls=bool(tls),
-            connect_timeout=timeout,
-            password_length=length,
-            persist=str(persist),
-        ),
-        [],
-    )
+    return RedisOptions.problems(ctx.options)
 
 
 def _opts(ctx: RotationContext, step: str) -> _Options:
-    opts, problems = _options(ctx)
-    if opts is None:
-        raise RotatorConfigError(f"redis {step}: {'; '.join(problems)}")
-    return opts
+    return RedisOptions.of(ctx, step)
 
 
 def _port(value: object) -> int | None:
@@ -203,16 +170,7 @@ class RedisAclRotator(Rotator):
             ep = _endpoint(consumer) or ("127.0.0.1", 6379)
             return RedisTarget(ep[0], ep[1], tls=opts.tls)
         path = ctx.secret_path(opts.admin_secret)
-        try:
-            data = (await ctx.client.kv.read(path)).data
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"redis {step}: the admin secret {path.data} does not exist"
-            ) from None
-        except PermissionDenied:
-            raise RotatorConfigError(
-                f"redis {step}: this token may not read the admin secret {path.data}"
-            ) from None
+        data = await admin_secret(ctx, opts.admin_secret, step)
         problems: list[str] = []
         app = _endpoint(consumer)
         host = data.get("host") or (app[0] if app else None)
