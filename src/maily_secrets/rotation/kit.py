@@ -104,6 +104,8 @@ def one_of(*choices: str) -> BeforeValidator:
 
 
 def _message(err: Mapping[str, Any]) -> str:
+    if err.get("type") == "missing":
+        return "is not set"
     msg = str(err.get("msg", "is not valid"))
     for prefix in ("Value error, ", "Assertion failed, "):
         msg = msg.removeprefix(prefix)

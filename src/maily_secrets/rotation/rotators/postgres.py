@@ -50,11 +50,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import psycopg
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 
 from ...errors import PermissionDenied, SecretNotFound, VaultError
 from ...targets import random_password
@@ -68,59 +67,50 @@ from ...targets.postgres import (
     scram_sha256_verifier,
     scrub,
 )
-from ..base import (
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-    option_password_length,
-    option_seconds,
-)
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import PasswordLength, RotatorOptions, Seconds, SecretName, admin_secret
 
 ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
 DEFAULT_GROUP = "maily_app_group"
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class _Options:
-    admin_secret: str
-    login_roles: tuple[str, str]
-    group: str
-    connect_timeout: float
-    password_length: int
+def _login_roles(value: object) -> tuple[str, str]:
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(r, str) and r for r in value)
+        or value[0] == value[1]
+    ):
+        raise ValueError("must name two different login roles")
+    return (value[0], value[1])
+
+
+def _role(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must name the group role")
+    return value
+
+
+class PostgresOptions(RotatorOptions):
+    error_prefix: ClassVar[str] = "database {step}"
+
+    admin_secret: SecretName
+    login_roles: Annotated[tuple[str, str], BeforeValidator(_login_roles)]
+    group: Annotated[str, BeforeValidator(_role)] = DEFAULT_GROUP
+    connect_timeout: Seconds = 5.0
+    password_length: PasswordLength = 32
+
+
+_Options = PostgresOptions
 
 
 def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o = ctx.options
-    problems: list[str] = []
-    admin = o.get("admin_secret")
-    if not isinstance(admin, str) or not admin.strip("/"):
-        problems.append("option admin_secret (the rotator's PostgreSQL admin secret) is not set")
-    roles = o.get("login_roles")
-    if (
-        not isinstance(roles, (list, tuple))
-        or len(roles) != 2
-        or not all(isinstance(r, str) and r for r in roles)
-        or roles[0] == roles[1]
-    ):
-        problems.append("option login_roles must name two different login roles")
-    group = o.get("group", DEFAULT_GROUP)
-    if not isinstance(group, str) or not group:
-        problems.append("option group must name the group role")
-    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
-    length = option_password_length(o, problems)
-    if problems:
-        return None, problems
-    assert isinstance(admin, str) and isinstance(roles, (list, tuple)) and isinstance(group, str)
-    return _Options(admin.strip("/"), (roles[0], roles[1]), group, timeout, length), []
+    return PostgresOptions.problems(ctx.options)
 
 
 def _opts(ctx: RotationContext, step: str) -> _Options:
-    opts, problems = _options(ctx)
-    if opts is None:
-        raise RotatorConfigError(f"database {step}: {'; '.join(problems)}")
-    return opts
+    return PostgresOptions.of(ctx, step)
 
 
 def _admin_target(data: Mapping[str, Any]) -> tuple[PostgresTarget | None, list[str]]:
@@ -158,16 +148,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     async def _admin(self, ctx: RotationContext, opts: _Options, step: str) -> PostgresTarget:
         path = ctx.secret_path(opts.admin_secret)
-        try:
-            data = (await ctx.client.kv.read(path)).data
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"database {step}: the admin secret {path.data} does not exist"
-            ) from None
-        except PermissionDenied:
-            raise RotatorConfigError(
-                f"database {step}: this token may not read the admin secret {path.data}"
-            ) from None
+        data = await admin_secret(ctx, opts.admin_secret, step)
         target, problems = _admin_target(data)
         if target is None:
             raise RotatorConfigError(
