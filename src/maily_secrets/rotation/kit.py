@@ -92,6 +92,17 @@ def _flag(value: object) -> bool:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
+def int_from(low: int, high: int) -> BeforeValidator:
+    """A validator for an integer option from ``low`` to ``high`` (no bool)."""
+
+    def check(value: object) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return BeforeValidator(check)
+
+
 def one_of(*choices: str) -> BeforeValidator:
     """A validator for a string option that must be one of ``choices``."""
 
