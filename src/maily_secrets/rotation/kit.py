@@ -41,7 +41,8 @@ def scrub(text: str, *values: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------- options
-def _seconds(value: object, *, positive: bool) -> float:
+def duration_seconds(value: object, *, positive: bool) -> float:
+    """Seconds of a duration option (a number or 30s/5m/1h/1d; never a bool)."""
     if isinstance(value, bool):  # True is not "1 second"
         raise ValueError("must be a number of seconds or a duration such as 30s, 5m, 1h, 1d")
     try:
@@ -57,19 +58,20 @@ def _seconds(value: object, *, positive: bool) -> float:
 
 
 #: a positive duration in seconds: 5, 2.5, "30s", "5m", "1h", "1d" (never a bool)
-Seconds = Annotated[float, BeforeValidator(lambda v: _seconds(v, positive=True))]
+Seconds = Annotated[float, BeforeValidator(lambda v: duration_seconds(v, positive=True))]
 #: a duration in seconds that may be zero ("no wait")
-Delay = Annotated[float, BeforeValidator(lambda v: _seconds(v, positive=False))]
+Delay = Annotated[float, BeforeValidator(lambda v: duration_seconds(v, positive=False))]
 
 
-def _password_length(value: object) -> int:
+def password_length(value: object) -> int:
+    """A generated password's length option: an integer from 16 to 256."""
     if not isinstance(value, int) or isinstance(value, bool) or not 16 <= value <= 256:
         raise ValueError("must be an integer from 16 to 256")
     return value
 
 
 #: the length of a generated password: an integer from 16 to 256
-PasswordLength = Annotated[int, BeforeValidator(_password_length)]
+PasswordLength = Annotated[int, BeforeValidator(password_length)]
 
 
 def _secret_name(value: object) -> str:
