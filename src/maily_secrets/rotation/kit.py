@@ -217,16 +217,45 @@ async def cas_update(
 
 
 async def promote_fields(
-    ctx: RotationContext, fields: Mapping[str, Any], step: str = "promote"
-) -> tuple[int, bool]:
-    """Set ``fields`` in the consumer secret, keeping its other keys (CAS; idempotent)."""
+    ctx: RotationContext,
+    fields: Mapping[str, Any],
+    *,
+    expect: tuple[str, Any] | None = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
+    message: str = "consumer secret holds the new credential",
+    extra: Mapping[str, Any] | None = None,
+) -> int:
+    """Set ``fields`` in the consumer secret, keeping its other keys; return the version.
 
-    def change(cur: dict[str, Any]) -> dict[str, Any] | None:
-        if all(k in cur and cur[k] == v for k, v in fields.items()):
-            return None
+    Idempotent: when every field already has its value nothing is written. Written by
+    a check-and-set read-modify-write (``kv.update``); ``expect`` = (key, previous):
+    that key must still hold ``previous`` (or its new value), else the pending
+    credential is stale and nothing is written. ``check`` may refuse the data too.
+    """
+    path, where = ctx.secret_path(), f"{ctx.type_name} promote"
+    data, version = await ctx.read_secret(step="promote")
+    if all(data.get(k) == v for k, v in fields.items()):
+        return version  # promoted already (a rerun after a crash)
+
+    def change(cur: dict[str, Any]) -> dict[str, Any]:
+        if check is not None:
+            check(cur)
+        if expect is not None:
+            key, previous = expect
+            active = cur.get(key) or None
+            if active not in (previous, fields.get(key)):
+                raise RotationError(
+                    f"{where}: {key} of {path.data} changed to {active!r} during the"
+                    f" rotation (expected {previous})"
+                )
         return {**cur, **fields}
 
-    return await cas_update(ctx, step, change)
+    new_version = await ctx.client.kv.update(path, change)
+    ctx.log.info(
+        f"{ctx.type_name}: {message}",
+        extra={"type": ctx.type_name, "path": path.data, "version": new_version, **(extra or {})},
+    )
+    return new_version
 
 
 # ---------------------------------------------------------------------------- guards

@@ -68,7 +68,14 @@ from ...targets.postgres import (
     scrub,
 )
 from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
-from ..kit import PasswordLength, RotatorOptions, Seconds, SecretName, admin_secret
+from ..kit import (
+    PasswordLength,
+    RotatorOptions,
+    Seconds,
+    SecretName,
+    admin_secret,
+    promote_fields,
+)
 
 ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
 DEFAULT_GROUP = "maily_app_group"
@@ -399,34 +406,22 @@ class PostgresTwoRoleRotator(Rotator):
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         role, password = str(pending["role"]), str(pending["password"])
-        previous = pending.get("previous_role")
-        path = ctx.secret_path()
-        data, version = await self._consumer(ctx, "promote")
-        if data.get("db_username") == role and data.get("db_password") == password:
-            return version  # promoted already
 
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
-            active = cur.get("db_username")
-            if active == role and cur.get("db_password") != password:
+        def not_stale(cur: dict[str, Any]) -> None:
+            if cur.get("db_username") == role and cur.get("db_password") != password:
                 raise RotationError(
-                    f"database promote: {path.data} already names {role} with another"
-                    " password; this pending credential is stale"
+                    f"database promote: {ctx.secret_path().data} already names {role} with"
+                    " another password; this pending credential is stale"
                 )
-            if active not in (previous, role):
-                raise RotationError(
-                    f"database promote: db_username of {path.data} changed to {active!r}"
-                    f" during the rotation (expected {previous})"
-                )
-            cur["db_username"] = role
-            cur["db_password"] = password
-            return cur
 
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "database: consumer secret points at the new role",
-            extra={"role": role, "path": path.data, "version": new_version},
+        return await promote_fields(
+            ctx,
+            {"db_username": role, "db_password": password},
+            expect=("db_username", pending.get("previous_role")),
+            check=not_stale,
+            message="consumer secret points at the new role",
+            extra={"role": role},
         )
-        return new_version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Give the target role a random password nobody knows; the active one is untouched."""

@@ -105,7 +105,7 @@ from ..base import (
     Rotator,
     RotatorConfigError,
 )
-from ..kit import duration_seconds, password_length
+from ..kit import duration_seconds, password_length, promote_fields
 from ..state import StateStore
 
 PROVIDERS = ("ses", "hook")
@@ -639,30 +639,12 @@ class SmtpRotator(Rotator):
         )
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
-        path = ctx.secret_path()
         username, password = str(pending["username"]), str(pending["password"])
-        previous = pending.get("previous_username")
-        data, version = await self._consumer(ctx, "promote")
-        if data.get("smtp_username") == username and data.get("smtp_password") == password:
-            return version  # promoted already (a rerun after a crash)
-
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
-            active = cur.get("smtp_username") or None
-            if active not in (previous, username):
-                raise RotationError(
-                    f"smtp promote: smtp_username of {path.data} changed to {active!r} during the"
-                    f" rotation (expected {previous})"
-                )
-            cur["smtp_username"] = username
-            cur["smtp_password"] = password
-            return cur
-
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "smtp: consumer secret holds the new credential",
-            extra={"type": ctx.type_name, "path": path.data, "version": new_version},
+        return await promote_fields(
+            ctx,
+            {"smtp_username": username, "smtp_password": password},
+            expect=("smtp_username", pending.get("previous_username")),
         )
-        return new_version
 
     async def _in_use(self, ctx: RotationContext, username: str, password: str | None) -> bool:
         data, _ = await self._consumer(ctx, "rollback")
