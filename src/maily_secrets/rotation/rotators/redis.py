@@ -81,6 +81,7 @@ from ..kit import (
     SecretName,
     admin_secret,
     one_of,
+    promote_fields,
 )
 
 DEFAULT_USERNAME_KEY = "redis_username"
@@ -419,34 +420,27 @@ class RedisAclRotator(Rotator):
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         opts = _opts(ctx, "promote")
         user, password = str(pending["user"]), str(pending["password"])
-        new_digest = str(pending["password_sha256"])
-        previous = pending.get("previous_sha256")
-        path = ctx.secret_path()
-        data, version = await self._consumer(ctx, "promote")
-        if data.get(PASSWORD_KEY) == password and (
-            not opts.username_key or data.get(opts.username_key) == user
-        ):
-            return version  # promoted already
+        allowed = (pending.get("previous_sha256"), str(pending["password_sha256"]))
 
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
+        def not_stale(cur: dict[str, Any]) -> None:
             have = cur.get(PASSWORD_KEY)
-            have_digest = password_sha256(str(have)) if have else None
-            if have_digest not in (previous, new_digest):
+            if (password_sha256(str(have)) if have else None) not in allowed:
                 raise RotationError(
-                    f"redis promote: {PASSWORD_KEY} of {path.data} changed during the"
-                    " rotation; this pending password is stale"
+                    f"redis promote: {PASSWORD_KEY} of {ctx.secret_path().data} changed during"
+                    " the rotation; this pending password is stale"
                 )
-            cur[PASSWORD_KEY] = password
-            if opts.username_key:
-                cur[opts.username_key] = user
-            return cur
 
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "redis: consumer secret holds the new password",
-            extra={"user": user, "path": path.data, "version": new_version},
+        fields = {
+            PASSWORD_KEY: password,
+            **({opts.username_key: user} if opts.username_key else {}),
+        }
+        return await promote_fields(
+            ctx,
+            fields,
+            check=not_stale,
+            message="consumer secret holds the new password",
+            extra={"user": user},
         )
-        return new_version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Remove the new password from the user (unless the consumer secret names it)."""
