@@ -10,8 +10,8 @@
 - :func:`cas_update`       read-modify-write of a KV v2 secret with check-and-set, where
   ``change`` may answer "nothing to do";
 - :func:`promote_fields`   set named fields of the consumer secret that way;
-- :func:`in_use`           the line that says a credential of the previous rotation may
-  still be in use (the guard of two-slot rotators), or None;
+- :func:`in_use`           whether the credential to retire is (again) the one in use
+  (the guard of two-slot rotators; unknown is an error, never a guess);
 - :func:`blocking`         run a blocking SDK call in a thread, its errors translated to
   a :class:`RotationError` whose message holds no secret value.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
@@ -28,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 from ..errors import CheckAndSetConflict, PermissionDenied, SecretNotFound
 from ..targets import scrubbed_line
 from .base import RotationContext, RotationError, RotatorConfigError
-from .config import format_duration, parse_duration
+from .config import parse_duration
 
 T = TypeVar("T")
 
@@ -259,24 +258,37 @@ async def promote_fields(
 
 
 # ---------------------------------------------------------------------------- guards
-def in_use(
-    ctx: RotationContext, what: str, rotated_at: datetime | None, force: bool | None = None
-) -> str | None:
-    """Why rotating now would break a holder of the previous credential (None: it is safe).
+async def in_use(
+    ctx: RotationContext,
+    step: str,
+    key: str,
+    is_it: Callable[[Any], bool],
+    *,
+    unknown: str,
+    what: str,
+    extra: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether the credential to ``step`` (retire) is, again, the one the consumer uses.
 
-    Two-slot rotators keep the previous credential for the grace period after
-    ``rotated_at``; rotating again within it would remove it.
+    Two-slot rotators flip between two credentials: a later rotation may have made the
+    one to retire current again. ``key`` of the consumer secret names the credential in
+    use (``is_it`` compares); when it is missing nobody can tell, so this raises a
+    :class:`RotationError` ending with ``unknown`` and nothing is removed. In use: a
+    warning is logged and True returned, and the caller keeps it.
     """
-    if rotated_at is None or (ctx.force if force is None else force):
-        return None
-    until = rotated_at + ctx.grace
-    left = until - ctx.now()
-    if left <= timedelta(0):
-        return None
-    return (
-        f"{what} of the previous rotation may still be in use for"
-        f" {format_duration(left)} (grace period); rotate after that, or with --force"
+    data, _ = await ctx.read_secret(step=step)  # unreadable: raises, nothing changes
+    current = data.get(key)
+    if not current:
+        raise RotationError(
+            f"{ctx.type_name} {step}: {ctx.secret_path().data} has no {key}; {unknown}"
+        )
+    if not is_it(current):
+        return False
+    ctx.log.warning(
+        f"{ctx.type_name}: the {what} to {step} is the one in use again; keeping it",
+        extra=dict(extra or {}),
     )
+    return True
 
 
 # ---------------------------------------------------------------------------- SDKs

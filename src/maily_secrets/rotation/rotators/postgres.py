@@ -74,6 +74,7 @@ from ..kit import (
     Seconds,
     SecretName,
     admin_secret,
+    in_use,
     promote_fields,
 )
 
@@ -460,18 +461,15 @@ class PostgresTwoRoleRotator(Rotator):
                 f"database retire: {role or '(none)'} is not one of the login roles"
                 f" {', '.join(opts.login_roles)}; not retiring it"
             )
-        data, _ = await self._consumer(ctx, "retire")  # unreadable: raises, nothing changes
-        active = data.get("db_username")
-        if not active:
-            raise RotationError(
-                f"database retire: {ctx.secret_path().data} has no db_username; cannot tell"
-                " which login role is in use, so none is retired"
-            )
-        if active == role:
-            ctx.log.warning(
-                "database: the role to retire is the one in use again; keeping it",
-                extra={"role": role},
-            )
+        if await in_use(
+            ctx,
+            "retire",
+            "db_username",
+            lambda active: active == role,
+            unknown="cannot tell which login role is in use, so none is retired",
+            what="role",
+            extra={"role": role},
+        ):
             return f"{role} is the login role in use again (a later rotation); not retired"
         admin = await self._admin(ctx, opts, "retire")
         async with self._admin_conn(admin, opts, "retire", role) as conn:

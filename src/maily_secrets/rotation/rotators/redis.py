@@ -80,6 +80,7 @@ from ..kit import (
     Seconds,
     SecretName,
     admin_secret,
+    in_use,
     one_of,
     promote_fields,
 )
@@ -468,18 +469,15 @@ class RedisAclRotator(Rotator):
         digest = str(retiring.get("password_sha256") or "")
         if not SHA256_HEX.fullmatch(digest):
             raise RotationError("redis retire: the retiring record holds no password hash")
-        consumer, _ = await self._consumer(ctx, "retire")
-        current = consumer.get(PASSWORD_KEY)
-        if not current:  # cannot tell whether the password to remove is the one in use
-            raise RotationError(
-                f"redis retire: {ctx.secret_path().data} holds no {PASSWORD_KEY}; not removing"
-                " any password"
-            )
-        if password_sha256(str(current)) == digest:
-            ctx.log.warning(
-                "redis: the password to retire is the one in use again; keeping it",
-                extra={"user": retiring.get("user")},
-            )
+        if await in_use(
+            ctx,
+            "retire",
+            PASSWORD_KEY,
+            lambda current: password_sha256(str(current)) == digest,
+            unknown="not removing any password",
+            what="password",
+            extra={"user": retiring.get("user")},
+        ):
             return
         changed = await self._change_passwords(ctx, "retire", retiring, remove=digest)
         ctx.log.info(
