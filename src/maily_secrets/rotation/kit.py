@@ -298,14 +298,13 @@ async def blocking(
     *args: Any,
     errors: tuple[type[BaseException], ...] = (Exception,),
     secrets: tuple[str | None, ...] = (),
-    what: str = "",
+    raise_as: type[RotationError] = RotationError,
 ) -> T:
-    """``call(*args)`` in a thread; ``errors`` become a :class:`RotationError` of ``step``.
+    """``call(*args)`` in a thread; ``errors`` become ``raise_as`` naming ``step``.
 
-    The message is one scrubbed line: none of ``secrets`` appears in it.
+    The message is one scrubbed line of the error: none of ``secrets`` appears in it.
     """
     try:
         return await asyncio.to_thread(call, *args)
     except errors as exc:
-        text = scrub(f"{type(exc).__name__}: {exc}", *secrets)
-        raise RotationError(f"{step}: {what + ': ' if what else ''}{text}") from None
+        raise raise_as(f"{step}: {scrub(str(exc), *secrets)}") from None

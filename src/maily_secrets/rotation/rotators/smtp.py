@@ -105,7 +105,7 @@ from ..base import (
     Rotator,
     RotatorConfigError,
 )
-from ..kit import duration_seconds, password_length, promote_fields
+from ..kit import blocking, duration_seconds, password_length, promote_fields
 from ..state import StateStore
 
 PROVIDERS = ("ses", "hook")
@@ -489,10 +489,9 @@ class SmtpRotator(Rotator):
                 )
             except AwsApiError as exc:
                 raise RotatorConfigError(str(exc)) from None
-        try:
-            await asyncio.to_thread(smtp_session, server)
-        except SmtpError as exc:
-            raise RotatorConfigError(f"smtp check: {exc}") from None
+        await blocking(
+            "smtp check", smtp_session, server, errors=(SmtpError,), raise_as=RotatorConfigError
+        )
 
     async def describe(self, ctx: RotationContext) -> str:
         try:
