@@ -110,17 +110,6 @@ class PostgresOptions(RotatorOptions):
     password_length: PasswordLength = 32
 
 
-_Options = PostgresOptions
-
-
-def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    return PostgresOptions.problems(ctx.options)
-
-
-def _opts(ctx: RotationContext, step: str) -> _Options:
-    return PostgresOptions.of(ctx, step)
-
-
 def _admin_target(data: Mapping[str, Any]) -> tuple[PostgresTarget | None, list[str]]:
     missing = [f for f in ADMIN_FIELDS if data.get(f) in (None, "")]
     if missing:
@@ -154,7 +143,9 @@ class PostgresTwoRoleRotator(Rotator):
     async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
         return await ctx.read_secret(step=step)
 
-    async def _admin(self, ctx: RotationContext, opts: _Options, step: str) -> PostgresTarget:
+    async def _admin(
+        self, ctx: RotationContext, opts: PostgresOptions, step: str
+    ) -> PostgresTarget:
         path = ctx.secret_path(opts.admin_secret)
         data = await admin_secret(ctx, opts.admin_secret, step)
         target, problems = _admin_target(data)
@@ -165,14 +156,14 @@ class PostgresTwoRoleRotator(Rotator):
         return target
 
     @staticmethod
-    def _other(opts: _Options, active: str) -> str:
+    def _other(opts: PostgresOptions, active: str) -> str:
         a, b = opts.login_roles
         return b if active == a else a
 
     # -- talking to PostgreSQL -------------------------------------------------------
     @asynccontextmanager
     async def _admin_conn(
-        self, admin: PostgresTarget, opts: _Options, step: str, role: str
+        self, admin: PostgresTarget, opts: PostgresOptions, step: str, role: str
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         secret = admin.password.get_secret_value() if admin.password else None
         kw = {
@@ -202,7 +193,7 @@ class PostgresTwoRoleRotator(Rotator):
         self,
         conn: psycopg.AsyncConnection[Any],
         admin: PostgresTarget,
-        opts: _Options,
+        opts: PostgresOptions,
         role: str,
         password: str,
         step: str,
@@ -238,7 +229,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
-        opts, problems = _options(ctx)
+        opts, problems = PostgresOptions.problems(ctx.options)
         admin: PostgresTarget | None = None
         if opts is not None:
             path = ctx.secret_path(opts.admin_secret)
@@ -267,7 +258,7 @@ class PostgresTwoRoleRotator(Rotator):
         await self._check_server(ctx, opts, admin)
 
     async def _check_server(
-        self, ctx: RotationContext, opts: _Options, admin: PostgresTarget
+        self, ctx: RotationContext, opts: PostgresOptions, admin: PostgresTarget
     ) -> None:
         """Read only: the roles exist and the admin may change their passwords."""
         problems: list[str] = []
@@ -299,7 +290,7 @@ class PostgresTwoRoleRotator(Rotator):
             raise RotatorConfigError(f"database rotation cannot start: {'; '.join(problems)}")
 
     async def describe(self, ctx: RotationContext) -> str:
-        opts, problems = _options(ctx)
+        opts, problems = PostgresOptions.problems(ctx.options)
         if opts is None:
             return f"cannot rotate database: {'; '.join(problems)}"
         try:
@@ -313,7 +304,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = _opts(ctx, "create_pending")
+        opts = PostgresOptions.of(ctx, "create_pending")
         data, _ = await self._consumer(ctx, "create_pending")
         active = data.get("db_username")
         if active not in opts.login_roles:
@@ -343,7 +334,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "apply")
+        opts = PostgresOptions.of(ctx, "apply")
         role = str(pending["role"])
         if role not in opts.login_roles:
             raise RotatorConfigError(f"database apply: {role} is not one of the login roles")
@@ -364,7 +355,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "verify")
+        opts = PostgresOptions.of(ctx, "verify")
         role, password = str(pending["role"]), str(pending["password"])
         admin = await self._admin(ctx, opts, "verify")
         data, _ = await self._consumer(ctx, "verify")
@@ -426,7 +417,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Give the target role a random password nobody knows; the active one is untouched."""
-        opts = _opts(ctx, "rollback")
+        opts = PostgresOptions.of(ctx, "rollback")
         role = str(pending["role"])
         await self._guard_not_active(ctx, pending, "rollback", allow_same=False)
         admin = await self._admin(ctx, opts, "rollback")
@@ -454,7 +445,7 @@ class PostgresTwoRoleRotator(Rotator):
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
         """After the grace: report the previous role's open sessions, then give it a random
         password nobody knows. Never the role in use; anything unreadable is an error."""
-        opts = _opts(ctx, "retire")
+        opts = PostgresOptions.of(ctx, "retire")
         role = str(retiring.get("role") or "")
         if role not in opts.login_roles:
             raise RotatorConfigError(

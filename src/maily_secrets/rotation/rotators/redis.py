@@ -122,17 +122,6 @@ class RedisOptions(RotatorOptions):
     persist: Annotated[str, one_of(*PERSIST_MODES)] = "acl_save"
 
 
-_Options = RedisOptions
-
-
-def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    return RedisOptions.problems(ctx.options)
-
-
-def _opts(ctx: RotationContext, step: str) -> _Options:
-    return RedisOptions.of(ctx, step)
-
-
 def _port(value: object) -> int | None:
     try:
         port = int(str(value))
@@ -162,7 +151,7 @@ class RedisAclRotator(Rotator):
         return await ctx.read_secret(step=step)
 
     async def _admin(
-        self, ctx: RotationContext, opts: _Options, consumer: Mapping[str, Any], step: str
+        self, ctx: RotationContext, opts: RedisOptions, consumer: Mapping[str, Any], step: str
     ) -> RedisTarget:
         if opts.admin_secret is None:
             if consumer.get(HOST_KEY) and _endpoint(consumer) is None:
@@ -206,7 +195,7 @@ class RedisAclRotator(Rotator):
     # -- talking to Redis ------------------------------------------------------------
     @asynccontextmanager
     async def _admin_conn(
-        self, admin: RedisTarget, opts: _Options, step: str
+        self, admin: RedisTarget, opts: RedisOptions, step: str
     ) -> AsyncIterator[aioredis.Redis]:
         secret = admin.password.get_secret_value() if admin.password else None
         who = admin.username or "default"
@@ -236,7 +225,7 @@ class RedisAclRotator(Rotator):
         self,
         conn: aioredis.Redis,
         admin: RedisTarget,
-        opts: _Options,
+        opts: RedisOptions,
         step: str,
         *,
         require_enabled: bool = False,
@@ -260,7 +249,7 @@ class RedisAclRotator(Rotator):
         return user
 
     async def _persist(
-        self, ctx: RotationContext, conn: aioredis.Redis, admin: RedisTarget, opts: _Options
+        self, ctx: RotationContext, conn: aioredis.Redis, admin: RedisTarget, opts: RedisOptions
     ) -> None:
         if opts.persist == "none":
             return
@@ -288,7 +277,7 @@ class RedisAclRotator(Rotator):
         remove: str | None = None,
     ) -> bool:
         """Add / remove one password hash of the ACL user; False when nothing changed."""
-        opts = _opts(ctx, step)
+        opts = RedisOptions.of(ctx, step)
         consumer, _ = await self._consumer(ctx, step)
         admin = await self._admin(ctx, opts, consumer, step)
         user_name = str(pending_or_retiring.get("user") or opts.acl_user)
@@ -312,7 +301,7 @@ class RedisAclRotator(Rotator):
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
-        opts, problems = _options(ctx)
+        opts, problems = RedisOptions.problems(ctx.options)
         consumer_path = ctx.secret_path()
         consumer: dict[str, Any] | None = None
         try:
@@ -353,7 +342,7 @@ class RedisAclRotator(Rotator):
             raise RotatorConfigError(str(exc)) from None
 
     async def describe(self, ctx: RotationContext) -> str:
-        opts, problems = _options(ctx)
+        opts, problems = RedisOptions.problems(ctx.options)
         if opts is None:
             return f"cannot rotate redis: {'; '.join(problems)}"
         try:
@@ -368,7 +357,7 @@ class RedisAclRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = _opts(ctx, "create_pending")
+        opts = RedisOptions.of(ctx, "create_pending")
         consumer, _ = await self._consumer(ctx, "create_pending")
         password = random_password(opts.password_length)
         previous = consumer.get(PASSWORD_KEY)
@@ -388,7 +377,7 @@ class RedisAclRotator(Rotator):
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "verify")
+        opts = RedisOptions.of(ctx, "verify")
         consumer, _ = await self._consumer(ctx, "verify")
         user, password = str(pending["user"]), str(pending["password"])
         # where the application connects (the consumer secret), else where the admin does
@@ -419,7 +408,7 @@ class RedisAclRotator(Rotator):
         ctx.log.info("redis: new password works", extra={"user": user, "host": target.host})
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
-        opts = _opts(ctx, "promote")
+        opts = RedisOptions.of(ctx, "promote")
         user, password = str(pending["user"]), str(pending["password"])
         allowed = (pending.get("previous_sha256"), str(pending["password_sha256"]))
 
