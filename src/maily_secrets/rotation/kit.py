@@ -3,13 +3,16 @@
 - :class:`RotatorOptions`  a pydantic model of a type's ``options`` (unknown keys and
   wrong values are a :class:`RotatorConfigError` naming the option), with shared field
   types :data:`Seconds` (a positive duration), :data:`Delay` (a duration, zero allowed),
-  :data:`PasswordLength` (16..256) and :data:`SecretName` (a KV v2 secret name);
+  :data:`PasswordLength` (16..256), :data:`SecretName` (a KV v2 secret name) and
+  :data:`Flag`, and validators :func:`int_from` and :func:`one_of`; the one duration
+  parser (:func:`duration_seconds`: numbers or 30s/5m/1h/1d, never a bool);
 - :func:`scrub`            one line of an error text with the given values blanked;
 - :func:`admin_secret`     the rotator's admin secret (``maily/data/rotator/<name>``)
   with the fields it must hold, or a clear error;
 - :func:`cas_update`       read-modify-write of a KV v2 secret with check-and-set, where
   ``change`` may answer "nothing to do";
-- :func:`promote_fields`   set named fields of the consumer secret that way;
+- :func:`promote_fields`   set named fields of the consumer secret (idempotent, CAS), with
+  the "changed during the rotation: stale" guard;
 - :func:`in_use`           whether the credential to retire is (again) the one in use
   (the guard of two-slot rotators; unknown is an error, never a guess);
 - :func:`blocking`         run a blocking SDK call in a thread, its errors translated to
