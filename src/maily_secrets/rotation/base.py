@@ -105,13 +105,14 @@ class RotationContext:
         """
         path = self.secret_path(name)
         where = f"{self.type_name} {step}".strip()
+        what = "the secret" if name else "the consumer secret"
         try:
             cur = await self.client.kv.read(path)
         except SecretNotFound:
-            raise RotatorConfigError(f"{where}: the secret {path.data} does not exist") from None
+            raise RotatorConfigError(f"{where}: {what} {path.data} does not exist") from None
         except PermissionDenied:
             raise RotatorConfigError(
-                f"{where}: this token may not read the secret {path.data}"
+                f"{where}: this token may not read {what} {path.data}"
             ) from None
         return dict(cur.data), cur.version
 
@@ -197,31 +198,6 @@ class Rotator(ABC):
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         """What to retire once the grace period after this rotation is over (None: nothing)."""
         return None
-
-
-def option_seconds(
-    options: Mapping[str, Any], name: str, default: float, problems: list[str]
-) -> float:
-    """A positive number of seconds from a rotator's options (a problem noted otherwise)."""
-    try:
-        value = float(options.get(name, default))
-        if value <= 0:
-            raise ValueError
-    except (TypeError, ValueError):
-        problems.append(f"option {name} must be a positive number of seconds")
-        return default
-    return value
-
-
-def option_password_length(
-    options: Mapping[str, Any], problems: list[str], default: int = 32
-) -> int:
-    """``password_length`` from a rotator's options: an integer from 16 to 256."""
-    length = options.get("password_length", default)
-    if not isinstance(length, int) or isinstance(length, bool) or not 16 <= length <= 256:
-        problems.append("option password_length must be an integer from 16 to 256")
-        return default
-    return length
 
 
 def rotator_for(type_name: str, implementation: str | None = None) -> Rotator:

@@ -92,6 +92,7 @@ from ..base import (
     parse_time,
 )
 from ..config import TypeConfig, format_duration
+from ..kit import scrub
 
 Kind = Literal["internal", "provider", "manual"]
 Scope = Literal["all", "automatic", "manual"]
@@ -217,20 +218,12 @@ async def _close(provider: ApiKeyProvider) -> None:
 T = TypeVar("T")
 
 
-def _scrub(text: str, values: tuple[str | None, ...]) -> str:
-    line = " ".join((text.strip().splitlines() or [""])[0].split())
-    for v in values:
-        if v:
-            line = line.replace(v, "******")
-    return line[:300]
-
-
 async def _call(spec: KeySpec, what: str, aw: Awaitable[T], *values: str | None) -> T:
     """Await a provider call; any failure -> RotationError without key values."""
     try:
         return await aw
     except Exception as exc:
-        detail = _scrub(str(exc), values)
+        detail = scrub(str(exc), *values) if str(exc).strip() else ""
         raise RotationError(
             f"api key {spec.name}: provider {spec.provider} could not {what}:"
             f" {type(exc).__name__}" + (f": {detail}" if detail else "")

@@ -64,7 +64,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ...errors import SecretNotFound, VaultError
+from ...errors import VaultError
 from ...targets.aws_iam import (
     DEFAULT_REGION,
     AwsApiError,
@@ -105,17 +105,13 @@ class AwsAccessKeyRotator(Rotator):
     async def _mapping(
         self, ctx: RotationContext, opts: AwsOptions, step: str
     ) -> tuple[dict[str, Any], int]:
-        path = ctx.secret_path()
-        try:
-            cur = await ctx.client.kv.read(path)
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"aws {step}: the consumer secret {path.data} does not exist"
-            ) from None
-        mapping = cur.data.get(opts.key)
+        data, version = await ctx.read_secret(step=step)
+        mapping = data.get(opts.key)
         if not isinstance(mapping, dict):
-            raise RotatorConfigError(f"aws {step}: {path.data} has no {opts.key!r} mapping")
-        return dict(mapping), cur.version
+            raise RotatorConfigError(
+                f"aws {step}: {ctx.secret_path().data} has no {opts.key!r} mapping"
+            )
+        return dict(mapping), version
 
     def _target(self, opts: AwsOptions, mapping: Mapping[str, Any]) -> AwsTarget:
         region = (

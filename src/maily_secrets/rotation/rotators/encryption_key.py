@@ -51,7 +51,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ...errors import (
     CiphertextVersionTooOld,
@@ -65,6 +65,7 @@ from ...errors import (
 from ...paths import KV2Path
 from ...vault.transit import Transit
 from ..base import RotationContext, RotationError, Rotator, RotatorConfigError, parse_time
+from ..kit import Flag, RotatorOptions, int_from
 
 DEFAULT_MOUNT = "transit"
 DEFAULT_BATCH = 500
@@ -354,34 +355,23 @@ class _Options:
     raise_min: bool
 
 
-_KNOWN = {
-    "key",
-    "mount",
-    "rewrap_sources",
-    "rewrap_batch_size",
-    "rewrap_passes",
-    "raise_min_decryption_version",
-}
+class TransitOptions(RotatorOptions):
+    error_prefix: ClassVar[str] = "encryption_key {step}"
 
-
-def _positive_int(o: Mapping[str, Any], name: str, default: int, top: int) -> int | None:
-    v = o.get(name, default)
-    if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
-        return None
-    return v
+    key: str | None = None
+    mount: str | None = None
+    rewrap_sources: Any = None
+    rewrap_batch_size: Annotated[int, int_from(1, 100_000)] = DEFAULT_BATCH
+    rewrap_passes: Annotated[int, int_from(2, 100)] = DEFAULT_PASSES
+    raise_min_decryption_version: Flag = True
 
 
 def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o = ctx.options
-    problems: list[str] = []
-    unknown = sorted(set(o) - _KNOWN)
-    if unknown:
-        problems.append(
-            f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(_KNOWN))}"
-        )
+    o, problems = TransitOptions.problems(ctx.options)
     m = _SECRET.fullmatch(ctx.type_config.secret.strip("/"))
-    key = o.get("key") or (m.group("key") if m else None)
-    mount = o.get("mount") or (m.group("mount") if m else DEFAULT_MOUNT)
+    raw = ctx.options
+    key = raw.get("key") or (m.group("key") if m else None)
+    mount = raw.get("mount") or (m.group("mount") if m else DEFAULT_MOUNT)
     if not isinstance(key, str) or not key:
         problems.append(
             "no transit key: set option key, or secret to '<mount>/keys/<key>'"
@@ -389,22 +379,22 @@ def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
         )
     if not isinstance(mount, str) or not mount.strip("/"):
         problems.append("option mount must name the transit mount")
-    specs, bad = _source_specs(o.get("rewrap_sources"))
+    specs, bad = _source_specs(raw.get("rewrap_sources"))
     problems += bad
-    batch = _positive_int(o, "rewrap_batch_size", DEFAULT_BATCH, 100_000)
-    if batch is None:
-        problems.append("option rewrap_batch_size must be an integer from 1 to 100000")
-    passes = _positive_int(o, "rewrap_passes", DEFAULT_PASSES, 100)
-    if passes is None or passes < 2:
-        problems.append("option rewrap_passes must be an integer from 2 to 100")
-    raise_min = o.get("raise_min_decryption_version", True)
-    if not isinstance(raise_min, bool):
-        problems.append("option raise_min_decryption_version must be true or false")
-    if problems:
-        return None, problems
+    if problems or o is None:
+        return None, list(dict.fromkeys(problems))
     assert isinstance(key, str) and isinstance(mount, str)
-    assert batch is not None and passes is not None and isinstance(raise_min, bool)
-    return _Options(mount.strip("/"), key, tuple(specs), batch, passes, raise_min), []
+    return (
+        _Options(
+            mount.strip("/"),
+            key,
+            tuple(specs),
+            o.rewrap_batch_size,
+            o.rewrap_passes,
+            o.raise_min_decryption_version,
+        ),
+        [],
+    )
 
 
 def _opts(ctx: RotationContext, step: str) -> _Options:

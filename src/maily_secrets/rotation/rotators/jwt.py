@@ -36,12 +36,17 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from ... import jwt_keys as jk
-from ...errors import CheckAndSetConflict, SecretNotFound
 from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
-from ..config import format_duration, parse_duration
+from ..config import format_duration
+from ..kit import Delay, RotatorOptions, cas_update
 
-_CAS_ATTEMPTS = 10
-_OPTIONS = {"propagation"}
+
+class JwtOptions(RotatorOptions):
+    propagation: Delay = 0.0
+
+
+def _propagation(ctx: RotationContext) -> timedelta:
+    return timedelta(seconds=JwtOptions.of(ctx, "options").propagation)
 
 
 def _pending_key(pending: dict[str, Any]) -> jk.SigningKey:
@@ -51,32 +56,11 @@ def _pending_key(pending: dict[str, Any]) -> jk.SigningKey:
     return jk.SigningKey(kid, secret)
 
 
-def _propagation(ctx: RotationContext) -> timedelta:
-    raw = ctx.options.get("propagation")
-    if raw is None:
-        return timedelta(0)
-    try:
-        value = parse_duration(raw)
-    except ValueError as exc:
-        raise RotatorConfigError(f"types.{ctx.type_name}.options.propagation: {exc}") from None
-    if value < timedelta(0):
-        raise RotatorConfigError(f"types.{ctx.type_name}.options.propagation is negative")
-    return value
-
-
 class JwtRotator(Rotator):
     type_name: ClassVar[str] = "jwt"
 
-    # ------------------------------------------------------------------ helpers
-    async def _read(self, ctx: RotationContext) -> tuple[dict[str, Any], int]:
-        path = ctx.secret_path()
-        try:
-            cur = await ctx.client.kv.read(path)
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"{path.data} does not exist (it holds {jk.SECRET_KEY}); bootstrap it first"
-            ) from None
-        return dict(cur.data), cur.version
+    async def _read(self, ctx: RotationContext) -> dict[str, Any]:
+        return (await ctx.read_secret())[0]
 
     async def _update(
         self,
@@ -84,38 +68,20 @@ class JwtRotator(Rotator):
         step: str,
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> tuple[int, bool]:
-        """Read-modify-write with check-and-set; ``change`` returns None for "nothing to do".
-
-        Returns (the version now current, whether this call wrote it).
-        """
-        path = ctx.secret_path()
-        for _ in range(_CAS_ATTEMPTS):
-            data, version = await self._read(ctx)
+        def checked(data: dict[str, Any]) -> dict[str, Any] | None:
             try:
-                new = change(data)
+                return change(data)
             except jk.JwtKeyError as exc:
-                raise RotationError(f"{step}: the JWT key set in {path.data}: {exc}") from None
-            if new is None:
-                return version, False
-            try:
-                return await ctx.client.kv.write(path, new, cas=version), True
-            except CheckAndSetConflict:
-                continue
-        raise RotationError(
-            f"{step}: {path.data} kept changing during the update"
-            f" ({_CAS_ATTEMPTS} check-and-set conflicts); run the rotation again"
-        )
+                raise RotationError(
+                    f"{step}: the JWT key set in {ctx.secret_path().data}: {exc}"
+                ) from None
+
+        return await cas_update(ctx, step, checked)
 
     # ------------------------------------------------------------------ protocol
     async def check(self, ctx: RotationContext) -> None:
-        unknown = sorted(set(ctx.options) - _OPTIONS)
-        if unknown:
-            raise RotatorConfigError(
-                f"types.{ctx.type_name}.options: unknown option(s) {', '.join(unknown)}"
-                f" (valid: {', '.join(sorted(_OPTIONS))})"
-            )
         _propagation(ctx)
-        data, _ = await self._read(ctx)
+        data = await self._read(ctx)
         try:
             jk.verification_keys(data, ctx.now())
         except jk.JwtKeyError as exc:
@@ -124,7 +90,7 @@ class JwtRotator(Rotator):
             ) from None
 
     async def describe(self, ctx: RotationContext) -> str:
-        data, _ = await self._read(ctx)
+        data = await self._read(ctx)
         try:
             cur = jk.current_signing_key(data)
             n = sum(1 for p in jk.previous_keys(data) if p.verify_until > ctx.now())
@@ -137,7 +103,7 @@ class JwtRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        data, _ = await self._read(ctx)
+        data = await self._read(ctx)
         try:
             replaces = jk.current_signing_key(data).kid
         except jk.JwtKeyError as exc:
@@ -190,7 +156,7 @@ class JwtRotator(Rotator):
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         key = _pending_key(pending)
-        data, _ = await self._read(ctx)
+        data = await self._read(ctx)
         now = ctx.now()
         try:
             current = jk.current_signing_key(data)

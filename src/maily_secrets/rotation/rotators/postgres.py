@@ -50,11 +50,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import psycopg
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 
 from ...errors import PermissionDenied, SecretNotFound, VaultError
 from ...targets import random_password
@@ -68,13 +67,15 @@ from ...targets.postgres import (
     scram_sha256_verifier,
     scrub,
 )
-from ..base import (
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-    option_password_length,
-    option_seconds,
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import (
+    PasswordLength,
+    RotatorOptions,
+    Seconds,
+    SecretName,
+    admin_secret,
+    in_use,
+    promote_fields,
 )
 
 ADMIN_FIELDS = ("host", "port", "dbname", "username", "password")
@@ -82,45 +83,31 @@ DEFAULT_GROUP = "maily_app_group"
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class _Options:
-    admin_secret: str
-    login_roles: tuple[str, str]
-    group: str
-    connect_timeout: float
-    password_length: int
-
-
-def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o = ctx.options
-    problems: list[str] = []
-    admin = o.get("admin_secret")
-    if not isinstance(admin, str) or not admin.strip("/"):
-        problems.append("option admin_secret (the rotator's PostgreSQL admin secret) is not set")
-    roles = o.get("login_roles")
+def _login_roles(value: object) -> tuple[str, str]:
     if (
-        not isinstance(roles, (list, tuple))
-        or len(roles) != 2
-        or not all(isinstance(r, str) and r for r in roles)
-        or roles[0] == roles[1]
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(r, str) and r for r in value)
+        or value[0] == value[1]
     ):
-        problems.append("option login_roles must name two different login roles")
-    group = o.get("group", DEFAULT_GROUP)
-    if not isinstance(group, str) or not group:
-        problems.append("option group must name the group role")
-    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
-    length = option_password_length(o, problems)
-    if problems:
-        return None, problems
-    assert isinstance(admin, str) and isinstance(roles, (list, tuple)) and isinstance(group, str)
-    return _Options(admin.strip("/"), (roles[0], roles[1]), group, timeout, length), []
+        raise ValueError("must name two different login roles")
+    return (value[0], value[1])
 
 
-def _opts(ctx: RotationContext, step: str) -> _Options:
-    opts, problems = _options(ctx)
-    if opts is None:
-        raise RotatorConfigError(f"database {step}: {'; '.join(problems)}")
-    return opts
+def _role(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must name the group role")
+    return value
+
+
+class PostgresOptions(RotatorOptions):
+    error_prefix: ClassVar[str] = "database {step}"
+
+    admin_secret: SecretName
+    login_roles: Annotated[tuple[str, str], BeforeValidator(_login_roles)]
+    group: Annotated[str, BeforeValidator(_role)] = DEFAULT_GROUP
+    connect_timeout: Seconds = 5.0
+    password_length: PasswordLength = 32
 
 
 def _admin_target(data: Mapping[str, Any]) -> tuple[PostgresTarget | None, list[str]]:
@@ -156,18 +143,11 @@ class PostgresTwoRoleRotator(Rotator):
     async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
         return await ctx.read_secret(step=step)
 
-    async def _admin(self, ctx: RotationContext, opts: _Options, step: str) -> PostgresTarget:
+    async def _admin(
+        self, ctx: RotationContext, opts: PostgresOptions, step: str
+    ) -> PostgresTarget:
         path = ctx.secret_path(opts.admin_secret)
-        try:
-            data = (await ctx.client.kv.read(path)).data
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"database {step}: the admin secret {path.data} does not exist"
-            ) from None
-        except PermissionDenied:
-            raise RotatorConfigError(
-                f"database {step}: this token may not read the admin secret {path.data}"
-            ) from None
+        data = await admin_secret(ctx, opts.admin_secret, step)
         target, problems = _admin_target(data)
         if target is None:
             raise RotatorConfigError(
@@ -176,14 +156,14 @@ class PostgresTwoRoleRotator(Rotator):
         return target
 
     @staticmethod
-    def _other(opts: _Options, active: str) -> str:
+    def _other(opts: PostgresOptions, active: str) -> str:
         a, b = opts.login_roles
         return b if active == a else a
 
     # -- talking to PostgreSQL -------------------------------------------------------
     @asynccontextmanager
     async def _admin_conn(
-        self, admin: PostgresTarget, opts: _Options, step: str, role: str
+        self, admin: PostgresTarget, opts: PostgresOptions, step: str, role: str
     ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         secret = admin.password.get_secret_value() if admin.password else None
         kw = {
@@ -213,7 +193,7 @@ class PostgresTwoRoleRotator(Rotator):
         self,
         conn: psycopg.AsyncConnection[Any],
         admin: PostgresTarget,
-        opts: _Options,
+        opts: PostgresOptions,
         role: str,
         password: str,
         step: str,
@@ -249,7 +229,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
-        opts, problems = _options(ctx)
+        opts, problems = PostgresOptions.problems(ctx.options)
         admin: PostgresTarget | None = None
         if opts is not None:
             path = ctx.secret_path(opts.admin_secret)
@@ -278,7 +258,7 @@ class PostgresTwoRoleRotator(Rotator):
         await self._check_server(ctx, opts, admin)
 
     async def _check_server(
-        self, ctx: RotationContext, opts: _Options, admin: PostgresTarget
+        self, ctx: RotationContext, opts: PostgresOptions, admin: PostgresTarget
     ) -> None:
         """Read only: the roles exist and the admin may change their passwords."""
         problems: list[str] = []
@@ -310,7 +290,7 @@ class PostgresTwoRoleRotator(Rotator):
             raise RotatorConfigError(f"database rotation cannot start: {'; '.join(problems)}")
 
     async def describe(self, ctx: RotationContext) -> str:
-        opts, problems = _options(ctx)
+        opts, problems = PostgresOptions.problems(ctx.options)
         if opts is None:
             return f"cannot rotate database: {'; '.join(problems)}"
         try:
@@ -324,7 +304,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = _opts(ctx, "create_pending")
+        opts = PostgresOptions.of(ctx, "create_pending")
         data, _ = await self._consumer(ctx, "create_pending")
         active = data.get("db_username")
         if active not in opts.login_roles:
@@ -354,7 +334,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "apply")
+        opts = PostgresOptions.of(ctx, "apply")
         role = str(pending["role"])
         if role not in opts.login_roles:
             raise RotatorConfigError(f"database apply: {role} is not one of the login roles")
@@ -375,7 +355,7 @@ class PostgresTwoRoleRotator(Rotator):
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "verify")
+        opts = PostgresOptions.of(ctx, "verify")
         role, password = str(pending["role"]), str(pending["password"])
         admin = await self._admin(ctx, opts, "verify")
         data, _ = await self._consumer(ctx, "verify")
@@ -418,38 +398,26 @@ class PostgresTwoRoleRotator(Rotator):
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         role, password = str(pending["role"]), str(pending["password"])
-        previous = pending.get("previous_role")
-        path = ctx.secret_path()
-        data, version = await self._consumer(ctx, "promote")
-        if data.get("db_username") == role and data.get("db_password") == password:
-            return version  # promoted already
 
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
-            active = cur.get("db_username")
-            if active == role and cur.get("db_password") != password:
+        def not_stale(cur: dict[str, Any]) -> None:
+            if cur.get("db_username") == role and cur.get("db_password") != password:
                 raise RotationError(
-                    f"database promote: {path.data} already names {role} with another"
-                    " password; this pending credential is stale"
+                    f"database promote: {ctx.secret_path().data} already names {role} with"
+                    " another password; this pending credential is stale"
                 )
-            if active not in (previous, role):
-                raise RotationError(
-                    f"database promote: db_username of {path.data} changed to {active!r}"
-                    f" during the rotation (expected {previous})"
-                )
-            cur["db_username"] = role
-            cur["db_password"] = password
-            return cur
 
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "database: consumer secret points at the new role",
-            extra={"role": role, "path": path.data, "version": new_version},
+        return await promote_fields(
+            ctx,
+            {"db_username": role, "db_password": password},
+            expect=("db_username", pending.get("previous_role")),
+            check=not_stale,
+            message="consumer secret points at the new role",
+            extra={"role": role},
         )
-        return new_version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Give the target role a random password nobody knows; the active one is untouched."""
-        opts = _opts(ctx, "rollback")
+        opts = PostgresOptions.of(ctx, "rollback")
         role = str(pending["role"])
         await self._guard_not_active(ctx, pending, "rollback", allow_same=False)
         admin = await self._admin(ctx, opts, "rollback")
@@ -477,25 +445,22 @@ class PostgresTwoRoleRotator(Rotator):
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
         """After the grace: report the previous role's open sessions, then give it a random
         password nobody knows. Never the role in use; anything unreadable is an error."""
-        opts = _opts(ctx, "retire")
+        opts = PostgresOptions.of(ctx, "retire")
         role = str(retiring.get("role") or "")
         if role not in opts.login_roles:
             raise RotatorConfigError(
                 f"database retire: {role or '(none)'} is not one of the login roles"
                 f" {', '.join(opts.login_roles)}; not retiring it"
             )
-        data, _ = await self._consumer(ctx, "retire")  # unreadable: raises, nothing changes
-        active = data.get("db_username")
-        if not active:
-            raise RotationError(
-                f"database retire: {ctx.secret_path().data} has no db_username; cannot tell"
-                " which login role is in use, so none is retired"
-            )
-        if active == role:
-            ctx.log.warning(
-                "database: the role to retire is the one in use again; keeping it",
-                extra={"role": role},
-            )
+        if await in_use(
+            ctx,
+            "retire",
+            "db_username",
+            lambda active: active == role,
+            unknown="cannot tell which login role is in use, so none is retired",
+            what="role",
+            extra={"role": role},
+        ):
             return f"{role} is the login role in use again (a later rotation); not retired"
         admin = await self._admin(ctx, opts, "retire")
         async with self._admin_conn(admin, opts, "retire", role) as conn:

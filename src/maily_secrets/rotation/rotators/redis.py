@@ -51,11 +51,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import redis.asyncio as aioredis
-from pydantic import SecretStr
+from pydantic import BeforeValidator, SecretStr
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ...errors import PermissionDenied, SecretNotFound, VaultError
@@ -73,13 +72,17 @@ from ...targets.redis import (
     redis_command,
     scrub,
 )
-from ..base import (
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-    option_password_length,
-    option_seconds,
+from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import (
+    Flag,
+    PasswordLength,
+    RotatorOptions,
+    Seconds,
+    SecretName,
+    admin_secret,
+    in_use,
+    one_of,
+    promote_fields,
 )
 
 DEFAULT_USERNAME_KEY = "redis_username"
@@ -90,78 +93,33 @@ _NO_ACLFILE = "not configured to use an acl file"
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class _Options:
-    acl_user: str
-    admin_secret: str | None
-    username_key: str | None
-    tls: bool
-    connect_timeout: float
-    password_length: int
-    persist: str
-
-
-def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o = ctx.options
-    problems: list[str] = []
-    known = {
-        "acl_user",
-        "admin_secret",
-        "username_key",
-        "tls",
-        "connect_timeout",
-        "password_length",
-        "persist",
-    }
-    unknown = sorted(set(o) - known)
-    if unknown:
-        problems.append(
-            f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
-    user = o.get("acl_user", DEFAULT_ACL_USER)
-    if not isinstance(user, str) or not ACL_USER_NAME.fullmatch(user):
-        problems.append("option acl_user must be an ACL user name (letters, digits, _ . : -)")
-    elif user == "default":
-        problems.append(
-            "option acl_user must not be 'default': give the application an ACL user of its"
+def _acl_user(value: object) -> str:
+    if not isinstance(value, str) or not ACL_USER_NAME.fullmatch(value):
+        raise ValueError("must be an ACL user name (letters, digits, _ . : -)")
+    if value == "default":
+        raise ValueError(
+            "must not be 'default': give the application an ACL user of its"
             " own (ensure_redis_acl_user)"
         )
-    admin = o.get("admin_secret")
-    if admin is not None and (not isinstance(admin, str) or not admin.strip("/")):
-        problems.append("option admin_secret must name a secret (or be left out)")
-    username_key = o.get("username_key", DEFAULT_USERNAME_KEY)
-    if username_key is not None and (not isinstance(username_key, str) or not username_key):
-        problems.append("option username_key must be a key name or null")
-    tls = o.get("tls", False)
-    if not isinstance(tls, bool):
-        problems.append("option tls must be true or false")
-    timeout = option_seconds(o, "connect_timeout", 5.0, problems)
-    length = option_password_length(o, problems)
-    persist = o.get("persist", "acl_save")
-    if persist not in PERSIST_MODES:
-        problems.append(f"option persist must be one of {', '.join(PERSIST_MODES)}")
-    if problems:
-        return None, problems
-    assert isinstance(user, str) and isinstance(length, int)
-    return (
-        _Options(
-            acl_user=user,
-            admin_secret=admin.strip("/") if isinstance(admin, str) else None,
-            username_key=username_key,
-            tls=bool(tls),
-            connect_timeout=timeout,
-            password_length=length,
-            persist=str(persist),
-        ),
-        [],
-    )
+    return value
 
 
-def _opts(ctx: RotationContext, step: str) -> _Options:
-    opts, problems = _options(ctx)
-    if opts is None:
-        raise RotatorConfigError(f"redis {step}: {'; '.join(problems)}")
-    return opts
+def _key_name(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError("must be a key name or null")
+    return value
+
+
+class RedisOptions(RotatorOptions):
+    error_prefix: ClassVar[str] = "redis {step}"
+
+    acl_user: Annotated[str, BeforeValidator(_acl_user)] = DEFAULT_ACL_USER
+    admin_secret: SecretName | None = None
+    username_key: Annotated[str | None, BeforeValidator(_key_name)] = DEFAULT_USERNAME_KEY
+    tls: Flag = False
+    connect_timeout: Seconds = 5.0
+    password_length: PasswordLength = 32
+    persist: Annotated[str, one_of(*PERSIST_MODES)] = "acl_save"
 
 
 def _port(value: object) -> int | None:
@@ -193,7 +151,7 @@ class RedisAclRotator(Rotator):
         return await ctx.read_secret(step=step)
 
     async def _admin(
-        self, ctx: RotationContext, opts: _Options, consumer: Mapping[str, Any], step: str
+        self, ctx: RotationContext, opts: RedisOptions, consumer: Mapping[str, Any], step: str
     ) -> RedisTarget:
         if opts.admin_secret is None:
             if consumer.get(HOST_KEY) and _endpoint(consumer) is None:
@@ -203,16 +161,7 @@ class RedisAclRotator(Rotator):
             ep = _endpoint(consumer) or ("127.0.0.1", 6379)
             return RedisTarget(ep[0], ep[1], tls=opts.tls)
         path = ctx.secret_path(opts.admin_secret)
-        try:
-            data = (await ctx.client.kv.read(path)).data
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"redis {step}: the admin secret {path.data} does not exist"
-            ) from None
-        except PermissionDenied:
-            raise RotatorConfigError(
-                f"redis {step}: this token may not read the admin secret {path.data}"
-            ) from None
+        data = await admin_secret(ctx, opts.admin_secret, step)
         problems: list[str] = []
         app = _endpoint(consumer)
         host = data.get("host") or (app[0] if app else None)
@@ -246,7 +195,7 @@ class RedisAclRotator(Rotator):
     # -- talking to Redis ------------------------------------------------------------
     @asynccontextmanager
     async def _admin_conn(
-        self, admin: RedisTarget, opts: _Options, step: str
+        self, admin: RedisTarget, opts: RedisOptions, step: str
     ) -> AsyncIterator[aioredis.Redis]:
         secret = admin.password.get_secret_value() if admin.password else None
         who = admin.username or "default"
@@ -276,7 +225,7 @@ class RedisAclRotator(Rotator):
         self,
         conn: aioredis.Redis,
         admin: RedisTarget,
-        opts: _Options,
+        opts: RedisOptions,
         step: str,
         *,
         require_enabled: bool = False,
@@ -300,7 +249,7 @@ class RedisAclRotator(Rotator):
         return user
 
     async def _persist(
-        self, ctx: RotationContext, conn: aioredis.Redis, admin: RedisTarget, opts: _Options
+        self, ctx: RotationContext, conn: aioredis.Redis, admin: RedisTarget, opts: RedisOptions
     ) -> None:
         if opts.persist == "none":
             return
@@ -328,7 +277,7 @@ class RedisAclRotator(Rotator):
         remove: str | None = None,
     ) -> bool:
         """Add / remove one password hash of the ACL user; False when nothing changed."""
-        opts = _opts(ctx, step)
+        opts = RedisOptions.of(ctx, step)
         consumer, _ = await self._consumer(ctx, step)
         admin = await self._admin(ctx, opts, consumer, step)
         user_name = str(pending_or_retiring.get("user") or opts.acl_user)
@@ -352,7 +301,7 @@ class RedisAclRotator(Rotator):
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
-        opts, problems = _options(ctx)
+        opts, problems = RedisOptions.problems(ctx.options)
         consumer_path = ctx.secret_path()
         consumer: dict[str, Any] | None = None
         try:
@@ -393,7 +342,7 @@ class RedisAclRotator(Rotator):
             raise RotatorConfigError(str(exc)) from None
 
     async def describe(self, ctx: RotationContext) -> str:
-        opts, problems = _options(ctx)
+        opts, problems = RedisOptions.problems(ctx.options)
         if opts is None:
             return f"cannot rotate redis: {'; '.join(problems)}"
         try:
@@ -408,7 +357,7 @@ class RedisAclRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = _opts(ctx, "create_pending")
+        opts = RedisOptions.of(ctx, "create_pending")
         consumer, _ = await self._consumer(ctx, "create_pending")
         password = random_password(opts.password_length)
         previous = consumer.get(PASSWORD_KEY)
@@ -428,7 +377,7 @@ class RedisAclRotator(Rotator):
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = _opts(ctx, "verify")
+        opts = RedisOptions.of(ctx, "verify")
         consumer, _ = await self._consumer(ctx, "verify")
         user, password = str(pending["user"]), str(pending["password"])
         # where the application connects (the consumer secret), else where the admin does
@@ -459,36 +408,29 @@ class RedisAclRotator(Rotator):
         ctx.log.info("redis: new password works", extra={"user": user, "host": target.host})
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
-        opts = _opts(ctx, "promote")
+        opts = RedisOptions.of(ctx, "promote")
         user, password = str(pending["user"]), str(pending["password"])
-        new_digest = str(pending["password_sha256"])
-        previous = pending.get("previous_sha256")
-        path = ctx.secret_path()
-        data, version = await self._consumer(ctx, "promote")
-        if data.get(PASSWORD_KEY) == password and (
-            not opts.username_key or data.get(opts.username_key) == user
-        ):
-            return version  # promoted already
+        allowed = (pending.get("previous_sha256"), str(pending["password_sha256"]))
 
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
+        def not_stale(cur: dict[str, Any]) -> None:
             have = cur.get(PASSWORD_KEY)
-            have_digest = password_sha256(str(have)) if have else None
-            if have_digest not in (previous, new_digest):
+            if (password_sha256(str(have)) if have else None) not in allowed:
                 raise RotationError(
-                    f"redis promote: {PASSWORD_KEY} of {path.data} changed during the"
-                    " rotation; this pending password is stale"
+                    f"redis promote: {PASSWORD_KEY} of {ctx.secret_path().data} changed during"
+                    " the rotation; this pending password is stale"
                 )
-            cur[PASSWORD_KEY] = password
-            if opts.username_key:
-                cur[opts.username_key] = user
-            return cur
 
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "redis: consumer secret holds the new password",
-            extra={"user": user, "path": path.data, "version": new_version},
+        fields = {
+            PASSWORD_KEY: password,
+            **({opts.username_key: user} if opts.username_key else {}),
+        }
+        return await promote_fields(
+            ctx,
+            fields,
+            check=not_stale,
+            message="consumer secret holds the new password",
+            extra={"user": user},
         )
-        return new_version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Remove the new password from the user (unless the consumer secret names it)."""
@@ -516,18 +458,15 @@ class RedisAclRotator(Rotator):
         digest = str(retiring.get("password_sha256") or "")
         if not SHA256_HEX.fullmatch(digest):
             raise RotationError("redis retire: the retiring record holds no password hash")
-        consumer, _ = await self._consumer(ctx, "retire")
-        current = consumer.get(PASSWORD_KEY)
-        if not current:  # cannot tell whether the password to remove is the one in use
-            raise RotationError(
-                f"redis retire: {ctx.secret_path().data} holds no {PASSWORD_KEY}; not removing"
-                " any password"
-            )
-        if password_sha256(str(current)) == digest:
-            ctx.log.warning(
-                "redis: the password to retire is the one in use again; keeping it",
-                extra={"user": retiring.get("user")},
-            )
+        if await in_use(
+            ctx,
+            "retire",
+            PASSWORD_KEY,
+            lambda current: password_sha256(str(current)) == digest,
+            unknown="not removing any password",
+            what="password",
+            extra={"user": retiring.get("user")},
+        ):
             return
         changed = await self._change_passwords(ctx, "retire", retiring, remove=digest)
         ctx.log.info(

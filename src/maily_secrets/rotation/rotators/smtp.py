@@ -82,7 +82,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...errors import SecretNotFound, VaultError
+from ...errors import VaultError
 from ...targets import random_password
 from ...targets.aws_iam import (
     AwsApiError,
@@ -105,6 +105,7 @@ from ..base import (
     Rotator,
     RotatorConfigError,
 )
+from ..kit import blocking, duration_seconds, password_length, promote_fields
 from ..state import StateStore
 
 PROVIDERS = ("ses", "hook")
@@ -308,14 +309,11 @@ def _argv(o: Mapping[str, Any], name: str, problems: list[str]) -> tuple[str, ..
 
 
 def _seconds(o: Mapping[str, Any], name: str, default: float, problems: list[str]) -> float:
-    raw = o.get(name, default)
     try:
-        if isinstance(raw, bool):
+        v = duration_seconds(o.get(name, default), positive=False)
+        if v > 900:
             raise ValueError
-        v = float(raw)
-        if not 0 <= v <= 900:
-            raise ValueError
-    except (TypeError, ValueError):
+    except ValueError:
         problems.append(f"option {name} must be a number of seconds from 0 to 900")
         return default
     return v
@@ -358,11 +356,10 @@ def parse_smtp_options(o: Mapping[str, Any]) -> tuple[SmtpOptions | None, list[s
         if raw_user is not None and (not isinstance(raw_user, str) or not raw_user):
             problems.append("option username must be a non-empty string")
         username = raw_user if isinstance(raw_user, str) and raw_user else None
-        raw_len = o.get("password_length", 32)
-        if not isinstance(raw_len, int) or isinstance(raw_len, bool) or not 16 <= raw_len <= 256:
-            problems.append("option password_length must be an integer from 16 to 256")
-        else:
-            length = raw_len
+        try:
+            length = password_length(o.get("password_length", 32))
+        except ValueError as exc:
+            problems.append(f"option password_length {exc}")
     elif provider == "ses":
         aws, aws_problems = parse_aws_options(
             {"verify_timeout": verify_timeout, **o}, default_credentials="default", allow_self=False
@@ -417,14 +414,7 @@ class SmtpRotator(Rotator):
         return opts
 
     async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        path = ctx.secret_path()
-        try:
-            cur = await ctx.client.kv.read(path)
-        except SecretNotFound:
-            raise RotatorConfigError(
-                f"smtp {step}: the consumer secret {path.data} does not exist"
-            ) from None
-        return dict(cur.data), cur.version
+        return await ctx.read_secret(step=step)
 
     def _server(
         self, ctx: RotationContext, opts: SmtpOptions, data: Mapping[str, Any], step: str
@@ -499,10 +489,9 @@ class SmtpRotator(Rotator):
                 )
             except AwsApiError as exc:
                 raise RotatorConfigError(str(exc)) from None
-        try:
-            await asyncio.to_thread(smtp_session, server)
-        except SmtpError as exc:
-            raise RotatorConfigError(f"smtp check: {exc}") from None
+        await blocking(
+            "smtp check", smtp_session, server, errors=(SmtpError,), raise_as=RotatorConfigError
+        )
 
     async def describe(self, ctx: RotationContext) -> str:
         try:
@@ -649,30 +638,12 @@ class SmtpRotator(Rotator):
         )
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
-        path = ctx.secret_path()
         username, password = str(pending["username"]), str(pending["password"])
-        previous = pending.get("previous_username")
-        data, version = await self._consumer(ctx, "promote")
-        if data.get("smtp_username") == username and data.get("smtp_password") == password:
-            return version  # promoted already (a rerun after a crash)
-
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
-            active = cur.get("smtp_username") or None
-            if active not in (previous, username):
-                raise RotationError(
-                    f"smtp promote: smtp_username of {path.data} changed to {active!r} during the"
-                    f" rotation (expected {previous})"
-                )
-            cur["smtp_username"] = username
-            cur["smtp_password"] = password
-            return cur
-
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "smtp: consumer secret holds the new credential",
-            extra={"type": ctx.type_name, "path": path.data, "version": new_version},
+        return await promote_fields(
+            ctx,
+            {"smtp_username": username, "smtp_password": password},
+            expect=("smtp_username", pending.get("previous_username")),
         )
-        return new_version
 
     async def _in_use(self, ctx: RotationContext, username: str, password: str | None) -> bool:
         data, _ = await self._consumer(ctx, "rollback")
