@@ -245,11 +245,19 @@ async def test_lease_is_renewed_rotated_before_max_ttl_and_revoked_on_close(
         for text in (repr(handle), repr(rotated), str(rotated)):
             for p in (password(first), password(second)):
                 assert_absent(p, text, "reprs")
+        old_lease = rotated.previous_lease
+        assert old_lease is not None
     finally:
+        # close() revokes every lease still alive; the old one (max_ttl 8 s) may have
+        # ended by itself by now (a loaded machine), and is then not revoked again
+        old_alive = old_lease.remaining() > 1.0 if "old_lease" in locals() else True
         await container.close()
 
     revoked = {e.secret.username for e in sync_events.of("revoked")}
-    assert revoked == {first.username, second.username}
+    assert second.username in revoked
+    assert revoked <= {first.username, second.username}
+    if old_alive:
+        assert first.username in revoked
     for creds in (first, second):
         assert not pg.try_login(creds.username, password(creds))
         assert not pg.role_exists(creds.username)
