@@ -36,15 +36,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..procs import pid_alive
+
 DEFAULT_PORT = 8200
 # Servers started by this process, so that stop() can reap them (no zombie, no
 # ResourceWarning); a server started by another process is stopped by pid.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 MANIFEST_NAME = ".mailyctl-created.json"
@@ -284,26 +286,29 @@ def terminate(pid: int, timeout: float) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as dead
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
+def _reap(pid: int, timeout: float) -> None:
+    """Wait for ``pid`` if this process started it (no zombie, no ResourceWarning)."""
+    child = CHILDREN.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout)
+
+
+def stop_ours(pid: int, ours: Callable[[int], bool], timeout: float) -> bool:
+    """Stop ``pid`` when it runs and ``ours(pid)`` says it is the process we started (not
+    a recycled pid); reap it. Whether it was running."""
+    running = pid_alive(pid) and ours(pid)
+    if running:
+        terminate(pid, timeout)
+    _reap(pid, timeout)
+    return running
 
 
 def _is_our_bao(pid: int, config: Path) -> bool:
@@ -311,7 +316,7 @@ def _is_our_bao(pid: int, config: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _pid_alive(pid)  # no /proc: trust the pid file
+        return pid_alive(pid)  # no /proc: trust the pid file
     return any(a.endswith(b"bao") for a in cmdline[:1]) and f"-config={config}".encode() in cmdline
 
 
@@ -320,7 +325,7 @@ def _is_our_filter(pid: int, log: Path) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _pid_alive(pid)
+        return pid_alive(pid)
     return b"filter-log" in cmdline and str(log).encode() in cmdline
 
 
@@ -344,7 +349,7 @@ class DevServer:
         info = self.info()
         if info is None:
             return None
-        if _pid_alive(info.pid) and _is_our_bao(info.pid, self.config_file):
+        if pid_alive(info.pid) and _is_our_bao(info.pid, self.config_file):
             return info
         return None
 
@@ -426,7 +431,7 @@ class DevServer:
             )
         finally:
             os.close(log_fd)
-        _CHILDREN[log_filter.pid] = log_filter
+        CHILDREN[log_filter.pid] = log_filter
         assert log_filter.stdin is not None
         try:
             proc = subprocess.Popen(
@@ -441,11 +446,11 @@ class DevServer:
         except OSError:
             log_filter.stdin.close()
             log_filter.wait(5)
-            _CHILDREN.pop(log_filter.pid, None)
+            CHILDREN.pop(log_filter.pid, None)
             raise
         finally:
             log_filter.stdin.close()  # the filter sees EOF when bao exits
-        _CHILDREN[proc.pid] = proc
+        CHILDREN[proc.pid] = proc
         info = DevServerInfo(
             pid=proc.pid,
             addr=addr,
@@ -463,8 +468,8 @@ class DevServer:
                 self.state_file.unlink(missing_ok=True)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     log_filter.wait(5)  # the log is complete
-                _CHILDREN.pop(log_filter.pid, None)
-                _CHILDREN.pop(proc.pid, None)
+                CHILDREN.pop(log_filter.pid, None)
+                CHILDREN.pop(proc.pid, None)
                 raise DevServerError(
                     f"bao exited with code {proc.returncode} while starting; see {server_log}"
                 )
@@ -501,14 +506,10 @@ class DevServer:
         """Stop the server we started (pid file) and remove what we made. True if one ran."""
         info = self.info()
         was_running = False
-        if info is not None and _pid_alive(info.pid) and _is_our_bao(info.pid, self.config_file):
-            was_running = True
-            terminate(info.pid, timeout)
         if info is not None:
-            child = _CHILDREN.pop(info.pid, None)
-            if child is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(timeout)
+            was_running = stop_ours(
+                info.pid, lambda pid: _is_our_bao(pid, self.config_file), timeout
+            )
             if info.log_filter_pid:
                 self._stop_filter(info, timeout)
         if self.manifest.exists():
@@ -520,17 +521,14 @@ class DevServer:
         pid = info.log_filter_pid
         log = Path(info.server_log)
         deadline = time.monotonic() + min(timeout, 3.0)
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             if not _is_our_filter(pid, log):
                 break
             time.sleep(0.02)
-        if _pid_alive(pid) and _is_our_filter(pid, log):
+        if pid_alive(pid) and _is_our_filter(pid, log):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        child = _CHILDREN.pop(pid, None)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout)
+        _reap(pid, timeout)
 
 
 # ---------------------------------------------------------------------------- log filter

@@ -54,7 +54,8 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from .server import Manifest, _pid_alive, port_in_use, terminate, write_private
+from ..procs import pid_alive
+from .server import CHILDREN, Manifest, port_in_use, stop_ours, write_private
 
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
@@ -115,10 +116,6 @@ class StandinInfo:
         return f"http://{self.host}:{self.port}"
 
 
-# Processes started by this process (reaped on stop: no zombie, no ResourceWarning).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
 class _Background:
     """A background process of ours, recorded in ``<state>/standins/<name>.json``."""
 
@@ -154,12 +151,12 @@ class _Background:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
-            return _pid_alive(pid)  # no /proc: trust the pid file
+            return pid_alive(pid)  # no /proc: trust the pid file
         return self.module.encode() in cmdline and Path(cwd) == self.dir
 
     def running(self) -> StandinInfo | None:
         info = self.info()
-        if info is not None and _pid_alive(info.pid) and self._ours(info.pid):
+        if info is not None and pid_alive(info.pid) and self._ours(info.pid):
             return info
         return None
 
@@ -184,7 +181,7 @@ class _Background:
             )
         finally:
             os.close(log_fd)
-        _CHILDREN[proc.pid] = proc
+        CHILDREN[proc.pid] = proc
         info = StandinInfo(self.name, proc.pid, "127.0.0.1", port, str(log), time.time())
         _write_private(self.pid_file, json.dumps(asdict(info), indent=2))
         deadline = time.monotonic() + wait
@@ -202,15 +199,7 @@ class _Background:
 
     def stop(self, timeout: float = 10.0) -> bool:
         info = self.info()
-        was_running = False
-        if info is not None and _pid_alive(info.pid) and self._ours(info.pid):
-            was_running = True
-            terminate(info.pid, timeout)
-        if info is not None:
-            child = _CHILDREN.pop(info.pid, None)
-            if child is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.wait(timeout)
+        was_running = info is not None and stop_ours(info.pid, self._ours, timeout)
         self.pid_file.unlink(missing_ok=True)
         return was_running
 
@@ -620,6 +609,17 @@ async def _point_vault_at(
         await client.kv.update(KV2Path(kv_mount, "config"), set_smtp)
 
 
+def _installed(module: str, what: str, lines: list[str]) -> bool:
+    """Whether ``module`` can be imported; if not, a line says why ``what`` is skipped."""
+    if importlib.util.find_spec(module) is not None:
+        return True
+    lines.append(
+        f"  [yellow]{what}: skipped[/yellow] ({module} is not installed:"
+        " pip install 'maily-secrets[devserver]')"
+    )
+    return False
+
+
 def dev_up(
     state_dir: Path,
     vault_addr: str,
@@ -650,12 +650,7 @@ def dev_up(
 
     # -- AWS (moto) -------------------------------------------------------------------
     moto = MotoStandin(state_dir)
-    if importlib.util.find_spec("moto") is None:
-        out.lines.append(
-            "  [yellow]aws: skipped[/yellow] (moto is not installed:"
-            " pip install 'maily-secrets[devserver]')"
-        )
-    else:
+    if _installed("moto", "aws", out.lines):
         try:
             info, started = moto.start()
             if started:
@@ -684,12 +679,7 @@ def dev_up(
     # -- SMTP (aiosmtpd) -----------------------------------------------------------------
     smtp = SmtpStandin(state_dir)
     smtp_ok = False
-    if importlib.util.find_spec("aiosmtpd") is None:
-        out.lines.append(
-            "  [yellow]smtp: skipped[/yellow] (aiosmtpd is not installed:"
-            " pip install 'maily-secrets[devserver]')"
-        )
-    else:
+    if _installed("aiosmtpd", "smtp", out.lines):
         try:
             info, started = smtp.start(SMTP_DEFAULT_PORT)
             if started:

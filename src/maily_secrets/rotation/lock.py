@@ -30,6 +30,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import CheckAndSetConflict
 from ..paths import KV2Path
+from ..procs import pid_alive
 from ..vault.client import VaultClient
 
 log = logging.getLogger("maily_secrets.rotation")
@@ -47,16 +48,6 @@ class LockBusy(Exception):
 
 class LockLost(Exception):
     """This run no longer holds the rotation lock; it must not take another step."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass
@@ -104,7 +95,7 @@ class VaultLock:
         except ValueError:
             return "unreadable"
         if cur.get("host") == socket.gethostname() and isinstance(cur.get("pid"), int):
-            if cur["pid"] != os.getpid() and not _pid_alive(cur["pid"]):
+            if cur["pid"] != os.getpid() and not pid_alive(cur["pid"]):
                 return "holder process gone"
         return None
 

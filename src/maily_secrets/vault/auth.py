@@ -95,6 +95,36 @@ async def _lookup_self(client: Requester, value: str, method: str) -> Token:
     )
 
 
+async def _login(
+    client: Requester,
+    method: str,
+    mount: str,
+    body: dict[str, Any],
+    *,
+    refused: str,
+    hint: str,
+) -> Token:
+    """POST ``auth/<mount>/login``; a 400/403 is :class:`AuthFailed` saying ``refused``
+    and ``hint`` (never the credentials)."""
+    try:
+        r = await client.request(
+            "POST",
+            f"auth/{mount}/login",
+            json_body=body,
+            authenticated=False,
+            idempotent=True,  # a second login only makes a second token
+        )
+    except VaultError as exc:
+        if exc.status in (400, 403):
+            raise AuthFailed(
+                f"{refused} was refused"
+                f" (HTTP {exc.status}: {exc.detail or 'no reason given'}); {hint}",
+                status=exc.status,
+            ) from None
+        raise
+    return _token_from_auth(r.body, method, client)
+
+
 class TokenAuth:
     """A token from ``VAULT_TOKEN``, a token file (re-read on re-login) or ``~/.vault-token``."""
 
@@ -131,24 +161,14 @@ class KubernetesAuth:
 
     async def login(self, client: Requester) -> Token:
         jwt = _read_file(self.jwt_path, "Kubernetes service-account token")
-        try:
-            r = await client.request(
-                "POST",
-                f"auth/{self.mount}/login",
-                json_body={"role": self.role, "jwt": jwt},
-                authenticated=False,
-                idempotent=True,  # a second login only makes a second token
-            )
-        except VaultError as exc:
-            if exc.status in (400, 403):
-                raise AuthFailed(
-                    f"kubernetes login as role {self.role!r} at auth/{self.mount} was refused"
-                    f" (HTTP {exc.status}: {exc.detail or 'no reason given'});"
-                    " check the role's bound service accounts and the JWT",
-                    status=exc.status,
-                ) from None
-            raise
-        return _token_from_auth(r.body, "kubernetes", client)
+        return await _login(
+            client,
+            "kubernetes",
+            self.mount,
+            {"role": self.role, "jwt": jwt},
+            refused=f"kubernetes login as role {self.role!r} at auth/{self.mount}",
+            hint="check the role's bound service accounts and the JWT",
+        )
 
 
 class AppRoleAuth:
@@ -179,24 +199,14 @@ class AppRoleAuth:
             body["secret_id"] = self._secret_id
         elif self._secret_id_file is not None:
             body["secret_id"] = _read_file(self._secret_id_file, "AppRole secret-id")
-        try:
-            r = await client.request(
-                "POST",
-                f"auth/{self.mount}/login",
-                json_body=body,
-                authenticated=False,
-                idempotent=True,  # a second login only makes a second token
-            )
-        except VaultError as exc:
-            if exc.status in (400, 403):
-                raise AuthFailed(
-                    f"approle login at auth/{self.mount} was refused"
-                    f" (HTTP {exc.status}: {exc.detail or 'no reason given'});"
-                    " check the role-id and secret-id",
-                    status=exc.status,
-                ) from None
-            raise
-        return _token_from_auth(r.body, "approle", client)
+        return await _login(
+            client,
+            "approle",
+            self.mount,
+            body,
+            refused=f"approle login at auth/{self.mount}",
+            hint="check the role-id and secret-id",
+        )
 
 
 def auth_from_settings(settings: VaultSettings) -> AuthMethod:

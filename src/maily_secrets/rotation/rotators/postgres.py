@@ -140,9 +140,6 @@ class PostgresTwoRoleRotator(Rotator):
     two_slots = True
 
     # -- reading Vault ---------------------------------------------------------------
-    async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        return await ctx.read_secret(step=step)
-
     async def _admin(
         self, ctx: RotationContext, opts: PostgresOptions, step: str
     ) -> PostgresTarget:
@@ -294,7 +291,7 @@ class PostgresTwoRoleRotator(Rotator):
         if opts is None:
             return f"cannot rotate database: {'; '.join(problems)}"
         try:
-            data, _ = await self._consumer(ctx, "describe")
+            data, _ = await ctx.read_secret(step="describe")
         except (RotationError, VaultError) as exc:
             return f"cannot rotate database: {exc}"
         active = str(data.get("db_username") or "?")
@@ -305,7 +302,7 @@ class PostgresTwoRoleRotator(Rotator):
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
         opts = PostgresOptions.of(ctx, "create_pending")
-        data, _ = await self._consumer(ctx, "create_pending")
+        data, _ = await ctx.read_secret(step="create_pending")
         active = data.get("db_username")
         if active not in opts.login_roles:
             raise RotatorConfigError(
@@ -323,7 +320,7 @@ class PostgresTwoRoleRotator(Rotator):
         self, ctx: RotationContext, pending: dict[str, Any], step: str, *, allow_same: bool
     ) -> bool:
         """Never change the password of the role in use. True: already promoted."""
-        data, _ = await self._consumer(ctx, step)
+        data, _ = await ctx.read_secret(step=step)
         if data.get("db_username") != pending["role"]:
             return False
         if allow_same and data.get("db_password") == pending["password"]:
@@ -358,7 +355,7 @@ class PostgresTwoRoleRotator(Rotator):
         opts = PostgresOptions.of(ctx, "verify")
         role, password = str(pending["role"]), str(pending["password"])
         admin = await self._admin(ctx, opts, "verify")
-        data, _ = await self._consumer(ctx, "verify")
+        data, _ = await ctx.read_secret(step="verify")
         # where the application connects (the consumer secret), else where the admin does
         host = str(data.get("db_host") or admin.host)
         port = int(data.get("db_port") or admin.port)
@@ -420,17 +417,7 @@ class PostgresTwoRoleRotator(Rotator):
         opts = PostgresOptions.of(ctx, "rollback")
         role = str(pending["role"])
         await self._guard_not_active(ctx, pending, "rollback", allow_same=False)
-        admin = await self._admin(ctx, opts, "rollback")
-        async with self._admin_conn(admin, opts, "rollback", role) as conn:
-            found = await self._set_password(
-                conn,
-                admin,
-                opts,
-                role,
-                random_password(opts.password_length),
-                "rollback",
-                ensure_login=False,
-            )
+        admin, found, _ = await self._scramble(ctx, opts, role, "rollback")
         ctx.log.info(
             "database: pending password discarded",
             extra={"role": role, "host": admin.host, "found": found},
@@ -462,18 +449,7 @@ class PostgresTwoRoleRotator(Rotator):
             extra={"role": role},
         ):
             return f"{role} is the login role in use again (a later rotation); not retired"
-        admin = await self._admin(ctx, opts, "retire")
-        async with self._admin_conn(admin, opts, "retire", role) as conn:
-            sessions = await open_sessions(conn, role)
-            found = await self._set_password(
-                conn,
-                admin,
-                opts,
-                role,
-                random_password(opts.password_length),
-                "retire",
-                ensure_login=False,
-            )
+        admin, found, sessions = await self._scramble(ctx, opts, role, "retire")
         if not found:
             return f"previous login role {role} no longer exists on {admin.describe()}"
         total = sum(n for n, _, _ in sessions)
@@ -493,3 +469,22 @@ class PostgresTwoRoleRotator(Rotator):
         return f"retired previous login role {role} (its password no longer works): " + (
             describe_sessions(sessions)
         )
+
+    async def _scramble(
+        self, ctx: RotationContext, opts: PostgresOptions, role: str, step: str
+    ) -> tuple[PostgresTarget, bool, list[tuple[int, str, str | None]]]:
+        """Give ``role`` a random password nobody knows: (admin, role found, its sessions
+        before the change)."""
+        admin = await self._admin(ctx, opts, step)
+        async with self._admin_conn(admin, opts, step, role) as conn:
+            sessions = await open_sessions(conn, role)
+            found = await self._set_password(
+                conn,
+                admin,
+                opts,
+                role,
+                random_password(opts.password_length),
+                step,
+                ensure_login=False,
+            )
+        return admin, found, sessions

@@ -49,6 +49,7 @@ Adopting a Redis that so far used ``requirepass`` / the default user::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, ClassVar
@@ -139,6 +140,12 @@ def _endpoint(data: Mapping[str, Any]) -> tuple[str, int] | None:
     return (str(host), port) if port else None
 
 
+async def _close(conn: aioredis.Redis) -> None:
+    """Close a connection; a failure to close is not the rotation's problem."""
+    with contextlib.suppress(RedisError, OSError):
+        await conn.aclose()
+
+
 # ---------------------------------------------------------------------------- the rotator
 class RedisAclRotator(Rotator):
     """``redis``: a second password on the application's ACL user, then switch to it."""
@@ -147,9 +154,6 @@ class RedisAclRotator(Rotator):
     two_slots = True
 
     # -- reading Vault ---------------------------------------------------------------
-    async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        return await ctx.read_secret(step=step)
-
     async def _admin(
         self, ctx: RotationContext, opts: RedisOptions, consumer: Mapping[str, Any], step: str
     ) -> RedisTarget:
@@ -216,10 +220,7 @@ class RedisAclRotator(Rotator):
                     f" {type(exc).__name__}: {scrub(str(exc), secret)}"
                 ) from None
         finally:
-            try:
-                await conn.aclose()
-            except (RedisError, OSError):
-                pass
+            await _close(conn)
 
     async def _user(
         self,
@@ -278,7 +279,7 @@ class RedisAclRotator(Rotator):
     ) -> bool:
         """Add / remove one password hash of the ACL user; False when nothing changed."""
         opts = RedisOptions.of(ctx, step)
-        consumer, _ = await self._consumer(ctx, step)
+        consumer, _ = await ctx.read_secret(step=step)
         admin = await self._admin(ctx, opts, consumer, step)
         user_name = str(pending_or_retiring.get("user") or opts.acl_user)
         if user_name != opts.acl_user:
@@ -346,7 +347,7 @@ class RedisAclRotator(Rotator):
         if opts is None:
             return f"cannot rotate redis: {'; '.join(problems)}"
         try:
-            consumer, _ = await self._consumer(ctx, "describe")
+            consumer, _ = await ctx.read_secret(step="describe")
             admin = await self._admin(ctx, opts, consumer, "describe")
         except (RotationError, VaultError) as exc:
             return f"cannot rotate redis: {exc}"
@@ -358,7 +359,7 @@ class RedisAclRotator(Rotator):
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
         opts = RedisOptions.of(ctx, "create_pending")
-        consumer, _ = await self._consumer(ctx, "create_pending")
+        consumer, _ = await ctx.read_secret(step="create_pending")
         password = random_password(opts.password_length)
         previous = consumer.get(PASSWORD_KEY)
         return {
@@ -378,7 +379,7 @@ class RedisAclRotator(Rotator):
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         opts = RedisOptions.of(ctx, "verify")
-        consumer, _ = await self._consumer(ctx, "verify")
+        consumer, _ = await ctx.read_secret(step="verify")
         user, password = str(pending["user"]), str(pending["password"])
         # where the application connects (the consumer secret), else where the admin does
         ep = _endpoint(consumer)
@@ -401,10 +402,7 @@ class RedisAclRotator(Rotator):
                 f" {scrub(str(exc), password)}"
             ) from None
         finally:
-            try:
-                await conn.aclose()
-            except (RedisError, OSError):
-                pass
+            await _close(conn)
         ctx.log.info("redis: new password works", extra={"user": user, "host": target.host})
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
@@ -435,7 +433,7 @@ class RedisAclRotator(Rotator):
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Remove the new password from the user (unless the consumer secret names it)."""
         digest = str(pending["password_sha256"])
-        consumer, _ = await self._consumer(ctx, "rollback")
+        consumer, _ = await ctx.read_secret(step="rollback")
         if consumer.get(PASSWORD_KEY) == pending.get("password"):
             raise RotationError(
                 f"redis rollback: {ctx.secret_path().data} already holds the new password;"
