@@ -55,7 +55,8 @@ from pathlib import Path
 from typing import Any
 
 from ..procs import pid_alive
-from .server import CHILDREN, Manifest, port_in_use, stop_ours, write_private
+from .logfilter import write_private
+from .server import CHILDREN, Manifest, port_in_use, stop_ours
 
 STANDIN_DIR = "standins"
 MOTO_USER = "maily-app"
@@ -96,9 +97,6 @@ def free_port(preferred: int | None = None) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-_write_private = write_private  # atomically, mode 0600
 
 
 # ---------------------------------------------------------------------------- processes
@@ -183,7 +181,7 @@ class _Background:
             os.close(log_fd)
         CHILDREN[proc.pid] = proc
         info = StandinInfo(self.name, proc.pid, "127.0.0.1", port, str(log), time.time())
-        _write_private(self.pid_file, json.dumps(asdict(info), indent=2))
+        write_private(self.pid_file, json.dumps(asdict(info), indent=2))
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -327,7 +325,7 @@ class CredentialStore:
             fcntl.flock(lock, fcntl.LOCK_EX)
             creds = self.load()
             yield creds
-            _write_private(self.path, json.dumps({"credentials": creds}, indent=1))
+            write_private(self.path, json.dumps({"credentials": creds}, indent=1))
         finally:
             os.close(lock)
 
@@ -578,7 +576,7 @@ def write_rotation_config(
     manifest = Manifest(Path(state_dir))
     manifest.claim_dir(Path(state_dir).resolve() / STANDIN_DIR, generated=(".*.tmp",))
     path = manifest.claim_file(Path(state_dir).resolve() / STANDIN_DIR / "rotation.yaml")
-    _write_private(
+    write_private(
         path,
         "# Written by `mailyctl dev up`: the built-in config + the local stand-ins"
         " + this dev directory's PostgreSQL roles and Redis user.\n"
