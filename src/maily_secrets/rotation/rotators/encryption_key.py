@@ -217,15 +217,6 @@ class RewrapReport:
     def summary(self) -> str:
         return "; ".join(s.summary() for s in self.sources) or "no rewrap sources"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target_version": self.target,
-            "complete": self.complete,
-            "sources": {
-                s.name: {k: v for k, v in asdict(s).items() if k != "name"} for s in self.sources
-            },
-        }
-
 
 def _error_text(exc: BaseException) -> str:
     # Never the exception's arguments of a source (could hold data): type + first line,
@@ -235,36 +226,30 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _rewrap_batch(
-    transit: Transit, key: str, target: int, batch: Sequence[tuple[Any, str]], rep: SourceReport
-) -> tuple[list[Rewrapped], int]:
-    """The rewrapped items of one batch, and how many were below the target."""
-    old: list[tuple[Any, str]] = []
-    below = 0
-    for item in batch:
-        ident, ct = item[0], item[1]
-        v = ciphertext_version(ct)
-        if v is not None and v >= target:
-            continue
-        below += 1
-        if v is None:  # not a transit ciphertext: transit would refuse it
+async def _rewrap(
+    transit: Transit, key: str, old: Sequence[tuple[Any, str]], rep: SourceReport
+) -> list[Rewrapped]:
+    """``old`` (below the target) rewrapped; what transit refuses is counted in ``rep``."""
+    todo: list[tuple[Any, str]] = []
+    for ident, ct in old:
+        if ciphertext_version(ct) is None:  # not a transit ciphertext: transit would refuse it
             rep.fail(ident)
         else:
-            old.append((ident, ct))
-    if not old:
-        return [], below
+            todo.append((ident, ct))
+    if not todo:
+        return []
     try:
-        new = await transit.rewrap_many(key, [ct for _, ct in old])
-        return [Rewrapped(i, n, ct) for (i, ct), n in zip(old, new, strict=True)], below
+        new = await transit.rewrap_many(key, [ct for _, ct in todo])
+        return [Rewrapped(i, n, ct) for (i, ct), n in zip(todo, new, strict=True)]
     except _ITEM_ERRORS:
         pass  # some items are bad: rewrap one by one and keep the good ones
     out: list[Rewrapped] = []
-    for ident, ct in old:
+    for ident, ct in todo:
         try:
             out.append(Rewrapped(ident, await transit.rewrap(key, ct), ct))
         except _ITEM_ERRORS:
             rep.fail(ident)
-    return out, below
+    return out
 
 
 async def rewrap_source(
@@ -285,8 +270,9 @@ async def rewrap_source(
         below = written = 0
         async for batch in source.batches(batch_size):
             rep.scanned += len(batch)
-            items, n_below = await _rewrap_batch(transit, key, target, batch, rep)
-            below += n_below
+            old = [(i[0], i[1]) for i in batch if (ciphertext_version(i[1]) or 0) < target]
+            below += len(old)
+            items = await _rewrap(transit, key, old, rep)
             if items:
                 await source.write(items)
                 written += len(items)
@@ -355,6 +341,11 @@ class TransitOptions(RotatorOptions):
     def where(self) -> str:
         return f"{self.mount}/keys/{self.key}"
 
+    @property
+    def raises_min(self) -> bool:
+        """Whether retire raises min_decryption_version (never without rewrap sources)."""
+        return bool(self.rewrap_sources) and self.raise_min_decryption_version
+
     @classmethod
     def resolve(cls, ctx: RotationContext) -> tuple[Self | None, list[str]]:
         """The options, or None and one line per problem; the secret may name the key."""
@@ -380,10 +371,6 @@ def _key_of(ctx: RotationContext, state: Mapping[str, Any]) -> tuple[Transit, st
     """The transit engine, key and ``<mount>/keys/<key>`` of a pending or retiring state."""
     mount, key = str(state["mount"]), str(state["key"])
     return Transit(ctx.client, mount), key, f"{mount}/keys/{key}"
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------- the rotator
@@ -451,7 +438,7 @@ class TransitKeyRotator(Rotator):
         names = ", ".join(s.name for s in opts.rewrap_sources)
         tail = (
             f", then raise min_decryption_version to v{kv.latest + 1} after the grace period"
-            if opts.raise_min_decryption_version
+            if opts.raises_min
             else ""
         )
         return f"{head}; rewrap the ciphertexts in {names}{tail}"
@@ -479,7 +466,7 @@ class TransitKeyRotator(Rotator):
             "from_version": latest,
             "new_version": latest + 1,
             "probe_ciphertext": probe_ct,
-            "probe_sha256": _sha(probe),
+            "probe_sha256": hashlib.sha256(probe).hexdigest(),
         }
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
@@ -531,7 +518,7 @@ class TransitKeyRotator(Rotator):
             ) from None
         except VaultError as exc:
             raise RotationError(f"encryption_key verify: {_error_text(exc)}") from None
-        if _sha(old) != pending["probe_sha256"]:
+        if hashlib.sha256(old).hexdigest() != pending["probe_sha256"]:
             raise RotationError(
                 f"encryption_key verify: the v{pending['from_version']} probe of {where}"
                 " decrypted to something else"
@@ -574,7 +561,7 @@ class TransitKeyRotator(Rotator):
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         opts, _ = TransitOptions.resolve(ctx)
-        if opts is None or not opts.rewrap_sources or not opts.raise_min_decryption_version:
+        if opts is None or not opts.raises_min:
             return None
         return {
             "mount": pending["mount"],
@@ -592,11 +579,7 @@ class TransitKeyRotator(Rotator):
             return  # raised already (or by someone else, higher)
         if kv.latest < target:
             raise RotationError(f"encryption_key retire: {where} has no v{target}")
-        if (
-            (retiring["mount"], key) != (opts.mount, opts.key)
-            or not opts.rewrap_sources
-            or not opts.raise_min_decryption_version
-        ):
+        if (retiring["mount"], key) != (opts.mount, opts.key) or not opts.raises_min:
             ctx.log.warning(
                 "encryption_key: min_decryption_version not raised: the configuration no longer"
                 " names rewrap sources for this key (or raise_min_decryption_version is off)",
@@ -660,7 +643,11 @@ class TransitKeyRotator(Rotator):
         """What the rewrap left: ``<state_prefix>/_rewrap/<type>`` (no secret in it)."""
         path = rewrap_record_path(ctx)
         doc = {
-            **report.as_dict(),
+            "target_version": report.target,
+            "complete": report.complete,
+            "sources": {
+                r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in report.sources
+            },
             "rotation_id": ctx.rotation_id,
             "mount": opts.mount,
             "key": opts.key,
