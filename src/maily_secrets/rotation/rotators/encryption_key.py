@@ -318,7 +318,7 @@ def _source_specs(value: object) -> tuple[SourceSpec, ...]:
     if bad:
         raise ValueError(
             "must list source names or {source: module:factory, name: ..., options: {...}}"
-            f" mappings ({', '.join(bad)} is neither)"
+            f" mappings (neither: {', '.join(bad)})"
         )
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -350,6 +350,7 @@ class TransitOptions(RotatorOptions):
     def resolve(cls, ctx: RotationContext) -> tuple[Self | None, list[str]]:
         """The options, or None and one line per problem; the secret may name the key."""
         m = _SECRET.fullmatch(ctx.type_config.secret.strip("/"))
+        # an empty or null key/mount is not set: the secret's (or the default) applies
         given = {k: v for k, v in ctx.options.items() if v or k not in ("key", "mount")}
         opts, problems = cls.problems({**(m.groupdict() if m else {}), **given})
         if not m and not given.get("key"):
@@ -361,6 +362,7 @@ class TransitOptions(RotatorOptions):
 
     @classmethod
     def of(cls, ctx: RotationContext, step: str = "") -> Self:
+        """The options (see :meth:`resolve`), or a :class:`RotatorConfigError` naming them."""
         opts, problems = cls.resolve(ctx)
         if opts is None:
             raise RotatorConfigError(f"encryption_key {step}: {'; '.join(problems)}")
