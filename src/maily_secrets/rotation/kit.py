@@ -311,3 +311,32 @@ async def blocking(
         return await asyncio.to_thread(call, *args)
     except errors as exc:
         raise raise_as(f"{step}: {scrub(str(exc), *secrets)}") from None
+
+
+# ---------------------------------------------------------------------------- encryption_key
+def load_factory(spec: str, where: str) -> Callable[..., Any]:
+    """The callable an import reference ``"package.module:attribute"`` names.
+
+    The attribute may be dotted (``module:Class.method``). Not of that form, not
+    importable, no such attribute or not callable: a :class:`RotatorConfigError`
+    starting with ``where`` (it names the module, never an error's text).
+    """
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RotatorConfigError(f"{where} is not an import reference 'package.module:factory'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RotatorConfigError(
+            f"{where}: cannot import {module_name}: {type(exc).__name__}"
+        ) from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise RotatorConfigError(f"{where}: {module_name} has no {attr}")
+    if not callable(obj):
+        raise RotatorConfigError(f"{where} is not callable (a factory)")
+    factory: Callable[..., Any] = obj
+    return factory

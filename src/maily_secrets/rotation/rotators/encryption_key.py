@@ -44,14 +44,16 @@ a table, a bucket, a dict); the factory gets the :class:`RotationContext`.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import Annotated, Any, NamedTuple, Protocol, Self, runtime_checkable
+
+from pydantic import BeforeValidator, PlainValidator
 
 from ...errors import (
     CiphertextVersionTooOld,
@@ -65,7 +67,7 @@ from ...errors import (
 from ...paths import KV2Path
 from ...vault.transit import Transit
 from ..base import RotationContext, RotationError, Rotator, RotatorConfigError, parse_time
-from ..kit import Flag, RotatorOptions, int_from
+from ..kit import Flag, RotatorOptions, int_from, load_factory
 
 DEFAULT_MOUNT = "transit"
 DEFAULT_BATCH = 500
@@ -126,26 +128,13 @@ def resolve_source_factory(ref: str) -> SourceFactory:
     """A registered name, or ``"package.module:attribute"`` (dotted attribute allowed)."""
     if ref in _REGISTRY:
         return _REGISTRY[ref]
-    module_name, sep, attr = ref.partition(":")
-    if not sep or not module_name or not attr:
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
         raise RotatorConfigError(
             f"rewrap source {ref!r} is neither registered (register_ciphertext_source) nor"
             " an import reference 'package.module:factory'"
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RotatorConfigError(
-            f"rewrap source {ref!r}: cannot import {module_name}: {type(exc).__name__}"
-        ) from None
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise RotatorConfigError(f"rewrap source {ref!r}: {module_name} has no {attr}")
-    if not callable(obj):
-        raise RotatorConfigError(f"rewrap source {ref!r} is not callable (a factory)")
-    factory: SourceFactory = obj
-    return factory
+    return load_factory(ref, f"rewrap source {ref!r}")
 
 
 @dataclass(frozen=True)
@@ -155,55 +144,29 @@ class SourceSpec:
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _source_specs(value: object) -> tuple[list[SourceSpec], list[str]]:
-    if value is None:
-        return [], []
-    if not isinstance(value, list):
-        return [], ["option rewrap_sources must be a list"]
-    specs: list[SourceSpec] = []
-    problems: list[str] = []
-    for i, item in enumerate(value):
-        if isinstance(item, str) and item:
-            specs.append(SourceSpec(item, item))
-        elif isinstance(item, Mapping) and isinstance(item.get("source"), str):
-            extra = set(item) - {"source", "name", "options"}
-            opts = item.get("options") or {}
-            if extra or not isinstance(opts, Mapping):
-                problems.append(
-                    f"rewrap_sources[{i}]: use {{source: module:factory, name: ..., options:"
-                    " {...}}"
-                )
-                continue
-            ref = str(item["source"])
-            specs.append(SourceSpec(ref, str(item.get("name") or ref), dict(opts)))
-        else:
-            problems.append(f"rewrap_sources[{i}] must be a source name or a mapping")
-    names = [s.name for s in specs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        problems.append(f"rewrap_sources names {', '.join(dupes)} more than once")
-    return specs, problems
-
-
-async def _open_source(ctx: RotationContext, spec: SourceSpec) -> CiphertextSource:
-    factory = resolve_source_factory(spec.ref)
-    made = factory(ctx, **spec.options)
-    if inspect.isawaitable(made):
-        made = await made
-    if not isinstance(made, CiphertextSource):
+@asynccontextmanager
+async def _opened(ctx: RotationContext, spec: SourceSpec) -> AsyncIterator[CiphertextSource]:
+    """The source ``spec`` makes; closed (its ``aclose``, if any) when done."""
+    made = resolve_source_factory(spec.ref)(ctx, **spec.options)
+    source = await made if inspect.isawaitable(made) else made
+    if not isinstance(source, CiphertextSource):
         raise RotatorConfigError(
-            f"rewrap source {spec.name!r}: the factory returned a {type(made).__name__},"
+            f"rewrap source {spec.name!r}: the factory returned a {type(source).__name__},"
             " not a CiphertextSource (batches + write)"
         )
-    return made
-
-
-async def _close_source(source: object) -> None:
-    close = getattr(source, "aclose", None)
-    if callable(close):
-        result = close()
-        if inspect.isawaitable(result):
-            await result
+    try:
+        yield source
+    finally:
+        close = getattr(source, "aclose", None)
+        try:
+            if callable(close) and inspect.isawaitable(result := close()):
+                await result
+        except Exception as exc:
+            ctx.log.warning(
+                "encryption_key: closing rewrap source %s failed: %s",
+                spec.name,
+                type(exc).__name__,
+            )
 
 
 def ciphertext_version(ciphertext: object) -> int | None:
@@ -224,6 +187,12 @@ class SourceReport:
     failed_ids: list[str] = field(default_factory=list)
     complete: bool = False  # a pass found nothing below the target
     error: str = ""
+
+    def fail(self, ident: Any) -> None:
+        """Count a ciphertext transit refuses; record its id (the first few)."""
+        self.failed += 1
+        if len(self.failed_ids) < MAX_RECORDED_IDS:
+            self.failed_ids.append(str(ident)[:100])
 
     def summary(self) -> str:
         if self.complete:
@@ -248,25 +217,6 @@ class RewrapReport:
     def summary(self) -> str:
         return "; ".join(s.summary() for s in self.sources) or "no rewrap sources"
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "target_version": self.target,
-            "complete": self.complete,
-            "sources": {
-                s.name: {
-                    "passes": s.passes,
-                    "scanned": s.scanned,
-                    "rewrapped": s.rewrapped,
-                    "remaining": s.remaining,
-                    "failed": s.failed,
-                    "failed_ids": s.failed_ids,
-                    "complete": s.complete,
-                    "error": s.error,
-                }
-                for s in self.sources
-            },
-        }
-
 
 def _error_text(exc: BaseException) -> str:
     # Never the exception's arguments of a source (could hold data): type + first line,
@@ -276,40 +226,30 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def _rewrap_batch(
-    transit: Transit, key: str, target: int, batch: Sequence[tuple[Any, str]], rep: SourceReport
-) -> tuple[list[Rewrapped], int]:
-    """The rewrapped items of one batch, and how many were below the target."""
-    old: list[tuple[Any, str]] = []
-    below = 0
-    for item in batch:
-        ident, ct = item[0], item[1]
-        v = ciphertext_version(ct)
-        if v is not None and v >= target:
-            continue
-        below += 1
-        if v is None:  # not a transit ciphertext: transit would refuse it
-            rep.failed += 1
-            if len(rep.failed_ids) < MAX_RECORDED_IDS:
-                rep.failed_ids.append(str(ident)[:100])
-            continue
-        old.append((ident, ct))
-    if not old:
-        return [], below
+async def _rewrap(
+    transit: Transit, key: str, old: Sequence[tuple[Any, str]], rep: SourceReport
+) -> list[Rewrapped]:
+    """``old`` (below the target) rewrapped; what transit refuses is counted in ``rep``."""
+    todo: list[tuple[Any, str]] = []
+    for ident, ct in old:
+        if ciphertext_version(ct) is None:  # not a transit ciphertext: transit would refuse it
+            rep.fail(ident)
+        else:
+            todo.append((ident, ct))
+    if not todo:
+        return []
     try:
-        new = await transit.rewrap_many(key, [ct for _, ct in old])
-        return [Rewrapped(i, n, ct) for (i, ct), n in zip(old, new, strict=True)], below
+        new = await transit.rewrap_many(key, [ct for _, ct in todo])
+        return [Rewrapped(i, n, ct) for (i, ct), n in zip(todo, new, strict=True)]
     except _ITEM_ERRORS:
         pass  # some items are bad: rewrap one by one and keep the good ones
     out: list[Rewrapped] = []
-    for ident, ct in old:
+    for ident, ct in todo:
         try:
             out.append(Rewrapped(ident, await transit.rewrap(key, ct), ct))
         except _ITEM_ERRORS:
-            rep.failed += 1
-            if len(rep.failed_ids) < MAX_RECORDED_IDS:
-                rep.failed_ids.append(str(ident)[:100])
-    return out, below
+            rep.fail(ident)
+    return out
 
 
 async def rewrap_source(
@@ -330,8 +270,9 @@ async def rewrap_source(
         below = written = 0
         async for batch in source.batches(batch_size):
             rep.scanned += len(batch)
-            items, n_below = await _rewrap_batch(transit, key, target, batch, rep)
-            below += n_below
+            old = [(i[0], i[1]) for i in batch if (ciphertext_version(i[1]) or 0) < target]
+            below += len(old)
+            items = await _rewrap(transit, key, old, rep)
             if items:
                 await source.write(items)
                 written += len(items)
@@ -345,67 +286,93 @@ async def rewrap_source(
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class _Options:
-    mount: str
-    key: str
-    sources: tuple[SourceSpec, ...]
-    batch_size: int
-    passes: int
-    raise_min: bool
+def _named(what: str) -> BeforeValidator:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or not value.strip("/"):
+            raise ValueError(f"must name the {what}")
+        return value.strip("/")
+
+    return BeforeValidator(check)
+
+
+def _source_specs(value: object) -> tuple[SourceSpec, ...]:
+    """``rewrap_sources``: source names, or ``{source, name, options}`` mappings."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("must be a list")
+    specs: list[SourceSpec] = []
+    bad: list[str] = []
+    for i, item in enumerate(value):
+        if isinstance(item, str) and item:
+            specs.append(SourceSpec(item, item))
+        elif (
+            isinstance(item, Mapping)
+            and isinstance(ref := item.get("source"), str)
+            and set(item) <= {"source", "name", "options"}
+            and isinstance(opts := item.get("options") or {}, Mapping)
+        ):
+            specs.append(SourceSpec(ref, str(item.get("name") or ref), dict(opts)))
+        else:
+            bad.append(f"rewrap_sources[{i}]")
+    if bad:
+        raise ValueError(
+            "must list source names or {source: module:factory, name: ..., options: {...}}"
+            f" mappings (neither: {', '.join(bad)})"
+        )
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"names {', '.join(dupes)} more than once")
+    return tuple(specs)
 
 
 class TransitOptions(RotatorOptions):
-    error_prefix: ClassVar[str] = "encryption_key {step}"
+    """``types.encryption_key.options`` (``key``/``mount`` default to the secret's)."""
 
-    key: str | None = None
-    mount: str | None = None
-    rewrap_sources: Any = None
+    key: Annotated[str, _named("transit key")] = ""
+    mount: Annotated[str, _named("transit mount")] = DEFAULT_MOUNT
+    rewrap_sources: Annotated[tuple[SourceSpec, ...], PlainValidator(_source_specs)] = ()
     rewrap_batch_size: Annotated[int, int_from(1, 100_000)] = DEFAULT_BATCH
     rewrap_passes: Annotated[int, int_from(2, 100)] = DEFAULT_PASSES
     raise_min_decryption_version: Flag = True
 
+    @property
+    def where(self) -> str:
+        return f"{self.mount}/keys/{self.key}"
 
-def _options(ctx: RotationContext) -> tuple[_Options | None, list[str]]:
-    o, problems = TransitOptions.problems(ctx.options)
-    m = _SECRET.fullmatch(ctx.type_config.secret.strip("/"))
-    raw = ctx.options
-    key = raw.get("key") or (m.group("key") if m else None)
-    mount = raw.get("mount") or (m.group("mount") if m else DEFAULT_MOUNT)
-    if not isinstance(key, str) or not key:
-        problems.append(
-            "no transit key: set option key, or secret to '<mount>/keys/<key>'"
-            f" (it is {ctx.type_config.secret!r})"
-        )
-    if not isinstance(mount, str) or not mount.strip("/"):
-        problems.append("option mount must name the transit mount")
-    specs, bad = _source_specs(raw.get("rewrap_sources"))
-    problems += bad
-    if problems or o is None:
-        return None, list(dict.fromkeys(problems))
-    assert isinstance(key, str) and isinstance(mount, str)
-    return (
-        _Options(
-            mount.strip("/"),
-            key,
-            tuple(specs),
-            o.rewrap_batch_size,
-            o.rewrap_passes,
-            o.raise_min_decryption_version,
-        ),
-        [],
-    )
+    @property
+    def raises_min(self) -> bool:
+        """Whether retire raises min_decryption_version (never without rewrap sources)."""
+        return bool(self.rewrap_sources) and self.raise_min_decryption_version
 
+    @classmethod
+    def resolve(cls, ctx: RotationContext) -> tuple[Self | None, list[str]]:
+        """The options, or None and one line per problem; the secret may name the key."""
+        m = _SECRET.fullmatch(ctx.type_config.secret.strip("/"))
+        # an empty or null key/mount is not set: the secret's (or the default) applies
+        given = {k: v for k, v in ctx.options.items() if v or k not in ("key", "mount")}
+        opts, problems = cls.problems({**(m.groupdict() if m else {}), **given})
+        if not m and not given.get("key"):
+            problems.append(
+                "no transit key: set option key, or secret to '<mount>/keys/<key>'"
+                f" (it is {ctx.type_config.secret!r})"
+            )
+        return (None if problems else opts), problems
 
-def _opts(ctx: RotationContext, step: str) -> _Options:
-    opts, problems = _options(ctx)
-    if opts is None:
-        raise RotatorConfigError(f"encryption_key {step}: {'; '.join(problems)}")
-    return opts
+    @classmethod
+    def of(cls, ctx: RotationContext, step: str = "") -> Self:
+        """The options (see :meth:`resolve`), or a :class:`RotatorConfigError` naming them."""
+        opts, problems = cls.resolve(ctx)
+        if opts is None:
+            raise RotatorConfigError(f"encryption_key {step}: {'; '.join(problems)}")
+        return opts
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def _key_of(ctx: RotationContext, state: Mapping[str, Any]) -> tuple[Transit, str, str]:
+    """The transit engine, key and ``<mount>/keys/<key>`` of a pending or retiring state."""
+    mount, key = str(state["mount"]), str(state["key"])
+    return Transit(ctx.client, mount), key, f"{mount}/keys/{key}"
 
 
 # ---------------------------------------------------------------------------- the rotator
@@ -414,30 +381,14 @@ class TransitKeyRotator(Rotator):
 
     type_name = "encryption_key"
 
-    @staticmethod
-    def _transit(ctx: RotationContext, mount: str) -> Transit:
-        return Transit(ctx.client, mount)
-
-    @staticmethod
-    def _where(opts_or_pending: _Options | Mapping[str, Any]) -> str:
-        if isinstance(opts_or_pending, _Options):
-            return f"{opts_or_pending.mount}/keys/{opts_or_pending.key}"
-        return f"{opts_or_pending['mount']}/keys/{opts_or_pending['key']}"
-
-    async def _key_info(self, ctx: RotationContext, mount: str, key: str, step: str) -> Any:
-        try:
-            return await self._transit(ctx, mount).read_key(key)
-        except (SecretNotFound, InvalidPath) as exc:
-            raise RotatorConfigError(f"encryption_key {step}: {exc}") from None
-
     # -- schedule / dry run ----------------------------------------------------------
     async def created_at(self, ctx: RotationContext) -> datetime | None:
         """When the key's latest version was made (the key's creation, if never rotated)."""
-        opts, _ = _options(ctx)
+        opts, _ = TransitOptions.resolve(ctx)
         if opts is None:
             return None
         try:
-            info = await self._transit(ctx, opts.mount).read_key(opts.key)
+            info = await Transit(ctx.client, opts.mount).read_key(opts.key)
         except (VaultError, ValueError):
             return None
         keys = info.get("keys") or {}
@@ -453,19 +404,19 @@ class TransitKeyRotator(Rotator):
             return None
 
     async def check(self, ctx: RotationContext) -> None:
-        opts, problems = _options(ctx)
+        opts, problems = TransitOptions.resolve(ctx)
         if opts is not None:
-            for spec in opts.sources:
+            for spec in opts.rewrap_sources:
                 try:
                     resolve_source_factory(spec.ref)
                 except RotatorConfigError as exc:
                     problems.append(str(exc))
             try:
-                info = await self._transit(ctx, opts.mount).read_key(opts.key)
+                info = await Transit(ctx.client, opts.mount).read_key(opts.key)
             except (SecretNotFound, InvalidPath) as exc:
                 problems.append(str(exc))
             else:
-                if info.get("derived") and opts.sources:
+                if info.get("derived") and opts.rewrap_sources:
                     problems.append(
                         f"transit key {opts.key} is derived: rewrap needs a context per"
                         " ciphertext, which rewrap sources do not give"
@@ -476,35 +427,38 @@ class TransitKeyRotator(Rotator):
             raise RotatorConfigError(f"encryption_key rotation cannot start: {'; '.join(problems)}")
 
     async def describe(self, ctx: RotationContext) -> str:
-        opts, problems = _options(ctx)
+        opts, problems = TransitOptions.resolve(ctx)
         if opts is None:
             return f"cannot rotate encryption_key: {'; '.join(problems)}"
         try:
-            kv = await self._transit(ctx, opts.mount).key_versions(opts.key)
+            kv = await Transit(ctx.client, opts.mount).key_versions(opts.key)
         except VaultError as exc:
             return f"cannot rotate encryption_key: {exc}"
-        head = f"rotate transit key {self._where(opts)} (v{kv.latest} -> v{kv.latest + 1})"
-        if not opts.sources:
+        head = f"rotate transit key {opts.where} (v{kv.latest} -> v{kv.latest + 1})"
+        if not opts.rewrap_sources:
             return f"{head}; no rewrap sources: older versions stay decryptable"
-        names = ", ".join(s.name for s in opts.sources)
+        names = ", ".join(s.name for s in opts.rewrap_sources)
         tail = (
             f", then raise min_decryption_version to v{kv.latest + 1} after the grace period"
-            if opts.raise_min
+            if opts.raises_min
             else ""
         )
         return f"{head}; rewrap the ciphertexts in {names}{tail}"
 
     # -- the protocol ----------------------------------------------------------------
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = _opts(ctx, "create_pending")
-        transit = self._transit(ctx, opts.mount)
-        info = await self._key_info(ctx, opts.mount, opts.key, "create_pending")
+        opts = TransitOptions.of(ctx, "create_pending")
+        transit = Transit(ctx.client, opts.mount)
+        try:
+            info = await transit.read_key(opts.key)
+        except (SecretNotFound, InvalidPath) as exc:
+            raise RotatorConfigError(f"encryption_key create_pending: {exc}") from None
         latest = int(info.get("latest_version") or 0)
         probe = secrets.token_bytes(24)
         probe_ct = await transit.encrypt(opts.key, probe)
         if ciphertext_version(probe_ct) != latest:
             raise RotationError(
-                f"encryption_key create_pending: {self._where(opts)} encrypted with version"
+                f"encryption_key create_pending: {opts.where} encrypted with version"
                 f" {ciphertext_version(probe_ct)}, not its latest v{latest}"
                 " (min_encryption_version?)"
             )
@@ -514,13 +468,12 @@ class TransitKeyRotator(Rotator):
             "from_version": latest,
             "new_version": latest + 1,
             "probe_ciphertext": probe_ct,
-            "probe_sha256": _sha(probe),
+            "probe_sha256": hashlib.sha256(probe).hexdigest(),
         }
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        mount, key = str(pending["mount"]), str(pending["key"])
+        transit, key, where = _key_of(ctx, pending)
         before, target = int(pending["from_version"]), int(pending["new_version"])
-        transit = self._transit(ctx, mount)
         kv = await transit.key_versions(key)
         if kv.latest >= target:
             ctx.log.info(
@@ -530,7 +483,7 @@ class TransitKeyRotator(Rotator):
             return
         if kv.latest != before:
             raise RotationError(
-                f"encryption_key apply: {self._where(pending)} is at version {kv.latest}, below"
+                f"encryption_key apply: {where} is at version {kv.latest}, below"
                 f" the v{before} this rotation started from (was it deleted and re-created?)"
             )
         made = await transit.rotate_key(key)
@@ -540,10 +493,8 @@ class TransitKeyRotator(Rotator):
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        mount, key = str(pending["mount"]), str(pending["key"])
+        transit, key, where = _key_of(ctx, pending)
         target = int(pending["new_version"])
-        where = self._where(pending)
-        transit = self._transit(ctx, mount)
         try:
             kv = await transit.key_versions(key)
             if kv.latest < target:
@@ -569,7 +520,7 @@ class TransitKeyRotator(Rotator):
             ) from None
         except VaultError as exc:
             raise RotationError(f"encryption_key verify: {_error_text(exc)}") from None
-        if _sha(old) != pending["probe_sha256"]:
+        if hashlib.sha256(old).hexdigest() != pending["probe_sha256"]:
             raise RotationError(
                 f"encryption_key verify: the v{pending['from_version']} probe of {where}"
                 " decrypted to something else"
@@ -581,27 +532,26 @@ class TransitKeyRotator(Rotator):
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         """Rewrap every source to the new version; fail (resumably) unless complete."""
-        opts = _opts(ctx, "promote")
-        mount, key = str(pending["mount"]), str(pending["key"])
+        opts = TransitOptions.of(ctx, "promote")
+        transit, key, where = _key_of(ctx, pending)
         target = int(pending["new_version"])
-        if (mount, key) != (opts.mount, opts.key):
+        if (pending["mount"], key) != (opts.mount, opts.key):
             raise RotatorConfigError(
-                f"encryption_key promote: this rotation is of {self._where(pending)}, the"
-                f" configuration now names {self._where(opts)}"
+                f"encryption_key promote: this rotation is of {where}, the"
+                f" configuration now names {opts.where}"
             )
-        if opts.sources:
+        if opts.rewrap_sources:
             report = await self._rewrap_all(ctx, opts, target)
             await self._record(ctx, opts, report, "promote", raised=False)
             if not report.complete:
-                kv = await self._transit(ctx, mount).key_versions(key)
+                kv = await transit.key_versions(key)
                 raise RotationError(
-                    f"encryption_key promote: rewrap to v{target} of {self._where(pending)} is"
+                    f"encryption_key promote: rewrap to v{target} of {where} is"
                     f" incomplete: {report.summary()}; min_decryption_version stays"
                     f" {kv.min_decryption} (older ciphertexts still decrypt); the next run"
                     " resumes the rewrap"
                 )
-        kv = await self._transit(ctx, mount).key_versions(key)
-        return kv.latest
+        return (await transit.key_versions(key)).latest
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """A transit key version cannot be removed: nothing to undo (old versions decrypt)."""
@@ -612,8 +562,8 @@ class TransitKeyRotator(Rotator):
         )
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
-        opts, _ = _options(ctx)
-        if opts is None or not opts.sources or not opts.raise_min:
+        opts, _ = TransitOptions.resolve(ctx)
+        if opts is None or not opts.raises_min:
             return None
         return {
             "mount": pending["mount"],
@@ -623,17 +573,15 @@ class TransitKeyRotator(Rotator):
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         """Raise min_decryption_version, after a final sweep finds nothing left below it."""
-        opts = _opts(ctx, "retire")
-        mount, key = str(retiring["mount"]), str(retiring["key"])
+        opts = TransitOptions.of(ctx, "retire")
+        transit, key, where = _key_of(ctx, retiring)
         target = int(retiring["min_decryption_version"])
-        where = self._where(retiring)
-        transit = self._transit(ctx, mount)
         kv = await transit.key_versions(key)
         if kv.min_decryption >= target:
             return  # raised already (or by someone else, higher)
         if kv.latest < target:
             raise RotationError(f"encryption_key retire: {where} has no v{target}")
-        if (mount, key) != (opts.mount, opts.key) or not opts.sources or not opts.raise_min:
+        if (retiring["mount"], key) != (opts.mount, opts.key) or not opts.raises_min:
             ctx.log.warning(
                 "encryption_key: min_decryption_version not raised: the configuration no longer"
                 " names rewrap sources for this key (or raise_min_decryption_version is off)",
@@ -655,37 +603,28 @@ class TransitKeyRotator(Rotator):
         )
 
     # -- rewrap ----------------------------------------------------------------------
-    async def _rewrap_all(self, ctx: RotationContext, opts: _Options, target: int) -> RewrapReport:
-        transit = self._transit(ctx, opts.mount)
+    async def _rewrap_all(
+        self, ctx: RotationContext, opts: TransitOptions, target: int
+    ) -> RewrapReport:
+        transit = Transit(ctx.client, opts.mount)
         report = RewrapReport(target)
-        for spec in opts.sources:
+        for spec in opts.rewrap_sources:
             rep = SourceReport(spec.name)
             report.sources.append(rep)
-            source: CiphertextSource | None = None
             try:
-                source = await _open_source(ctx, spec)
-                await rewrap_source(
-                    transit,
-                    opts.key,
-                    target,
-                    source,
-                    rep,
-                    batch_size=opts.batch_size,
-                    passes=opts.passes,
-                )
+                async with _opened(ctx, spec) as source:
+                    await rewrap_source(
+                        transit,
+                        opts.key,
+                        target,
+                        source,
+                        rep,
+                        batch_size=opts.rewrap_batch_size,
+                        passes=opts.rewrap_passes,
+                    )
             except Exception as exc:  # a source is the caller's code: any error is its own
                 rep.error = _error_text(exc)
                 rep.complete = False
-            finally:
-                if source is not None:
-                    try:
-                        await _close_source(source)
-                    except Exception as exc:
-                        ctx.log.warning(
-                            "encryption_key: closing rewrap source %s failed: %s",
-                            spec.name,
-                            type(exc).__name__,
-                        )
             log = ctx.log.info if rep.complete else ctx.log.warning
             log(
                 "encryption_key rewrap: %s",
@@ -697,7 +636,7 @@ class TransitKeyRotator(Rotator):
     async def _record(
         self,
         ctx: RotationContext,
-        opts: _Options,
+        opts: TransitOptions,
         report: RewrapReport,
         phase: str,
         *,
@@ -706,7 +645,11 @@ class TransitKeyRotator(Rotator):
         """What the rewrap left: ``<state_prefix>/_rewrap/<type>`` (no secret in it)."""
         path = rewrap_record_path(ctx)
         doc = {
-            **report.as_dict(),
+            "target_version": report.target,
+            "complete": report.complete,
+            "sources": {
+                r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in report.sources
+            },
             "rotation_id": ctx.rotation_id,
             "mount": opts.mount,
             "key": opts.key,
