@@ -26,15 +26,14 @@ from maily_secrets.rotation.base import (
 )
 from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
-from maily_secrets.rotation.rotators.encryption_key import (
+from maily_secrets.rotation.rewrap import (
     CiphertextSource,
     Rewrapped,
-    TransitKeyRotator,
     ciphertext_version,
     register_ciphertext_source,
-    rewrap_record_path,
     unregister_ciphertext_source,
 )
+from maily_secrets.rotation.rotators.encryption_key import TransitKeyRotator, rewrap_record_path
 from maily_secrets.vault.client import VaultClient
 from maily_secrets.vault.transit import Transit
 
