@@ -75,10 +75,12 @@ import importlib
 import inspect
 import re
 import secrets
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from ...errors import PermissionDenied, SecretNotFound
 from ...paths import KV2Path
@@ -92,7 +94,7 @@ from ..base import (
     parse_time,
 )
 from ..config import TypeConfig, format_duration
-from ..kit import scrub
+from ..kit import RotatorOptions, _message, cas_update, int_from, one_of, scrub
 
 Kind = Literal["internal", "provider", "manual"]
 Scope = Literal["all", "automatic", "manual"]
@@ -109,6 +111,7 @@ META_KEY_ID = "key_id."
 SET_COMMAND = "./mailyctl.py secrets set"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+PROVIDER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MIN_BYTES, MAX_BYTES = 16, 256
 
 #: The keys of the integration guide, used when ``options.keys`` is not configured.
@@ -215,36 +218,35 @@ async def _close(provider: ApiKeyProvider) -> None:
             await result
 
 
-T = TypeVar("T")
+async def _vendor(
+    ctx: RotationContext,
+    spec: KeySpec,
+    what: str,
+    method: str,
+    arg: str | None,
+    *values: str | None,
+) -> Any:
+    """Load the key's provider, await ``provider.<method>(arg)``, close the provider.
 
-
-async def _call(spec: KeySpec, what: str, aw: Awaitable[T], *values: str | None) -> T:
-    """Await a provider call; any failure -> RotationError without key values."""
+    Any failure of the call is a RotationError naming the key, the provider and ``what``
+    it could not do, with none of ``values`` (key values) in it.
+    """
+    provider = load_provider(spec, ctx)
     try:
-        return await aw
+        return await getattr(provider, method)(arg)
     except Exception as exc:
         detail = scrub(str(exc), *values) if str(exc).strip() else ""
         raise RotationError(
             f"api key {spec.name}: provider {spec.provider} could not {what}:"
             f" {type(exc).__name__}" + (f": {detail}" if detail else "")
         ) from None
+    finally:
+        await _close(provider)
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class KeySpec:
-    name: str
-    kind: Kind = "manual"
-    instructions: str = ""
-    nbytes: int = 32
-    prefix: str = ""
-    provider: str = ""
-    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
-    configured: bool = True
-
-    @property
-    def automatic(self) -> bool:
-        return self.kind != "manual"
+#: a key's own settings; any other setting of a key is an option of its provider
+KEY_SETTINGS = ("kind", "instructions", "bytes", "prefix", "provider")
 
 
 def key_name_problem(name: object) -> str | None:
@@ -255,99 +257,119 @@ def key_name_problem(name: object) -> str | None:
     return None
 
 
-def _spec(name: str, raw: object) -> tuple[KeySpec | None, list[str]]:
-    where = f"option keys.{name}"
-    problem = key_name_problem(name)
+def _key_name(name: object) -> str:
+    problem = key_name_problem(str(name))
     if problem:
-        return None, [f"{where}: {problem}"]
-    if raw is None:
-        raw = {}
-    if isinstance(raw, str):
-        raw = {"kind": raw}
+        raise ValueError(f": {problem}")  # "option keys.<name>: ..."
+    return str(name)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value.strip()
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 32 or any(c.isspace() for c in value):
+        raise ValueError("must be a short string without spaces")
+    return value
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One key of ``options.keys`` (validated by :class:`ApiKeysOptions`)."""
+
+    name: str = ""
+    kind: Annotated[Kind, one_of(*KINDS)] = "manual"
+    instructions: Annotated[str, BeforeValidator(_text)] = ""
+    nbytes: Annotated[int, Field(alias="bytes"), int_from(MIN_BYTES, MAX_BYTES)] = 32
+    prefix: Annotated[str, BeforeValidator(_prefix)] = ""
+    provider: str = ""
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
+    configured: bool = True
+
+    @property
+    def automatic(self) -> bool:
+        return self.kind != "manual"
+
+
+def _key(raw: object) -> object:
+    """``openai: manual`` is ``{kind: manual}``; other settings go to ``settings``."""
+    if raw is None or isinstance(raw, str):
+        return {} if raw is None else {"kind": raw}
     if not isinstance(raw, Mapping):
-        return None, [f"{where} must be a mapping (kind: manual|internal|provider) or a kind"]
-    problems: list[str] = []
-    kind = raw.get("kind", "manual")
-    if kind not in KINDS:
-        return None, [f"{where}.kind must be one of {', '.join(KINDS)}"]
-    instructions = raw.get("instructions", "")
-    if not isinstance(instructions, str):
-        problems.append(f"{where}.instructions must be a string")
-        instructions = ""
-    nbytes = raw.get("bytes", 32)
-    if (
-        not isinstance(nbytes, int)
-        or isinstance(nbytes, bool)
-        or not (MIN_BYTES <= nbytes <= MAX_BYTES)
-    ):
-        problems.append(f"{where}.bytes must be an integer from {MIN_BYTES} to {MAX_BYTES}")
-        nbytes = 32
-    prefix = raw.get("prefix", "")
-    if not isinstance(prefix, str) or len(prefix) > 32 or any(c.isspace() for c in prefix):
-        problems.append(f"{where}.prefix must be a short string without spaces")
-        prefix = ""
-    provider = raw.get("provider", "")
-    if kind == "provider":
-        if not isinstance(provider, str) or not re.match(
-            r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", provider
-        ):
-            problems.append(f"{where}.provider must be an import path 'package.module:Factory'")
-            provider = ""
-    elif provider:
-        problems.append(f"{where}.provider is only for kind provider")
-    known = {"kind", "instructions", "bytes", "prefix", "provider"}
-    settings = {k: v for k, v in raw.items() if k not in known}
-    if settings and kind != "provider":
-        problems.append(f"{where}: unknown setting(s) {', '.join(sorted(map(str, settings)))}")
-    if problems:
-        return None, problems
-    return (
-        KeySpec(
-            name=name,
-            kind=kind,
-            instructions=instructions.strip(),
-            nbytes=nbytes,
-            prefix=prefix,
-            provider=str(provider or ""),
-            settings=settings,
-        ),
-        [],
-    )
+        raise ValueError("must be a mapping (kind: manual|internal|provider) or a kind")
+    own = {k: v for k, v in raw.items() if k in KEY_SETTINGS}
+    return {**own, "settings": {str(k): v for k, v in raw.items() if k not in KEY_SETTINGS}}
+
+
+def _by_kind(spec: KeySpec) -> KeySpec:
+    """The settings that depend on the kind (a message may start with the setting)."""
+    if spec.kind == "provider":
+        if not PROVIDER_RE.match(spec.provider):
+            raise ValueError(".provider must be an import path 'package.module:Factory'")
+    elif spec.provider:
+        raise ValueError(".provider is only for kind provider")
+    elif spec.settings:
+        raise ValueError(f": unknown setting(s) {', '.join(sorted(spec.settings))}")
+    return spec
+
+
+def _key_map(value: object) -> object:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("must map key names to their kind")
+    return value
+
+
+Keys = Annotated[
+    dict[
+        Annotated[str, BeforeValidator(_key_name)],
+        Annotated[KeySpec, BeforeValidator(_key), AfterValidator(_by_kind)],
+    ],
+    BeforeValidator(_key_map),
+    AfterValidator(lambda keys: {n: replace(s, name=n) for n, s in keys.items()}),
+]
+
+
+class ApiKeysOptions(RotatorOptions):
+    """``types.<name>.options`` of an ``api_keys`` type."""
+
+    scope: Annotated[Scope, one_of(*SCOPES)] = "all"
+    keys: Keys = Field(DEFAULT_KEYS, validate_default=True)
+
+    @classmethod
+    def problems(cls, options: Mapping[str, Any]) -> tuple[Self | None, list[str]]:
+        """As :meth:`RotatorOptions.problems`, naming a key's setting by its path
+        (``option keys.stripe.kind must be one of ...``)."""
+        try:
+            return cls.model_validate(dict(options)), []
+        except ValidationError as exc:
+            errors = exc.errors()
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        out = [f"unknown option(s) {', '.join(unknown)}; valid: keys, scope"] if unknown else []
+        for e in errors:
+            if e["type"] != "extra_forbidden":
+                where, msg = ".".join(str(p) for p in e["loc"] if p != "[key]"), _message(e)
+                out.append(f"option {where}{'' if msg[:1] in '.:' else ' '}{msg}")
+        return None, out
+
+
+def api_keys_options(options: Mapping[str, Any]) -> ApiKeysOptions:
+    """The options of an ``api_keys`` type, or a RotatorConfigError naming each problem."""
+    opts, problems = ApiKeysOptions.problems(options)
+    if opts is None:
+        raise RotatorConfigError(f"api_keys: {'; '.join(problems)}")
+    return opts
 
 
 def key_specs(options: Mapping[str, Any]) -> dict[str, KeySpec]:
     """The configured keys (``options.keys``, else :data:`DEFAULT_KEYS`)."""
-    raw = options.get("keys", DEFAULT_KEYS)
-    if not isinstance(raw, Mapping) or not raw:
-        raise RotatorConfigError("api_keys: option keys must map key names to their kind")
-    specs: dict[str, KeySpec] = {}
-    problems: list[str] = []
-    for name, item in raw.items():
-        spec, bad = _spec(str(name), item)
-        problems += bad
-        if spec is not None:
-            specs[spec.name] = spec
-    if problems:
-        raise RotatorConfigError(f"api_keys: {'; '.join(problems)}")
-    return specs
-
-
-def scope_of(options: Mapping[str, Any]) -> Scope:
-    scope = options.get("scope", "all")
-    for s in SCOPES:
-        if scope == s:
-            return s
-    raise RotatorConfigError(f"api_keys: option scope must be one of {', '.join(SCOPES)}")
+    return api_keys_options(options).keys
 
 
 def uses_api_keys_rotator(type_name: str, tc: TypeConfig) -> bool:
     return (tc.rotator or type_name) == ROTATOR_NAME
-
-
-def _known_options(options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - {"keys", "scope"})
-    if unknown:
-        raise RotatorConfigError(f"api_keys: unknown option(s) {', '.join(unknown)}")
 
 
 # ---------------------------------------------------------------------------- the secret
@@ -477,8 +499,8 @@ class ApiKeysRotator(Rotator):
 
     # -- configuration ---------------------------------------------------------------
     def _config(self, ctx: RotationContext) -> tuple[dict[str, KeySpec], Scope]:
-        _known_options(ctx.options)
-        return key_specs(ctx.options), scope_of(ctx.options)
+        opts = api_keys_options(ctx.options)
+        return opts.keys, opts.scope
 
     @staticmethod
     def _in_scope(spec: KeySpec, scope: Scope) -> bool:
@@ -614,13 +636,9 @@ class ApiKeysRotator(Rotator):
                 if s.kind == "internal":
                     entry["value"] = s.prefix + secrets.token_urlsafe(s.nbytes)
                 else:
-                    provider = load_provider(s, ctx)
-                    try:
-                        new, key_id = await _call(
-                            s, "create a key", provider.create_key(current), current
-                        )
-                    finally:
-                        await _close(provider)
+                    new, key_id = await _vendor(
+                        ctx, s, "create a key", "create_key", current, current
+                    )
                     if not isinstance(new, str) or not new:
                         raise RotationError(
                             f"api key {s.name}: provider {s.provider} returned no key"
@@ -655,11 +673,7 @@ class ApiKeysRotator(Rotator):
             if entry.get("kind") != "provider":
                 continue
             spec = self._provider_spec(specs, name)
-            provider = load_provider(spec, ctx)
-            try:
-                ok = await _call(spec, "verify the new key", provider.verify(value), value)
-            finally:
-                await _close(provider)
+            ok = await _vendor(ctx, spec, "verify the new key", "verify", value, value)
             if ok is False:
                 raise RotationError(f"api key {name}: the vendor does not accept the new key")
 
@@ -669,27 +683,24 @@ class ApiKeysRotator(Rotator):
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         keys = dict(self._keys(pending))
-        path = ctx.secret_path()
         until = ctx.now() + ctx.grace
-        snap = await self._read(ctx, "promote")
-        todo = {n: e for n, e in keys.items() if snap.data.get(n) != e["value"]}
-        version = snap.version
-        if todo:  # else: promoted already (a resumed rotation)
 
-            def change(data: dict[str, Any]) -> dict[str, Any]:
-                for name, entry in todo.items():
-                    if data.get(name) != entry["value"]:
-                        _shift(data, name, entry["value"], until)
-                return data
+        def change(data: dict[str, Any]) -> dict[str, Any] | None:
+            todo = {n: e["value"] for n, e in keys.items() if data.get(n) != e["value"]}
+            if not todo:
+                return None  # promoted already (a resumed rotation)
+            for name, value in todo.items():
+                _shift(data, name, value, until)
+            return data
 
-            version = await ctx.client.kv.update(path, change)
+        version, _ = await cas_update(ctx, "promote", change)
         meta: dict[str, str | None] = {}
         for name, entry in keys.items():
             meta[META_ROTATED_AT + name] = _iso(ctx.now())
             meta[META_ROTATED_BY + name] = f"rotation {ctx.rotation_id}"
             if entry.get("kind") == "provider":
                 meta[META_KEY_ID + name] = entry.get("key_id") or None
-        await update_custom_metadata(ctx.client, path, meta)
+        await update_custom_metadata(ctx.client, ctx.secret_path(), meta)
         manual = pending.get("manual_due") or []
         if manual:
             ctx.log.warning(
@@ -730,7 +741,6 @@ class ApiKeysRotator(Rotator):
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         specs, _ = self._config(ctx)
-        path = ctx.secret_path()
         snap = await self._read(ctx, "retire")
         now = ctx.now()
         drop: list[str] = []
@@ -742,11 +752,7 @@ class ApiKeysRotator(Rotator):
                 target = item.get("old_key_id") or (previous if same else None)
                 if target:
                     spec = self._provider_spec(specs, name)
-                    provider = load_provider(spec, ctx)
-                    try:
-                        await _call(spec, "revoke the old key", provider.revoke(target), previous)
-                    finally:
-                        await _close(provider)
+                    await _vendor(ctx, spec, "revoke the old key", "revoke", target, previous)
                 else:
                     ctx.log.warning(
                         "api keys: the old %s key is no longer known; revoke it at the vendor",
@@ -762,14 +768,13 @@ class ApiKeysRotator(Rotator):
         if not drop:
             return
 
-        def change(data: dict[str, Any]) -> dict[str, Any]:
-            for name in drop:
-                data.pop(name + PREVIOUS, None)
-                data.pop(name + VALID_UNTIL, None)
-            return data
+        def change(data: dict[str, Any]) -> dict[str, Any] | None:
+            fields = [n + s for n in drop for s in RESERVED_SUFFIXES if n + s in data]
+            for f in fields:
+                del data[f]
+            return data if fields else None  # None: retired already
 
-        if any(name + PREVIOUS in snap.data or name + VALID_UNTIL in snap.data for name in drop):
-            await ctx.client.kv.update(path, change)
+        await cas_update(ctx, "retire", change)
         ctx.log.info(
             "api keys: previous keys retired",
             extra={"type": ctx.type_name, "keys": drop, "rotation_id": ctx.rotation_id},
@@ -808,13 +813,9 @@ class ApiKeysRotator(Rotator):
                 continue
             try:
                 spec = self._provider_spec(specs, name)
-                provider = load_provider(spec, ctx)
-                try:
-                    await _call(
-                        spec, "revoke the new key", provider.revoke(str(target)), entry.get("value")
-                    )
-                finally:
-                    await _close(provider)
+                await _vendor(
+                    ctx, spec, "revoke the new key", "revoke", str(target), entry["value"]
+                )
             except RotationError as exc:
                 errors.append(str(exc))
         if errors:
