@@ -220,17 +220,24 @@ async def _close(provider: ApiKeyProvider) -> None:
 
 async def _vendor(
     ctx: RotationContext,
-    spec: KeySpec,
+    specs: Mapping[str, KeySpec],
+    name: str,
     what: str,
     method: str,
     arg: str | None,
     *values: str | None,
 ) -> Any:
-    """Load the key's provider, await ``provider.<method>(arg)``, close the provider.
+    """Load the provider of key ``name``, await ``provider.<method>(arg)``, close it.
 
     Any failure of the call is a RotationError naming the key, the provider and ``what``
     it could not do, with none of ``values`` (key values) in it.
     """
+    spec = specs.get(name)
+    if spec is None or spec.kind != "provider":
+        raise RotatorConfigError(
+            f"api key {name} was rotated through a provider but is no longer configured"
+            " as kind provider"
+        )
     provider = load_provider(spec, ctx)
     try:
         return await getattr(provider, method)(arg)
@@ -386,12 +393,11 @@ class Snapshot:
         return parse_time(self.custom.get(META_ROTATED_AT + name)) or self.created
 
     def unknown_keys(self, specs: Mapping[str, KeySpec]) -> list[str]:
-        out = []
-        for k in self.data:
-            if k in specs or k.endswith(RESERVED_SUFFIXES) or key_name_problem(k):
-                continue
-            out.append(k)
-        return sorted(out)
+        return sorted(
+            k
+            for k in self.data
+            if k not in specs and not k.endswith(RESERVED_SUFFIXES) and not key_name_problem(k)
+        )
 
 
 async def read_snapshot(client: VaultClient, path: KV2Path) -> Snapshot:
@@ -418,12 +424,8 @@ async def update_custom_metadata(
         custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
     except SecretNotFound:
         custom = {}
-    for k, v in changes.items():
-        if v is None:
-            custom.pop(k, None)
-        else:
-            custom[k] = v
-    await client.kv.write_metadata(path, custom_metadata=custom)
+    merged = {k: v for k, v in {**custom, **changes}.items() if v is not None}
+    await client.kv.write_metadata(path, custom_metadata=merged)
 
 
 def fingerprint(value: str) -> str:
@@ -506,9 +508,13 @@ class ApiKeysRotator(Rotator):
     def _in_scope(spec: KeySpec, scope: Scope) -> bool:
         return scope == "all" or (scope == "automatic") == spec.automatic
 
-    def _plan(
-        self, ctx: RotationContext, specs: Mapping[str, KeySpec], scope: Scope, snap: Snapshot
-    ) -> _Plan:
+    async def _plan(
+        self, ctx: RotationContext, step: str
+    ) -> tuple[dict[str, KeySpec], Snapshot, _Plan]:
+        """The keys to rotate now and the manual ones to report; none to rotate: the
+        manual ones are the outcome (ActionRequired)."""
+        specs, scope = self._config(ctx)
+        snap = await self._read(ctx, step)
         every = dict(specs)
         for name in snap.unknown_keys(specs):
             every[name] = KeySpec(name=name, configured=False)
@@ -527,10 +533,13 @@ class ApiKeysRotator(Rotator):
         # The engine runs this type when it is due or asked for explicitly: rotate the
         # automatable keys that are due, else all of them. Manual keys: the due ones;
         # a scope without automatable keys asked for explicitly lists all of them.
-        return _Plan(
+        plan = _Plan(
             automatic=[s for s in auto if due(s)] or auto,
             manual=[s for s in manual if due(s)] or ([] if auto else manual),
         )
+        if not plan.automatic:
+            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        return specs, snap, plan
 
     async def _read(self, ctx: RotationContext, step: str) -> Snapshot:
         path = ctx.secret_path()
@@ -588,8 +597,8 @@ class ApiKeysRotator(Rotator):
         always)."""
         try:
             specs, scope = self._config(ctx)
-            snap = await read_snapshot(ctx.client, ctx.secret_path())
-        except (RotationError, PermissionDenied):
+            snap = await self._read(ctx, "created_at")
+        except RotationError:  # the engine's default: the secret's age
             return await super().created_at(ctx)
         names = [n for n, s in specs.items() if self._in_scope(s, scope)]
         if scope == "manual" and any(not snap.data.get(n) for n in names):
@@ -600,11 +609,7 @@ class ApiKeysRotator(Rotator):
         return min(times) if times else snap.created
 
     async def describe(self, ctx: RotationContext) -> str:
-        specs, scope = self._config(ctx)
-        snap = await self._read(ctx, "describe")
-        plan = self._plan(ctx, specs, scope, snap)
-        if not plan.automatic:
-            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        _, _, plan = await self._plan(ctx, "describe")
         grace = format_duration(ctx.grace) if ctx.grace else "0s"
         parts = [
             f"{s.name} ({'new random key' if s.kind == 'internal' else 'via ' + s.provider})"
@@ -619,11 +624,7 @@ class ApiKeysRotator(Rotator):
         return text
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        specs, scope = self._config(ctx)
-        snap = await self._read(ctx, "create_pending")
-        plan = self._plan(ctx, specs, scope, snap)
-        if not plan.automatic:
-            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        specs, snap, plan = await self._plan(ctx, "create_pending")
         keys: dict[str, dict[str, Any]] = {}
         try:
             for s in plan.automatic:
@@ -637,7 +638,7 @@ class ApiKeysRotator(Rotator):
                     entry["value"] = s.prefix + secrets.token_urlsafe(s.nbytes)
                 else:
                     new, key_id = await _vendor(
-                        ctx, s, "create a key", "create_key", current, current
+                        ctx, specs, s.name, "create a key", "create_key", current, current
                     )
                     if not isinstance(new, str) or not new:
                         raise RotationError(
@@ -672,8 +673,7 @@ class ApiKeysRotator(Rotator):
                 raise RotationError(f"api key {name}: the pending key is empty")
             if entry.get("kind") != "provider":
                 continue
-            spec = self._provider_spec(specs, name)
-            ok = await _vendor(ctx, spec, "verify the new key", "verify", value, value)
+            ok = await _vendor(ctx, specs, name, "verify the new key", "verify", value, value)
             if ok is False:
                 raise RotationError(f"api key {name}: the vendor does not accept the new key")
 
@@ -725,18 +725,11 @@ class ApiKeysRotator(Rotator):
         return self.manual_message(ctx, manual, snap)
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
-        items = []
-        for name, entry in self._keys(pending):
-            if not entry.get("old_fp") and not entry.get("old_key_id"):
-                continue  # there was no previous key
-            items.append(
-                {
-                    "name": name,
-                    "kind": entry.get("kind"),
-                    "old_fp": entry.get("old_fp"),
-                    "old_key_id": entry.get("old_key_id"),
-                }
-            )
+        items = [
+            {"name": name, **{k: entry.get(k) for k in ("kind", "old_fp", "old_key_id")}}
+            for name, entry in self._keys(pending)
+            if entry.get("old_fp") or entry.get("old_key_id")  # else: there was none
+        ]
         return {"keys": items} if items else None
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
@@ -751,8 +744,8 @@ class ApiKeysRotator(Rotator):
             if item.get("kind") == "provider":
                 target = item.get("old_key_id") or (previous if same else None)
                 if target:
-                    spec = self._provider_spec(specs, name)
-                    await _vendor(ctx, spec, "revoke the old key", "revoke", target, previous)
+                    what = "revoke the old key"
+                    await _vendor(ctx, specs, name, what, "revoke", target, previous)
                 else:
                     ctx.log.warning(
                         "api keys: the old %s key is no longer known; revoke it at the vendor",
@@ -786,16 +779,6 @@ class ApiKeysRotator(Rotator):
         keys = pending.get("keys") or {}
         return [(str(n), e) for n, e in keys.items() if isinstance(e, dict)]
 
-    @staticmethod
-    def _provider_spec(specs: Mapping[str, KeySpec], name: str) -> KeySpec:
-        spec = specs.get(name)
-        if spec is None or spec.kind != "provider":
-            raise RotatorConfigError(
-                f"api key {name} was rotated through a provider but is no longer configured"
-                " as kind provider"
-            )
-        return spec
-
     async def _revoke_new(
         self,
         ctx: RotationContext,
@@ -804,23 +787,20 @@ class ApiKeysRotator(Rotator):
         *,
         swallow: bool,
     ) -> None:
+        """Revoke the new vendor keys of ``keys`` (rollback, or a failed create_pending):
+        every one is tried; the failures are raised together, or logged if ``swallow``."""
         errors: list[str] = []
         for name, entry in keys.items():
-            if entry.get("kind") != "provider":
-                continue
-            target = entry.get("key_id") or entry.get("value")
-            if not target:
+            target, value = entry.get("key_id") or entry.get("value"), entry.get("value")
+            if entry.get("kind") != "provider" or not target:
                 continue
             try:
-                spec = self._provider_spec(specs, name)
-                await _vendor(
-                    ctx, spec, "revoke the new key", "revoke", str(target), entry["value"]
-                )
+                await _vendor(ctx, specs, name, "revoke the new key", "revoke", str(target), value)
             except RotationError as exc:
                 errors.append(str(exc))
+        if errors and not swallow:
+            raise RotationError("; ".join(errors))
         if errors:
-            if not swallow:
-                raise RotationError("; ".join(errors))
             ctx.log.error(
                 "api keys: new keys could not be revoked: %s",
                 "; ".join(errors),
