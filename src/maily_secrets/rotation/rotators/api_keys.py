@@ -2,7 +2,7 @@
 
 A third-party key (Stripe, SendGrid, OpenAI, ...) is never replaced by a random
 string: only the vendor can issue one. Every key of the secret has a *kind*
-(``types.api_keys.options.keys``)::
+(``types.api_keys.options.keys``; without it :data:`DEFAULT_KEYS`, the guide's)::
 
     api_keys:
       secret: api-keys
@@ -18,51 +18,40 @@ string: only the vendor can issue one. Every key of the secret has a *kind*
           internal_service: {kind: internal, bytes: 32}
           example: {kind: provider, provider: "package.module:Factory", base_url: ...}
 
-- ``internal``  a key Maily issues itself: a new random key (``bytes`` of entropy,
-                URL-safe, optional ``prefix``). Promotion keeps the previous one as
-                ``<name>_previous`` with ``<name>_previous_valid_until`` (RFC 3339) in
-                the same secret, so verifiers accept both until the grace period is
-                over (:func:`valid_internal_keys`); ``retire`` removes it.
-- ``provider``  a vendor with a key-management API, through an
-                :class:`ApiKeyProvider` loaded by import path (``"pkg.mod:Factory"``,
-                called as ``Factory(name=..., options=..., ctx=...)`` where ``options``
-                are the key's other settings). ``create_pending`` asks the vendor for a
-                new key (the engine stores it in the rotation state before anything
-                else), ``verify`` uses it, ``promote`` writes it (check-and-set; the old
-                one stays as ``<name>_previous`` during the grace period), ``retire``
-                revokes the old key at the vendor (by its key id when one was recorded,
-                else by value). A failed verification revokes the new key.
-- ``manual``    (the default, also for keys found in the secret but not configured)
-                never written by a rotation. When due, the run reports
-                ``action_required`` with ``instructions`` and the command that stores
-                the new value: ``./mailyctl.py secrets set api-keys <name>``.
+- ``internal``  a key Maily issues itself: ``bytes`` of entropy, URL-safe, optional
+                ``prefix``. Promotion keeps the previous one as ``<name>_previous``
+                with ``<name>_previous_valid_until`` (RFC 3339), so verifiers accept
+                both until the grace period is over (:func:`valid_internal_keys`);
+                ``retire`` removes it.
+- ``provider``  a vendor's key-management API through an :class:`ApiKeyProvider`
+                (``Factory(name=..., options=<the key's other settings>, ctx=...)``).
+                ``create_pending`` asks the vendor for a new key (stored in the rotation
+                state before anything else), ``verify`` uses it, ``promote`` writes it
+                (the old one stays as ``<name>_previous`` during the grace period),
+                ``retire`` revokes the old key at the vendor (by its key id when one was
+                recorded, else by value). A failed verification revokes the new key.
+- ``manual``    (the default, also for keys in the secret but not configured) never
+                written by a rotation: when due, the run reports ``action_required``
+                with ``instructions`` and the command that stores the new value,
+                ``./mailyctl.py secrets set api-keys <name>``.
 
-Per-key schedule: the time a key was last rotated is non-secret KV custom metadata
-of the secret, ``rotated_at.<name>`` (and ``rotated_by.<name>``; ``key_id.<name>``
-for provider keys), written by ``promote`` and by ``secrets set``, so a key stored
-by hand counts as rotated. A key without a record is as old as the secret. A key is
-due when it is older than the type's interval (a manual key also when it is not set).
-When the engine runs the type (it is due, or asked for without ``--due``), the due
-automatable keys are rotated, or all of them when none is due; the due manual keys
-are reported, or all of them when the scope has no automatable key and none is due.
+Per-key schedule: non-secret KV custom metadata ``rotated_at.<name>`` (and
+``rotated_by.<name>``; ``key_id.<name>`` for provider keys), written by ``promote`` and
+by ``secrets set``, so a key stored by hand counts as rotated; without a record a key is
+as old as the secret. A key is due when older than the type's interval (a manual key
+also when not set). When the type runs, its due automatable keys are rotated (all of
+them when none is due) and its due manual keys reported (all of them when the scope has
+no automatable key and none is due).
 
-Mixed sets and the run's outcome. The engine records one outcome per type, and
-``ActionRequired`` can only come before anything changed (``check``/
-``create_pending``). So:
-
-- ``scope: automatic`` rotates internal and provider keys only;
-- ``scope: manual`` never changes anything: it raises ``ActionRequired`` for the due
-  manual keys (its schedule is the age of the oldest manual key);
-- ``scope: all`` rotates the automatable keys through the normal steps; manual keys
-  that are due are reported with ``ActionRequired`` when no automatable key is to be
-  rotated, otherwise by :meth:`ApiKeysRotator.follow_up` after promotion (an engine
-  hook; until the engine calls it they are logged as a warning).
-
-Two types over the same secret (``api_keys`` with ``scope: automatic`` and, after it,
-``api_keys_manual`` with ``rotator: api_keys`` and ``scope: manual``) give one run
-that records ``rotated`` for the automatable keys and then ``action_required`` for
-the manual ones. Without ``options.keys`` the keys of the guide are used
-(:data:`DEFAULT_KEYS`).
+The engine records one outcome per type, and ``ActionRequired`` can only come before
+anything changed, so: ``scope: automatic`` rotates internal and provider keys only;
+``scope: manual`` never changes anything and raises ``ActionRequired`` for the due manual
+keys (its schedule is the age of the oldest one); ``scope: all`` reports due manual keys
+with ``ActionRequired`` when no automatable key is to be rotated, else by
+:meth:`ApiKeysRotator.follow_up` after promotion (an engine hook; until the engine calls
+it, a warning). Two types over the same secret (``api_keys`` with ``scope: automatic``,
+then ``api_keys_manual`` with ``rotator: api_keys`` and ``scope: manual``) give one run
+that records ``rotated`` for the automatable keys and ``action_required`` for the rest.
 
 Nothing here logs or raises with a key value in the message.
 """
