@@ -281,7 +281,8 @@ class KeySpec:
     instructions: Annotated[str, BeforeValidator(_text)] = ""
     nbytes: Annotated[int, Field(alias="bytes"), int_from(MIN_BYTES, MAX_BYTES)] = 32
     prefix: Annotated[str, BeforeValidator(_prefix)] = ""
-    provider: str = ""
+    # not a string: checked as an import path by _by_kind, as before
+    provider: Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))] = ""
     settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
     configured: bool = True
 
