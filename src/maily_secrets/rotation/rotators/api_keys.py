@@ -2,7 +2,7 @@
 
 A third-party key (Stripe, SendGrid, OpenAI, ...) is never replaced by a random
 string: only the vendor can issue one. Every key of the secret has a *kind*
-(``types.api_keys.options.keys``)::
+(``types.api_keys.options.keys``; without it :data:`DEFAULT_KEYS`, the guide's)::
 
     api_keys:
       secret: api-keys
@@ -18,51 +18,40 @@ string: only the vendor can issue one. Every key of the secret has a *kind*
           internal_service: {kind: internal, bytes: 32}
           example: {kind: provider, provider: "package.module:Factory", base_url: ...}
 
-- ``internal``  a key Maily issues itself: a new random key (``bytes`` of entropy,
-                URL-safe, optional ``prefix``). Promotion keeps the previous one as
-                ``<name>_previous`` with ``<name>_previous_valid_until`` (RFC 3339) in
-                the same secret, so verifiers accept both until the grace period is
-                over (:func:`valid_internal_keys`); ``retire`` removes it.
-- ``provider``  a vendor with a key-management API, through an
-                :class:`ApiKeyProvider` loaded by import path (``"pkg.mod:Factory"``,
-                called as ``Factory(name=..., options=..., ctx=...)`` where ``options``
-                are the key's other settings). ``create_pending`` asks the vendor for a
-                new key (the engine stores it in the rotation state before anything
-                else), ``verify`` uses it, ``promote`` writes it (check-and-set; the old
-                one stays as ``<name>_previous`` during the grace period), ``retire``
-                revokes the old key at the vendor (by its key id when one was recorded,
-                else by value). A failed verification revokes the new key.
-- ``manual``    (the default, also for keys found in the secret but not configured)
-                never written by a rotation. When due, the run reports
-                ``action_required`` with ``instructions`` and the command that stores
-                the new value: ``./mailyctl.py secrets set api-keys <name>``.
+- ``internal``  a key Maily issues itself: ``bytes`` of entropy, URL-safe, optional
+                ``prefix``. Promotion keeps the previous one as ``<name>_previous``
+                with ``<name>_previous_valid_until`` (RFC 3339), so verifiers accept
+                both until the grace period is over (:func:`valid_internal_keys`);
+                ``retire`` removes it.
+- ``provider``  a vendor's key-management API through an :class:`ApiKeyProvider`
+                (``Factory(name=..., options=<the key's other settings>, ctx=...)``).
+                ``create_pending`` asks the vendor for a new key (stored in the rotation
+                state before anything else), ``verify`` uses it, ``promote`` writes it
+                (the old one stays as ``<name>_previous`` during the grace period),
+                ``retire`` revokes the old key at the vendor (by its key id when one was
+                recorded, else by value). A failed verification revokes the new key.
+- ``manual``    (the default, also for keys in the secret but not configured) never
+                written by a rotation: when due, the run reports ``action_required``
+                with ``instructions`` and the command that stores the new value,
+                ``./mailyctl.py secrets set api-keys <name>``.
 
-Per-key schedule: the time a key was last rotated is non-secret KV custom metadata
-of the secret, ``rotated_at.<name>`` (and ``rotated_by.<name>``; ``key_id.<name>``
-for provider keys), written by ``promote`` and by ``secrets set``, so a key stored
-by hand counts as rotated. A key without a record is as old as the secret. A key is
-due when it is older than the type's interval (a manual key also when it is not set).
-When the engine runs the type (it is due, or asked for without ``--due``), the due
-automatable keys are rotated, or all of them when none is due; the due manual keys
-are reported, or all of them when the scope has no automatable key and none is due.
+Per-key schedule: non-secret KV custom metadata ``rotated_at.<name>`` (and
+``rotated_by.<name>``; ``key_id.<name>`` for provider keys), written by ``promote`` and
+by ``secrets set``, so a key stored by hand counts as rotated; without a record a key is
+as old as the secret. A key is due when older than the type's interval (a manual key
+also when not set). When the type runs, its due automatable keys are rotated (all of
+them when none is due) and its due manual keys reported (all of them when the scope has
+no automatable key and none is due).
 
-Mixed sets and the run's outcome. The engine records one outcome per type, and
-``ActionRequired`` can only come before anything changed (``check``/
-``create_pending``). So:
-
-- ``scope: automatic`` rotates internal and provider keys only;
-- ``scope: manual`` never changes anything: it raises ``ActionRequired`` for the due
-  manual keys (its schedule is the age of the oldest manual key);
-- ``scope: all`` rotates the automatable keys through the normal steps; manual keys
-  that are due are reported with ``ActionRequired`` when no automatable key is to be
-  rotated, otherwise by :meth:`ApiKeysRotator.follow_up` after promotion (an engine
-  hook; until the engine calls it they are logged as a warning).
-
-Two types over the same secret (``api_keys`` with ``scope: automatic`` and, after it,
-``api_keys_manual`` with ``rotator: api_keys`` and ``scope: manual``) give one run
-that records ``rotated`` for the automatable keys and then ``action_required`` for
-the manual ones. Without ``options.keys`` the keys of the guide are used
-(:data:`DEFAULT_KEYS`).
+The engine records one outcome per type, and ``ActionRequired`` can only come before
+anything changed, so: ``scope: automatic`` rotates internal and provider keys only;
+``scope: manual`` never changes anything and raises ``ActionRequired`` for the due manual
+keys (its schedule is the age of the oldest one); ``scope: all`` reports due manual keys
+with ``ActionRequired`` when no automatable key is to be rotated, else by
+:meth:`ApiKeysRotator.follow_up` after promotion (an engine hook; until the engine calls
+it, a warning). Two types over the same secret (``api_keys`` with ``scope: automatic``,
+then ``api_keys_manual`` with ``rotator: api_keys`` and ``scope: manual``) give one run
+that records ``rotated`` for the automatable keys and ``action_required`` for the rest.
 
 Nothing here logs or raises with a key value in the message.
 """
@@ -75,10 +64,12 @@ import importlib
 import inspect
 import re
 import secrets
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
 from ...errors import PermissionDenied, SecretNotFound
 from ...paths import KV2Path
@@ -92,7 +83,7 @@ from ..base import (
     parse_time,
 )
 from ..config import TypeConfig, format_duration
-from ..kit import scrub
+from ..kit import RotatorOptions, _message, cas_update, int_from, one_of, scrub
 
 Kind = Literal["internal", "provider", "manual"]
 Scope = Literal["all", "automatic", "manual"]
@@ -109,6 +100,7 @@ META_KEY_ID = "key_id."
 SET_COMMAND = "./mailyctl.py secrets set"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+PROVIDER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MIN_BYTES, MAX_BYTES = 16, 256
 
 #: The keys of the integration guide, used when ``options.keys`` is not configured.
@@ -215,36 +207,42 @@ async def _close(provider: ApiKeyProvider) -> None:
             await result
 
 
-T = TypeVar("T")
+async def _vendor(
+    ctx: RotationContext,
+    specs: Mapping[str, KeySpec],
+    name: str,
+    what: str,
+    method: str,
+    arg: str | None,
+    *values: str | None,
+) -> Any:
+    """Load the provider of key ``name``, await ``provider.<method>(arg)``, close it.
 
-
-async def _call(spec: KeySpec, what: str, aw: Awaitable[T], *values: str | None) -> T:
-    """Await a provider call; any failure -> RotationError without key values."""
+    Any failure of the call is a RotationError naming the key, the provider and ``what``
+    it could not do, with none of ``values`` (key values) in it.
+    """
+    spec = specs.get(name)
+    if spec is None or spec.kind != "provider":
+        raise RotatorConfigError(
+            f"api key {name} was rotated through a provider but is no longer configured"
+            " as kind provider"
+        )
+    provider = load_provider(spec, ctx)
     try:
-        return await aw
+        return await getattr(provider, method)(arg)
     except Exception as exc:
         detail = scrub(str(exc), *values) if str(exc).strip() else ""
         raise RotationError(
             f"api key {spec.name}: provider {spec.provider} could not {what}:"
             f" {type(exc).__name__}" + (f": {detail}" if detail else "")
         ) from None
+    finally:
+        await _close(provider)
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class KeySpec:
-    name: str
-    kind: Kind = "manual"
-    instructions: str = ""
-    nbytes: int = 32
-    prefix: str = ""
-    provider: str = ""
-    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
-    configured: bool = True
-
-    @property
-    def automatic(self) -> bool:
-        return self.kind != "manual"
+#: a key's own settings; any other setting of a key is an option of its provider
+KEY_SETTINGS = ("kind", "instructions", "bytes", "prefix", "provider")
 
 
 def key_name_problem(name: object) -> str | None:
@@ -255,99 +253,120 @@ def key_name_problem(name: object) -> str | None:
     return None
 
 
-def _spec(name: str, raw: object) -> tuple[KeySpec | None, list[str]]:
-    where = f"option keys.{name}"
-    problem = key_name_problem(name)
+def _key_name(name: object) -> str:
+    problem = key_name_problem(str(name))
     if problem:
-        return None, [f"{where}: {problem}"]
-    if raw is None:
-        raw = {}
-    if isinstance(raw, str):
-        raw = {"kind": raw}
+        raise ValueError(f": {problem}")  # "option keys.<name>: ..."
+    return str(name)
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value.strip()
+
+
+def _prefix(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 32 or any(c.isspace() for c in value):
+        raise ValueError("must be a short string without spaces")
+    return value
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One key of ``options.keys`` (validated by :class:`ApiKeysOptions`)."""
+
+    name: str = ""
+    kind: Annotated[Kind, one_of(*KINDS)] = "manual"
+    instructions: Annotated[str, BeforeValidator(_text)] = ""
+    nbytes: Annotated[int, Field(alias="bytes"), int_from(MIN_BYTES, MAX_BYTES)] = 32
+    prefix: Annotated[str, BeforeValidator(_prefix)] = ""
+    # not a string: checked as an import path by _by_kind, as before
+    provider: Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))] = ""
+    settings: Mapping[str, Any] = field(default_factory=dict, repr=False)  # provider options
+    configured: bool = True
+
+    @property
+    def automatic(self) -> bool:
+        return self.kind != "manual"
+
+
+def _key(raw: object) -> object:
+    """``openai: manual`` is ``{kind: manual}``; other settings go to ``settings``."""
+    if raw is None or isinstance(raw, str):
+        return {} if raw is None else {"kind": raw}
     if not isinstance(raw, Mapping):
-        return None, [f"{where} must be a mapping (kind: manual|internal|provider) or a kind"]
-    problems: list[str] = []
-    kind = raw.get("kind", "manual")
-    if kind not in KINDS:
-        return None, [f"{where}.kind must be one of {', '.join(KINDS)}"]
-    instructions = raw.get("instructions", "")
-    if not isinstance(instructions, str):
-        problems.append(f"{where}.instructions must be a string")
-        instructions = ""
-    nbytes = raw.get("bytes", 32)
-    if (
-        not isinstance(nbytes, int)
-        or isinstance(nbytes, bool)
-        or not (MIN_BYTES <= nbytes <= MAX_BYTES)
-    ):
-        problems.append(f"{where}.bytes must be an integer from {MIN_BYTES} to {MAX_BYTES}")
-        nbytes = 32
-    prefix = raw.get("prefix", "")
-    if not isinstance(prefix, str) or len(prefix) > 32 or any(c.isspace() for c in prefix):
-        problems.append(f"{where}.prefix must be a short string without spaces")
-        prefix = ""
-    provider = raw.get("provider", "")
-    if kind == "provider":
-        if not isinstance(provider, str) or not re.match(
-            r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", provider
-        ):
-            problems.append(f"{where}.provider must be an import path 'package.module:Factory'")
-            provider = ""
-    elif provider:
-        problems.append(f"{where}.provider is only for kind provider")
-    known = {"kind", "instructions", "bytes", "prefix", "provider"}
-    settings = {k: v for k, v in raw.items() if k not in known}
-    if settings and kind != "provider":
-        problems.append(f"{where}: unknown setting(s) {', '.join(sorted(map(str, settings)))}")
-    if problems:
-        return None, problems
-    return (
-        KeySpec(
-            name=name,
-            kind=kind,
-            instructions=instructions.strip(),
-            nbytes=nbytes,
-            prefix=prefix,
-            provider=str(provider or ""),
-            settings=settings,
-        ),
-        [],
-    )
+        raise ValueError("must be a mapping (kind: manual|internal|provider) or a kind")
+    own = {k: v for k, v in raw.items() if k in KEY_SETTINGS}
+    return {**own, "settings": {str(k): v for k, v in raw.items() if k not in KEY_SETTINGS}}
+
+
+def _by_kind(spec: KeySpec) -> KeySpec:
+    """The settings that depend on the kind (a message may start with the setting)."""
+    if spec.kind == "provider":
+        if not PROVIDER_RE.match(spec.provider):
+            raise ValueError(".provider must be an import path 'package.module:Factory'")
+    elif spec.provider:
+        raise ValueError(".provider is only for kind provider")
+    elif spec.settings:
+        raise ValueError(f": unknown setting(s) {', '.join(sorted(spec.settings))}")
+    return spec
+
+
+def _key_map(value: object) -> object:
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError("must map key names to their kind")
+    return value
+
+
+Keys = Annotated[
+    dict[
+        Annotated[str, BeforeValidator(_key_name)],
+        Annotated[KeySpec, BeforeValidator(_key), AfterValidator(_by_kind)],
+    ],
+    BeforeValidator(_key_map),
+    AfterValidator(lambda keys: {n: replace(s, name=n) for n, s in keys.items()}),
+]
+
+
+class ApiKeysOptions(RotatorOptions):
+    """``types.<name>.options`` of an ``api_keys`` type."""
+
+    scope: Annotated[Scope, one_of(*SCOPES)] = "all"
+    keys: Keys = Field(DEFAULT_KEYS, validate_default=True)
+
+    @classmethod
+    def problems(cls, options: Mapping[str, Any]) -> tuple[Self | None, list[str]]:
+        """As :meth:`RotatorOptions.problems`, naming a key's setting by its path
+        (``option keys.stripe.kind must be one of ...``)."""
+        try:
+            return cls.model_validate(dict(options)), []
+        except ValidationError as exc:
+            errors = exc.errors()
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        out = [f"unknown option(s) {', '.join(unknown)}; valid: keys, scope"] if unknown else []
+        for e in errors:
+            if e["type"] != "extra_forbidden":
+                where, msg = ".".join(str(p) for p in e["loc"] if p != "[key]"), _message(e)
+                out.append(f"option {where}{'' if msg[:1] in '.:' else ' '}{msg}")
+        return None, out
+
+
+def api_keys_options(options: Mapping[str, Any]) -> ApiKeysOptions:
+    """The options of an ``api_keys`` type, or a RotatorConfigError naming each problem."""
+    opts, problems = ApiKeysOptions.problems(options)
+    if opts is None:
+        raise RotatorConfigError(f"api_keys: {'; '.join(problems)}")
+    return opts
 
 
 def key_specs(options: Mapping[str, Any]) -> dict[str, KeySpec]:
     """The configured keys (``options.keys``, else :data:`DEFAULT_KEYS`)."""
-    raw = options.get("keys", DEFAULT_KEYS)
-    if not isinstance(raw, Mapping) or not raw:
-        raise RotatorConfigError("api_keys: option keys must map key names to their kind")
-    specs: dict[str, KeySpec] = {}
-    problems: list[str] = []
-    for name, item in raw.items():
-        spec, bad = _spec(str(name), item)
-        problems += bad
-        if spec is not None:
-            specs[spec.name] = spec
-    if problems:
-        raise RotatorConfigError(f"api_keys: {'; '.join(problems)}")
-    return specs
-
-
-def scope_of(options: Mapping[str, Any]) -> Scope:
-    scope = options.get("scope", "all")
-    for s in SCOPES:
-        if scope == s:
-            return s
-    raise RotatorConfigError(f"api_keys: option scope must be one of {', '.join(SCOPES)}")
+    return api_keys_options(options).keys
 
 
 def uses_api_keys_rotator(type_name: str, tc: TypeConfig) -> bool:
     return (tc.rotator or type_name) == ROTATOR_NAME
-
-
-def _known_options(options: Mapping[str, Any]) -> None:
-    unknown = sorted(set(options) - {"keys", "scope"})
-    if unknown:
-        raise RotatorConfigError(f"api_keys: unknown option(s) {', '.join(unknown)}")
 
 
 # ---------------------------------------------------------------------------- the secret
@@ -364,12 +383,11 @@ class Snapshot:
         return parse_time(self.custom.get(META_ROTATED_AT + name)) or self.created
 
     def unknown_keys(self, specs: Mapping[str, KeySpec]) -> list[str]:
-        out = []
-        for k in self.data:
-            if k in specs or k.endswith(RESERVED_SUFFIXES) or key_name_problem(k):
-                continue
-            out.append(k)
-        return sorted(out)
+        return sorted(
+            k
+            for k in self.data
+            if k not in specs and not k.endswith(RESERVED_SUFFIXES) and not key_name_problem(k)
+        )
 
 
 async def read_snapshot(client: VaultClient, path: KV2Path) -> Snapshot:
@@ -396,12 +414,8 @@ async def update_custom_metadata(
         custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
     except SecretNotFound:
         custom = {}
-    for k, v in changes.items():
-        if v is None:
-            custom.pop(k, None)
-        else:
-            custom[k] = v
-    await client.kv.write_metadata(path, custom_metadata=custom)
+    merged = {k: v for k, v in {**custom, **changes}.items() if v is not None}
+    await client.kv.write_metadata(path, custom_metadata=merged)
 
 
 def fingerprint(value: str) -> str:
@@ -477,16 +491,20 @@ class ApiKeysRotator(Rotator):
 
     # -- configuration ---------------------------------------------------------------
     def _config(self, ctx: RotationContext) -> tuple[dict[str, KeySpec], Scope]:
-        _known_options(ctx.options)
-        return key_specs(ctx.options), scope_of(ctx.options)
+        opts = api_keys_options(ctx.options)
+        return opts.keys, opts.scope
 
     @staticmethod
     def _in_scope(spec: KeySpec, scope: Scope) -> bool:
         return scope == "all" or (scope == "automatic") == spec.automatic
 
-    def _plan(
-        self, ctx: RotationContext, specs: Mapping[str, KeySpec], scope: Scope, snap: Snapshot
-    ) -> _Plan:
+    async def _plan(
+        self, ctx: RotationContext, step: str
+    ) -> tuple[dict[str, KeySpec], Snapshot, _Plan]:
+        """The keys to rotate now and the manual ones to report; none to rotate: the
+        manual ones are the outcome (ActionRequired)."""
+        specs, scope = self._config(ctx)
+        snap = await self._read(ctx, step)
         every = dict(specs)
         for name in snap.unknown_keys(specs):
             every[name] = KeySpec(name=name, configured=False)
@@ -505,10 +523,13 @@ class ApiKeysRotator(Rotator):
         # The engine runs this type when it is due or asked for explicitly: rotate the
         # automatable keys that are due, else all of them. Manual keys: the due ones;
         # a scope without automatable keys asked for explicitly lists all of them.
-        return _Plan(
+        plan = _Plan(
             automatic=[s for s in auto if due(s)] or auto,
             manual=[s for s in manual if due(s)] or ([] if auto else manual),
         )
+        if not plan.automatic:
+            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        return specs, snap, plan
 
     async def _read(self, ctx: RotationContext, step: str) -> Snapshot:
         path = ctx.secret_path()
@@ -566,8 +587,8 @@ class ApiKeysRotator(Rotator):
         always)."""
         try:
             specs, scope = self._config(ctx)
-            snap = await read_snapshot(ctx.client, ctx.secret_path())
-        except (RotationError, PermissionDenied):
+            snap = await self._read(ctx, "created_at")
+        except RotationError:  # the engine's default: the secret's age
             return await super().created_at(ctx)
         names = [n for n, s in specs.items() if self._in_scope(s, scope)]
         if scope == "manual" and any(not snap.data.get(n) for n in names):
@@ -578,11 +599,7 @@ class ApiKeysRotator(Rotator):
         return min(times) if times else snap.created
 
     async def describe(self, ctx: RotationContext) -> str:
-        specs, scope = self._config(ctx)
-        snap = await self._read(ctx, "describe")
-        plan = self._plan(ctx, specs, scope, snap)
-        if not plan.automatic:
-            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        _, _, plan = await self._plan(ctx, "describe")
         grace = format_duration(ctx.grace) if ctx.grace else "0s"
         parts = [
             f"{s.name} ({'new random key' if s.kind == 'internal' else 'via ' + s.provider})"
@@ -597,11 +614,7 @@ class ApiKeysRotator(Rotator):
         return text
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        specs, scope = self._config(ctx)
-        snap = await self._read(ctx, "create_pending")
-        plan = self._plan(ctx, specs, scope, snap)
-        if not plan.automatic:
-            raise ActionRequired(self.manual_message(ctx, plan.manual, snap))
+        specs, snap, plan = await self._plan(ctx, "create_pending")
         keys: dict[str, dict[str, Any]] = {}
         try:
             for s in plan.automatic:
@@ -614,13 +627,9 @@ class ApiKeysRotator(Rotator):
                 if s.kind == "internal":
                     entry["value"] = s.prefix + secrets.token_urlsafe(s.nbytes)
                 else:
-                    provider = load_provider(s, ctx)
-                    try:
-                        new, key_id = await _call(
-                            s, "create a key", provider.create_key(current), current
-                        )
-                    finally:
-                        await _close(provider)
+                    new, key_id = await _vendor(
+                        ctx, specs, s.name, "create a key", "create_key", current, current
+                    )
                     if not isinstance(new, str) or not new:
                         raise RotationError(
                             f"api key {s.name}: provider {s.provider} returned no key"
@@ -654,12 +663,7 @@ class ApiKeysRotator(Rotator):
                 raise RotationError(f"api key {name}: the pending key is empty")
             if entry.get("kind") != "provider":
                 continue
-            spec = self._provider_spec(specs, name)
-            provider = load_provider(spec, ctx)
-            try:
-                ok = await _call(spec, "verify the new key", provider.verify(value), value)
-            finally:
-                await _close(provider)
+            ok = await _vendor(ctx, specs, name, "verify the new key", "verify", value, value)
             if ok is False:
                 raise RotationError(f"api key {name}: the vendor does not accept the new key")
 
@@ -669,27 +673,24 @@ class ApiKeysRotator(Rotator):
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         keys = dict(self._keys(pending))
-        path = ctx.secret_path()
         until = ctx.now() + ctx.grace
-        snap = await self._read(ctx, "promote")
-        todo = {n: e for n, e in keys.items() if snap.data.get(n) != e["value"]}
-        version = snap.version
-        if todo:  # else: promoted already (a resumed rotation)
 
-            def change(data: dict[str, Any]) -> dict[str, Any]:
-                for name, entry in todo.items():
-                    if data.get(name) != entry["value"]:
-                        _shift(data, name, entry["value"], until)
-                return data
+        def change(data: dict[str, Any]) -> dict[str, Any] | None:
+            todo = {n: e["value"] for n, e in keys.items() if data.get(n) != e["value"]}
+            if not todo:
+                return None  # promoted already (a resumed rotation)
+            for name, value in todo.items():
+                _shift(data, name, value, until)
+            return data
 
-            version = await ctx.client.kv.update(path, change)
+        version, _ = await cas_update(ctx, "promote", change)
         meta: dict[str, str | None] = {}
         for name, entry in keys.items():
             meta[META_ROTATED_AT + name] = _iso(ctx.now())
             meta[META_ROTATED_BY + name] = f"rotation {ctx.rotation_id}"
             if entry.get("kind") == "provider":
                 meta[META_KEY_ID + name] = entry.get("key_id") or None
-        await update_custom_metadata(ctx.client, path, meta)
+        await update_custom_metadata(ctx.client, ctx.secret_path(), meta)
         manual = pending.get("manual_due") or []
         if manual:
             ctx.log.warning(
@@ -714,23 +715,15 @@ class ApiKeysRotator(Rotator):
         return self.manual_message(ctx, manual, snap)
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
-        items = []
-        for name, entry in self._keys(pending):
-            if not entry.get("old_fp") and not entry.get("old_key_id"):
-                continue  # there was no previous key
-            items.append(
-                {
-                    "name": name,
-                    "kind": entry.get("kind"),
-                    "old_fp": entry.get("old_fp"),
-                    "old_key_id": entry.get("old_key_id"),
-                }
-            )
+        items = [
+            {"name": name, **{k: entry.get(k) for k in ("kind", "old_fp", "old_key_id")}}
+            for name, entry in self._keys(pending)
+            if entry.get("old_fp") or entry.get("old_key_id")  # else: there was none
+        ]
         return {"keys": items} if items else None
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         specs, _ = self._config(ctx)
-        path = ctx.secret_path()
         snap = await self._read(ctx, "retire")
         now = ctx.now()
         drop: list[str] = []
@@ -741,12 +734,8 @@ class ApiKeysRotator(Rotator):
             if item.get("kind") == "provider":
                 target = item.get("old_key_id") or (previous if same else None)
                 if target:
-                    spec = self._provider_spec(specs, name)
-                    provider = load_provider(spec, ctx)
-                    try:
-                        await _call(spec, "revoke the old key", provider.revoke(target), previous)
-                    finally:
-                        await _close(provider)
+                    what = "revoke the old key"
+                    await _vendor(ctx, specs, name, what, "revoke", target, previous)
                 else:
                     ctx.log.warning(
                         "api keys: the old %s key is no longer known; revoke it at the vendor",
@@ -762,14 +751,13 @@ class ApiKeysRotator(Rotator):
         if not drop:
             return
 
-        def change(data: dict[str, Any]) -> dict[str, Any]:
-            for name in drop:
-                data.pop(name + PREVIOUS, None)
-                data.pop(name + VALID_UNTIL, None)
-            return data
+        def change(data: dict[str, Any]) -> dict[str, Any] | None:
+            fields = [n + s for n in drop for s in RESERVED_SUFFIXES if n + s in data]
+            for f in fields:
+                del data[f]
+            return data if fields else None  # None: retired already
 
-        if any(name + PREVIOUS in snap.data or name + VALID_UNTIL in snap.data for name in drop):
-            await ctx.client.kv.update(path, change)
+        await cas_update(ctx, "retire", change)
         ctx.log.info(
             "api keys: previous keys retired",
             extra={"type": ctx.type_name, "keys": drop, "rotation_id": ctx.rotation_id},
@@ -781,16 +769,6 @@ class ApiKeysRotator(Rotator):
         keys = pending.get("keys") or {}
         return [(str(n), e) for n, e in keys.items() if isinstance(e, dict)]
 
-    @staticmethod
-    def _provider_spec(specs: Mapping[str, KeySpec], name: str) -> KeySpec:
-        spec = specs.get(name)
-        if spec is None or spec.kind != "provider":
-            raise RotatorConfigError(
-                f"api key {name} was rotated through a provider but is no longer configured"
-                " as kind provider"
-            )
-        return spec
-
     async def _revoke_new(
         self,
         ctx: RotationContext,
@@ -799,27 +777,20 @@ class ApiKeysRotator(Rotator):
         *,
         swallow: bool,
     ) -> None:
+        """Revoke the new vendor keys of ``keys`` (rollback, or a failed create_pending):
+        every one is tried; the failures are raised together, or logged if ``swallow``."""
         errors: list[str] = []
         for name, entry in keys.items():
-            if entry.get("kind") != "provider":
-                continue
-            target = entry.get("key_id") or entry.get("value")
-            if not target:
+            target, value = entry.get("key_id") or entry.get("value"), entry.get("value")
+            if entry.get("kind") != "provider" or not target:
                 continue
             try:
-                spec = self._provider_spec(specs, name)
-                provider = load_provider(spec, ctx)
-                try:
-                    await _call(
-                        spec, "revoke the new key", provider.revoke(str(target)), entry.get("value")
-                    )
-                finally:
-                    await _close(provider)
+                await _vendor(ctx, specs, name, "revoke the new key", "revoke", str(target), value)
             except RotationError as exc:
                 errors.append(str(exc))
+        if errors and not swallow:
+            raise RotationError("; ".join(errors))
         if errors:
-            if not swallow:
-                raise RotationError("; ".join(errors))
             ctx.log.error(
                 "api keys: new keys could not be revoked: %s",
                 "; ".join(errors),
