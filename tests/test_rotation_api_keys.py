@@ -23,17 +23,12 @@ import pytest
 import yaml
 from aiohttp import web
 
+from maily_secrets.api_keys import is_valid_internal_key, set_api_key, valid_internal_keys
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.base import RotationContext, rotator_for
 from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
-from maily_secrets.rotation.rotators.api_keys import (
-    ApiKeysRotator,
-    KeySpec,
-    is_valid_internal_key,
-    set_api_key,
-    valid_internal_keys,
-)
+from maily_secrets.rotation.rotators.api_keys import ApiKeysRotator, KeySpec
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

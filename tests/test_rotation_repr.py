@@ -16,12 +16,13 @@ from typing import Any
 import yaml
 from pydantic import SecretStr
 
+from maily_secrets.api_keys import Snapshot
 from maily_secrets.rotation.base import RotationContext
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
 from maily_secrets.rotation.notify import _Smtp
 from maily_secrets.rotation.report import RunReport, TypeResult
 from maily_secrets.rotation.rewrap import SourceSpec
-from maily_secrets.rotation.rotators.api_keys import KeySpec, Snapshot
+from maily_secrets.rotation.rotators.api_keys import KeySpec
 from maily_secrets.rotation.state import Retiring, RotationState
 from maily_secrets.settings import VaultSettings
 from maily_secrets.targets.aws_iam import AwsCreds

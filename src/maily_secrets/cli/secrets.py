@@ -370,16 +370,11 @@ def set_(
 
     Exit codes: 0 stored, 1 Vault failed, 2 bad input (nothing written).
     """
+    from ..api_keys import key_name_problem, set_api_key
     from ..paths import KV2Path
     from ..rotation.base import RotatorConfigError
     from ..rotation.engine import default_actor
-    from ..rotation.rotators.api_keys import (
-        KeySpec,
-        key_name_problem,
-        key_specs,
-        set_api_key,
-        uses_api_keys_rotator,
-    )
+    from ..rotation.rotators.api_keys import KeySpec, key_specs, uses_api_keys_rotator
     from ..vault.client import VaultClient
 
     _logging(log_level)

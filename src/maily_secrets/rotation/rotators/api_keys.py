@@ -58,22 +58,33 @@ Nothing here logs or raises with a key value in the message.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import importlib
 import inspect
 import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 
-from ...errors import PermissionDenied, SecretNotFound
-from ...paths import KV2Path
-from ...vault.client import VaultClient
+from ...api_keys import (
+    META_KEY_ID,
+    META_ROTATED_AT,
+    META_ROTATED_BY,
+    PREVIOUS,
+    RESERVED_SUFFIXES,
+    VALID_UNTIL,
+    Snapshot,
+    fingerprint,
+    iso_seconds,
+    key_name_problem,
+    read_snapshot,
+    shift,
+    update_custom_metadata,
+)
+from ...errors import PermissionDenied
 from ..base import (
     ActionRequired,
     RotationContext,
@@ -91,15 +102,8 @@ KINDS: tuple[Kind, ...] = ("internal", "provider", "manual")
 SCOPES: tuple[Scope, ...] = ("all", "automatic", "manual")
 ROTATOR_NAME = "api_keys"
 
-PREVIOUS = "_previous"
-VALID_UNTIL = "_previous_valid_until"
-RESERVED_SUFFIXES = (PREVIOUS, VALID_UNTIL)
-META_ROTATED_AT = "rotated_at."
-META_ROTATED_BY = "rotated_by."
-META_KEY_ID = "key_id."
 SET_COMMAND = "./mailyctl.py secrets set"
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 PROVIDER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MIN_BYTES, MAX_BYTES = 16, 256
 
@@ -121,39 +125,6 @@ DEFAULT_KEYS: dict[str, dict[str, Any]] = {
     },
     "internal_service": {"kind": "internal", "bytes": 32},
 }
-
-
-# ---------------------------------------------------------------------------- consumers
-def valid_internal_keys(
-    api_keys: Mapping[str, Any], name: str, now: datetime | None = None
-) -> list[str]:
-    """The values of internal key ``name`` a verifier accepts now: current, then previous.
-
-    ``api_keys`` is the data of the api-keys secret (``await vault_service.get_api_keys()``).
-    The previous key counts until ``<name>_previous_valid_until``; without a valid
-    time it does not count.
-    """
-    now = now or datetime.now(UTC)
-    out: list[str] = []
-    current = api_keys.get(name)
-    if isinstance(current, str) and current:
-        out.append(current)
-    previous = api_keys.get(name + PREVIOUS)
-    until = parse_time(api_keys.get(name + VALID_UNTIL))
-    if isinstance(previous, str) and previous and until is not None and now < until:
-        if previous not in out:
-            out.append(previous)
-    return out
-
-
-def is_valid_internal_key(
-    api_keys: Mapping[str, Any], name: str, presented: str, now: datetime | None = None
-) -> bool:
-    """Whether ``presented`` is a valid value of internal key ``name`` (constant time)."""
-    ok = False
-    for candidate in valid_internal_keys(api_keys, name, now):
-        ok |= hmac.compare_digest(candidate.encode(), presented.encode())
-    return ok
 
 
 # ---------------------------------------------------------------------------- providers
@@ -243,14 +214,6 @@ async def _vendor(
 # ---------------------------------------------------------------------------- options
 #: a key's own settings; any other setting of a key is an option of its provider
 KEY_SETTINGS = ("kind", "instructions", "bytes", "prefix", "provider")
-
-
-def key_name_problem(name: object) -> str | None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        return "key names are letters, digits, '_', '.', '-' (at most 100 characters)"
-    if name.endswith(RESERVED_SUFFIXES):
-        return f"key names may not end with {' or '.join(RESERVED_SUFFIXES)} (reserved)"
-    return None
 
 
 def _key_name(name: object) -> str:
@@ -367,111 +330,6 @@ def key_specs(options: Mapping[str, Any]) -> dict[str, KeySpec]:
 
 def uses_api_keys_rotator(type_name: str, tc: TypeConfig) -> bool:
     return (tc.rotator or type_name) == ROTATOR_NAME
-
-
-# ---------------------------------------------------------------------------- the secret
-@dataclass
-class Snapshot:
-    """The api-keys secret: data, version, custom metadata, creation time."""
-
-    data: dict[str, Any] = field(repr=False)  # the keys themselves
-    version: int
-    custom: dict[str, str]
-    created: datetime | None
-
-    def rotated_at(self, name: str) -> datetime | None:
-        return parse_time(self.custom.get(META_ROTATED_AT + name)) or self.created
-
-    def unknown_keys(self, specs: Mapping[str, KeySpec]) -> list[str]:
-        return sorted(
-            k
-            for k in self.data
-            if k not in specs and not k.endswith(RESERVED_SUFFIXES) and not key_name_problem(k)
-        )
-
-
-async def read_snapshot(client: VaultClient, path: KV2Path) -> Snapshot:
-    try:
-        meta = await client.kv.metadata(path)
-    except SecretNotFound:
-        return Snapshot({}, 0, {}, None)
-    custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
-    version = int(meta.get("current_version") or 0)
-    try:
-        cur = await client.kv.read(path)
-        data, version = dict(cur.data), cur.version
-    except SecretNotFound:  # the current version is deleted
-        data = {}
-    return Snapshot(data, version, custom, parse_time(meta.get("created_time")))
-
-
-async def update_custom_metadata(
-    client: VaultClient, path: KV2Path, changes: Mapping[str, str | None]
-) -> None:
-    """Merge ``changes`` (None: remove) into the secret's custom metadata."""
-    try:
-        meta = await client.kv.metadata(path)
-        custom = {str(k): str(v) for k, v in (meta.get("custom_metadata") or {}).items()}
-    except SecretNotFound:
-        custom = {}
-    merged = {k: v for k, v in {**custom, **changes}.items() if v is not None}
-    await client.kv.write_metadata(path, custom_metadata=merged)
-
-
-def fingerprint(value: str) -> str:
-    """A short SHA-256 fingerprint: tells two keys apart, reveals nothing usable."""
-    return hashlib.sha256(value.encode()).hexdigest()[:16]
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat(timespec="seconds")
-
-
-def _shift(data: dict[str, Any], name: str, new: str, valid_until: datetime) -> None:
-    """``name`` := ``new``, keeping the value in use as ``<name>_previous`` until then."""
-    old = data.get(name)
-    if isinstance(old, str) and old and old != new:
-        data[name + PREVIOUS] = old
-        data[name + VALID_UNTIL] = _iso(valid_until)
-    data[name] = new
-
-
-async def set_api_key(
-    client: VaultClient,
-    path: KV2Path,
-    spec: KeySpec,
-    value: str,
-    *,
-    actor: str,
-    grace: timedelta,
-    now: datetime | None = None,
-) -> int:
-    """Store a key given by a person (check-and-set) and record it as rotated.
-
-    An internal key keeps the previous value valid for ``grace`` like a rotation;
-    a provider key forgets its recorded vendor key id (it is no longer the one in use).
-    Returns the new version.
-    """
-    if not value:
-        raise ValueError("empty value")
-    now = now or datetime.now(UTC)
-
-    def change(data: dict[str, Any]) -> dict[str, Any]:
-        if spec.kind == "internal" and grace > timedelta(0):
-            _shift(data, spec.name, value, now + grace)
-        else:
-            data[spec.name] = value
-        return data
-
-    version = await client.kv.update(path, change)
-    meta: dict[str, str | None] = {
-        META_ROTATED_AT + spec.name: _iso(now),
-        META_ROTATED_BY + spec.name: f"{actor} (secrets set)"[:500],
-    }
-    if spec.kind == "provider":
-        meta[META_KEY_ID + spec.name] = None
-    await update_custom_metadata(client, path, meta)
-    return version
 
 
 # ---------------------------------------------------------------------------- the rotator
@@ -680,13 +538,13 @@ class ApiKeysRotator(Rotator):
             if not todo:
                 return None  # promoted already (a resumed rotation)
             for name, value in todo.items():
-                _shift(data, name, value, until)
+                shift(data, name, value, until)
             return data
 
         version, _ = await cas_update(ctx, "promote", change)
         meta: dict[str, str | None] = {}
         for name, entry in keys.items():
-            meta[META_ROTATED_AT + name] = _iso(ctx.now())
+            meta[META_ROTATED_AT + name] = iso_seconds(ctx.now())
             meta[META_ROTATED_BY + name] = f"rotation {ctx.rotation_id}"
             if entry.get("kind") == "provider":
                 meta[META_KEY_ID + name] = entry.get("key_id") or None
