@@ -1,17 +1,23 @@
 """AWS IAM, where the ``aws`` credentials (and SES SMTP credentials) live: one IAM
-user's access keys through plain boto3 (list, create, activate, delete, last used)
-and ``sts:GetCallerIdentity`` to verify a key. The two-slot rules the ``aws`` and the
-``smtp`` (``ses``) rotators follow are theirs (``rotation/rotators/aws.py``).
+user's access keys through plain boto3 (list, create, activate, delete, last used),
+``sts:GetCallerIdentity`` to verify a key, and the SES SMTP password of a key. The
+two-slot rules the ``aws`` and the ``smtp`` (``ses``) rotators follow (which key may
+be deleted, :meth:`IamUserKeys.free_slot`) take what the rotation state knows as an
+argument; the rotators own the rest (``rotation/rotators/aws.py``).
 
-Every function here blocks (call it through ``kit.blocking``) and raises
-:class:`AwsApiError` (a :class:`~maily_secrets.targets.TargetError`): AWS's error
-code and message, which never echo a secret, and key *ids*, which AWS does not treat
-as secret. botocore's DEBUG wire logs are silenced (:func:`silence_wire_debug`).
+The IAM/STS calls block (call them through ``kit.blocking``) and raise
+:class:`AwsApiError` or :class:`SlotsFull` (:class:`~maily_secrets.targets.TargetError`):
+AWS's error code and message, which never echo a secret, and key *ids*, which AWS
+does not treat as secret. botocore's DEBUG wire logs are silenced (:func:`silence_wire_debug`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -320,3 +326,36 @@ def creds_from_mapping(data: Mapping[str, Any]) -> AwsCreds | None:
         return None
     token = data.get("aws_session_token")
     return AwsCreds(akid, secret, token if isinstance(token, str) and token else None)
+
+
+# ---------------------------------------------------------------------------- SES SMTP
+_SES_HOST = re.compile(r"^email-smtp(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
+SES_DATE = "11111111"
+SES_SERVICE = "ses"
+SES_TERMINAL = "aws4_request"
+SES_MESSAGE = "SendRawEmail"
+SES_VERSION = 0x04
+
+
+def ses_smtp_password(secret_access_key: str, region: str) -> str:
+    """The Amazon SES SMTP password of an IAM secret access key, for one region.
+
+    AWS's published algorithm (SES developer guide, "Obtaining Amazon SES SMTP
+    credentials"): a SigV4-style HMAC-SHA256 chain ``"AWS4" + secret`` -> date
+    ``11111111`` -> region -> ``ses`` -> ``aws4_request`` -> ``SendRawEmail``; the
+    version byte ``0x04`` followed by the signature, base64-encoded.
+    """
+
+    def sign(key: bytes, msg: str) -> bytes:
+        return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+
+    sig = sign(("AWS4" + secret_access_key).encode("utf-8"), SES_DATE)
+    for part in (region, SES_SERVICE, SES_TERMINAL, SES_MESSAGE):
+        sig = sign(sig, part)
+    return base64.b64encode(bytes([SES_VERSION]) + sig).decode("ascii")
+
+
+def region_of_ses_host(host: str) -> str | None:
+    """The region of an SES SMTP endpoint (``email-smtp.<region>.amazonaws.com``)."""
+    m = _SES_HOST.match(host.strip().lower())
+    return m.group(1) if m else None

@@ -2,34 +2,25 @@
 
 An IAM user may hold two access keys at once; that is the grace period. One rotation:
 
-1. ``create_pending``  ``iam:CreateAccessKey`` for the user. This is the only moment
-                       AWS ever returns the secret access key, so the key is made here
-                       and the engine stores it (id + secret) in the rotation state right
-                       after. If the user already holds two keys, the one that is
-                       neither the key in Vault nor the pending key of a rotation in
-                       progress is deleted first when that is safe (inactive, never
-                       used, or the previous key of an earlier rotation whose grace is
-                       over); when it is still in use, nothing is changed and the
-                       rotation asks for a person (``ActionRequired``);
+1. ``create_pending``  ``iam:CreateAccessKey``: the only moment AWS returns the secret
+                       access key; the engine stores it in the rotation state right
+                       after. A user with two keys already: the one that is neither the
+                       key in Vault nor a pending one is deleted first when that is safe
+                       (inactive, never used, or a previous key whose grace is over);
+                       else nothing changes and a person is asked (``ActionRequired``);
 2. ``apply``           idempotent: the key exists and is ``Active`` (re-activated if
-                       somebody deactivated it). Nothing else to do: the key was made
-                       in step 1, and the key in use keeps working;
+                       somebody deactivated it); the key in use keeps working;
 3. ``verify``          ``sts:GetCallerIdentity`` signed with the *new* key, retried for
-                       up to ``verify_timeout`` seconds (IAM is eventually consistent:
-                       a new key can take several seconds to work everywhere), and the
-                       caller must be the IAM user;
-4. ``promote``         check-and-set read-modify-write of the ``aws`` mapping of the
-                       consumer secret (``maily/data/credentials``): only
-                       ``aws_access_key``/``aws_secret_key`` change; other services'
+                       up to ``verify_timeout`` seconds (IAM is eventually consistent),
+                       and the caller must be the IAM user;
+4. ``promote``         check-and-set write of ``aws_access_key``/``aws_secret_key`` in
+                       the ``aws`` mapping of the consumer secret; other services'
                        entries and other keys of the mapping are kept.
 
-``retiring`` names the previous key id; once the grace period is over ``retire``
-deactivates and then deletes it (already gone is fine). ``rollback`` deletes the
-pending key (never the key in Vault).
-
-A crash between ``CreateAccessKey`` and the engine saving the state leaves a key
-nobody knows the secret of: it has never been used, so the next ``create_pending``
-deletes it (see above) and starts over.
+After the grace period ``retire`` deactivates and deletes the previous key (already
+gone is fine); ``rollback`` deletes the pending key; neither ever the key in Vault.
+A crash between ``CreateAccessKey`` and saving the state leaves a key nobody knows the
+secret of: never used, so the next ``create_pending`` deletes it and starts over.
 
 Options (``types.aws.options``), all optional::
 
@@ -52,11 +43,9 @@ The IAM permissions needed (``self``: on the user itself, e.g. resource
 ``iam:CreateAccessKey``, ``iam:UpdateAccessKey``, ``iam:DeleteAccessKey``,
 ``iam:GetAccessKeyLastUsed``. ``sts:GetCallerIdentity`` needs no permission.
 
-The two-slot rules (:func:`free_slot`, :func:`create_key`, :func:`activate_key`) and
+The two-slot steps (:func:`free_slot`, :func:`create_key`, :func:`activate_key`) and
 who calls IAM (:func:`admin_creds`) are shared with the ``smtp`` rotator's ``ses``
-provider. Nothing here logs or raises with a secret access key: errors carry AWS's
-error code and message (which never echo a secret) and key *ids*, which AWS does not
-treat as secret.
+provider. No log or error holds a secret access key (key *ids* are not secret).
 """
 
 from __future__ import annotations
@@ -198,15 +187,8 @@ async def admin_creds(
             )
         return self_creds
     assert opts.iam_credentials_secret is not None
-    data = await admin_secret(ctx, opts.iam_credentials_secret, step)
-    creds = creds_from_mapping(data)
-    if creds is None:
-        raise RotatorConfigError(
-            f"{ctx.type_name} {step}: the admin secret"
-            f" {ctx.secret_path(opts.iam_credentials_secret).data} lacks"
-            " aws_access_key/aws_secret_key"
-        )
-    return creds
+    keys = ("aws_access_key", "aws_secret_key")
+    return creds_from_mapping(await admin_secret(ctx, opts.iam_credentials_secret, step, keys))
 
 
 # ---------------------------------------------------------------------------- two slots

@@ -6,7 +6,7 @@ The provider that issues the credentials is pluggable (``options.provider``):
           published algorithm (:func:`ses_smtp_password`); the SMTP username is the
           access key id. The IAM user (``iam_user``, which needs ``ses:SendRawEmail``)
           holds up to two keys: that is the grace period, as for the ``aws`` type, and
-          the same two-slot rules apply (see ``targets/aws_iam.py``): the key is created in
+          the same two-slot rules apply (see ``rotators/aws.py``): the key is created in
           ``create_pending`` (the only moment its secret exists), ``apply`` makes sure it
           is active, ``retire`` deletes the previous key after the grace period,
           ``rollback`` deletes the pending one.
@@ -56,7 +56,7 @@ Options (``types.smtp.options``)::
     hook_timeout: 30
     username: maily                    # default: smtp_username of the secret
     password_length: 32
-    # provider: ses (the AWS options of the aws type, see targets/aws_iam.py)
+    # provider: ses (the AWS options of the aws type, see rotators/aws.py)
     iam_user: maily-ses-smtp           # required
     region: eu-west-1                  # default: from smtp_host email-smtp.<region>.amazonaws.com
     iam_credentials: default           # default (boto3's chain) or vault (+ iam_credentials_secret)
@@ -66,27 +66,20 @@ Options (``types.smtp.options``)::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import os
-import re
 import shutil
 import signal
-import smtplib
-import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_validator
 
 from ...targets import random_password
-from ...targets.aws_iam import AwsTarget, IamUserKeys
-from ...targets.smtp import login_once, open_session, server_text
+from ...targets.aws_iam import IamUserKeys, region_of_ses_host, ses_smtp_password
+from ...targets.smtp import SmtpServer, login_check
 from ..base import ActionRequired, RotationContext, RotationError, Rotator, RotatorConfigError
 from ..kit import (
     PasswordLength,
@@ -117,41 +110,9 @@ HOOK_ACTIONS = ("apply", "rollback", "retire")
 # or the current (retire) credential
 PREVIOUS = ("previous_username", "previous_credential_id")
 CURRENT = ("current_username", "current_credential_id")
-_SES_HOST = re.compile(r"^email-smtp(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
 # never inherited by a hook: Vault tokens and the like, AWS secrets
 _HOOK_ENV_DROP_PREFIXES = ("VAULT_", "BAO_", "MAILY_SECRETS_")
 _HOOK_ENV_DROP = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MAILY_DEV_PG_PASSWORD"})
-
-
-# ---------------------------------------------------------------------------- SES
-SES_DATE = "11111111"
-SES_SERVICE = "ses"
-SES_TERMINAL = "aws4_request"
-SES_MESSAGE = "SendRawEmail"
-SES_VERSION = 0x04
-
-
-def ses_smtp_password(secret_access_key: str, region: str) -> str:
-    """The Amazon SES SMTP password of an IAM secret access key, for one region.
-
-    AWS's published algorithm (SES developer guide, "Obtaining Amazon SES SMTP
-    credentials"): a SigV4-style HMAC-SHA256 chain ``"AWS4" + secret`` -> date
-    ``11111111`` -> region -> ``ses`` -> ``aws4_request`` -> ``SendRawEmail``; the
-    version byte ``0x04`` followed by the signature, base64-encoded.
-    """
-
-    def sign(key: bytes, msg: str) -> bytes:
-        return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-    sig = sign(("AWS4" + secret_access_key).encode("utf-8"), SES_DATE)
-    for part in (region, SES_SERVICE, SES_TERMINAL, SES_MESSAGE):
-        sig = sign(sig, part)
-    return base64.b64encode(bytes([SES_VERSION]) + sig).decode("ascii")
-
-
-def region_of_ses_host(host: str) -> str | None:
-    m = _SES_HOST.match(host.strip().lower())
-    return m.group(1) if m else None
 
 
 # ---------------------------------------------------------------------------- SMTP login
@@ -159,70 +120,11 @@ class SmtpError(RotationError):
     """An SMTP connection or login failed (message without any secret)."""
 
 
-@dataclass(frozen=True)
-class SmtpServer:
-    host: str
-    port: int
-    tls: str  # one of TLS_MODES
-    cafile: str | None
-    timeout: float
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
 def smtp_session(
     server: SmtpServer, username: str | None = None, password: str | None = None
 ) -> str:
-    """Blocking: connect, EHLO, TLS as configured, and (with credentials) AUTH.
-
-    Without credentials it only checks that the server answers and offers AUTH.
-    Returns a short description ("STARTTLS", "TLS", "no TLS"); raises SmtpError.
-    """
-    secrets = [s for s in (password,) if s]
-
-    def redact(text: str) -> str:
-        return scrub(text, *secrets)
-
-    implicit = server.tls == "implicit" or (server.tls == "auto" and server.port == 465)
-    try:
-        ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
-    except (OSError, ssl.SSLError) as exc:
-        raise RotatorConfigError(
-            f"smtp: cannot load the CA bundle {server.cafile}: {type(exc).__name__}"
-        ) from None
-    with open_session(
-        server.host,
-        server.port,
-        implicit=implicit,
-        context=ctx,
-        timeout=server.timeout,
-        fail=SmtpError,
-        redact=redact,
-    ) as session:
-        if not implicit and server.tls in ("auto", "starttls"):
-            if not session.conn.has_extn("starttls"):
-                # never AUTH in plaintext unless the configuration says tls: none
-                raise SmtpError(
-                    f"SMTP server {server.where} does not offer STARTTLS (option tls:"
-                    f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
-                )
-            session.starttls(ctx)
-        if not session.conn.has_extn("auth"):
-            raise SmtpError(
-                f"SMTP server {server.where} does not offer AUTH"
-                + ("" if session.tls else " without TLS")
-            )
-        if username is not None and password is not None:
-            try:
-                login_once(session.conn, username, password)
-            except smtplib.SMTPAuthenticationError as exc:
-                raise SmtpError(
-                    f"SMTP login as {username} at {server.where} was refused"
-                    f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
-                ) from None
-        return session.security
+    """Blocking :func:`~maily_secrets.targets.smtp.login_check`: failures are SmtpError."""
+    return login_check(server, username, password, fail=SmtpError)
 
 
 # ---------------------------------------------------------------------------- the hook
@@ -408,8 +310,7 @@ class SmtpRotator(Rotator):
                 " email-smtp.<region>.amazonaws.com (the SES SMTP password depends on the region)"
             )
         admin = await admin_creds(ctx, opts, step, None)
-        target = AwsTarget(region, opts.endpoint_url, opts.timeout)
-        return IamUserKeys(target, admin, user or opts.iam_user), region
+        return IamUserKeys(opts.target(region), admin, user or opts.iam_user), region
 
     @staticmethod
     def _hook(opts: HookOptions | SesOptions, step: str) -> HookOptions:
