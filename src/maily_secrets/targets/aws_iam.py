@@ -241,15 +241,16 @@ class IamUserKeys:
         now: datetime,
         delete: bool,
         require_current: bool = True,
-    ) -> list[str]:
+    ) -> tuple[str | None, list[str]]:
         """Make sure the user can take one more key.
 
         With two keys already, the one that is not ``current`` may be deleted when that
         is safe: it is inactive, was never used, or is the previous key of an earlier
         rotation whose grace period is over (at ``now``). Otherwise :class:`SlotsFull`
-        (nothing changed). Returns the ids deleted (``delete=False``: that would be).
-        ``current`` must be one of the user's keys, unless ``require_current`` is false
-        (then one that is not is ignored: e.g. SMTP credentials made by somebody else).
+        (nothing changed). Returns ``current`` and the ids deleted (``delete=False``:
+        that would be). ``current`` must be one of the user's keys, unless
+        ``require_current`` is false (then one that is not is ignored and None returned:
+        e.g. SMTP credentials made by somebody else).
         """
         listed = self.access_keys()
         if current is not None and current not in {k.id for k in listed}:
@@ -290,7 +291,7 @@ class IamUserKeys:
             doomed.append(k.id)  # never used: e.g. made by a run that died before saving it
         for key_id in doomed if delete else ():
             self.delete(key_id)
-        return doomed
+        return current, doomed
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,7 @@ def login_check(
     try:
         ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
     except (OSError, ssl.SSLError) as exc:
-        raise fail(
-            f"smtp: cannot load the CA bundle {server.cafile}: {type(exc).__name__}"
-        ) from None
+        raise fail(f"cannot load the CA bundle {server.cafile}: {type(exc).__name__}") from None
     with open_session(
         server.host,
         server.port,

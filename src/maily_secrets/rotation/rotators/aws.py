@@ -200,7 +200,7 @@ async def free_slot(
     *,
     delete: bool,
     require_current: bool = True,
-) -> list[str]:
+) -> tuple[str | None, list[str]]:
     """:meth:`IamUserKeys.free_slot`, knowing the keys of the rotation state (unreadable:
     an error, never "none known"). A user whose two keys are both needed is
     :class:`ActionRequired`; an AWS error a configuration error (nothing changed)."""
@@ -217,7 +217,7 @@ async def free_slot(
     what = f"{ctx.type_name} {step}"
     try:
         args = (current, known, ctx.now(), delete, require_current)
-        doomed = await aws_call(what, keys.free_slot, *args, config=True)
+        current, doomed = await aws_call(what, keys.free_slot, *args, config=True)
     except SlotsFull as exc:
         raise ActionRequired(str(exc)) from None
     for key_id in doomed if delete else ():
@@ -225,7 +225,7 @@ async def free_slot(
             "aws: deleted a leftover access key",
             extra={"iam_user": keys.user, "access_key_id": key_id, "type": ctx.type_name},
         )
-    return doomed
+    return current, doomed
 
 
 async def create_key(
@@ -236,10 +236,13 @@ async def create_key(
     *,
     message: str,
     require_current: bool = True,
-) -> AwsCreds:
+) -> tuple[AwsCreds, str | None]:
     """Free a slot (:func:`free_slot`, deleting a safe leftover), then
-    ``iam:CreateAccessKey``: the only moment AWS returns the secret."""
-    await free_slot(ctx, step, keys, current, delete=True, require_current=require_current)
+    ``iam:CreateAccessKey``: the only moment AWS returns the secret. Returns the new
+    key and ``current`` (None if it is not one of the user's and need not be)."""
+    current, _ = await free_slot(
+        ctx, step, keys, current, delete=True, require_current=require_current
+    )
     what = f"{ctx.type_name} {step}: iam:CreateAccessKey for {keys.user}"
     new = await aws_call(what, keys.create)
     ctx.log.info(
@@ -251,7 +254,7 @@ async def create_key(
             "rotation_id": ctx.rotation_id,
         },
     )
-    return new
+    return new, current
 
 
 async def activate_key(ctx: RotationContext, step: str, keys: IamUserKeys, key_id: str) -> None:
@@ -396,7 +399,7 @@ class AwsAccessKeyRotator(Rotator):
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
         _, target, current, keys = await self._setup(ctx, "create_pending")
         current_id = current.access_key_id if current else None
-        new = await create_key(
+        new, _ = await create_key(
             ctx, "create_pending", keys, current_id, message="aws: new access key created"
         )
         return {

@@ -73,7 +73,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_validator
 
@@ -110,6 +110,7 @@ HOOK_ACTIONS = ("apply", "rollback", "retire")
 # or the current (retire) credential
 PREVIOUS = ("previous_username", "previous_credential_id")
 CURRENT = ("current_username", "current_credential_id")
+P = TypeVar("P", bound="SmtpOptions")
 # never inherited by a hook: Vault tokens and the like, AWS secrets
 _HOOK_ENV_DROP_PREFIXES = ("VAULT_", "BAO_", "MAILY_SECRETS_")
 _HOOK_ENV_DROP = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MAILY_DEV_PG_PASSWORD"})
@@ -313,11 +314,13 @@ class SmtpRotator(Rotator):
         return IamUserKeys(opts.target(region), admin, user or opts.iam_user), region
 
     @staticmethod
-    def _hook(opts: HookOptions | SesOptions, step: str) -> HookOptions:
-        if not isinstance(opts, HookOptions):
+    def _started_with(kind: type[P], opts: HookOptions | SesOptions, step: str) -> P:
+        """The options, of the provider the rotation was started with."""
+        if not isinstance(opts, kind):
+            started = "ses" if kind is SesOptions else "hook"
             raise RotatorConfigError(
-                f"smtp {step}: this rotation was started with provider hook, but option hook"
-                " is not set any more"
+                f"smtp {step}: this rotation was started with provider {started}, but option"
+                f" provider is {opts.provider} now"
             )
         return opts
 
@@ -336,8 +339,6 @@ class SmtpRotator(Rotator):
                     secrets=(password,),
                     raise_as=SmtpError,
                 )
-            except RotatorConfigError:
-                raise
             except SmtpError:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -383,19 +384,11 @@ class SmtpRotator(Rotator):
         previous_username = str(data.get("smtp_username") or "") or None
         if isinstance(opts, SesOptions):
             keys, region = await self._ses_keys(ctx, opts, server, "create_pending")
-            listed = await aws_call(
-                f"smtp create_pending: iam:ListAccessKeys for {keys.user}",
-                keys.access_keys,
-                config=True,
-            )
-            previous_key = (
-                previous_username if previous_username in {k.id for k in listed} else None
-            )
-            new = await create_key(
+            new, previous_key = await create_key(
                 ctx,
                 "create_pending",
                 keys,
-                previous_key,
+                previous_username,
                 message="smtp: new SES access key created",
                 require_current=False,
             )
@@ -440,11 +433,11 @@ class SmtpRotator(Rotator):
         opts, _, server = await self._setup(ctx, "apply")
         password = str(pending["password"])
         if pending.get("provider") == "ses":
-            assert isinstance(opts, SesOptions)
-            keys, _ = await self._ses_keys(ctx, opts, server, "apply", str(pending["iam_user"]))
+            ses = self._started_with(SesOptions, opts, "apply")
+            keys, _ = await self._ses_keys(ctx, ses, server, "apply", str(pending["iam_user"]))
             await activate_key(ctx, "apply", keys, str(pending["access_key_id"]))
         else:
-            hook = self._hook(opts, "apply")
+            hook = self._started_with(HookOptions, opts, "apply")
             payload = {**self._payload(pending, server, *PREVIOUS), "password": password}
             await run_hook(hook.hook, "apply", payload, limit=hook.hook_timeout, secrets=[password])
         ctx.log.info(
@@ -495,12 +488,12 @@ class SmtpRotator(Rotator):
                 " not removing it"
             )
         if pending.get("provider") == "ses":
-            assert isinstance(opts, SesOptions)
-            keys, _ = await self._ses_keys(ctx, opts, server, "rollback", str(pending["iam_user"]))
+            ses = self._started_with(SesOptions, opts, "rollback")
+            keys, _ = await self._ses_keys(ctx, ses, server, "rollback", str(pending["iam_user"]))
             key_id = str(pending["access_key_id"])
             await aws_call(f"smtp rollback: deleting the pending key {key_id}", keys.delete, key_id)
         else:
-            hook = self._hook(opts, "rollback")
+            hook = self._started_with(HookOptions, opts, "rollback")
             payload = self._payload(pending, server, *PREVIOUS)
             await run_hook(
                 hook.hook, "rollback", payload, limit=hook.hook_timeout, secrets=[password]
@@ -530,7 +523,7 @@ class SmtpRotator(Rotator):
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         opts, data, server = await self._setup(ctx, "retire")
         if retiring.get("provider") == "ses":
-            assert isinstance(opts, SesOptions)
+            ses = self._started_with(SesOptions, opts, "retire")
             key_id = str(retiring["access_key_id"])
             if await in_use(
                 ctx,
@@ -545,7 +538,7 @@ class SmtpRotator(Rotator):
                     f"smtp retire: {key_id} is (again) the SMTP username in"
                     f" {ctx.secret_path().data}; not deleting its key"
                 )
-            keys, _ = await self._ses_keys(ctx, opts, server, "retire", str(retiring["iam_user"]))
+            keys, _ = await self._ses_keys(ctx, ses, server, "retire", str(retiring["iam_user"]))
             deleted = await aws_call(
                 f"smtp retire: deleting the previous key {key_id} of {keys.user}",
                 keys.delete,
