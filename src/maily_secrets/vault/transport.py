@@ -59,7 +59,9 @@ class Response:
 class TransportError(Exception):
     """No HTTP answer. ``failure`` says whether the request may have been processed."""
 
-    def __init__(self, failure: Failure, cause: str, *, certificate: str | None = None) -> None:
+    def __init__(
+        self, failure: Failure, cause: str, *, certificate: str | None = None
+    ) -> None:
         super().__init__(cause)
         self.failure: Failure = failure
         self.cause = cause
