@@ -181,6 +181,11 @@ class IamUserKeys:
     def __init__(self, target: AwsTarget, creds: AwsCreds | None, user: str) -> None:
         self.target, self.creds, self.user = target, creds, user
 
+    @property
+    def secrets(self) -> tuple[str | None, ...]:
+        """The secret values of the credentials that call IAM (to scrub from errors)."""
+        return (self.creds.secret_access_key, self.creds.session_token) if self.creds else ()
+
     def _iam(self) -> Any:
         return _client("iam", self.target, self.creds)
 

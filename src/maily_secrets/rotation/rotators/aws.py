@@ -163,13 +163,16 @@ async def aws_call(
 ) -> T:
     """A blocking boto3 call (``targets/aws_iam.py``) through ``kit.blocking``: an
     :class:`AwsApiError` becomes a :class:`RotationError` naming ``what`` (a
-    :class:`RotatorConfigError` with ``config``: nothing has changed yet)."""
+    :class:`RotatorConfigError` with ``config``: nothing has changed yet). Neither
+    ``secrets`` nor, for a method of :class:`IamUserKeys`, the secret of the
+    credentials calling IAM appear in it."""
+    keys = getattr(fn, "__self__", None)
     return await blocking(
         what,
         fn,
         *args,
         errors=(AwsApiError,),
-        secrets=secrets,
+        secrets=(*secrets, *(keys.secrets if isinstance(keys, IamUserKeys) else ())),
         raise_as=RotatorConfigError if config else RotationError,
     )
 
