@@ -45,15 +45,9 @@ from maily_secrets.rotation.base import (
 )
 from maily_secrets.rotation.config import RotationConfig
 from maily_secrets.rotation.engine import RotationEngine
-from maily_secrets.rotation.rotators.smtp import (
-    SmtpError,
-    SmtpRotator,
-    SmtpServer,
-    region_of_ses_host,
-    ses_smtp_password,
-    smtp_session,
-)
+from maily_secrets.rotation.rotators.smtp import SmtpError, SmtpRotator, SmtpServer, smtp_session
 from maily_secrets.rotation.state import StateStore
+from maily_secrets.targets.aws_iam import region_of_ses_host, ses_smtp_password
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao

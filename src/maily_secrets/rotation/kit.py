@@ -27,10 +27,11 @@ from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from ..errors import CheckAndSetConflict, PermissionDenied, SecretNotFound
+from ..errors import CheckAndSetConflict, PermissionDenied, SecretNotFound, VaultError
 from ..targets import scrubbed_line
 from .base import RotationContext, RotationError, RotatorConfigError
 from .config import parse_duration
+from .state import RotationState, StateStore
 
 T = TypeVar("T")
 
@@ -340,3 +341,37 @@ def load_factory(spec: str, where: str) -> Callable[..., Any]:
         raise RotatorConfigError(f"{where} is not callable (a factory)")
     factory: Callable[..., Any] = obj
     return factory
+
+
+# ---------------------------------------------------------------------------- aws, smtp
+# seconds_from: a duration option within bounds; rotation_state: the engine's state of
+# the type, for a step that must know it (unreadable is an error).
+def seconds_from(low: float, high: float) -> BeforeValidator:
+    """A validator for a duration option (seconds, or 30s/5m/1h/1d) from ``low`` to ``high``."""
+
+    def check(value: object) -> float:
+        try:
+            seconds = duration_seconds(value, positive=False)
+        except ValueError:
+            seconds = -1.0
+        if not low <= seconds <= high:
+            raise ValueError(f"must be a number of seconds from {low:g} to {high:g}")
+        return seconds
+
+    return BeforeValidator(check)
+
+
+async def rotation_state(ctx: RotationContext, step: str, then: str = "") -> RotationState | None:
+    """The engine's state of ``ctx``'s type (None: never rotated), for a step that must
+    know it. Unreadable is a :class:`RotationError` (ending with ``then``), never None:
+    a guess could make a credential still in use look like a leftover."""
+    store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
+    try:
+        state, _ = await store.read(ctx.type_name)
+    except (VaultError, ValueError) as exc:
+        raise RotationError(
+            f"{ctx.type_name} {step}: cannot read the rotation state"
+            f" {store.path(ctx.type_name).data} ({type(exc).__name__})"
+            + (f"; {then}" if then else "")
+        ) from None
+    return state

@@ -17,6 +17,11 @@ import string
 _URL_SAFE = string.ascii_letters + string.digits + "-_"
 
 
+class TargetError(Exception):
+    """A target system refused a call or could not be reached. The message names the
+    cause and never a secret value; the rotators translate it (``kit.blocking``)."""
+
+
 def random_password(n: int = 32) -> str:
     """A random password that is safe inside a DSN/URL without escaping."""
     return "".join(secrets.choice(_URL_SAFE) for _ in range(n))
@@ -32,4 +37,4 @@ def scrubbed_line(text: str, *values: str | None) -> str:
     return line
 
 
-__all__ = ["random_password", "scrubbed_line"]
+__all__ = ["TargetError", "random_password", "scrubbed_line"]

@@ -1,6 +1,6 @@
 """SMTP, where the ``smtp`` credentials are used: one session routine for everything
 that logs in to an SMTP server (the rotation notifications and the smtp rotator's
-login check).
+login check, :func:`login_check`).
 
 :func:`open_session` connects (implicit TLS or plain), says EHLO, yields the
 session, and always says QUIT (or closes); smtplib, TLS and socket errors become
@@ -16,6 +16,8 @@ import ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+from . import scrubbed_line
 
 
 def login_once(conn: smtplib.SMTP, username: str, password: str) -> None:
@@ -112,4 +114,73 @@ def open_session(
                 conn.close()
 
 
-__all__ = ["SmtpSession", "login_once", "open_session", "server_text"]
+@dataclass(frozen=True)
+class SmtpServer:
+    """An SMTP server and how to reach it; ``tls``: auto, starttls, implicit or none."""
+
+    host: str
+    port: int
+    tls: str
+    cafile: str | None
+    timeout: float
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def login_check(
+    server: SmtpServer,
+    username: str | None = None,
+    password: str | None = None,
+    *,
+    fail: Callable[[str], Exception],
+) -> str:
+    """Blocking: connect, EHLO, TLS as configured, and (with credentials) AUTH.
+
+    Never AUTH in plaintext unless ``server.tls`` is ``none``. Without credentials it
+    only checks that the server answers and offers AUTH. Returns a short description
+    ("STARTTLS", "TLS", "no TLS"); raises ``fail(message)`` (no secret in it).
+    """
+
+    def redact(text: str) -> str:
+        return scrubbed_line(text, password)
+
+    implicit = server.tls == "implicit" or (server.tls == "auto" and server.port == 465)
+    try:
+        ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
+    except (OSError, ssl.SSLError) as exc:
+        raise fail(f"cannot load the CA bundle {server.cafile}: {type(exc).__name__}") from None
+    with open_session(
+        server.host,
+        server.port,
+        implicit=implicit,
+        context=ctx,
+        timeout=server.timeout,
+        fail=fail,
+        redact=redact,
+    ) as session:
+        if not implicit and server.tls in ("auto", "starttls"):
+            if not session.conn.has_extn("starttls"):
+                raise fail(
+                    f"SMTP server {server.where} does not offer STARTTLS (option tls:"
+                    f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
+                )
+            session.starttls(ctx)
+        if not session.conn.has_extn("auth"):
+            raise fail(
+                f"SMTP server {server.where} does not offer AUTH"
+                + ("" if session.tls else " without TLS")
+            )
+        if username is not None and password is not None:
+            try:
+                login_once(session.conn, username, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                raise fail(
+                    f"SMTP login as {username} at {server.where} was refused"
+                    f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
+                ) from None
+        return session.security
+
+
+__all__ = ["SmtpServer", "SmtpSession", "login_check", "login_once", "open_session", "server_text"]

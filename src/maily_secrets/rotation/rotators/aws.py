@@ -2,34 +2,25 @@
 
 An IAM user may hold two access keys at once; that is the grace period. One rotation:
 
-1. ``create_pending``  ``iam:CreateAccessKey`` for the user. This is the only moment
-                       AWS ever returns the secret access key, so the key is made here
-                       and the engine stores it (id + secret) in the rotation state right
-                       after. If the user already holds two keys, the one that is
-                       neither the key in Vault nor the pending key of a rotation in
-                       progress is deleted first when that is safe (inactive, never
-                       used, or the previous key of an earlier rotation whose grace is
-                       over); when it is still in use, nothing is changed and the
-                       rotation asks for a person (``ActionRequired``);
+1. ``create_pending``  ``iam:CreateAccessKey``: the only moment AWS returns the secret
+                       access key; the engine stores it in the rotation state right
+                       after. A user with two keys already: the one that is neither the
+                       key in Vault nor a pending one is deleted first when that is safe
+                       (inactive, never used, or a previous key whose grace is over);
+                       else nothing changes and a person is asked (``ActionRequired``);
 2. ``apply``           idempotent: the key exists and is ``Active`` (re-activated if
-                       somebody deactivated it). Nothing else to do: the key was made
-                       in step 1, and the key in use keeps working;
+                       somebody deactivated it); the key in use keeps working;
 3. ``verify``          ``sts:GetCallerIdentity`` signed with the *new* key, retried for
-                       up to ``verify_timeout`` seconds (IAM is eventually consistent:
-                       a new key can take several seconds to work everywhere), and the
-                       caller must be the IAM user;
-4. ``promote``         check-and-set read-modify-write of the ``aws`` mapping of the
-                       consumer secret (``maily/data/credentials``): only
-                       ``aws_access_key``/``aws_secret_key`` change; other services'
+                       up to ``verify_timeout`` seconds (IAM is eventually consistent),
+                       and the caller must be the IAM user;
+4. ``promote``         check-and-set write of ``aws_access_key``/``aws_secret_key`` in
+                       the ``aws`` mapping of the consumer secret; other services'
                        entries and other keys of the mapping are kept.
 
-``retiring`` names the previous key id; once the grace period is over ``retire``
-deactivates and then deletes it (already gone is fine). ``rollback`` deletes the
-pending key (never the key in Vault).
-
-A crash between ``CreateAccessKey`` and the engine saving the state leaves a key
-nobody knows the secret of: it has never been used, so the next ``create_pending``
-deletes it (see above) and starts over.
+After the grace period ``retire`` deactivates and deletes the previous key (already
+gone is fine); ``rollback`` deletes the pending key; neither ever the key in Vault.
+A crash between ``CreateAccessKey`` and saving the state leaves a key nobody knows the
+secret of: never used, so the next ``create_pending`` deletes it and starts over.
 
 Options (``types.aws.options``), all optional::
 
@@ -52,40 +43,254 @@ The IAM permissions needed (``self``: on the user itself, e.g. resource
 ``iam:CreateAccessKey``, ``iam:UpdateAccessKey``, ``iam:DeleteAccessKey``,
 ``iam:GetAccessKeyLastUsed``. ``sts:GetCallerIdentity`` needs no permission.
 
-Nothing here logs or raises with a secret access key: errors carry AWS's error code
-and message (which never echo a secret) and key *ids*, which AWS does not treat as
-secret.
+The two-slot steps (:func:`free_slot`, :func:`create_key`, :func:`activate_key`) and
+who calls IAM (:func:`admin_creds`) are shared with the ``smtp`` rotator's ``ses``
+provider. No log or error holds a secret access key (key *ids* are not secret).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from ...errors import VaultError
 from ...targets.aws_iam import (
     DEFAULT_REGION,
+    ENDPOINT_ENV,
     AwsApiError,
     AwsCreds,
-    AwsOptions,
     AwsTarget,
     IamUserKeys,
-    activate_key,
-    admin_creds,
-    aws_call,
+    KnownKeys,
+    SlotsFull,
     caller_arn,
-    create_key,
     creds_from_mapping,
-    free_slot,
-    parse_aws_options,
+    key_identity,
     user_from_arn,
-    verify_key,
 )
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import ActionRequired, RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import (
+    RotatorOptions,
+    admin_secret,
+    blocking,
+    in_use,
+    one_of,
+    promote_fields,
+    rotation_state,
+    scrub,
+    seconds_from,
+)
 
 T = TypeVar("T")
+KEY_ID = "access_key_id"  # of the pending and retiring data in the rotation state
+IAM_CREDENTIAL_MODES = ("self", "default", "vault")
+
+
+# ---------------------------------------------------------------------------- options
+def non_empty(value: object) -> str | None:
+    """A string option, stripped (None stays None)."""
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError("must be a non-empty string")
+    return value.strip() if value else None
+
+
+def _mapping_key(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must name the mapping inside the secret")
+    return value
+
+
+def _endpoint_url(value: object) -> str | None:
+    url = non_empty(value) if value is not None else os.environ.get(ENDPOINT_ENV) or None
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError(f"(or ${ENDPOINT_ENV}) must be an http(s) URL")
+    return url
+
+
+#: an optional non-empty string option
+Text = Annotated[str | None, BeforeValidator(non_empty)]
+
+
+class AwsOptions(RotatorOptions):
+    """``types.aws.options`` (and the AWS part of ``smtp`` with ``provider: ses``)."""
+
+    error_prefix: ClassVar[str] = "aws {step}"
+
+    key: Annotated[str, BeforeValidator(_mapping_key)] = "aws"
+    iam_user: Text = None
+    region: Text = None
+    endpoint_url: Annotated[str | None, BeforeValidator(_endpoint_url)] = Field(
+        None, validate_default=True
+    )
+    iam_credentials: Annotated[str, one_of(*IAM_CREDENTIAL_MODES)] = "self"
+    iam_credentials_secret: Text = Field(None, validate_default=True)
+    verify_timeout: Annotated[float, seconds_from(0, 900)] = 60.0
+    timeout: Annotated[float, seconds_from(1, 120)] = 10.0
+
+    @field_validator("iam_credentials_secret")
+    @classmethod
+    def _needed_with_vault(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("iam_credentials") == "vault":
+            raise ValueError("is required with iam_credentials: vault")
+        return value.strip("/") if value else None
+
+    def target(self, region: str | None = None, timeout: float | None = None) -> AwsTarget:
+        """Where AWS is (``region``: else option region, $AWS_REGION, us-east-1)."""
+        return AwsTarget(
+            self.region
+            or region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or DEFAULT_REGION,
+            self.endpoint_url,
+            min(self.timeout, timeout or self.timeout),
+        )
+
+
+# ---------------------------------------------------------------------------- IAM calls
+async def aws_call(
+    what: str,
+    fn: Callable[..., T],
+    *args: Any,
+    secrets: tuple[str | None, ...] = (),
+    config: bool = False,
+) -> T:
+    """A blocking boto3 call (``targets/aws_iam.py``) through ``kit.blocking``: an
+    :class:`AwsApiError` becomes a :class:`RotationError` naming ``what`` (a
+    :class:`RotatorConfigError` with ``config``: nothing has changed yet). Neither
+    ``secrets`` nor, for a method of :class:`IamUserKeys`, the secret of the
+    credentials calling IAM appear in it."""
+    keys = getattr(fn, "__self__", None)
+    return await blocking(
+        what,
+        fn,
+        *args,
+        errors=(AwsApiError,),
+        secrets=(*secrets, *(keys.secrets if isinstance(keys, IamUserKeys) else ())),
+        raise_as=RotatorConfigError if config else RotationError,
+    )
+
+
+async def admin_creds(
+    ctx: RotationContext, opts: AwsOptions, step: str, self_creds: AwsCreds | None
+) -> AwsCreds | None:
+    """The credentials that call IAM (None: boto3's default chain)."""
+    if opts.iam_credentials == "default":
+        return None
+    if opts.iam_credentials == "self":
+        if self_creds is None:
+            raise RotatorConfigError(
+                f"{ctx.type_name} {step}: there is no access key in Vault to rotate itself"
+            )
+        return self_creds
+    assert opts.iam_credentials_secret is not None
+    keys = ("aws_access_key", "aws_secret_key")
+    return creds_from_mapping(await admin_secret(ctx, opts.iam_credentials_secret, step, keys))
+
+
+# ---------------------------------------------------------------------------- two slots
+async def free_slot(
+    ctx: RotationContext,
+    step: str,
+    keys: IamUserKeys,
+    current: str | None,
+    *,
+    delete: bool,
+    require_current: bool = True,
+) -> tuple[str | None, list[str]]:
+    """:meth:`IamUserKeys.free_slot`, knowing the keys of the rotation state (unreadable:
+    an error, never "none known"). A user whose two keys are both needed is
+    :class:`ActionRequired`; an AWS error a configuration error (nothing changed)."""
+    state = await rotation_state(ctx, step, "not deleting any access key")
+    pending: set[str] = set()
+    if state and state.in_progress and isinstance((state.pending or {}).get(KEY_ID), str):
+        pending.add(str((state.pending or {})[KEY_ID]))
+    retiring = {
+        str(r.data[KEY_ID]): r.after
+        for r in (state.retiring if state else [])
+        if isinstance(r.data.get(KEY_ID), str)
+    }
+    known = KnownKeys(frozenset(pending), retiring)
+    what = f"{ctx.type_name} {step}"
+    try:
+        args = (current, known, ctx.now(), delete, require_current)
+        current, doomed = await aws_call(what, keys.free_slot, *args, config=True)
+    except SlotsFull as exc:
+        raise ActionRequired(str(exc)) from None
+    for key_id in doomed if delete else ():
+        ctx.log.info(
+            "aws: deleted a leftover access key",
+            extra={"iam_user": keys.user, "access_key_id": key_id, "type": ctx.type_name},
+        )
+    return current, doomed
+
+
+async def create_key(
+    ctx: RotationContext,
+    step: str,
+    keys: IamUserKeys,
+    current: str | None,
+    *,
+    message: str,
+    require_current: bool = True,
+) -> tuple[AwsCreds, str | None]:
+    """Free a slot (:func:`free_slot`, deleting a safe leftover), then
+    ``iam:CreateAccessKey``: the only moment AWS returns the secret. Returns the new
+    key and ``current`` (None if it is not one of the user's and need not be)."""
+    current, _ = await free_slot(
+        ctx, step, keys, current, delete=True, require_current=require_current
+    )
+    what = f"{ctx.type_name} {step}: iam:CreateAccessKey for {keys.user}"
+    new = await aws_call(what, keys.create)
+    ctx.log.info(
+        message,
+        extra={
+            "type": ctx.type_name,
+            "iam_user": keys.user,
+            "access_key_id": new.access_key_id,
+            "rotation_id": ctx.rotation_id,
+        },
+    )
+    return new, current
+
+
+async def activate_key(ctx: RotationContext, step: str, keys: IamUserKeys, key_id: str) -> None:
+    """Idempotent: the pending key ``key_id`` still exists on the IAM user and is
+    ``Active`` (re-activated if somebody deactivated it)."""
+    what = f"{ctx.type_name} {step}"
+    if not await aws_call(f"{what}: activating {key_id} of {keys.user}", keys.activate, key_id):
+        raise RotationError(
+            f"{what}: the pending key {key_id} no longer exists on IAM user {keys.user}"
+            " (deleted outside the rotation)"
+        )
+
+
+async def verify_key(
+    what: str, target: AwsTarget, creds: AwsCreds, user: str, within: float
+) -> str:
+    """``sts:GetCallerIdentity`` with ``creds`` until it works (at most ``within`` s)."""
+    deadline, delay = time.monotonic() + within, 0.5
+    secret = creds.secret_access_key
+    call = f"{what}: sts:GetCallerIdentity with the new key {creds.access_key_id}"
+    while True:
+        arn, refused = await aws_call(call, key_identity, target, creds, secrets=(secret,))
+        if arn is not None:
+            break
+        if time.monotonic() + delay > deadline:
+            raise RotationError(f"{call}: {scrub(refused, secret)}")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+    if user_from_arn(arn) != user:
+        raise RotationError(
+            f"{what}: the new key {creds.access_key_id} authenticates as {arn}, not IAM user {user}"
+        )
+    return arn
 
 
 # ---------------------------------------------------------------------------- the rotator
@@ -96,55 +301,45 @@ class AwsAccessKeyRotator(Rotator):
     two_slots = True
 
     # -- configuration and Vault -------------------------------------------------------
-    def _opts(self, ctx: RotationContext, step: str) -> AwsOptions:
-        opts, problems = parse_aws_options(ctx.options)
-        if opts is None:
-            raise RotatorConfigError(f"aws {step}: {'; '.join(problems)}")
-        return opts
-
     async def _mapping(
-        self, ctx: RotationContext, opts: AwsOptions, step: str
-    ) -> tuple[dict[str, Any], int]:
-        data, version = await ctx.read_secret(step=step)
+        self, ctx: RotationContext, step: str
+    ) -> tuple[AwsOptions, dict[str, Any], AwsTarget]:
+        """The options, the ``key`` mapping of the consumer secret, where AWS is."""
+        opts = AwsOptions.of(ctx, step)
+        data, _ = await ctx.read_secret(step=step)
         mapping = data.get(opts.key)
         if not isinstance(mapping, dict):
             raise RotatorConfigError(
                 f"aws {step}: {ctx.secret_path().data} has no {opts.key!r} mapping"
             )
-        return dict(mapping), version
-
-    def _target(self, opts: AwsOptions, mapping: Mapping[str, Any]) -> AwsTarget:
-        region = (
-            opts.region
-            or (mapping.get("aws_region") if isinstance(mapping.get("aws_region"), str) else None)
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or DEFAULT_REGION
-        )
-        return AwsTarget(str(region), opts.endpoint_url, opts.timeout)
+        region = mapping.get("aws_region")
+        return opts, mapping, opts.target(region if isinstance(region, str) else None)
 
     async def _setup(
-        self, ctx: RotationContext, step: str
+        self, ctx: RotationContext, step: str, user: str | None = None, quick: bool = False
     ) -> tuple[AwsOptions, AwsTarget, AwsCreds | None, IamUserKeys]:
-        """Options, where AWS is, the key in Vault, and the IAM user's keys."""
-        opts = self._opts(ctx, step)
-        mapping, _ = await self._mapping(ctx, opts, step)
-        target = self._target(opts, mapping)
+        """Options, where AWS is, the key in Vault, and the keys of the IAM user (``user``,
+        else option iam_user, else the owner of the key in Vault)."""
+        opts, mapping, target = await self._mapping(ctx, step)
+        if quick:  # at most 5 s per call (the scheduler asks)
+            target = opts.target(target.region, 5.0)
         current = creds_from_mapping(mapping)
-        admin = await admin_creds(ctx, opts, f"aws {step}", current)
-        user = opts.iam_user
+        admin = await admin_creds(ctx, opts, step, current)
+        user = user or opts.iam_user
         if user is None:
             if current is None:
                 raise RotatorConfigError(
                     f"aws {step}: {ctx.secret_path().data} has no access key and option iam_user"
                     " is not set"
                 )
-            arn = await self._config_call(
+            arn = await aws_call(
                 f"aws {step}: sts:GetCallerIdentity with the key in Vault"
                 f" ({current.access_key_id})",
+                caller_arn,
                 target,
-                lambda: caller_arn(target, current),
-                current.secret_access_key,
+                current,
+                secrets=(current.secret_access_key,),
+                config=True,
             )
             user = user_from_arn(arn)
             if user is None:
@@ -154,53 +349,45 @@ class AwsAccessKeyRotator(Rotator):
                 )
         return opts, target, current, IamUserKeys(target, admin, user)
 
-    @staticmethod
-    async def _config_call(what: str, target: AwsTarget, fn: Callable[[], T], *secrets: str) -> T:
-        """A call whose failure means the configuration is wrong (nothing changed)."""
-        try:
-            return await aws_call(what, target, fn, *secrets)
-        except AwsApiError as exc:
-            raise RotatorConfigError(str(exc)) from None
+    async def _in_use(self, ctx: RotationContext, step: str, key_id: str) -> None:
+        """The guard of rollback and retire: never delete the key in Vault."""
+        key = AwsOptions.of(ctx, step).key
+        if await in_use(
+            ctx,
+            step,
+            key,
+            lambda m: isinstance(m, dict) and m.get("aws_access_key") == key_id,
+            unknown="not deleting any access key",
+            what="access key",
+            extra={"access_key_id": key_id},
+        ):
+            raise RotationError(
+                f"aws {step}: {key_id} is (again) the key in {ctx.secret_path().data}; not"
+                " deleting it"
+            )
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
         _, _, current, keys = await self._setup(ctx, "check")
-        try:
-            await free_slot(
-                "aws check",
-                ctx,
-                keys,
-                current.access_key_id if current else None,
-                delete=False,
-            )
-        except AwsApiError as exc:
-            raise RotatorConfigError(str(exc)) from None
+        await free_slot(
+            ctx, "check", keys, current.access_key_id if current else None, delete=False
+        )
 
     async def created_at(self, ctx: RotationContext) -> datetime | None:
         """The creation time of the access key in Vault (else the secret's)."""
         try:
-            opts = self._opts(ctx, "schedule")
-            mapping, _ = await self._mapping(ctx, opts, "schedule")
-            current = creds_from_mapping(mapping)
-            if current is not None and opts.iam_credentials == "self":
-                target = self._target(opts, mapping)
-                quick = AwsTarget(target.region, target.endpoint_url, min(target.timeout, 5.0))
-                keys = IamUserKeys(quick, current, opts.iam_user or "")
-                if not opts.iam_user:
-                    arn = await aws_call("aws schedule", quick, lambda: caller_arn(quick, current))
-                    keys.user = user_from_arn(arn) or ""
-                if keys.user:
-                    for k in await aws_call("aws schedule", quick, keys.list):
-                        if k.id == current.access_key_id and k.created is not None:
-                            return k.created
+            if AwsOptions.of(ctx, "schedule").iam_credentials == "self":
+                _, _, current, keys = await self._setup(ctx, "schedule", quick=True)
+                for k in await aws_call("aws schedule", keys.access_keys):
+                    if current and k.id == current.access_key_id and k.created is not None:
+                        return k.created
         except (RotationError, VaultError):
             pass
         return await super().created_at(ctx)
 
     async def describe(self, ctx: RotationContext) -> str:
         try:
-            opts = self._opts(ctx, "describe")
-            mapping, _ = await self._mapping(ctx, opts, "describe")
+            opts, mapping, _ = await self._mapping(ctx, "describe")
         except RotationError as exc:
             return f"cannot rotate aws: {exc}"
         current = creds_from_mapping(mapping)
@@ -215,8 +402,8 @@ class AwsAccessKeyRotator(Rotator):
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
         _, target, current, keys = await self._setup(ctx, "create_pending")
         current_id = current.access_key_id if current else None
-        new = await create_key(
-            "aws create_pending", ctx, keys, current_id, message="aws: new access key created"
+        new, _ = await create_key(
+            ctx, "create_pending", keys, current_id, message="aws: new access key created"
         )
         return {
             "iam_user": keys.user,
@@ -226,29 +413,18 @@ class AwsAccessKeyRotator(Rotator):
             "region": target.region,
         }
 
-    async def _keys_for(
-        self, ctx: RotationContext, pending: Mapping[str, Any], step: str
-    ) -> tuple[AwsOptions, AwsTarget, dict[str, Any], IamUserKeys]:
-        opts = self._opts(ctx, step)
-        mapping, _ = await self._mapping(ctx, opts, step)
-        target = self._target(opts, mapping)
-        admin = await admin_creds(ctx, opts, f"aws {step}", creds_from_mapping(mapping))
-        return opts, target, mapping, IamUserKeys(target, admin, str(pending["iam_user"]))
-
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Idempotent: the pending key exists and is active (it was made by create_pending)."""
-        _, _, _, keys = await self._keys_for(ctx, pending, "apply")
+        _, _, _, keys = await self._setup(ctx, "apply", str(pending["iam_user"]))
         key_id = str(pending["access_key_id"])
-        await activate_key("aws apply", keys, key_id)
+        await activate_key(ctx, "apply", keys, key_id)
         ctx.log.info(
             "aws: new access key active",
             extra={"type": ctx.type_name, "iam_user": keys.user, "access_key_id": key_id},
         )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = self._opts(ctx, "verify")
-        mapping, _ = await self._mapping(ctx, opts, "verify")
-        target = self._target(opts, mapping)
+        opts, _, target = await self._mapping(ctx, "verify")
         creds = AwsCreds(str(pending["access_key_id"]), str(pending["secret_access_key"]))
         arn = await verify_key(
             "aws verify", target, creds, str(pending["iam_user"]), opts.verify_timeout
@@ -259,55 +435,43 @@ class AwsAccessKeyRotator(Rotator):
         )
 
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
-        opts = self._opts(ctx, "promote")
-        path = ctx.secret_path()
-        key_id, secret = str(pending["access_key_id"]), str(pending["secret_access_key"])
+        opts, mapping, _ = await self._mapping(ctx, "promote")
+        path = ctx.secret_path().data
+        key_id = str(pending["access_key_id"])
         previous = pending.get("previous_access_key_id")
-        mapping, version = await self._mapping(ctx, opts, "promote")
-        if mapping.get("aws_access_key") == key_id and mapping.get("aws_secret_key") == secret:
-            return version  # promoted already (a rerun after a crash)
+        new = {**mapping, "aws_access_key": key_id, "aws_secret_key": pending["secret_access_key"]}
 
-        def change(cur: dict[str, Any]) -> dict[str, Any]:
+        def check(cur: dict[str, Any]) -> None:
             m = cur.get(opts.key)
             if not isinstance(m, dict):
-                raise RotationError(f"aws promote: {path.data} lost its {opts.key!r} mapping")
+                raise RotationError(f"aws promote: {path} lost its {opts.key!r} mapping")
             active = m.get("aws_access_key")
             if active not in (previous, key_id):
                 raise RotationError(
-                    f"aws promote: the access key in {path.data} changed to {active!r} during the"
+                    f"aws promote: the access key in {path} changed to {active!r} during the"
                     f" rotation (expected {previous})"
                 )
-            m = dict(m)
-            m["aws_access_key"] = key_id
-            m["aws_secret_key"] = secret
-            cur[opts.key] = m
-            return cur
+            if {**m, "aws_access_key": key_id, "aws_secret_key": new["aws_secret_key"]} != new:
+                raise RotationError(
+                    f"aws promote: the {opts.key!r} mapping of {path} changed during the"
+                    " promote; run the rotation again"
+                )
 
-        new_version = await ctx.client.kv.update(path, change)
-        ctx.log.info(
-            "aws: consumer secret holds the new key",
-            extra={
-                "type": ctx.type_name,
-                "path": path.data,
-                "version": new_version,
-                "access_key_id": key_id,
-            },
+        return await promote_fields(
+            ctx,
+            {opts.key: new},
+            check=check,
+            message="consumer secret holds the new key",
+            extra={"access_key_id": key_id},
         )
-        return new_version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Delete the pending key; never the key in Vault."""
-        _, target, mapping, keys = await self._keys_for(ctx, pending, "rollback")
         key_id = str(pending["access_key_id"])
-        if mapping.get("aws_access_key") == key_id:
-            raise RotationError(
-                f"aws rollback: {key_id} is the key in {ctx.secret_path().data}; not deleting it"
-            )
-        gone = not await aws_call(
-            f"aws rollback: deleting the pending key {key_id}",
-            target,
-            lambda: keys.delete(key_id),
-        )
+        await self._in_use(ctx, "rollback", key_id)
+        _, _, _, keys = await self._setup(ctx, "rollback", str(pending["iam_user"]))
+        what = f"aws rollback: deleting the pending key {key_id}"
+        gone = not await aws_call(what, keys.delete, key_id)
         ctx.log.info(
             "aws: pending access key deleted",
             extra={"type": ctx.type_name, "access_key_id": key_id, "already_gone": gone},
@@ -321,18 +485,11 @@ class AwsAccessKeyRotator(Rotator):
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
         """Deactivate, then delete the previous key (already gone is fine)."""
-        _, target, mapping, keys = await self._keys_for(ctx, retiring, "retire")
         key_id = str(retiring["access_key_id"])
-        if mapping.get("aws_access_key") == key_id:
-            raise RotationError(
-                f"aws retire: {key_id} is (again) the key in {ctx.secret_path().data}; not"
-                " deleting it"
-            )
-        deleted = await aws_call(
-            f"aws retire: deleting the previous key {key_id} of {keys.user}",
-            target,
-            lambda: keys.delete(key_id),
-        )
+        await self._in_use(ctx, "retire", key_id)
+        _, _, _, keys = await self._setup(ctx, "retire", str(retiring["iam_user"]))
+        what = f"aws retire: deleting the previous key {key_id} of {keys.user}"
+        deleted = await aws_call(what, keys.delete, key_id)
         ctx.log.info(
             "aws: previous access key deleted",
             extra={"type": ctx.type_name, "access_key_id": key_id, "already_gone": not deleted},

@@ -6,7 +6,7 @@ The provider that issues the credentials is pluggable (``options.provider``):
           published algorithm (:func:`ses_smtp_password`); the SMTP username is the
           access key id. The IAM user (``iam_user``, which needs ``ses:SendRawEmail``)
           holds up to two keys: that is the grace period, as for the ``aws`` type, and
-          the same two-slot rules apply (see ``targets/aws_iam.py``): the key is created in
+          the same two-slot rules apply (see ``rotators/aws.py``): the key is created in
           ``create_pending`` (the only moment its secret exists), ``apply`` makes sure it
           is active, ``retire`` deletes the previous key after the grace period,
           ``rollback`` deletes the pending one.
@@ -56,7 +56,7 @@ Options (``types.smtp.options``)::
     hook_timeout: 30
     username: maily                    # default: smtp_username of the secret
     password_length: 32
-    # provider: ses (the AWS options of the aws type, see targets/aws_iam.py)
+    # provider: ses (the AWS options of the aws type, see rotators/aws.py)
     iam_user: maily-ses-smtp           # required
     region: eu-west-1                  # default: from smtp_host email-smtp.<region>.amazonaws.com
     iam_credentials: default           # default (boto3's chain) or vault (+ iam_credentials_secret)
@@ -66,86 +66,54 @@ Options (``types.smtp.options``)::
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import os
-import re
 import shutil
 import signal
-import smtplib
-import ssl
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from ...errors import VaultError
+from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_validator
+
 from ...targets import random_password
-from ...targets.aws_iam import (
-    AwsApiError,
+from ...targets.aws_iam import IamUserKeys, region_of_ses_host, ses_smtp_password
+from ...targets.smtp import SmtpServer, login_check
+from ..base import ActionRequired, RotationContext, RotationError, Rotator, RotatorConfigError
+from ..kit import (
+    PasswordLength,
+    RotatorOptions,
+    blocking,
+    in_use,
+    one_of,
+    promote_fields,
+    rotation_state,
+    scrub,
+    seconds_from,
+)
+from .aws import (
     AwsOptions,
-    AwsTarget,
-    IamUserKeys,
+    Text,
     activate_key,
     admin_creds,
     aws_call,
     create_key,
     free_slot,
-    parse_aws_options,
-    scrub,
+    non_empty,
 )
-from ...targets.smtp import login_once, open_session, server_text
-from ..base import (
-    ActionRequired,
-    RotationContext,
-    RotationError,
-    Rotator,
-    RotatorConfigError,
-)
-from ..kit import blocking, duration_seconds, password_length, promote_fields
-from ..state import StateStore
 
 PROVIDERS = ("ses", "hook")
 TLS_MODES = ("auto", "starttls", "implicit", "none")
 HOOK_ACTIONS = ("apply", "rollback", "retire")
-_SES_HOST = re.compile(r"^email-smtp(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com$")
+# what a hook reads besides username and credential_id: the previous (apply, rollback)
+# or the current (retire) credential
+PREVIOUS = ("previous_username", "previous_credential_id")
+CURRENT = ("current_username", "current_credential_id")
+P = TypeVar("P", bound="SmtpOptions")
 # never inherited by a hook: Vault tokens and the like, AWS secrets
 _HOOK_ENV_DROP_PREFIXES = ("VAULT_", "BAO_", "MAILY_SECRETS_")
 _HOOK_ENV_DROP = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MAILY_DEV_PG_PASSWORD"})
-
-
-# ---------------------------------------------------------------------------- SES
-SES_DATE = "11111111"
-SES_SERVICE = "ses"
-SES_TERMINAL = "aws4_request"
-SES_MESSAGE = "SendRawEmail"
-SES_VERSION = 0x04
-
-
-def ses_smtp_password(secret_access_key: str, region: str) -> str:
-    """The Amazon SES SMTP password of an IAM secret access key, for one region.
-
-    AWS's published algorithm (SES developer guide, "Obtaining Amazon SES SMTP
-    credentials"): a SigV4-style HMAC-SHA256 chain ``"AWS4" + secret`` -> date
-    ``11111111`` -> region -> ``ses`` -> ``aws4_request`` -> ``SendRawEmail``; the
-    version byte ``0x04`` followed by the signature, base64-encoded.
-    """
-
-    def sign(key: bytes, msg: str) -> bytes:
-        return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-    sig = sign(("AWS4" + secret_access_key).encode("utf-8"), SES_DATE)
-    for part in (region, SES_SERVICE, SES_TERMINAL, SES_MESSAGE):
-        sig = sign(sig, part)
-    return base64.b64encode(bytes([SES_VERSION]) + sig).decode("ascii")
-
-
-def region_of_ses_host(host: str) -> str | None:
-    m = _SES_HOST.match(host.strip().lower())
-    return m.group(1) if m else None
 
 
 # ---------------------------------------------------------------------------- SMTP login
@@ -153,70 +121,11 @@ class SmtpError(RotationError):
     """An SMTP connection or login failed (message without any secret)."""
 
 
-@dataclass(frozen=True)
-class SmtpServer:
-    host: str
-    port: int
-    tls: str  # one of TLS_MODES
-    cafile: str | None
-    timeout: float
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-
 def smtp_session(
     server: SmtpServer, username: str | None = None, password: str | None = None
 ) -> str:
-    """Blocking: connect, EHLO, TLS as configured, and (with credentials) AUTH.
-
-    Without credentials it only checks that the server answers and offers AUTH.
-    Returns a short description ("STARTTLS", "TLS", "no TLS"); raises SmtpError.
-    """
-    secrets = [s for s in (password,) if s]
-
-    def redact(text: str) -> str:
-        return scrub(text, *secrets)
-
-    implicit = server.tls == "implicit" or (server.tls == "auto" and server.port == 465)
-    try:
-        ctx = ssl.create_default_context(cafile=server.cafile) if server.tls != "none" else None
-    except (OSError, ssl.SSLError) as exc:
-        raise RotatorConfigError(
-            f"smtp: cannot load the CA bundle {server.cafile}: {type(exc).__name__}"
-        ) from None
-    with open_session(
-        server.host,
-        server.port,
-        implicit=implicit,
-        context=ctx,
-        timeout=server.timeout,
-        fail=SmtpError,
-        redact=redact,
-    ) as session:
-        if not implicit and server.tls in ("auto", "starttls"):
-            if not session.conn.has_extn("starttls"):
-                # never AUTH in plaintext unless the configuration says tls: none
-                raise SmtpError(
-                    f"SMTP server {server.where} does not offer STARTTLS (option tls:"
-                    f" {server.tls}); refusing to log in without TLS (tls: none allows it)"
-                )
-            session.starttls(ctx)
-        if not session.conn.has_extn("auth"):
-            raise SmtpError(
-                f"SMTP server {server.where} does not offer AUTH"
-                + ("" if session.tls else " without TLS")
-            )
-        if username is not None and password is not None:
-            try:
-                login_once(session.conn, username, password)
-            except smtplib.SMTPAuthenticationError as exc:
-                raise SmtpError(
-                    f"SMTP login as {username} at {server.where} was refused"
-                    f" ({exc.smtp_code} {server_text(exc.smtp_error, redact)})"
-                ) from None
-        return session.security
+    """Blocking :func:`~maily_secrets.targets.smtp.login_check`: failures are SmtpError."""
+    return login_check(server, username, password, fail=SmtpError)
 
 
 # ---------------------------------------------------------------------------- the hook
@@ -274,123 +183,95 @@ async def run_hook(
 
 
 # ---------------------------------------------------------------------------- options
-@dataclass(frozen=True)
-class SmtpOptions:
-    provider: str
-    tls: str
-    cafile: str | None
-    verify_timeout: float
-    smtp_timeout: float
-    # hook
-    hook: tuple[str, ...] = ()
-    retire_hook: tuple[str, ...] = ()
-    hook_timeout: float = 30.0
-    username: str | None = None
-    password_length: int = 32
-    # ses
-    aws: AwsOptions | None = None
+def _provider(value: object) -> str:
+    if value not in PROVIDERS:
+        raise ValueError(
+            f"must be one of {', '.join(PROVIDERS)}"
+            + ("" if value is None else f" (got {value!r})")
+        )
+    return str(value)
 
 
-def _argv(o: Mapping[str, Any], name: str, problems: list[str]) -> tuple[str, ...] | None:
-    raw = o.get(name)
-    if raw is None:
-        return None
+def _cafile(value: object) -> str | None:
+    if value is not None and (not isinstance(value, str) or not os.path.isfile(value)):
+        raise ValueError(f"{value!r} is not a readable file")
+    return value
+
+
+def _command(value: object) -> tuple[str, ...]:
     if (
-        not isinstance(raw, list | tuple)
-        or not raw
-        or not all(isinstance(a, str) and a for a in raw)
+        not isinstance(value, list | tuple)
+        or not value
+        or not all(isinstance(a, str) and a for a in value)
     ):
-        problems.append(
-            f"option {name} must be a command as a list of strings (argv; no shell), e.g."
+        raise ValueError(
+            "must be a command as a list of strings (argv; no shell), e.g."
             " [/usr/local/bin/smtp-password, --domain, example.com]"
         )
-        return None
-    return tuple(raw)
+    cmd = value[0]
+    if not (
+        os.path.isfile(cmd) and os.access(cmd, os.X_OK) if os.sep in cmd else shutil.which(cmd)
+    ):
+        raise ValueError(f"{cmd!r} is not an executable file")
+    return tuple(value)
 
 
-def _seconds(o: Mapping[str, Any], name: str, default: float, problems: list[str]) -> float:
-    try:
-        v = duration_seconds(o.get(name, default), positive=False)
-        if v > 900:
-            raise ValueError
-    except ValueError:
-        problems.append(f"option {name} must be a number of seconds from 0 to 900")
-        return default
-    return v
+#: seconds from 0 to 900; less than 1 is 1
+Timeout = Annotated[float, seconds_from(0, 900), AfterValidator(lambda v: max(1.0, v))]
 
 
-def parse_smtp_options(o: Mapping[str, Any]) -> tuple[SmtpOptions | None, list[str]]:
-    problems: list[str] = []
-    provider = o.get("provider")
-    if provider not in PROVIDERS:
-        problems.append(
-            f"option provider must be one of {', '.join(PROVIDERS)}"
-            + ("" if provider is None else f" (got {provider!r})")
+class SmtpOptions(RotatorOptions):
+    """``types.smtp.options`` of both providers (see :class:`HookOptions`, :class:`SesOptions`)."""
+
+    error_prefix: ClassVar[str] = "smtp {step}"
+
+    provider: Annotated[str, BeforeValidator(_provider)]
+    tls: Annotated[str, one_of(*TLS_MODES)] = "auto"
+    cafile: Annotated[str | None, BeforeValidator(_cafile)] = None
+    verify_timeout: Annotated[float, seconds_from(0, 900)] = 30.0
+    smtp_timeout: Timeout = 10.0
+
+
+class HookOptions(SmtpOptions):
+    """``provider: hook``: the command that sets a password at the provider."""
+
+    hook: Annotated[tuple[str, ...], BeforeValidator(_command)]
+    retire_hook: tuple[str, ...] = ()
+    hook_timeout: Timeout = 30.0
+    username: Text = None
+    password_length: PasswordLength = 32
+
+    @field_validator("retire_hook", mode="before")
+    @classmethod
+    def _retire_hook(cls, value: object, info: ValidationInfo) -> tuple[str, ...]:
+        if value is True:
+            return tuple(info.data.get("hook") or ())
+        return () if value in (None, False) else _command(value)
+
+
+class SesOptions(SmtpOptions, AwsOptions):
+    """``provider: ses``: the AWS options of the ``aws`` type, ``iam_user`` required and
+    IAM called with boto3's chain or an admin secret (never the SMTP key itself)."""
+
+    iam_user: Annotated[str, BeforeValidator(non_empty)]
+    iam_credentials: Annotated[str, one_of("default", "vault")] = "default"
+
+
+def smtp_options(ctx: RotationContext, step: str) -> HookOptions | SesOptions:
+    """The options of the configured provider (none configured: only a person can)."""
+    provider = ctx.options.get("provider")
+    if provider is None:
+        raise ActionRequired(
+            "no SMTP provider is configured (types.smtp.options.provider: ses or hook):"
+            " change the SMTP password at the provider by hand, then smtp_username/"
+            f"smtp_password in {ctx.secret_path().data}"
         )
-    tls = o.get("tls", "auto")
-    if tls not in TLS_MODES:
-        problems.append(f"option tls must be one of {', '.join(TLS_MODES)}")
-        tls = "auto"
-    cafile = o.get("cafile")
-    if cafile is not None and (not isinstance(cafile, str) or not os.path.isfile(cafile)):
-        problems.append(f"option cafile {cafile!r} is not a readable file")
-    verify_timeout = _seconds(o, "verify_timeout", 30.0, problems)
-    smtp_timeout = max(1.0, _seconds(o, "smtp_timeout", 10.0, problems))
-    hook = retire_hook = None
-    hook_timeout, length, username, aws = 30.0, 32, None, None
+    if provider == "ses":
+        return SesOptions.of(ctx, step)
     if provider == "hook":
-        hook = _argv(o, "hook", problems)
-        if hook is None and "hook" not in o:
-            problems.append("option hook (the command that sets the password) is not set")
-        elif hook is not None and not _executable(hook[0]):
-            problems.append(f"the hook command {hook[0]!r} is not an executable file")
-        raw_retire = o.get("retire_hook")
-        if raw_retire is True:
-            retire_hook = hook
-        elif raw_retire not in (None, False):
-            retire_hook = _argv(o, "retire_hook", problems)
-            if retire_hook is not None and not _executable(retire_hook[0]):
-                problems.append(f"the retire_hook command {retire_hook[0]!r} is not executable")
-        hook_timeout = max(1.0, _seconds(o, "hook_timeout", 30.0, problems))
-        raw_user = o.get("username")
-        if raw_user is not None and (not isinstance(raw_user, str) or not raw_user):
-            problems.append("option username must be a non-empty string")
-        username = raw_user if isinstance(raw_user, str) and raw_user else None
-        try:
-            length = password_length(o.get("password_length", 32))
-        except ValueError as exc:
-            problems.append(f"option password_length {exc}")
-    elif provider == "ses":
-        aws, aws_problems = parse_aws_options(
-            {"verify_timeout": verify_timeout, **o}, default_credentials="default", allow_self=False
-        )
-        problems += aws_problems
-        if "iam_user" not in o:
-            problems.append("option iam_user (the IAM user of the SES SMTP credentials) is not set")
-    if problems:
-        return None, problems
-    return (
-        SmtpOptions(
-            provider=str(provider),
-            tls=str(tls),
-            cafile=cafile if isinstance(cafile, str) else None,
-            verify_timeout=verify_timeout,
-            smtp_timeout=smtp_timeout,
-            hook=hook or (),
-            retire_hook=retire_hook or (),
-            hook_timeout=hook_timeout,
-            username=username,
-            password_length=length,
-            aws=aws,
-        ),
-        [],
-    )
-
-
-def _executable(cmd: str) -> bool:
-    if os.sep in cmd:
-        return os.path.isfile(cmd) and os.access(cmd, os.X_OK)
-    return shutil.which(cmd) is not None
+        return HookOptions.of(ctx, step)
+    _, problems = SmtpOptions.problems({"provider": provider})
+    raise RotatorConfigError(f"smtp {step}: {'; '.join(problems)}")
 
 
 # ---------------------------------------------------------------------------- the rotator
@@ -401,24 +282,12 @@ class SmtpRotator(Rotator):
     two_slots = True
 
     # -- configuration and Vault -------------------------------------------------------
-    def _opts(self, ctx: RotationContext, step: str) -> SmtpOptions:
-        if ctx.options.get("provider") is None:
-            raise ActionRequired(
-                "no SMTP provider is configured (types.smtp.options.provider: ses or hook):"
-                " change the SMTP password at the provider by hand, then smtp_username/"
-                f"smtp_password in {ctx.secret_path().data}"
-            )
-        opts, problems = parse_smtp_options(ctx.options)
-        if opts is None:
-            raise RotatorConfigError(f"smtp {step}: {'; '.join(problems)}")
-        return opts
-
-    async def _consumer(self, ctx: RotationContext, step: str) -> tuple[dict[str, Any], int]:
-        return await ctx.read_secret(step=step)
-
-    def _server(
-        self, ctx: RotationContext, opts: SmtpOptions, data: Mapping[str, Any], step: str
-    ) -> SmtpServer:
+    async def _setup(
+        self, ctx: RotationContext, step: str
+    ) -> tuple[HookOptions | SesOptions, dict[str, Any], SmtpServer]:
+        """The options, the consumer secret, and the SMTP server it names."""
+        opts = smtp_options(ctx, step)
+        data, _ = await ctx.read_secret(step=step)
         path = ctx.secret_path().data
         host = str(data.get("smtp_host") or "").strip()
         if not host:
@@ -429,37 +298,47 @@ class SmtpRotator(Rotator):
                 raise ValueError
         except (TypeError, ValueError):
             raise RotatorConfigError(f"smtp {step}: smtp_port in {path} is not a port") from None
-        return SmtpServer(host, port, opts.tls, opts.cafile, opts.smtp_timeout)
+        return opts, data, SmtpServer(host, port, opts.tls, opts.cafile, opts.smtp_timeout)
 
-    def _ses(
-        self, opts: SmtpOptions, server: SmtpServer, step: str
-    ) -> tuple[AwsOptions, AwsTarget, str]:
-        aws = opts.aws
-        assert aws is not None and aws.iam_user is not None
-        region = aws.region or region_of_ses_host(server.host)
+    async def _ses_keys(
+        self, ctx: RotationContext, opts: SesOptions, server: SmtpServer, step: str, user: str = ""
+    ) -> tuple[IamUserKeys, str]:
+        """The IAM user's keys (``user``: of the rotation) and the SES region."""
+        region = opts.region or region_of_ses_host(server.host)
         if region is None:
             raise RotatorConfigError(
                 f"smtp {step}: option region is not set and smtp_host {server.host} is not"
                 " email-smtp.<region>.amazonaws.com (the SES SMTP password depends on the region)"
             )
-        return aws, AwsTarget(region, aws.endpoint_url, aws.timeout), region
+        admin = await admin_creds(ctx, opts, step, None)
+        return IamUserKeys(opts.target(region), admin, user or opts.iam_user), region
 
-    async def _ses_keys(
-        self, ctx: RotationContext, opts: SmtpOptions, server: SmtpServer, step: str
-    ) -> tuple[IamUserKeys, str]:
-        aws, target, region = self._ses(opts, server, step)
-        admin = await admin_creds(ctx, aws, f"smtp {step}", None)
-        assert aws.iam_user is not None
-        return IamUserKeys(target, admin, aws.iam_user), region
+    @staticmethod
+    def _started_with(kind: type[P], opts: HookOptions | SesOptions, step: str) -> P:
+        """The options, of the provider the rotation was started with."""
+        if not isinstance(opts, kind):
+            started = "ses" if kind is SesOptions else "hook"
+            raise RotatorConfigError(
+                f"smtp {step}: this rotation was started with provider {started}, but option"
+                f" provider is {opts.provider} now"
+            )
+        return opts
 
     async def _login(self, server: SmtpServer, username: str, password: str, within: float) -> str:
         deadline = time.monotonic() + within
         delay = 0.5
         while True:
             try:
-                return await asyncio.to_thread(smtp_session, server, username, password)
-            except RotatorConfigError:
-                raise
+                return await blocking(
+                    "smtp verify",
+                    smtp_session,
+                    server,
+                    username,
+                    password,
+                    errors=(SmtpError,),
+                    secrets=(password,),
+                    raise_as=SmtpError,
+                )
             except SmtpError:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -468,43 +347,29 @@ class SmtpRotator(Rotator):
 
     # -- the protocol ----------------------------------------------------------------
     async def check(self, ctx: RotationContext) -> None:
-        opts = self._opts(ctx, "check")
-        data, _ = await self._consumer(ctx, "check")
-        server = self._server(ctx, opts, data, "check")
-        if opts.provider == "hook" and not (opts.username or data.get("smtp_username")):
+        opts, data, server = await self._setup(ctx, "check")
+        if isinstance(opts, HookOptions) and not (opts.username or data.get("smtp_username")):
             raise RotatorConfigError(
                 f"smtp check: no SMTP username: set option username or smtp_username in"
                 f" {ctx.secret_path().data}"
             )
-        if opts.provider == "ses":
+        if isinstance(opts, SesOptions):
             keys, _ = await self._ses_keys(ctx, opts, server, "check")
-            try:
-                await free_slot(
-                    "smtp check",
-                    ctx,
-                    keys,
-                    str(data.get("smtp_username") or "") or None,
-                    delete=False,
-                    require_current=False,
-                )
-            except AwsApiError as exc:
-                raise RotatorConfigError(str(exc)) from None
+            current = str(data.get("smtp_username") or "") or None
+            await free_slot(ctx, "check", keys, current, delete=False, require_current=False)
         await blocking(
             "smtp check", smtp_session, server, errors=(SmtpError,), raise_as=RotatorConfigError
         )
 
     async def describe(self, ctx: RotationContext) -> str:
         try:
-            opts = self._opts(ctx, "describe")
-            data, _ = await self._consumer(ctx, "describe")
-            server = self._server(ctx, opts, data, "describe")
+            opts, _, server = await self._setup(ctx, "describe")
         except RotationError as exc:
             return f"cannot rotate smtp: {exc}"
         where = f"{ctx.secret_path().data} (smtp_username/smtp_password)"
-        if opts.provider == "ses":
-            assert opts.aws is not None
+        if isinstance(opts, SesOptions):
             return (
-                f"create an IAM access key for {opts.aws.iam_user}, derive its SES SMTP password,"
+                f"create an IAM access key for {opts.iam_user}, derive its SES SMTP password,"
                 f" log in at {server.where}, write {where}; the old key is deleted after"
                 f" {ctx.grace}"
             )
@@ -515,27 +380,15 @@ class SmtpRotator(Rotator):
         )
 
     async def create_pending(self, ctx: RotationContext) -> dict[str, Any]:
-        opts = self._opts(ctx, "create_pending")
-        data, _ = await self._consumer(ctx, "create_pending")
-        server = self._server(ctx, opts, data, "create_pending")
+        opts, data, server = await self._setup(ctx, "create_pending")
         previous_username = str(data.get("smtp_username") or "") or None
-        if opts.provider == "ses":
+        if isinstance(opts, SesOptions):
             keys, region = await self._ses_keys(ctx, opts, server, "create_pending")
-            try:
-                listed = await aws_call(
-                    f"smtp create_pending: iam:ListAccessKeys for {keys.user}",
-                    keys.target,
-                    keys.list,
-                )
-                ids = {k.id for k in listed}
-            except AwsApiError as exc:  # before anything that matters changed
-                raise RotatorConfigError(str(exc)) from None
-            previous_key = previous_username if previous_username in ids else None
-            new = await create_key(
-                "smtp create_pending",
+            new, previous_key = await create_key(
                 ctx,
+                "create_pending",
                 keys,
-                previous_key,
+                previous_username,
                 message="smtp: new SES access key created",
                 require_current=False,
             )
@@ -554,56 +407,39 @@ class SmtpRotator(Rotator):
             raise RotatorConfigError(
                 "smtp create_pending: no SMTP username: set option username or smtp_username"
             )
+        # the rotation id that made the credential in use (None: not made by a rotation);
+        # never guessed: None tells the retire hook to remove *every* other password
+        state = await rotation_state(ctx, "create_pending")
+        made_by = state.last_rotation_id if state and state.last_success_at else None
         return {
             "provider": "hook",
             "username": username,
             "password": random_password(opts.password_length),
             "credential_id": ctx.rotation_id,
             "previous_username": previous_username,
-            "previous_credential_id": await self._previous_credential_id(ctx),
+            "previous_credential_id": made_by,
         }
 
-    async def _previous_credential_id(self, ctx: RotationContext) -> str | None:
-        """The rotation id that made the credential in use (None: not made by a rotation)."""
-        store = StateStore(ctx.client, ctx.kv_mount, ctx.env.env.state_prefix)
-        try:
-            state, _ = await store.read(ctx.type_name)
-        except (VaultError, ValueError) as exc:
-            # never guess None: the retire hook would then remove *every* other password
-            raise RotationError(
-                f"smtp create_pending: cannot read the rotation state"
-                f" {store.path(ctx.type_name).data} ({type(exc).__name__})"
-            ) from None
-        if state is None or state.last_success_at is None:
-            return None
-        return state.last_rotation_id
-
-    def _hook_payload(
-        self, pending: Mapping[str, Any], server: SmtpServer | None
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _payload(credential: Mapping[str, Any], server: SmtpServer, *keys: str) -> dict[str, Any]:
+        """What a hook reads on stdin: ``keys`` of the pending/retiring data, the server."""
         return {
-            "username": pending.get("username"),
-            "credential_id": pending.get("credential_id"),
-            "previous_username": pending.get("previous_username"),
-            "previous_credential_id": pending.get("previous_credential_id"),
-            "smtp_host": server.host if server else None,
-            "smtp_port": server.port if server else None,
+            **{k: credential.get(k) for k in ("username", "credential_id", *keys)},
+            "smtp_host": server.host,
+            "smtp_port": server.port,
         }
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = self._opts(ctx, "apply")
-        data, _ = await self._consumer(ctx, "apply")
-        server = self._server(ctx, opts, data, "apply")
+        opts, _, server = await self._setup(ctx, "apply")
         password = str(pending["password"])
         if pending.get("provider") == "ses":
-            keys, _ = await self._ses_keys(ctx, opts, server, "apply")
-            keys.user = str(pending["iam_user"])
-            key_id = str(pending["access_key_id"])
-            await activate_key("smtp apply", keys, key_id)
+            ses = self._started_with(SesOptions, opts, "apply")
+            keys, _ = await self._ses_keys(ctx, ses, server, "apply", str(pending["iam_user"]))
+            await activate_key(ctx, "apply", keys, str(pending["access_key_id"]))
         else:
-            self._require_hook(opts, "apply")
-            payload = {**self._hook_payload(pending, server), "password": password}
-            await run_hook(opts.hook, "apply", payload, limit=opts.hook_timeout, secrets=[password])
+            hook = self._started_with(HookOptions, opts, "apply")
+            payload = {**self._payload(pending, server, *PREVIOUS), "password": password}
+            await run_hook(hook.hook, "apply", payload, limit=hook.hook_timeout, secrets=[password])
         ctx.log.info(
             "smtp: new credential set at the provider",
             extra={
@@ -613,18 +449,8 @@ class SmtpRotator(Rotator):
             },
         )
 
-    @staticmethod
-    def _require_hook(opts: SmtpOptions, step: str) -> None:
-        if opts.provider != "hook" or not opts.hook:
-            raise RotatorConfigError(
-                f"smtp {step}: this rotation was started with provider hook, but option hook"
-                " is not set any more"
-            )
-
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
-        opts = self._opts(ctx, "verify")
-        data, _ = await self._consumer(ctx, "verify")
-        server = self._server(ctx, opts, data, "verify")
+        opts, _, server = await self._setup(ctx, "verify")
         username, password = str(pending["username"]), str(pending["password"])
         security = await self._login(server, username, password, opts.verify_timeout)
         ctx.log.info(
@@ -645,39 +471,32 @@ class SmtpRotator(Rotator):
             expect=("smtp_username", pending.get("previous_username")),
         )
 
-    async def _in_use(self, ctx: RotationContext, username: str, password: str | None) -> bool:
-        data, _ = await self._consumer(ctx, "rollback")
-        if data.get("smtp_username") != username:
-            return False
-        return password is None or data.get("smtp_password") == password
-
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         """Remove the pending credential at the provider; never the one in use."""
-        opts = self._opts(ctx, "rollback")
-        data, _ = await self._consumer(ctx, "rollback")
-        server = self._server(ctx, opts, data, "rollback")
-        if await self._in_use(ctx, str(pending["username"]), str(pending["password"])):
+        opts, _, server = await self._setup(ctx, "rollback")
+        password = str(pending["password"])
+        if await in_use(
+            ctx,
+            "rollback",
+            "smtp_password",
+            lambda current: current == password,
+            unknown="not removing the pending credential",
+            what="pending credential",
+        ):
             raise RotationError(
                 f"smtp rollback: the pending credential is the one in {ctx.secret_path().data};"
                 " not removing it"
             )
         if pending.get("provider") == "ses":
-            keys, _ = await self._ses_keys(ctx, opts, server, "rollback")
-            keys.user = str(pending["iam_user"])
+            ses = self._started_with(SesOptions, opts, "rollback")
+            keys, _ = await self._ses_keys(ctx, ses, server, "rollback", str(pending["iam_user"]))
             key_id = str(pending["access_key_id"])
-            await aws_call(
-                f"smtp rollback: deleting the pending key {key_id}",
-                keys.target,
-                lambda: keys.delete(key_id),
-            )
+            await aws_call(f"smtp rollback: deleting the pending key {key_id}", keys.delete, key_id)
         else:
-            self._require_hook(opts, "rollback")
+            hook = self._started_with(HookOptions, opts, "rollback")
+            payload = self._payload(pending, server, *PREVIOUS)
             await run_hook(
-                opts.hook,
-                "rollback",
-                self._hook_payload(pending, server),
-                limit=opts.hook_timeout,
-                secrets=[str(pending["password"])],
+                hook.hook, "rollback", payload, limit=hook.hook_timeout, secrets=[password]
             )
         ctx.log.info(
             "smtp: pending credential removed",
@@ -690,7 +509,7 @@ class SmtpRotator(Rotator):
             if not previous:
                 return None
             return {"provider": "ses", "access_key_id": previous, "iam_user": pending["iam_user"]}
-        opts, _ = parse_smtp_options(ctx.options)
+        opts, _ = HookOptions.problems(ctx.options)
         if opts is None or not opts.retire_hook or not pending.get("previous_username"):
             return None
         return {
@@ -702,38 +521,37 @@ class SmtpRotator(Rotator):
         }
 
     async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
-        opts = self._opts(ctx, "retire")
-        data, _ = await self._consumer(ctx, "retire")
-        server = self._server(ctx, opts, data, "retire")
+        opts, data, server = await self._setup(ctx, "retire")
         if retiring.get("provider") == "ses":
+            ses = self._started_with(SesOptions, opts, "retire")
             key_id = str(retiring["access_key_id"])
-            if data.get("smtp_username") == key_id:
+            if await in_use(
+                ctx,
+                "retire",
+                "smtp_username",
+                lambda current: current == key_id,
+                unknown="not deleting any SES key",
+                what="SES key",
+                extra={"access_key_id": key_id},
+            ):
                 raise RotationError(
                     f"smtp retire: {key_id} is (again) the SMTP username in"
                     f" {ctx.secret_path().data}; not deleting its key"
                 )
-            keys, _ = await self._ses_keys(ctx, opts, server, "retire")
-            keys.user = str(retiring["iam_user"])
+            keys, _ = await self._ses_keys(ctx, ses, server, "retire", str(retiring["iam_user"]))
             deleted = await aws_call(
                 f"smtp retire: deleting the previous key {key_id} of {keys.user}",
-                keys.target,
-                lambda: keys.delete(key_id),
+                keys.delete,
+                key_id,
             )
             ctx.log.info(
                 "smtp: previous SES key deleted",
                 extra={"type": ctx.type_name, "access_key_id": key_id, "already_gone": not deleted},
             )
             return
-        if not opts.retire_hook:
+        if not isinstance(opts, HookOptions) or not opts.retire_hook:
             return  # the retire hook was removed from the configuration since
-        payload = {
-            "username": retiring.get("username"),
-            "credential_id": retiring.get("credential_id"),
-            "current_username": retiring.get("current_username"),
-            "current_credential_id": retiring.get("current_credential_id"),
-            "smtp_host": server.host,
-            "smtp_port": server.port,
-        }
+        payload = self._payload(retiring, server, *CURRENT)
         password = str(data.get("smtp_password") or "")
         await run_hook(
             opts.retire_hook, "retire", payload, limit=opts.hook_timeout, secrets=[password]
