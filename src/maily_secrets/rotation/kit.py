@@ -4,8 +4,9 @@
   wrong values are a :class:`RotatorConfigError` naming the option), with shared field
   types :data:`Seconds` (a positive duration), :data:`Delay` (a duration, zero allowed),
   :data:`PasswordLength` (16..256), :data:`SecretName` (a KV v2 secret name) and
-  :data:`Flag`, and validators :func:`int_from` and :func:`one_of`; the one duration
-  parser (:func:`duration_seconds`: numbers or 30s/5m/1h/1d, never a bool);
+  :data:`Flag`, and validators :func:`int_from`, :func:`seconds_from` and :func:`one_of`;
+  the one duration parser (:func:`duration_seconds`: numbers or 30s/5m/1h/1d, never a
+  bool); :func:`option_message` (pydantic's error as "option X <problem>" text);
 - :func:`scrub`            one line of an error text with the given values blanked;
 - :func:`admin_secret`     the rotator's admin secret (``maily/data/rotator/<name>``)
   with the fields it must hold, or a clear error;
@@ -16,7 +17,10 @@
 - :func:`in_use`           whether the credential to retire is (again) the one in use
   (the guard of two-slot rotators; unknown is an error, never a guess);
 - :func:`blocking`         run a blocking SDK call in a thread, its errors translated to
-  a :class:`RotationError` whose message holds no secret value.
+  a :class:`RotationError` whose message holds no secret value;
+- :func:`load_factory`     the callable an import reference ``"pkg.module:factory"`` names;
+- :func:`rotation_state`   the engine's state of the type, for a step that must know it
+  (unreadable is an error, never "none").
 """
 
 from __future__ import annotations
@@ -119,7 +123,8 @@ def one_of(*choices: str) -> BeforeValidator:
     return BeforeValidator(check)
 
 
-def _message(err: Mapping[str, Any]) -> str:
+def option_message(err: Mapping[str, Any]) -> str:
+    """The problem of one pydantic error, as it follows "option X" ("is not set", ...)."""
     if err.get("type") == "missing":
         return "is not set"
     msg = str(err.get("msg", "is not valid"))
@@ -145,7 +150,7 @@ class RotatorOptions(BaseModel):
             errors = exc.errors()
         unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
         problems = [
-            f"option {e['loc'][0] if e['loc'] else '?'} {_message(e)}"
+            f"option {e['loc'][0] if e['loc'] else '?'} {option_message(e)}"
             for e in errors
             if e["type"] != "extra_forbidden"
         ]

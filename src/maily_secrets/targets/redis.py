@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
-from ..rotation.base import RotationError
 from . import scrubbed_line
 
 DEFAULT_ACL_USER = "maily"
@@ -81,7 +81,8 @@ def _parse_getuser(name: str, raw: object) -> AclUser | None:
     elif isinstance(raw, (list, tuple)):  # RESP2: a flat list of field, value
         doc = {_text(raw[i]): raw[i + 1] for i in range(0, len(raw) - 1, 2)}
     else:
-        raise RotationError(f"redis: unexpected ACL GETUSER answer for {name}")
+        # a RedisError like any other bad answer: callers already translate those
+        raise RedisError(f"unexpected ACL GETUSER answer for {name}")
 
     def items(v: object) -> list[str]:
         if isinstance(v, (list, tuple, set, frozenset)):

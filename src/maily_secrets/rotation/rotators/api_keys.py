@@ -94,7 +94,7 @@ from ..base import (
     parse_time,
 )
 from ..config import TypeConfig, format_duration
-from ..kit import RotatorOptions, _message, cas_update, int_from, one_of, scrub
+from ..kit import RotatorOptions, cas_update, int_from, one_of, option_message, scrub
 
 Kind = Literal["internal", "provider", "manual"]
 Scope = Literal["all", "automatic", "manual"]
@@ -310,7 +310,7 @@ class ApiKeysOptions(RotatorOptions):
         out = [f"unknown option(s) {', '.join(unknown)}; valid: keys, scope"] if unknown else []
         for e in errors:
             if e["type"] != "extra_forbidden":
-                where, msg = ".".join(str(p) for p in e["loc"] if p != "[key]"), _message(e)
+                where, msg = ".".join(str(p) for p in e["loc"] if p != "[key]"), option_message(e)
                 out.append(f"option {where}{'' if msg[:1] in '.:' else ' '}{msg}")
         return None, out
 
