@@ -81,6 +81,16 @@ from ...targets import random_password
 from ...targets.aws_iam import IamUserKeys, region_of_ses_host, ses_smtp_password
 from ...targets.smtp import SmtpServer, login_check
 from ..base import ActionRequired, RotationContext, RotationError, Rotator, RotatorConfigError
+from ..iam_keys import (
+    AwsOptions,
+    Text,
+    activate_key,
+    admin_creds,
+    aws_call,
+    create_key,
+    free_slot,
+    non_empty,
+)
 from ..kit import (
     PasswordLength,
     RotatorOptions,
@@ -91,16 +101,6 @@ from ..kit import (
     rotation_state,
     scrub,
     seconds_from,
-)
-from .aws import (
-    AwsOptions,
-    Text,
-    activate_key,
-    admin_creds,
-    aws_call,
-    create_key,
-    free_slot,
-    non_empty,
 )
 
 PROVIDERS = ("ses", "hook")
