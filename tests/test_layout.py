@@ -1,4 +1,4 @@
-"""The shape of the package: no import cycle among src/ modules.
+"""The shape of the package: no import cycle among src/ modules, rotators and targets apart.
 
 Every ``import`` and ``from ... import`` is counted, at module level, inside functions and
 under ``TYPE_CHECKING`` alike: a cycle hidden in a function is still a cycle a reader has
@@ -94,3 +94,19 @@ def test_the_scan_sees_the_package_and_would_see_a_cycle() -> None:
 
 def test_no_import_cycle_among_src_modules() -> None:
     assert cycles(import_graph()) == []
+
+
+def test_no_rotator_imports_another_and_targets_import_no_rotation() -> None:
+    """What rotators share lives in rotation/ (kit, iam_keys, rewrap), not in a rotator;
+    the targets know nothing of rotations."""
+    graph = import_graph()
+    rotators = {m for m in graph if m.startswith("maily_secrets.rotation.rotators.")}
+    assert len(rotators) == 7
+    crossed = {(m, t) for m in rotators for t in graph[m] if t in rotators}
+    assert crossed == set()
+    targets = [m for m in graph if m.startswith("maily_secrets.targets")]
+    assert len(targets) == 5
+    into_rotation = {
+        (m, t) for m in targets for t in graph[m] if t.startswith("maily_secrets.rotation")
+    }
+    assert into_rotation == set()
