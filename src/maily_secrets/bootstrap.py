@@ -116,6 +116,22 @@ async def ensure_transit(
         report.add(f"transit key {key}", True)
 
 
+async def ensure_engines(
+    client: VaultClient,
+    report: BootstrapReport,
+    *,
+    kv_mount: str = "maily",
+    transit_mount: str = "transit",
+    samples: bool = False,
+) -> None:
+    """KV v2 at ``kv_mount`` (cas_required), transit with ``maily-enc-key`` (no upsert)
+    and, with ``samples``, the guide's secrets with random values (create-only)."""
+    await ensure_kv2_mount(client, kv_mount, report)
+    await ensure_transit(client, transit_mount, TRANSIT_KEY, report)
+    for name, data in sample_secrets().items() if samples else ():
+        await ensure_secret(client, KV2Path(kv_mount, name), data, report)
+
+
 async def ensure_secret(
     client: VaultClient, path: KV2Path, sample: dict[str, Any], report: BootstrapReport
 ) -> None:

@@ -17,6 +17,8 @@ specific subclasses::
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class VaultError(Exception):
     """Base class of every error raised by Maily Secrets."""
@@ -134,17 +136,11 @@ class CiphertextVersionTooOld(TransitError, VaultRequestError):
         self,
         message: str,
         *,
-        path: str | None = None,
-        status: int | None = None,
-        detail: str = "",
-        index: int | None = None,
-        failed: int = 0,
         ciphertext_version: int | None = None,
         min_decryption_version: int | None = None,
+        **where: Any,  # path, status, detail, index, failed: as TransitError
     ):
-        super().__init__(
-            message, path=path, status=status, detail=detail, index=index, failed=failed
-        )
+        super().__init__(message, **where)
         self.ciphertext_version = ciphertext_version
         self.min_decryption_version = min_decryption_version
 

@@ -9,16 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ..bootstrap import (
-    TRANSIT_KEY,
-    BootstrapReport,
-    ensure_kv2_mount,
-    ensure_secret,
-    ensure_transit,
-    sample_secrets,
-)
+from ..bootstrap import BootstrapReport, ensure_engines
 from ..errors import ConfigurationError, VaultError
-from ..paths import KV2Path
 from ..policies import (
     KubernetesAuthConfig,
     auth_dir,
@@ -59,17 +51,15 @@ async def bootstrap_server(
     secrets with random values (create-only). Running it again changes nothing."""
     report = report if report is not None else BootstrapReport()
     policies = load_policies(policy_dir(deploy))
-    await ensure_kv2_mount(client, kv_mount, report)
-    await ensure_transit(client, transit_mount, TRANSIT_KEY, report)
+    await ensure_engines(
+        client, report, kv_mount=kv_mount, transit_mount=transit_mount, samples=samples
+    )
     await ensure_policies(client, policies, report)
     if kubernetes is not None:
         roles = load_auth_roles("kubernetes", auth_dir(deploy))
         await ensure_kubernetes_auth(client, kubernetes, roles, report)
     if approle:
         await ensure_approle(client, load_auth_roles("approle", auth_dir(deploy)), report)
-    if samples:
-        for name, data in sample_secrets().items():
-            await ensure_secret(client, KV2Path(kv_mount, name), data, report)
     return report
 
 

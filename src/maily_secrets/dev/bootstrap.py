@@ -16,16 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bootstrap import (
-    APP_GROUP_ROLE,
-    APP_LOGIN_ROLES,
-    TRANSIT_KEY,
-    BootstrapReport,
-    ensure_kv2_mount,
-    ensure_secret,
-    ensure_transit,
-    sample_secrets,
-)
+from ..bootstrap import APP_GROUP_ROLE, APP_LOGIN_ROLES, BootstrapReport, ensure_engines
 from ..paths import KV2Path
 from ..targets.postgres import PostgresTarget
 from ..vault.client import VaultClient
@@ -35,10 +26,9 @@ async def bootstrap_dev(
     client: VaultClient, *, kv_mount: str = "maily", transit_mount: str = "transit"
 ) -> BootstrapReport:
     report = BootstrapReport()
-    await ensure_kv2_mount(client, kv_mount, report)
-    await ensure_transit(client, transit_mount, TRANSIT_KEY, report)
-    for name, data in sample_secrets().items():
-        await ensure_secret(client, KV2Path(kv_mount, name), data, report)
+    await ensure_engines(
+        client, report, kv_mount=kv_mount, transit_mount=transit_mount, samples=True
+    )
     return report
 
 

@@ -48,7 +48,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from email.utils import make_msgid
 from pathlib import Path
@@ -618,6 +618,29 @@ def _installed(module: str, what: str, lines: list[str]) -> bool:
     return False
 
 
+def _bring_up(
+    standin: _Background,
+    what: str,
+    label: str,
+    lines: list[str],
+    start: Callable[[], tuple[StandinInfo, bool]],
+    first: Callable[[StandinInfo], None],
+    line: Callable[[StandinInfo, str], str],
+) -> StandinInfo | None:
+    """Start ``standin`` (``first`` runs once when it was not running yet) and say so in
+    ``lines``; a failure stops it and says why ``what`` is skipped."""
+    try:
+        info, started = start()
+        if started:
+            first(info)
+    except Exception as exc:
+        standin.stop()
+        lines.append(f"  [yellow]{what}: skipped[/yellow] ({label}: {exc})")
+        return None
+    lines.append(line(info, "started" if started else "already running"))
+    return info
+
+
 def dev_up(
     state_dir: Path,
     vault_addr: str,
@@ -647,55 +670,51 @@ def dev_up(
             await _point_vault_at(c, kv_mount, aws, smtp)
 
     # -- AWS (moto) -------------------------------------------------------------------
+    def moto_first(info: StandinInfo) -> None:
+        akid, secret = moto_setup_user(info.addr, MOTO_USER)
+        moto_enable_auth(info.addr)
+        creds = {"aws_access_key": akid, "aws_secret_key": secret, "aws_region": MOTO_REGION}
+        asyncio.run(write(creds, None))
+
     moto = MotoStandin(state_dir)
     if _installed("moto", "aws", out.lines):
-        try:
-            info, started = moto.start()
-            if started:
-                akid, secret = moto_setup_user(info.addr, MOTO_USER)
-                moto_enable_auth(info.addr)
-                asyncio.run(
-                    write(
-                        {
-                            "aws_access_key": akid,
-                            "aws_secret_key": secret,
-                            "aws_region": MOTO_REGION,
-                        },
-                        None,
-                    )
-                )
-            out.moto = info
-            out.lines.append(
-                f"  aws: IAM/STS stand-in (moto) {'started' if started else 'already running'}"
-                f" at [bold]{info.addr}[/bold] (pid {info.pid}); IAM user {MOTO_USER},"
-                f" its key in {kv_mount}/data/credentials"
-            )
-        except Exception as exc:
-            moto.stop()
-            out.lines.append(f"  [yellow]aws: skipped[/yellow] (moto stand-in: {exc})")
+        out.moto = _bring_up(
+            moto,
+            "aws",
+            "moto stand-in",
+            out.lines,
+            moto.start,
+            moto_first,
+            lambda info, how: (
+                f"  aws: IAM/STS stand-in (moto) {how} at [bold]{info.addr}[/bold]"
+                f" (pid {info.pid}); IAM user {MOTO_USER}, its key in {kv_mount}/data/credentials"
+            ),
+        )
 
     # -- SMTP (aiosmtpd) -----------------------------------------------------------------
+    def smtp_first(info: StandinInfo) -> None:
+        username, password = asyncio.run(read_smtp_creds())
+        store = CredentialStore(smtp.store_path)
+        if password and not store.check(username, password):
+            store.add(username, password, "dev-up")
+        asyncio.run(write(None, (info.host, info.port)))
+
     smtp = SmtpStandin(state_dir)
-    smtp_ok = False
     if _installed("aiosmtpd", "smtp", out.lines):
-        try:
-            info, started = smtp.start(SMTP_DEFAULT_PORT)
-            if started:
-                username, password = asyncio.run(read_smtp_creds())
-                store = CredentialStore(smtp.store_path)
-                if password and not store.check(username, password):
-                    store.add(username, password, "dev-up")
-                asyncio.run(write(None, (info.host, info.port)))
-            out.smtp = info
-            smtp_ok = True
-            out.lines.append(
-                f"  smtp: SMTP stand-in with AUTH {'started' if started else 'already running'}"
-                f" at [bold]{info.host}:{info.port}[/bold] (pid {info.pid}); smtp_* in"
+        out.smtp = _bring_up(
+            smtp,
+            "smtp",
+            "SMTP stand-in",
+            out.lines,
+            lambda: smtp.start(SMTP_DEFAULT_PORT),
+            smtp_first,
+            lambda info, how: (
+                f"  smtp: SMTP stand-in with AUTH {how} at"
+                f" [bold]{info.host}:{info.port}[/bold] (pid {info.pid}); smtp_* in"
                 f" {kv_mount}/data/config, new passwords through its hook"
-            )
-        except Exception as exc:
-            smtp.stop()
-            out.lines.append(f"  [yellow]smtp: skipped[/yellow] (SMTP stand-in: {exc})")
+            ),
+        )
+    smtp_ok = out.smtp is not None
     try:
         out.rotation_config = write_rotation_config(
             state_dir, out.moto, smtp if smtp_ok else None, type_options

@@ -67,7 +67,12 @@ class JwtRotator(Rotator):
         ctx: RotationContext,
         step: str,
         change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        kid: object,
+        said: tuple[str, str | None],
     ) -> tuple[int, bool]:
+        """``change`` the key set (CAS); log key ``kid`` with ``said`` (written, or not:
+        None logs nothing). Returns (version, written)."""
+
         def checked(data: dict[str, Any]) -> dict[str, Any] | None:
             try:
                 return change(data)
@@ -76,7 +81,15 @@ class JwtRotator(Rotator):
                     f"{step}: the JWT key set in {ctx.secret_path().data}: {exc}"
                 ) from None
 
-        return await cas_update(ctx, step, checked)
+        version, wrote = await cas_update(ctx, step, checked)
+        if wrote or said[1] is not None:
+            ctx.log.info(
+                "JWT key %s %s",
+                kid,
+                said[0] if wrote else said[1],
+                extra={"type": ctx.type_name, "kid": kid, "version": version},
+            )
+        return version, wrote
 
     # ------------------------------------------------------------------ protocol
     async def check(self, ctx: RotationContext) -> None:
@@ -137,13 +150,8 @@ class JwtRotator(Rotator):
             published_at.append(now)
             return jk.with_next_key(cur, key, now)
 
-        version, wrote = await self._update(ctx, "apply", publish)
-        ctx.log.info(
-            "JWT key %s %s for verification",
-            key.kid,
-            "published" if wrote else "was already published",
-            extra={"type": ctx.type_name, "kid": key.kid, "version": version},
-        )
+        said = ("published for verification", "was already published for verification")
+        await self._update(ctx, "apply", publish, key.kid, said)
         if published_at and wait > timedelta(0):
             remaining = (published_at[0] + wait - ctx.now()).total_seconds()
             if remaining > 0:
@@ -213,13 +221,8 @@ class JwtRotator(Rotator):
                 return None  # promoted, then superseded by a later rotation
             return jk.promoted(cur, key, ctx.now(), verify_for)
 
-        version, wrote = await self._update(ctx, "promote", change)
-        ctx.log.info(
-            "JWT key %s %s",
-            key.kid,
-            "now signs" if wrote else "was already promoted",
-            extra={"type": ctx.type_name, "kid": key.kid, "version": version},
-        )
+        said = ("now signs", "was already promoted")
+        version, _ = await self._update(ctx, "promote", change, key.kid, said)
         return version
 
     async def rollback(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
@@ -231,13 +234,7 @@ class JwtRotator(Rotator):
                 return None
             return jk.without_next_key(cur)
 
-        version, wrote = await self._update(ctx, "rollback", unpublish)
-        if wrote:
-            ctx.log.info(
-                "JWT key %s unpublished",
-                kid,
-                extra={"type": ctx.type_name, "kid": kid, "version": version},
-            )
+        await self._update(ctx, "rollback", unpublish, kid, ("unpublished", None))
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         replaces = pending.get("replaces")
@@ -255,12 +252,9 @@ class JwtRotator(Rotator):
             ]
             return jk.without_expired(cur, now)
 
-        version, wrote = await self._update(ctx, "retire", drop)
-        if wrote:
-            ctx.log.info(
-                "expired JWT keys removed",
-                extra={"type": ctx.type_name, "version": version},
-            )
+        await self._update(
+            ctx, "retire", drop, retiring.get("kid"), ("retirement: expired keys removed", None)
+        )
         if still:
             # e.g. options.propagation lengthens the window beyond the engine's grace
             raise RotationError(
