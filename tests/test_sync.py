@@ -42,6 +42,7 @@ from maily_secrets.sync import (
 )
 
 from .conftest import Bao
+from .kit.sync_worker import celery_worker
 
 ROOT = Path(__file__).resolve().parents[1]
 #: generous bounds for waiting on events (never for making time pass)
@@ -312,18 +313,6 @@ def test_django_style_views_from_a_thread_pool(bao: Bao, monkeypatch: pytest.Mon
         sync.vault_service.close()
 
 
-def celery_worker(addr: str, token: str, path: str, tasks: int, out: Any) -> None:
-    """A prefork-style worker process: its own service, a task run many times, no close()."""
-    svc = SyncVaultService(VaultSettings(addr=addr, token=token, auth_method="token"))
-
-    def task(i: int) -> str:
-        secret = svc.get_secret(path)
-        ct = svc.encrypt_data("maily-enc-key", f"{secret['v']}-{i}")
-        return svc.decrypt_data("maily-enc-key", ct)
-
-    out.put([task(i) for i in range(tasks)])
-
-
 def test_celery_style_tasks_in_a_spawned_worker_process(svc: SyncVaultService, bao: Bao) -> None:
     path = unique()
     svc.put_secret(path, {"v": "x"}, cas=0)
@@ -379,6 +368,15 @@ svc.put_secret(sys.argv[2], {"late": "yes"}, cas=0)  # saved only by close()
 svc.register_secret_listener(sys.argv[1], print, interval=3600)
 if sys.argv[3] == "hard":
     os._exit(0)
+
+def late_call():  # an atexit hook runs after ours: the service is closed by then
+    try:
+        svc.get_secret(sys.argv[1])
+    except Exception as exc:
+        print("late call:", type(exc).__name__)
+
+import atexit
+atexit.register(late_call)
 """
 
 
@@ -415,6 +413,7 @@ def test_services_left_open_are_closed_at_interpreter_exit(bao: Bao, tmp_path: P
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # -X dev: no ResourceWarning, "Unclosed ...", traceback
     assert entries[late]["data"] == {"late": "yes"}  # close() flushed the snapshot
+    assert proc.stdout == "late call: SyncUsageError\n"  # not a hang, not a closed loop
     # control: the same process killed without its exit hooks did not save it
     proc, entries, late = run_exit_script(bao, tmp_path, "hard")
     assert proc.returncode == 0, proc.stderr

@@ -146,8 +146,9 @@ class _LoopThread:
     def stop(self, services: Iterable[SyncVaultService]) -> None:
         """Close ``services`` on the loop, cancel what is left, stop the loop (at exit)."""
         with self._lock:
-            self.exiting = True
+            self.exiting = True  # later calls raise SyncUsageError instead of using a dead loop
             loop, thread = self._loop, self._thread
+            self._loop = None
         if loop is None or thread is None or not thread.is_alive():
             return
         for svc in services:
@@ -300,7 +301,7 @@ class SyncVaultService:
     def run_async(self, fn: Callable[[VaultService], Awaitable[T]]) -> T:
         """Run ``await fn(async_service)`` on the loop: for what has no twin here.
 
-        ``svc.run_async(lambda s: s.leases.release("db:maily-app"))``. ``fn`` is called
+        ``svc.run_async(lambda s: s.leases.release("database/creds/maily-app"))``. ``fn`` is called
         on the loop's thread; what it returns must not be used from another loop.
         """
 
