@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import logging
 import multiprocessing
 import os
 import queue
@@ -156,6 +157,51 @@ def test_guide_reads_and_jwt_helpers(svc: SyncVaultService) -> None:
     assert svc.kv_mount == "maily"
 
 
+def test_a_fresh_hit_is_served_in_the_calling_thread_logged_and_copied(
+    svc: SyncVaultService, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = unique()
+    svc.put_secret(path, {"k": ["v"]}, cas=0)
+    svc.get_config()
+    hops = 0
+    submit = asyncio.run_coroutine_threadsafe
+
+    def counting(coro: Any, loop: asyncio.AbstractEventLoop) -> Any:
+        nonlocal hops
+        hops += 1
+        return submit(coro, loop)
+
+    monkeypatch.setattr(asyncio, "run_coroutine_threadsafe", counting)
+    caplog.set_level(logging.INFO, logger="maily_secrets.access")
+    first = svc.get_secret(path)
+    first["k"].append("changed")
+    assert svc.get_secret(path) == {"k": ["v"]}  # each caller has its own copy
+    assert "db_host" in svc.get_config()
+    assert hops == 0
+    hits = [r for r in caplog.records if getattr(r, "cache", None) == "hit"]
+    assert [getattr(r, "path", None) for r in hits] == [path, path, "maily/data/config"]
+
+
+def test_cached_values_expire_on_the_services_clock(bao: Bao) -> None:
+    clock = ManualClock()
+    svc = SyncVaultService(bao.settings(cache_ttl=30), clock=clock)
+    path = unique()
+    try:
+        with SyncVaultService(bao.settings()) as other:
+            other.put_secret(path, {"v": "1"}, cas=0)
+            assert svc.get_secret(path) == {"v": "1"}
+            other.put_secret(path, {"v": "2"}, cas=1)
+        assert svc.get_secret(path) == {"v": "1"}  # still fresh
+
+        async def advance(_: VaultService) -> None:
+            await clock.advance(31)
+
+        svc.run_async(advance)
+        assert svc.get_secret(path) == {"v": "2"}
+    finally:
+        svc.close()
+
+
 # ---------------------------------------------------------------------------- listeners
 def test_listener_fires_on_a_write_made_from_another_thread(svc: SyncVaultService) -> None:
     path = unique()
@@ -239,6 +285,12 @@ async def test_a_call_from_a_running_event_loop_raises_instead_of_deadlocking(ba
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)]
     assert svc._pid is None  # refused before anything started
+    try:
+        await asyncio.to_thread(svc.get_config)  # from a thread: fine, and now cached
+        with pytest.raises(CalledFromEventLoop):
+            svc.get_config()  # a cache hit is refused too: the same rule for every call
+    finally:
+        await asyncio.to_thread(svc.close)
 
 
 def test_a_coroutine_callback_calling_the_sync_api_gets_the_error(svc: SyncVaultService) -> None:

@@ -44,6 +44,7 @@ import concurrent.futures.thread  # noqa: F401 - its exit hook must be registere
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal, TypeVar, overload
@@ -71,6 +72,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("maily_secrets.sync")
+_access_log = logging.getLogger("maily_secrets.access")
 
 T = TypeVar("T")
 
@@ -256,7 +258,7 @@ class SyncVaultService:
         return f"<SyncVaultService {state} timeout={self.timeout}>"
 
     # ------------------------------------------------------------------ the machinery
-    def _loop(self) -> asyncio.AbstractEventLoop:
+    def _check(self) -> None:
         if _running_loop() is not None:
             raise CalledFromEventLoop(
                 "a blocking maily_secrets.sync method was called from a thread that runs an"
@@ -272,7 +274,33 @@ class SyncVaultService:
                 f" its forked child {pid}: create services after the fork (Celery:"
                 " worker_process_init, gunicorn: post_fork) or call reset_after_fork()"
             )
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        self._check()
         return _RUNNER.loop()
+
+    def _fresh(self, path: str | None) -> dict[str, Any] | None:
+        """A fresh cache hit, copied out in the calling thread: no hop to the loop.
+
+        Safe without a lock: entries are never changed once cached (a newer one replaces
+        them, one dict assignment) and every caller gets its own copy. The hit is logged
+        here as the async service logs it (``maily_secrets.access``).
+        """
+        self._check()  # the same refusals as every other call, hit or miss
+        cache = self._service._cache
+        if path is None or cache is None:
+            return None
+        entry = cache.fresh(path)
+        if entry is None:
+            return None
+        value = entry.copy_out()
+        if _access_log.isEnabledFor(logging.INFO):
+            VaultService._log_access(path, value, "hit", "ok", time.perf_counter())
+        return value
+
+    def _std_path(self, i: int) -> str | None:
+        paths = self._service._std_paths  # set on the loop by the first read of the three
+        return paths[i] if paths is not None else None
 
     def _run(self, coro: Coroutine[Any, Any, T], *, write: bool = False) -> T:
         """Run ``coro`` on the loop and wait for it in this thread."""
@@ -351,11 +379,13 @@ class SyncVaultService:
     # ------------------------------------------------------------------ reads
     def get_config(self) -> dict[str, Any]:
         """Core configuration: ``<mount>/data/config``."""
-        return self._run(self._service.get_config())
+        hit = self._fresh(self._std_path(0))
+        return hit if hit is not None else self._run(self._service.get_config())
 
     def get_api_keys(self) -> dict[str, Any]:
         """API keys for external services: ``<mount>/data/api-keys``."""
-        return self._run(self._service.get_api_keys())
+        hit = self._fresh(self._std_path(1))
+        return hit if hit is not None else self._run(self._service.get_api_keys())
 
     def get_credentials(self, service: str) -> dict[str, Any]:
         """The credentials mapping of one service from ``<mount>/data/credentials``."""
@@ -363,7 +393,8 @@ class SyncVaultService:
 
     def get_secret(self, path: str) -> dict[str, Any]:
         """Any secret by its API path (``maily/data/config``); KV v2 data is unwrapped."""
-        return self._run(self._service.get_secret(path))
+        hit = self._fresh(path) if type(path) is str else None  # only valid paths are cached
+        return hit if hit is not None else self._run(self._service.get_secret(path))
 
     def get_secret_version(self, path: str) -> int | None:
         """The KV v2 version of the cached value of ``path`` (reads it if needed)."""
