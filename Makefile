@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_listeners.py
 	$(PY) bench/bench_transit.py
 	$(PY) bench/bench_rotation.py
+	$(PY) bench/bench_sync.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src apps tests bench mailyctl.py
