@@ -26,6 +26,10 @@ from .conftest import Bao
 from .faultkit import drive
 from .kit.listeners import new_secret
 from .netfault import TcpProxy
+from .pg import PgServer, pg
+from .test_database import engine
+
+__all__ = ["pg"]  # the session fixture, imported for pytest
 
 
 def reads(reg: CollectorRegistry, path: str, result: str) -> float:
@@ -214,3 +218,23 @@ def test_library_imports_and_serves_without_prometheus_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert "pip install 'maily-secrets[metrics]'" in out.stdout
+
+
+async def test_lease_expiry_per_role_set_on_create_and_removed_on_close(
+    bao: Bao, root: VaultClient, pg: PgServer
+) -> None:
+    db, role = await engine(root, pg, default_ttl=60, max_ttl=120)
+    reg = CollectorRegistry()
+    svc = VaultService(bao.settings(), observer=ServiceMetrics(reg))
+    key = {"path": f"{db.mount}/creds/{role}"}
+    before = time.time()
+    try:
+        creds = await svc.get_database_credentials(role, mount=db.mount)
+        at = reg.get_sample_value("maily_secret_lease_expiry_timestamp_seconds", key)
+        assert at is not None and before + 55 <= at <= time.time() + 60
+        text = generate_latest(reg).decode()
+        assert creds.password.get_secret_value() not in text
+        assert creds.username not in text  # labelled by role, not by the user or lease id
+    finally:
+        await svc.close()
+    assert reg.get_sample_value("maily_secret_lease_expiry_timestamp_seconds", key) is None
