@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Any
@@ -238,3 +239,30 @@ async def test_lease_expiry_per_role_set_on_create_and_removed_on_close(
     finally:
         await svc.close()
     assert reg.get_sample_value("maily_secret_lease_expiry_timestamp_seconds", key) is None
+
+
+def test_cache_reads_counted_from_many_threads_lose_nothing() -> None:
+    reg = CollectorRegistry()
+    metrics = ServiceMetrics(reg)
+
+    def work() -> None:
+        for _ in range(20_000):
+            metrics.cache_read("maily/data/config", "hit")
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for _ in range(50):  # scrapes while they count
+        generate_latest(reg)
+    for t in threads:
+        t.join()
+    assert reads(reg, "maily/data/config", "hit") == 160_000
+
+
+def test_path_label_is_capped_at_max_paths() -> None:
+    reg = CollectorRegistry()
+    metrics = ServiceMetrics(reg, max_paths=3)
+    for i in range(5):
+        metrics.cache_read(f"maily/data/s{i}", "miss")
+    assert [reads(reg, f"maily/data/s{i}", "miss") for i in range(3)] == [1, 1, 1]
+    assert reads(reg, "other", "miss") == 2
