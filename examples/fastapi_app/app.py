@@ -52,10 +52,13 @@ def create_app(
     """The app; ``registry`` defaults to prometheus_client's global one (one app per
     process then), ``config_path`` to ``<mount>/data/config``, ``clock`` to the real one."""
     reg = registry if registry is not None else REGISTRY
+    observers: list[ServiceMetrics] = []  # registered once, on the first start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = VaultService(settings, clock=clock, observer=ServiceMetrics(reg))
+        if not observers:
+            observers.append(ServiceMetrics(reg))
+        service = VaultService(settings, clock=clock, observer=observers[0])
         path = config_path or f"{service.kv_mount}/data/config"
         service.require(path)  # /readyz fails while the config cannot be served
         app.state.service = service
