@@ -34,6 +34,7 @@ class Entry:
     fetched_wall: float  # the clock's time() of the fetch, for snapshots
     flat: bool  # every value is a scalar: a shallow copy is a full copy
     clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
+    created: float | None = None  # wall time Vault created this version (change lag metric)
 
     @classmethod
     def make(
@@ -43,6 +44,7 @@ class Entry:
         fetched_wall: float | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
+        created: float | None = None,
     ) -> Entry:
         now_wall = clock.time()
         wall = now_wall if fetched_wall is None else fetched_wall
@@ -53,6 +55,7 @@ class Entry:
             fetched_wall=wall,
             flat=all(isinstance(v, _SCALARS) for v in value.values()),
             clock=clock,
+            created=created,
         )
 
     def copy_out(self) -> dict[str, Any]:
@@ -92,9 +95,12 @@ class SecretCache:
         self._generation: dict[str, int] = {}
         self._epoch = 0  # bumped by invalidate() of everything
 
-    def entry(self, value: dict[str, Any], version: int | None) -> Entry:
-        """A new entry fetched now, on this cache's clock."""
-        return Entry.make(value, version, clock=self.clock)
+    def entry(
+        self, value: dict[str, Any], version: int | None, *, created: float | None = None
+    ) -> Entry:
+        """A new entry fetched now, on this cache's clock (``created``: the version's
+        creation as wall time, when Vault said)."""
+        return Entry.make(value, version, clock=self.clock, created=created)
 
     def fresh(self, path: str) -> Entry | None:
         e = self._entries.get(path)

@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, get_
 from .callbacks import CallbackExecutor, callback_name, is_async_callable, run_watched
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import VaultError, VaultUnavailable
+from .observe import NOOP, Observer
 from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
@@ -241,13 +242,16 @@ class LeaseContainer:
         listener_timeout: float = 30.0,
         revoke_timeout: float = 10.0,
         clock: Clock | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """``renew_fraction`` (default: the client's, 2/3): act once this share of a
         lease's duration has passed.  ``min_lead``: when a capped renewal leaves the
         lease less than this many seconds after the next scheduled action, rotate at
         once instead.  ``clock``: what every delay and expiry is measured with
-        (default: the system's; tests pass a ``ManualClock``)."""
+        (default: the system's; tests pass a ``ManualClock``).  ``observer``: told each
+        lease's expiry (metrics; default: nobody)."""
         self.client = client
+        self.observer: Observer = observer or NOOP
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.renew_fraction = (
             renew_fraction if renew_fraction is not None else client.settings.renew_fraction
@@ -294,12 +298,15 @@ class LeaseContainer:
             event.kind,
             extra={
                 "key": event.key,
-                "event": event.kind,
+                "lease_event": event.kind,
                 "lease_id": lease.lease_id if lease else None,
                 "lease_duration": lease.duration if lease else None,
                 "error": event.error or None,
             },
         )
+        if event.kind in ("created", "renewed", "rotated") and event.lease is not None:
+            le = event.lease
+            self.observer.lease_changed(event.key, le.obtained_wall + le.duration)
         for entry in list(self._listeners):
             if entry.kinds is not None and event.kind not in entry.kinds:
                 continue
@@ -339,7 +346,7 @@ class LeaseContainer:
                 name,
                 self.listener_timeout,
                 event.kind,
-                extra={"key": event.key, "event": event.kind, "listener": name},
+                extra={"key": event.key, "lease_event": event.kind, "listener": name},
             )
             _resolve(released)
 
@@ -363,7 +370,7 @@ class LeaseContainer:
                 "lease listener failed",
                 extra={
                     "key": event.key,
-                    "event": event.kind,
+                    "lease_event": event.kind,
                     "listener": name,
                     "error": _describe(exc, secrets),
                 },
@@ -429,6 +436,10 @@ class LeaseContainer:
             )
 
         return await self.request(path, fetch)
+
+    def stopped(self) -> list[str]:
+        """Keys whose keep-alive task ended: it never should while the lease is managed."""
+        return sorted(k for k, m in self._leases.items() if m.task is not None and m.task.done())
 
     def get(self, key: str) -> ManagedLease[Any] | None:
         return self._leases.get(key)
@@ -629,6 +640,7 @@ class LeaseContainer:
         m = self._leases.pop(key, None)
         if m is None:
             return
+        self.observer.lease_changed(key, None)
         await self._stop(m)
         if revoke:
             await self._revoke_all(m)
@@ -639,6 +651,7 @@ class LeaseContainer:
         managed = list(self._leases.values())
         self._leases.clear()
         for m in managed:
+            self.observer.lease_changed(m.key, None)
             await self._stop(m)
         if revoke:
             await asyncio.gather(*(self._revoke_all(m) for m in managed))

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from .callbacks import STUCK_AFTER, CallbackExecutor, callback_name, is_async_callable, run_watched
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import PermissionDenied, SecretNotFound, VaultError
+from .observe import NOOP, Observer
 from .paths import KV2Path
 from .supervise import backoff_delay, supervised
 
@@ -74,6 +76,7 @@ class _Runner:
         executor: CallbackExecutor | None = None,
         clock: Clock | None = None,
         timeout: float | None = None,
+        observer: Observer = NOOP,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")
@@ -83,8 +86,9 @@ class _Runner:
         self._executor = executor or CallbackExecutor(max_workers=1, name="maily-listener")
         self._clock = clock or SYSTEM_CLOCK
         self._async = is_async_callable(callback)
-        self._pending: tuple[int, dict[str, Any]] | None = None
+        self._pending: tuple[int, dict[str, Any], float | None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._observer = observer
         self.calls = 0
         self.failures = 0
         self.slow = 0  # calls that ran longer than ``timeout``
@@ -112,14 +116,15 @@ class _Runner:
             },
         )
 
-    def deliver(self, version: int, value: dict[str, Any]) -> None:
-        self._pending = (version, value)
+    def deliver(self, version: int, value: dict[str, Any], created: float | None = None) -> None:
+        """``created``: the version's creation (wall time) in Vault, for the lag metric."""
+        self._pending = (version, value, created)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
         while self._pending is not None:
-            version, value = self._pending
+            version, value, created = self._pending
             self._pending = None
             try:
                 await run_watched(
@@ -133,6 +138,9 @@ class _Runner:
                 )
                 del value
                 self.calls += 1
+                # Vault's created_time and our time.time() are both real wall clocks.
+                lag = None if created is None else time.time() - created
+                self._observer.change_delivered(self.path, lag)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -286,6 +294,7 @@ class _Watcher:
                         extra={"path": self.path, "error": type(exc).__name__},
                     )
                 continue
+            self.registry.observer.watcher_polled(self.path, self.clock.time())
             if self._failures:
                 log.info(
                     "listener for %s: Vault reachable again after %d failed polls",
@@ -347,7 +356,7 @@ class _Watcher:
             self.version = entry.version
         self.changes += 1
         for r in self.runners:
-            r.deliver(self.version or 0, entry.copy_out())
+            r.deliver(self.version or 0, entry.copy_out(), entry.created)
 
 
 def _digest(value: Any) -> str:
@@ -360,9 +369,17 @@ class ListenerRegistry:
     ``interval``: the seconds between polls of a path registered without its own.
     """
 
-    def __init__(self, source: SecretSource, *, interval: float, max_workers: int = 4) -> None:
+    def __init__(
+        self,
+        source: SecretSource,
+        *,
+        interval: float,
+        max_workers: int = 4,
+        observer: Observer = NOOP,
+    ) -> None:
         self.source = source
         self.interval = interval
+        self.observer = observer
         self.watchers: dict[str, _Watcher] = {}
         self._lock: asyncio.Lock | None = None
         self.executor = CallbackExecutor(max_workers=max_workers, name="maily-listener")
@@ -387,6 +404,7 @@ class ListenerRegistry:
             executor=self.executor,
             clock=self.source.clock,
             timeout=timeout,
+            observer=self.observer,
         )
         if self._lock is None:
             self._lock = asyncio.Lock()
@@ -418,6 +436,10 @@ class ListenerRegistry:
         if self.watchers.get(watcher.path) is watcher:
             del self.watchers[watcher.path]
         await watcher.stop()
+
+    def stopped(self) -> list[str]:
+        """Paths whose watcher task ended: it never should while the watcher is registered."""
+        return sorted(p for p, w in self.watchers.items() if w._task is not None and w._task.done())
 
     def local_write(self, path: str, entry: Entry) -> None:
         """A write made through this service: notify now, and only once."""

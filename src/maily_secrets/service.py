@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any, Literal, overload
 
 from .cache import CacheStatus, Entry, SecretCache, json_copy
@@ -30,10 +31,12 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
+from .health import Check, Health
 from .jwt_keys import SigningKey
 from .jwt_keyset import JwtKeySet
 from .leases import LeaseContainer
 from .listeners import ListenerRegistry, SecretCallback, Subscription
+from .observe import NOOP, Observer
 from .paths import KV2Path, validate_path
 from .settings import VaultSettings
 from .snapshot import SnapshotStore
@@ -53,6 +56,16 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (VaultUnavailable, "unavailable"),
     (VaultError, "error"),
 )
+
+
+def _wall(created_time: str) -> float | None:
+    """Vault's RFC 3339 ``created_time`` as a Unix time (``None`` when absent or odd)."""
+    if not created_time:
+        return None
+    try:
+        return datetime.fromisoformat(created_time).timestamp()
+    except ValueError:
+        return None
 
 
 def _outcome(exc: BaseException) -> str:
@@ -76,8 +89,13 @@ class VaultService:
         *,
         client: VaultClient | None = None,
         clock: Clock | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        """``observer``: what is told of every read, request, change and lease, e.g.
+        ``maily_secrets.metrics.ServiceMetrics(registry)`` (default: nobody)."""
         self._given_settings = settings
+        self.observer: Observer = observer or NOOP
+        self._required: dict[str, None] = {}
         self._given_client = client  # not ours: close() leaves it open
         self.clock: Clock = clock or (client.clock if client is not None else SYSTEM_CLOCK)
         self._settings: VaultSettings | None = None
@@ -108,7 +126,9 @@ class VaultService:
         if self._client is None:
             # HTTP backoff and token renewal keep the client's own (real) clock: ``clock``
             # drives the cache, listeners, leases and snapshot; give a client for more.
-            self._client = self._given_client or VaultClient(self.settings)
+            self._client = self._given_client or VaultClient(self.settings, observer=self.observer)
+            if self._client.observer is NOOP:  # a given client reports to us too
+                self._client.observer = self.observer
         return self._client
 
     @property
@@ -122,7 +142,7 @@ class VaultService:
     def _listeners(self) -> ListenerRegistry:
         if self._listener_registry is None:
             self._listener_registry = ListenerRegistry(
-                self, interval=self.settings.listener_interval
+                self, interval=self.settings.listener_interval, observer=self.observer
             )
         return self._listener_registry
 
@@ -180,8 +200,10 @@ class VaultService:
         try:
             value, status = await self._get(path)
         except BaseException as exc:
+            self.observer.cache_read(path, "failed")
             self._log_access(path, None, "miss", _outcome(exc), start, service)
             raise
+        self.observer.cache_read(path, status)
         creds = value.get(service)
         if not isinstance(creds, dict):
             self._log_access(path, None, status, "not_found", start, service)
@@ -204,6 +226,7 @@ class VaultService:
         entry = (self._cache or self.cache).fresh(path) if type(path) is str else None
         if entry is not None:
             value = entry.copy_out()
+            self.observer.cache_read(path, "hit")
             if access_log.isEnabledFor(logging.INFO):
                 self._log_access(path, value, "hit", "ok", time.perf_counter())
             return value
@@ -212,10 +235,13 @@ class VaultService:
             validate_path(path)
             value, status = await self._get(path)
         except BaseException as exc:
+            if isinstance(exc, VaultError) and not isinstance(exc, InvalidPath):
+                self.observer.cache_read(path, "failed")  # a valid path: a bounded label
             self._log_access(
                 path if isinstance(path, str) else "?", None, "miss", _outcome(exc), start
             )
             raise
+        self.observer.cache_read(path, status)
         self._log_access(path, value, status, "ok", start)
         return value
 
@@ -354,7 +380,9 @@ class VaultService:
     def leases(self) -> LeaseContainer:
         """The lease container of this service (renewal, rotation, revocation on close)."""
         if self._lease_container is None:
-            self._lease_container = LeaseContainer(self.client, clock=self.clock)
+            self._lease_container = LeaseContainer(
+                self.client, clock=self.clock, observer=self.observer
+            )
         return self._lease_container
 
     async def get_database_credentials(
@@ -393,6 +421,100 @@ class VaultService:
 
     def _jwt_key_set(self) -> JwtKeySet:
         return JwtKeySet(self, self._paths()[0])  # the mount may change after close()
+
+    # ------------------------------------------------------------------ health
+    def require(self, *paths: str) -> None:
+        """Declare secrets this process cannot serve without: :meth:`health` is ready
+        only while each can be served (fresh, or no older than ``max_staleness``).
+        ``MAILY_SECRETS_REQUIRED`` declares them from the environment."""
+        for p in paths:
+            validate_path(p)
+            self._required[p] = None
+
+    @property
+    def required_secrets(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.settings.required_secrets, *self._required)))
+
+    def liveness(self) -> Health:
+        """Whether every background task the service started still runs (no I/O)."""
+        checks: list[Check] = []
+        if self._listener_registry is not None:
+            watchers = self._listener_registry.watchers
+            dead = self._listener_registry.stopped()
+            checks.append(
+                Check(
+                    "liveness",
+                    "listeners",
+                    not dead,
+                    f"watcher task ended for {', '.join(dead)}"
+                    if dead
+                    else f"{len(watchers)} watcher(s) running",
+                )
+            )
+        if self._lease_container is not None:
+            dead = self._lease_container.stopped()
+            checks.append(
+                Check(
+                    "liveness",
+                    "leases",
+                    not dead,
+                    f"lease task ended for {', '.join(dead)}"
+                    if dead
+                    else f"{len(self._lease_container.leases)} lease(s) kept alive",
+                )
+            )
+        if self._client is not None:
+            stopped = self._client.tokens.renewal_stopped()
+            checks.append(
+                Check(
+                    "liveness",
+                    "token renewal",
+                    not stopped,
+                    "the token renewal task was cancelled" if stopped else "running or not needed",
+                )
+            )
+        return Health(tuple(checks))
+
+    async def readiness(self) -> Health:
+        """Whether every required secret can be served within the staleness bound.
+
+        A fresh cache entry answers without I/O; otherwise the secret is read the way
+        :meth:`get_secret` reads it (Vault, else a last-known value within
+        ``max_staleness``). No required secret: ready.
+        """
+        checks = [await self._servable(p) for p in self.required_secrets]
+        return Health(tuple(checks))
+
+    async def health(self) -> Health:
+        """Readiness and liveness checks together (``.ready``, ``.live``, ``.ok``)."""
+        ready = await self.readiness()
+        return Health((*ready.checks, *self.liveness().checks))
+
+    async def _servable(self, path: str) -> Check:
+        cache = self.cache
+        if cache.fresh(path) is not None:
+            return Check("readiness", path, True, "fresh in memory")
+        try:
+            _, status = await self._get(path)
+        except VaultError as exc:
+            return Check(
+                "readiness",
+                path,
+                False,
+                f"cannot be served: {type(exc).__name__} and no value within"
+                f" max_staleness ({self.settings.max_staleness:g}s)",
+            )
+        if status == "miss":
+            return Check("readiness", path, True, "read from Vault")
+        e = cache.peek(path)
+        age = e.age() if e is not None else 0.0
+        return Check(
+            "readiness",
+            path,
+            True,
+            f"Vault unavailable; serving the last known value ({status}, {age:.0f}s old,"
+            f" bound {self.settings.max_staleness:g}s)",
+        )
 
     # ------------------------------------------------------------------ writes
     async def put_secret(self, path: str, data: dict[str, Any], *, cas: int) -> int:
@@ -552,7 +674,7 @@ class VaultService:
         kv = KV2Path.parse(path)
         if kv is not None:
             v = await self.client.kv.read(kv)
-            entry = self.cache.entry(v.data, v.version)
+            entry = self.cache.entry(v.data, v.version, created=_wall(v.created_time))
         else:
             r = await self.client.read(path)
             data = r.data
@@ -646,7 +768,7 @@ class VaultService:
         if not access_log.isEnabledFor(logging.INFO):
             return
         fields: dict[str, Any] = {
-            "event": "secret_read",
+            "log_type": "secret_read",
             "path": path,
             "keys": sorted(value) if value else [],
             "cache": cache,

@@ -158,6 +158,13 @@ class VaultSettings(BaseSettings):
         validation_alias=_env("MAILY_SECRETS_LISTENER_INTERVAL"),
         description="Seconds between two polls of a watched secret's metadata (+-10% jitter).",
     )
+    required_secrets: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        validation_alias=_env("MAILY_SECRETS_REQUIRED"),
+        description="API paths (comma-separated) that must be servable within"
+        " MAILY_SECRETS_MAX_STALENESS for vault_service.health() to report ready;"
+        " vault_service.require(path) adds more.",
+    )
     snapshot_path: Path | None = Field(
         None,
         validation_alias=_env("MAILY_SECRETS_SNAPSHOT_PATH"),
@@ -187,6 +194,13 @@ class VaultSettings(BaseSettings):
             v = [m for m in (p.strip() for p in v.split(",")) if m]
         if isinstance(v, (list, tuple)):
             return tuple(_check_addr(str(m)) for m in v)
+        return v
+
+    @field_validator("required_secrets", mode="before")
+    @classmethod
+    def _split_required(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = tuple(p for p in (q.strip() for q in v.split(",")) if p)
         return v
 
     @field_validator("cacert")

@@ -340,6 +340,7 @@ class TokenManager:
         token = await self.method.login(self._client)
         self.logins += 1
         self._token = token
+        self._observed(token)
         log.info(
             "vault login ok",
             extra={"auth_method": self.method.name, "ttl": token.ttl, "renewable": token.renewable},
@@ -380,9 +381,15 @@ class TokenManager:
             return None
         self.renewals += 1
         self._token = new
+        self._observed(new)
         log.info("vault token renewed", extra={"auth_method": self.method.name, "ttl": new.ttl})
         self._schedule_renewal()
         return new
+
+    def _observed(self, t: Token) -> None:
+        observer = getattr(self._client, "observer", None)  # the client's metrics, if any
+        if observer is not None:
+            observer.token_issued(t.expires_at(), self.clock)
 
     async def handle_forbidden(self, used: str) -> Verdict:
         """After a 403 with token ``used``: what the request should do.
@@ -443,6 +450,11 @@ class TokenManager:
                     extra={"error": type(exc).__name__, "failures": failures},
                 )
                 await self.clock.sleep(backoff_delay(failures, 1.0, 30.0))
+
+    def renewal_stopped(self) -> bool:
+        """The background renewal was cancelled from outside (``close()`` is not that)."""
+        task = self._renewer
+        return task is not None and task.cancelled()
 
     def current(self) -> Token | None:
         return self._token

@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import ssl
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from ..errors import (
     VaultRequestError,
     VaultUnavailable,
 )
+from ..observe import NOOP, Observer
 from ..paths import validate_path
 from ..settings import VaultSettings
 from ..supervise import backoff_delay
@@ -116,9 +118,11 @@ class VaultClient:
         consistency: Consistency = "index",
         transport: Transport | None = None,
         clock: Clock | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings if settings is not None else VaultSettings()
         self.clock: Clock = clock or SYSTEM_CLOCK
+        self.observer: Observer = observer or NOOP  # every HTTP attempt: metrics
         self._base = f"{self.settings.addr}/v1/"
         self._members = (self.settings.addr, *self.settings.cluster_members)
         self._transport: Transport = transport or AiohttpTransport(
@@ -212,11 +216,13 @@ class VaultClient:
                 used = headers["X-Vault-Token"] = token or await self.tokens.token()
             if index is not None:
                 headers["X-Vault-Index"] = index
+            sent = time.perf_counter()
             try:
                 status, body, resp_headers = await self._send(
                     method, path, headers, json_body, params
                 )
             except TransportError as exc:
+                self.observer.vault_request(method, path, "error", time.perf_counter() - sent)
                 if exc.certificate is not None:
                     # Not transient: retrying cannot fix a certificate that does not verify.
                     raise VaultUnavailable(
@@ -238,6 +244,7 @@ class VaultClient:
                     + (" (the request may have been applied)" if kind is OutcomeUnknown else ""),
                     path=path,
                 ) from None
+            self.observer.vault_request(method, path, str(status), time.perf_counter() - sent)
 
             if status < 400:
                 if method != "GET" and resp_headers is not None:
