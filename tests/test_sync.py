@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -460,10 +461,19 @@ def run_exit_script(
     return proc, SnapshotStore(snap, key).load(), late
 
 
+_SLOW_STEP = re.compile(r"^Executing <.*> took \d+(\.\d+)? seconds$")
+
+
+def _without_slow_step_reports(stderr: str) -> str:
+    return "".join(line for line in stderr.splitlines(True) if not _SLOW_STEP.match(line.strip()))
+
+
 def test_services_left_open_are_closed_at_interpreter_exit(bao: Bao, tmp_path: Path) -> None:
     proc, entries, late = run_exit_script(bao, tmp_path, "normal")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == ""  # -X dev: no ResourceWarning, "Unclosed ...", traceback
+    # -X dev: no ResourceWarning, "Unclosed ...", traceback. Its asyncio debug mode also
+    # reports steps slower than 0.1 s, which a busy machine produces: those are not leaks.
+    assert _without_slow_step_reports(proc.stderr) == ""
     assert entries[late]["data"] == {"late": "yes"}  # close() flushed the snapshot
     assert proc.stdout == "late call: SyncUsageError\n"  # not a hang, not a closed loop
     # control: the same process killed without its exit hooks did not save it

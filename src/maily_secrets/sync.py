@@ -53,6 +53,7 @@ from .cache import Entry
 from .callbacks import callback_name
 from .clock import Clock
 from .errors import OutcomeUnknown, VaultError, VaultUnavailable
+from .health import Health
 from .jwt_keys import SigningKey
 from .leases import EventKind, Listener
 from .listeners import SecretCallback, Subscription
@@ -403,6 +404,23 @@ class SyncVaultService:
     def read_data(self, path: str) -> dict[str, Any] | None:
         """The ``data`` of any API path as Vault returns it, uncached."""
         return self._run(self._service.read_data(path))
+
+    # ------------------------------------------------------------------ health
+    def require(self, *paths: str) -> None:
+        """Declare secrets this process cannot serve without (see :meth:`readiness`)."""
+        self._service.require(*paths)
+
+    def readiness(self) -> Health:
+        """Whether every required secret can be served within the staleness bound."""
+        return self._run(self._service.readiness())
+
+    def liveness(self) -> Health:
+        """Whether every background task the service started still runs (no I/O)."""
+        return self._service.liveness()
+
+    def health(self) -> Health:
+        """Readiness and liveness together (``.ready``, ``.live``, ``.ok``)."""
+        return self._run(self._service.health())
 
     def invalidate(self, path: str | None = None) -> None:
         """Drop ``path`` (or everything) from the in-memory cache."""
