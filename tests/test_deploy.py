@@ -1,5 +1,8 @@
-"""deploy/k8s manifests: offline schema validation, agreement with the guide, and the
-guide's agent template rendered by a real `bao agent` against a real OpenBao.
+"""deploy/k8s (a kustomize base and the overlays staging and production) and
+deploy/grafana: offline schema validation of what each overlay renders, agreement with
+the guide, the PrometheusRules unit-tested with `promtool test rules`, the Grafana
+dashboard's queries against the metrics our code defines, and the guide's agent template
+rendered by a real `bao agent` against a real OpenBao.
 
 (The three-node raft "leader SIGKILL with zero failed reads" is tests/test_ha.py.)
 """
@@ -8,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +32,22 @@ from maily_secrets.policies import deploy_dir
 from .kit.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = deploy_dir() / "k8s"
+K8S = ROOT / "deploy" / "k8s"
+BASE = K8S / "base"
+OVERLAYS = ("staging", "production")
+DASHBOARD = ROOT / "deploy" / "grafana" / "maily-secrets.json"
+PROMTOOL_TESTS = Path(__file__).resolve().parent / "promtool"
 GUIDE = ROOT / "docs" / "vault-integration-guide.md"
-CRDS = {"PrometheusRule"}
+CRDS = {"PrometheusRule", "ServiceMonitor"}
 K8S_VERSION = "1.30.0"
+KUBECTL = shutil.which("kubectl")
+PROMTOOL = shutil.which("promtool")
 
 
 def docs() -> list[tuple[str, dict[str, Any]]]:
+    """The base's objects, file by file."""
     out = []
-    for f in sorted(K8S.glob("*.yaml")):
+    for f in sorted(BASE.glob("*.yaml")):
         if f.name == "kustomization.yaml":
             continue
         for d in yaml.safe_load_all(f.read_text()):
@@ -43,10 +56,22 @@ def docs() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def find(kind: str, name: str) -> dict[str, Any]:
-    for _, d in docs():
+@functools.cache
+def rendered(target: str) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize deploy/k8s/<target>`` (kubectl's built-in kustomize)."""
+    if KUBECTL is None:
+        pytest.fail("kubectl not found: the overlays are rendered with `kubectl kustomize`")
+    out = subprocess.run(
+        [KUBECTL, "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def find(kind: str, name: str, objs: Any = None) -> dict[str, Any]:
+    for d in objs if objs is not None else (d for _, d in docs()):
         if d["kind"] == kind and d["metadata"]["name"] == name:
-            return d
+            return dict(d)
     raise AssertionError(f"no {kind} {name}")
 
 
@@ -58,7 +83,8 @@ def guide_deployment() -> dict[str, Any]:
     return dict(yaml.safe_load(m.group(1)))
 
 
-# CRDs (the PrometheusRule) have no built-in schema: test_prometheus_rule checks them
+# CRDs (PrometheusRule, ServiceMonitor) have no built-in schema: test_prometheus_rule
+# and test_service_monitor check them
 @pytest.mark.parametrize(
     "name,doc",
     [(n, d) for n, d in docs() if d["kind"] not in CRDS],
@@ -66,6 +92,122 @@ def guide_deployment() -> dict[str, Any]:
 )
 def test_manifest_validates_offline(name: str, doc: dict[str, Any]) -> None:
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_and_every_object_validates(overlay: str) -> None:
+    objs = rendered(f"overlays/{overlay}")
+    kinds = sorted(d["kind"] for d in objs)
+    assert kinds == sorted(d["kind"] for _, d in docs()), "an overlay adds or drops objects"
+    for d in objs:
+        if d["kind"] in CRDS:
+            assert d["apiVersion"] == "monitoring.coreos.com/v1", d["metadata"]["name"]
+            continue
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+    for d in objs:
+        assert d["metadata"]["labels"]["maily.io/environment"] == overlay
+
+
+@pytest.mark.parametrize("target", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_no_vault_namespace_is_applied(target: str) -> None:
+    """Namespace vault belongs to Vault's own release: deleting our kustomization must
+    never delete Vault. Namespace maily is ours."""
+    namespaces = [d["metadata"]["name"] for d in rendered(target) if d["kind"] == "Namespace"]
+    assert namespaces == ["maily"]
+    used = {d["metadata"].get("namespace") for d in rendered(target)} - {None}
+    assert used == {"maily", "vault"}
+
+
+def _api(objs: Any) -> dict[str, Any]:
+    pod = find("Deployment", "maily-api", objs)["spec"]["template"]["spec"]
+    return dict(pod["containers"][0])
+
+
+def _rotate(objs: Any) -> dict[str, Any]:
+    cj = find("CronJob", "vault-secret-rotation", objs)
+    return dict(cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0])
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+def test_overlays_differ_where_they_should() -> None:
+    st, pr = rendered("overlays/staging"), rendered("overlays/production")
+    for env, objs in (("staging", st), ("production", pr)):
+        assert _env(_api(objs))["MAILY_ENV"] == env
+        assert _env(_rotate(objs))["MAILY_ENV"] == env
+        # the CronJob's --env is the overlay's MAILY_ENV (Kubernetes expands $(MAILY_ENV))
+        assert "--env=$(MAILY_ENV)" in _rotate(objs)["command"]
+        assert (
+            env
+            in yaml.safe_load(
+                find("ConfigMap", "vault-secret-rotation-config", objs)["data"]["rotation.yaml"]
+            )["environments"]
+        )
+        for c in (_api(objs), _rotate(objs)):
+            assert _env(c)["VAULT_ADDR"] == "http://vault.vault:8200"
+    dep_st, dep_pr = find("Deployment", "maily-api", st), find("Deployment", "maily-api", pr)
+    assert dep_st["spec"]["replicas"] == 2 and dep_pr["spec"]["replicas"] == 3
+    assert _api(st)["image"] != _api(pr)["image"]
+    assert _rotate(st)["image"] != _rotate(pr)["image"]
+    assert _api(pr)["image"] == "ghcr.io/maily/api:1.0.0"
+    mem = [c["resources"]["limits"]["memory"] for c in (_api(st), _api(pr))]
+    assert mem == ["384Mi", "768Mi"]
+    assert "topologySpreadConstraints" in dep_pr["spec"]["template"]["spec"]
+    # what does not differ: the selectors (immutable on a live Deployment) and the rest
+    assert dep_st["spec"]["selector"] == dep_pr["spec"]["selector"]
+    assert find("Service", "maily-api", st)["spec"] == find("Service", "maily-api", pr)["spec"]
+    assert (
+        find("PrometheusRule", "maily-api-secrets", st)["spec"]
+        == find("PrometheusRule", "maily-api-secrets", pr)["spec"]
+    )
+
+
+def test_base_sets_no_environment() -> None:
+    """Only an overlay says which environment it is: applying the base alone would run a
+    rotation with --env=$(MAILY_ENV), which no config names, so it fails instead of
+    rotating the wrong environment."""
+    objs = rendered("base")
+    assert "MAILY_ENV" not in _env(_api(objs)) and "MAILY_ENV" not in _env(_rotate(objs))
+
+
+def test_service_pdb_and_servicemonitor_select_maily_api() -> None:
+    objs = rendered("overlays/production")
+    dep = find("Deployment", "maily-api", objs)
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"] for p in _api(objs)["ports"]}
+
+    def selects(selector: dict[str, str]) -> bool:
+        return bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items())
+
+    svc = find("Service", "maily-api", objs)
+    assert svc["metadata"]["namespace"] == "maily" and selects(svc["spec"]["selector"])
+    assert {p["targetPort"] for p in svc["spec"]["ports"]} <= ports
+    pdb = find("PodDisruptionBudget", "maily-api", objs)
+    assert pdb["apiVersion"] == "policy/v1" and selects(pdb["spec"]["selector"]["matchLabels"])
+    assert pdb["spec"]["maxUnavailable"] < dep["spec"]["replicas"]
+    sm = find("ServiceMonitor", "maily-api", objs)
+    assert sm["metadata"]["namespace"] == "maily"
+    assert all(
+        svc["metadata"]["labels"].get(k) == v
+        for k, v in sm["spec"]["selector"]["matchLabels"].items()
+    )
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == ["maily"]
+    assert sm["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_service_monitor() -> None:
+    """The CRD's fields (monitoring.coreos.com/v1 ServiceMonitor), as far as we use them."""
+    sm = find("ServiceMonitor", "maily-api")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(sm["spec"]) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    svc_ports = {p["name"] for p in find("Service", "maily-api")["spec"]["ports"]}
+    for ep in sm["spec"]["endpoints"]:
+        assert set(ep) <= {"port", "path", "interval", "scrapeTimeout", "scheme"}
+        assert ep["port"] in svc_ports and ep["path"] == "/metrics"
+        assert re.fullmatch(r"\d+s", ep["interval"]) and re.fullmatch(r"\d+s", ep["scrapeTimeout"])
 
 
 def test_validation_is_strict() -> None:
@@ -76,9 +218,11 @@ def test_validation_is_strict() -> None:
 
 
 def test_kustomization_lists_every_file() -> None:
-    k = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    files = {f.name for f in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    k = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    files = {f.name for f in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(k["resources"]) == files
+    assert sorted(p.name for p in K8S.iterdir()) == ["base", "overlays"]
+    assert sorted(p.name for p in (K8S / "overlays").iterdir()) == sorted(OVERLAYS)
 
 
 TEMPLATE = "vault.hashicorp.com/agent-inject-template-config.json"
@@ -143,7 +287,8 @@ def test_rotation_cronjob_and_configmap() -> None:
     c = pod["containers"][0]
     assert c["command"][:3] == ["mailyctl", "secrets", "rotate"]
     assert "--due" in c["command"] and "--notify" in c["command"]
-    assert [a for a in c["command"] if a.startswith("--env=")] == ["--env=production"]
+    # the environment is the overlay's (test_overlays_differ_where_they_should)
+    assert [a for a in c["command"] if a.startswith("--env=")] == ["--env=$(MAILY_ENV)"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["resources"]["limits"]["memory"]
@@ -154,28 +299,177 @@ def test_rotation_cronjob_and_configmap() -> None:
     env = {e["name"]: e["value"] for e in c["env"]}
     mount = c["volumeMounts"][0]
     assert env["MAILY_ROTATION_CONFIG"] == mount["mountPath"] + "/rotation.yaml"
-    # the environment the CronJob names exists in that config, with the rotator's role
+    # Kubernetes auth as the rotator in every environment (production's config says so
+    # too; staging's names only the address)
+    assert env["VAULT_AUTH_METHOD"] == "kubernetes" and env["VAULT_ROLE"] == "maily-rotator"
     cfg = yaml.safe_load(cm["data"]["rotation.yaml"])
     assert cfg["environments"]["production"]["vault"]["role"] == "maily-rotator"
 
 
+def _src_text() -> str:
+    return "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+
+
+# The application metrics another change adds (src/maily_secrets/metrics.py, not merged
+# into this branch yet): until that module exists these names stand in for it; once it
+# does, every name the rules and the dashboard query must be defined in src/. One list,
+# to reconcile in one place.
+APP_METRICS_MODULE = ROOT / "src" / "maily_secrets" / "metrics.py"
+PENDING_APP_METRICS = frozenset(
+    {
+        "maily_secrets_cache_hits_total",
+        "maily_secrets_cache_misses_total",
+        "maily_secrets_stale_served_total",
+        "maily_secrets_vault_request_duration_seconds",
+        "maily_secrets_token_ttl_seconds",
+        "maily_secrets_watcher_last_success_timestamp_seconds",
+        "maily_secrets_watcher_change_lag_seconds",
+        "maily_secrets_lease_expiry_timestamp_seconds",
+    }
+)
+METRIC = re.compile(r"\bmaily_secrets?_[a-z_]+[a-z]")
+
+
+def metric_family(name: str) -> str:
+    """The family a queried series belongs to (a histogram's _bucket/_sum/_count)."""
+    return re.sub(r"_(bucket|sum|count)$", "", name)
+
+
+def defined_in_src(family: str, src: str) -> bool:
+    """prometheus_client takes a counter's name with or without ``_total``."""
+    names = {family, re.sub(r"_total$", "", family)}
+    return any(f'"{n}"' in src for n in names)
+
+
+def assert_metrics_exist(names: set[str]) -> None:
+    src = _src_text()
+    pending = set() if APP_METRICS_MODULE.exists() else PENDING_APP_METRICS
+    missing = {
+        n
+        for n in names
+        if not defined_in_src(metric_family(n), src) and metric_family(n) not in pending
+    }
+    assert not missing, f"queried but defined nowhere in src/: {sorted(missing)}"
+
+
+def test_metric_name_check_catches_an_unknown_name() -> None:
+    with pytest.raises(AssertionError, match="maily_secret_rotation_made_up"):
+        assert_metrics_exist({"maily_secret_rotation_made_up"})
+    assert_metrics_exist({"maily_secret_rotation_duration_seconds"})
+
+
+def prometheus_rules() -> list[dict[str, Any]]:
+    return [d for _, d in docs() if d["kind"] == "PrometheusRule"]
+
+
 def test_prometheus_rule() -> None:
     rule = find("PrometheusRule", "vault-secret-rotation")
-    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
-    assert rule["metadata"]["namespace"] == "vault"
-    metrics_src = (ROOT / "src" / "maily_secrets" / "rotation" / "metrics.py").read_text()
+    assert rule["metadata"]["namespace"] == "vault"  # beside the CronJob and the Pushgateway
+    app = find("PrometheusRule", "maily-api-secrets")
+    assert app["metadata"]["namespace"] == "maily"  # beside the ServiceMonitor
     alerts = {}
-    for g in rule["spec"]["groups"]:
-        assert set(g) <= {"name", "interval", "rules"} and g["name"]
-        for r in g["rules"]:
-            assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}
-            assert isinstance(r["expr"], str) and r["expr"].count("(") == r["expr"].count(")")
-            assert re.fullmatch(r"\d+[smhd]", r.get("for", "0m"))
-            for m in re.findall(r"maily_secret_rotation_\w+", r["expr"]):
-                assert m in metrics_src, m
-            alerts[r["alert"]] = r["expr"]
+    for pr in prometheus_rules():
+        assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(pr["spec"]) == {"groups"}
+        for g in pr["spec"]["groups"]:
+            assert set(g) <= {"name", "interval", "rules"} and g["name"]
+            for r in g["rules"]:
+                assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}
+                assert r["labels"]["severity"] in ("warning", "critical")
+                assert re.fullmatch(r"\d+[smhd]", r.get("for", "0m"))
+                assert_metrics_exist(set(METRIC.findall(r["expr"])))
+                alerts[r["alert"]] = r["expr"]
     assert 'outcome=~"failed' in alerts["MailySecretRotationFailed"]
     assert "next_due_timestamp_seconds" in alerts["MailySecretRotationOverdue"]
+    assert "maily_secrets_stale_served_total" in alerts["MailySecretsServingStale"]
+    # every alert has a promtool unit test
+    tested = set(re.findall(r"alertname: (\w+)", (PROMTOOL_TESTS / "alerts_test.yaml").read_text()))
+    assert tested == set(alerts)
+
+
+def _promtool() -> str:
+    if PROMTOOL is None:
+        pytest.fail("promtool not found: `make test` installs it (Debian package prometheus)")
+    return PROMTOOL
+
+
+def promtool_dir(tmp: Path, rules: list[dict[str, Any]] | None = None) -> Path:
+    """``rules.yaml`` (the groups of every PrometheusRule: what the operator loads into
+    Prometheus) beside a copy of tests/promtool/*.yaml."""
+    groups = [g for pr in (rules or prometheus_rules()) for g in pr["spec"]["groups"]]
+    (tmp / "rules.yaml").write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    for f in PROMTOOL_TESTS.glob("*.yaml"):
+        shutil.copy(f, tmp / f.name)
+    return tmp
+
+
+def test_promtool_check_rules(tmp_path: Path) -> None:
+    d = promtool_dir(tmp_path)
+    out = subprocess.run(
+        [_promtool(), "check", "rules", str(d / "rules.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS: 7 rules found" in out.stdout
+
+
+def run_promtool_tests(d: Path) -> subprocess.CompletedProcess[str]:
+    tests = sorted(str(f) for f in d.glob("*_test.yaml"))
+    assert tests
+    return subprocess.run(
+        [_promtool(), "test", "rules", *tests], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_promtool_test_rules(tmp_path: Path) -> None:
+    out = run_promtool_tests(promtool_dir(tmp_path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_promtool_tests_fail_on_a_broken_stale_alert(tmp_path: Path) -> None:
+    """The unit tests see it when the stale-serves alert stops firing in time."""
+    rules = json.loads(json.dumps(prometheus_rules()))
+    for pr in rules:
+        for g in pr["spec"]["groups"]:
+            for r in g["rules"]:
+                if r["alert"] == "MailySecretsServingStale":
+                    r["for"] = "30m"
+    out = run_promtool_tests(promtool_dir(tmp_path, rules))
+    assert out.returncode != 0
+    assert "MailySecretsServingStale" in out.stdout + out.stderr
+
+
+# ------------------------------------------------------------------ the Grafana dashboard
+def dashboard_exprs() -> list[str]:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = []
+    for p in dash["panels"]:
+        for t in p.get("targets", []):
+            exprs.append(t["expr"])
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            exprs.append(v["definition"])
+    return exprs
+
+
+def test_grafana_dashboard_queries_only_metrics_we_define() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] == "maily-secrets" and dash["schemaVersion"] >= 36
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}", p["title"]
+            assert p["targets"] and p["title"] and p["description"]
+    queried = {m for e in dashboard_exprs() for m in METRIC.findall(e)}
+    assert_metrics_exist(queried)
+    families = {metric_family(m) for m in queried}
+    # every rotation metric and every application metric has a panel
+    rotation = set(re.findall(r'"(maily_secret_rotation_\w+)"', _src_text()))
+    assert rotation and rotation <= families
+    assert PENDING_APP_METRICS <= families
 
 
 # ------------------------------------------------------------------ the agent template
