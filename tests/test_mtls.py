@@ -38,6 +38,7 @@ CANARY = "mtls-canary-" + secrets.token_hex(8)
 @dataclass(frozen=True)
 class MtlsBao:
     ip_addr: str  # https://127.0.0.1:<port>, certificate for 127.0.0.1
+    tls12_addr: str  # the same, at most TLS 1.2 (the refusal comes in the handshake)
     named_addr: str  # https://127.0.0.1:<port>, certificate for vault.internal only
     http_addr: str  # the dev listener, for setup
     token: str
@@ -61,7 +62,7 @@ class MtlsBao:
         return VaultSettings(**base)  # type: ignore[arg-type]
 
 
-def _config(d: Path, ip_port: int, named_port: int) -> Path:
+def _config(d: Path, ip_port: int, named_port: int, tls12_port: int) -> Path:
     cfg = d / "mtls.hcl"
     cfg.write_text(
         f"""
@@ -78,6 +79,14 @@ listener "tcp" {{
   tls_key_file = "{d / "named.key"}"
   tls_client_ca_file = "{d / "ca.crt"}"
   tls_require_and_verify_client_cert = true
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{tls12_port}"
+  tls_cert_file = "{d / "server.crt"}"
+  tls_key_file = "{d / "server.key"}"
+  tls_client_ca_file = "{d / "ca.crt"}"
+  tls_require_and_verify_client_cert = true
+  tls_max_version = "tls12"
 }}
 """
     )
@@ -120,7 +129,7 @@ def mtls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsBao]:
     client = issue(d, ca, "client", "maily-api", client=True)
     other_ca = make_ca(other, "Other CA")
     other_client = issue(other, other_ca, "client", "maily-api", client=True)
-    http_port, ip_port, named_port = free_port(), free_port(), free_port()
+    http_port, ip_port, named_port, tls12_port = (free_port() for _ in range(4))
     token = "mtls-" + secrets.token_urlsafe(16)
     argv = [
         bao_binary(),
@@ -128,7 +137,7 @@ def mtls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsBao]:
         "-dev",
         f"-dev-listen-address=127.0.0.1:{http_port}",
         "-dev-no-store-token",
-        f"-config={_config(d, ip_port, named_port)}",
+        f"-config={_config(d, ip_port, named_port, tls12_port)}",
     ]
     http_addr = f"http://127.0.0.1:{http_port}"
     with running(argv, d / "server.log", env={"BAO_DEV_ROOT_TOKEN_ID": token}):
@@ -139,6 +148,7 @@ def mtls_bao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MtlsBao]:
         asyncio.run(_setup(http_addr, token, ca[0].read_text(), other_ca[0].read_text()))
         yield MtlsBao(
             ip_addr=f"https://127.0.0.1:{ip_port}",
+            tls12_addr=f"https://127.0.0.1:{tls12_port}",
             named_addr=f"https://127.0.0.1:{named_port}",
             http_addr=http_addr,
             token=token,
@@ -157,17 +167,32 @@ async def _canary(settings: VaultSettings) -> str:
 
 
 # ------------------------------------------------------------------ mutual TLS
+@pytest.mark.parametrize(
+    ("listener", "alert"),
+    [
+        ("ip_addr", "TLSV13_ALERT_CERTIFICATE_REQUIRED"),
+        ("tls12_addr", "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+    ],
+)
 async def test_without_a_client_certificate_the_error_names_the_settings(
-    mtls_bao: MtlsBao,
+    mtls_bao: MtlsBao, listener: str, alert: str
 ) -> None:
-    settings = mtls_bao.settings(token=mtls_bao.token, client_cert=None, client_key=None)
+    settings = mtls_bao.settings(
+        addr=getattr(mtls_bao, listener), token=mtls_bao.token, client_cert=None, client_key=None
+    )
     async with VaultClient(settings) as c:
         with pytest.raises(
-            VaultUnavailable, match=r"requires a client certificate: set VAULT_CLIENT_CERT and"
+            VaultUnavailable, match=r"requires a client certificate.*set VAULT_CLIENT_CERT and"
         ) as ei:
             await c.read(SECRET_PATH)
         assert c.stats["GET"] == 1, "a refused handshake is not retried"
-    assert "CERTIFICATE_REQUIRED" in str(ei.value)
+    assert alert in str(ei.value)
+
+
+async def test_a_tls12_listener_accepts_the_client_certificate(mtls_bao: MtlsBao) -> None:
+    assert (
+        await _canary(mtls_bao.settings(addr=mtls_bao.tls12_addr, token=mtls_bao.token)) == CANARY
+    )
 
 
 async def test_client_certificate_from_the_environment_gives_mutual_tls(

@@ -91,8 +91,8 @@ before(async () => {
   leaf(dir, 'ca', 'named', 'vault.internal', 'subjectAltName=DNS:vault.internal\nextendedKeyUsage=serverAuth\n');
   S.client = leaf(dir, 'ca', 'client', 'maily-api', 'extendedKeyUsage=clientAuth\n');
   S.otherClient = leaf(other, 'ca', 'client', 'maily-api', 'extendedKeyUsage=clientAuth\n');
-  const [http, ipPort, namedPort] = [await freePort(), await freePort(), await freePort()];
-  const listener = (port, stem) => `listener "tcp" {
+  const [http, ipPort, namedPort, tls12Port] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const listener = (port, stem, extra = '') => `listener "tcp" {${extra}
   address = "127.0.0.1:${port}"
   tls_cert_file = "${join(dir, `${stem}.crt`)}"
   tls_key_file = "${join(dir, `${stem}.key`)}"
@@ -100,10 +100,14 @@ before(async () => {
   tls_require_and_verify_client_cert = true
 }
 `;
-  writeFileSync(join(dir, 'mtls.hcl'), listener(ipPort, 'server') + listener(namedPort, 'named'));
+  writeFileSync(
+    join(dir, 'mtls.hcl'),
+    listener(ipPort, 'server') + listener(namedPort, 'named') + listener(tls12Port, 'server', '\n  tls_max_version = "tls12"'),
+  );
   S.http = `http://127.0.0.1:${http}`;
   S.ip = `https://127.0.0.1:${ipPort}`;
   S.named = `https://127.0.0.1:${namedPort}`;
+  S.tls12 = `https://127.0.0.1:${tls12Port}`;
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('VAULT_') && !k.startsWith('BAO_')));
   const log = openSync(join(dir, 'server.log'), 'a', 0o600); // the dev banner holds the root token
   server = spawn(
@@ -177,18 +181,25 @@ async function canary(settings) {
   }
 }
 
-test('mTLS: without a client certificate the error says to set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY', async () => {
-  const c = client({ clientCert: undefined, clientKey: undefined });
-  try {
-    await assert.rejects(c.getSecret('secret/data/mtls-ts'), (e) => {
-      assert.ok(e instanceof VaultUnavailable, String(e));
-      assert.match(e.message, /CERTIFICATE_REQUIRED.*requires a client certificate: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY/);
-      return true;
-    });
-    assert.equal(c.api.stats.requests, 1, 'a refused handshake is not retried');
-  } finally {
-    c.close();
-  }
+for (const [listener, alert] of [['ip', 'CERTIFICATE_REQUIRED'], ['tls12', 'HANDSHAKE_FAILURE']]) {
+  test(`mTLS: without a client certificate the error says to set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (${listener})`, async () => {
+    const c = client({ addr: S[listener], clientCert: undefined, clientKey: undefined });
+    try {
+      await assert.rejects(c.getSecret('secret/data/mtls-ts'), (e) => {
+        assert.ok(e instanceof VaultUnavailable, String(e));
+        assert.ok(e.message.includes(alert), e.message);
+        assert.match(e.message, /requires a client certificate.*set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY/);
+        return true;
+      });
+      assert.equal(c.api.stats.requests, 1, 'a refused handshake is not retried');
+    } finally {
+      c.close();
+    }
+  });
+}
+
+test('mTLS: a TLS 1.2 listener accepts the client certificate', async () => {
+  assert.equal(await canary({ addr: S.tls12 }), CANARY);
 });
 
 test('mTLS: VAULT_CLIENT_CERT/VAULT_CLIENT_KEY from the environment give mutual TLS', async () => {

@@ -37,7 +37,7 @@ from .kv import KV2
 from .policy import REDIRECT_STATUS, error_class, redirect_target, should_retry
 from .requester import VaultResponse, list_keys
 from .transit import Transit
-from .transport import AiohttpTransport, Request, Transport, TransportError
+from .transport import HANDSHAKE_FAILURE, AiohttpTransport, Request, Transport, TransportError
 
 __all__ = [
     "ClientClosed",
@@ -230,7 +230,12 @@ class VaultClient:
         st = self.settings
         where = f"{st.addr} for {path!r}"
         if exc.rejected is not None:
-            if st.client_cert is None:
+            if st.client_cert is None and exc.rejected == HANDSHAKE_FAILURE:
+                fix = (
+                    "if the server requires a client certificate (tls_require_and_verify_"
+                    "client_cert), set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)"
+                )
+            elif st.client_cert is None:
                 fix = (
                     "the server requires a client certificate: set VAULT_CLIENT_CERT and"
                     " VAULT_CLIENT_KEY (mutual TLS)"

@@ -155,7 +155,10 @@ class AiohttpTransport:
                 detail=str(getattr(err, "verify_message", "") or "")[:200],
             ) from None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError("connect", type(exc).__name__) from None
+            # TLS 1.2: a server that refuses our (missing) client certificate says so here.
+            raise TransportError(
+                "connect", type(exc).__name__, rejected=_client_cert_alert(exc)
+            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             alert = _client_cert_alert(exc)
             if alert is not None:
@@ -175,6 +178,7 @@ class AiohttpTransport:
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
 _NAME_MISMATCH = frozenset({62, 64})
+HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
 # TLS alerts a server sends when it requires a client certificate, or refuses ours.
 _CLIENT_CERT_ALERTS = frozenset(
     {
@@ -186,6 +190,8 @@ _CLIENT_CERT_ALERTS = frozenset(
         "SSLV3_ALERT_CERTIFICATE_REVOKED",
         "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
         "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        # TLS 1.2 (Go's listener with no client certificate): ambiguous, worded so.
+        HANDSHAKE_FAILURE,
     }
 )
 
@@ -197,9 +203,13 @@ def _client_cert_alert(exc: BaseException) -> str | None:
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if isinstance(cur, ssl.SSLError):
-            reason = getattr(cur, "reason", None)
+        reason = getattr(cur, "reason", None) if isinstance(cur, ssl.SSLError) else None
+        if reason is not None:  # (aiohttp's ClientConnectorSSLError is an SSLError without one)
             return reason if reason in _CLIENT_CERT_ALERTS else None
+        os_error = getattr(cur, "os_error", None)  # aiohttp's connector errors hold it here
+        if isinstance(os_error, ssl.SSLError) and id(os_error) not in seen:
+            cur = os_error
+            continue
         cur = cur.__cause__ or cur.__context__
     return None
 

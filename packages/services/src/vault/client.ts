@@ -52,7 +52,20 @@ const CLIENT_CERT_ALERTS = new Set([
   'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED',
   'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN',
   'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE',
+  // TLS 1.2 (Go's listener with no client certificate): ambiguous, worded so.
+  'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE',
 ]);
+
+/**
+ * The error's code; for a TLS alert that Node reports as a bare `EPROTO` (a TLS 1.2 server's
+ * "sslv3 alert handshake failure"), the `ERR_SSL_*` code OpenSSL's name gives it.
+ */
+function errorCode(err: NodeJS.ErrnoException): string {
+  const code = err.code ?? err.name;
+  if (code !== 'EPROTO') return code;
+  const m = /:(sslv3|tlsv1|tlsv13) alert ([a-z ]+?):/.exec(err.message ?? '');
+  return m ? `ERR_SSL_${m[1]!.toUpperCase()}_ALERT_${m[2]!.toUpperCase().replace(/ /g, '_')}` : code;
+}
 
 /**
  * Every PEM file under `capath` (as the Vault CLI's VAULT_CAPATH: no hashed names needed;
@@ -774,7 +787,7 @@ export class VaultApi {
           });
         });
         req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' })));
-        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name, failure())));
+        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(errorCode(err), failure())));
         if (payload !== undefined) req.write(payload);
         req.end();
       });
@@ -811,7 +824,9 @@ export class VaultApi {
     const where = `${st.addr} for ${JSON.stringify(path)}`;
     if (CLIENT_CERT_ALERTS.has(code)) {
       const fix =
-        st.clientCert === undefined
+        st.clientCert === undefined && code === 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'
+          ? 'if the server requires a client certificate (tls_require_and_verify_client_cert), set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)'
+          : st.clientCert === undefined
           ? 'the server requires a client certificate: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)'
           : `the server refused the client certificate ${st.clientCert} (VAULT_CLIENT_CERT): is it signed by a CA` +
             ' the listener trusts (tls_client_ca_file), valid now, and for client auth?';
