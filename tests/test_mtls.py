@@ -385,3 +385,22 @@ def test_cert_auth_without_a_client_certificate_says_what_to_set() -> None:
 
     with pytest.raises(AuthFailed, match="set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY"):
         auth_from_settings(VaultSettings(auth_method="cert"))
+
+
+async def test_no_key_token_or_value_in_the_logs_of_an_mtls_cert_auth_session(
+    mtls_bao: MtlsBao, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    key_body = "".join(mtls_bao.client[1].read_text().splitlines()[1:-1])
+    settings = mtls_bao.settings(auth_method="cert", cert_role="maily-api")
+    async with VaultClient(settings) as c:
+        await c.read(SECRET_PATH)
+        t = c.tokens.current()
+        assert t is not None
+        token = t.value
+        shown = repr(c) + repr(c.tokens) + repr(settings) + repr(t)
+    assert "vault login ok" in caplog.text
+    for secret in (key_body[:32], token, CANARY):
+        assert secret not in caplog.text and secret not in shown
