@@ -161,6 +161,7 @@ EXPECTED_NODE_TESTS = (
     "a 307 to another origin is refused",
     "a revoked token is AuthFailed",
     "TLS: https -> http is refused",
+    "mTLS: cert auth logs in with the client certificate",
 )
 MIN_NODE_TESTS = 40
 

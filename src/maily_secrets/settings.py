@@ -88,6 +88,28 @@ class VaultSettings(BaseSettings):
     namespace: str | None = Field(None, validation_alias=_env("VAULT_NAMESPACE", "BAO_NAMESPACE"))
     cacert: Path | None = Field(None, validation_alias=_env("VAULT_CACERT", "BAO_CACERT"))
     skip_verify: bool = Field(False, validation_alias=_env("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"))
+    capath: Path | None = Field(
+        None,
+        validation_alias=_env("VAULT_CAPATH", "BAO_CAPATH"),
+        description="A directory of PEM CA certificates, every file loaded (no hashed names"
+        " needed); ignored when VAULT_CACERT is set, as by the Vault CLI.",
+    )
+    client_cert: Path | None = Field(
+        None,
+        validation_alias=_env("VAULT_CLIENT_CERT", "BAO_CLIENT_CERT"),
+        description="PEM client certificate for mutual TLS (and the cert auth method).",
+    )
+    client_key: Path | None = Field(
+        None,
+        validation_alias=_env("VAULT_CLIENT_KEY", "BAO_CLIENT_KEY"),
+        description="PEM private key of VAULT_CLIENT_CERT (unencrypted, as for the Vault CLI).",
+    )
+    tls_server_name: str | None = Field(
+        None,
+        validation_alias=_env("VAULT_TLS_SERVER_NAME", "BAO_TLS_SERVER_NAME"),
+        description="Name sent as SNI and checked against the server's certificate"
+        " instead of VAULT_ADDR's host.",
+    )
     timeout: float = Field(
         10.0,
         gt=0,
@@ -110,7 +132,7 @@ class VaultSettings(BaseSettings):
     )
 
     # --- who ---------------------------------------------------------------------------
-    auth_method: Literal["auto", "token", "kubernetes", "approle"] = Field(
+    auth_method: Literal["auto", "token", "kubernetes", "approle", "cert"] = Field(
         "auto", validation_alias=_env("VAULT_AUTH_METHOD", "BAO_AUTH_METHOD")
     )
     token: SecretStr | None = Field(None, validation_alias=_env("VAULT_TOKEN", "BAO_TOKEN"))
@@ -129,6 +151,12 @@ class VaultSettings(BaseSettings):
     role_id_file: Path | None = Field(None, validation_alias=_env("VAULT_ROLE_ID_FILE"))
     secret_id: SecretStr | None = Field(None, validation_alias=_env("VAULT_SECRET_ID"))
     secret_id_file: Path | None = Field(None, validation_alias=_env("VAULT_SECRET_ID_FILE"))
+    cert_mount: str = Field("cert", validation_alias=_env("VAULT_CERT_MOUNT"))
+    cert_role: str | None = Field(
+        None,
+        validation_alias=_env("VAULT_CERT_ROLE"),
+        description="The cert auth role to log in as (unset: any role that trusts the cert).",
+    )
     renew_fraction: float = Field(
         2 / 3,
         gt=0,
@@ -218,6 +246,51 @@ class VaultSettings(BaseSettings):
             raise ValueError(f"{v} holds no PEM certificate")
         return v
 
+    @field_validator("capath")
+    @classmethod
+    def _capath_is_a_directory(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_dir():
+            raise ValueError(f"{v} is not a directory")
+        return v
+
+    @field_validator("tls_server_name")
+    @classmethod
+    def _server_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not v or any(c in v for c in "/:@ ") or len(v) > 253:
+            raise ValueError("must be a host name such as vault.example (no scheme or port)")
+        return v
+
+    @model_validator(mode="after")
+    def _client_cert_and_key(self) -> VaultSettings:
+        """Both or neither, readable, and PEM (checked here; loaded when a connection is made)."""
+        cert, key = self.client_cert, self.client_key
+        if cert is None and key is None:
+            return self
+        if cert is None or key is None:
+            have, missing = (
+                ("VAULT_CLIENT_CERT", "VAULT_CLIENT_KEY")
+                if key is None
+                else ("VAULT_CLIENT_KEY", "VAULT_CLIENT_CERT")
+            )
+            raise _SettingError(missing, f"is not set but {have} is (mutual TLS needs both files)")
+        for path, var, marker in (
+            (cert, "VAULT_CLIENT_CERT", b"-----BEGIN CERTIFICATE-----"),
+            (key, "VAULT_CLIENT_KEY", b"PRIVATE KEY-----"),
+        ):
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(1 << 16)
+            except OSError as exc:
+                why = exc.strerror or type(exc).__name__
+                raise _SettingError(var, f"cannot read {path}: {why}") from None
+            if marker not in head:
+                what = "PEM certificate" if var == "VAULT_CLIENT_CERT" else "PEM private key"
+                raise _SettingError(var, f"{path} holds no {what}")
+        return self
+
     @model_validator(mode="after")
     def _snapshot_needs_key(self) -> VaultSettings:
         if self.snapshot_path is None:
@@ -238,13 +311,21 @@ class VaultSettings(BaseSettings):
             ) from None
         return self
 
-    @field_validator("kv_mount", "transit_mount", "kubernetes_mount", "approle_mount")
+    @field_validator("kv_mount", "transit_mount", "kubernetes_mount", "approle_mount", "cert_mount")
     @classmethod
     def _strip_mount(cls, v: str) -> str:
         v = v.strip("/")
         if not v:
             raise ValueError("a mount path cannot be empty")
         return v
+
+
+class _SettingError(ValueError):
+    """A check across fields that knows which variable to blame."""
+
+    def __init__(self, variable: str, reason: str) -> None:
+        super().__init__(reason)
+        self.variable = variable
 
 
 def _check_addr(v: str) -> str:
@@ -285,7 +366,10 @@ def _configuration_error(exc: ValidationError, given: dict[str, Any]) -> Configu
     first = exc.errors(include_url=False, include_input=False)[0]
     loc = [str(x) for x in first.get("loc", ()) if isinstance(x, str)]
     key = loc[0] if loc else ""
-    if not key:  # a model-level check: the snapshot key is the one to fix
+    blamed = (first.get("ctx") or {}).get("error")
+    if isinstance(blamed, _SettingError):
+        variable = _spelling(blamed.variable, given)
+    elif not key:  # a model-level check: the snapshot key is the one to fix
         variable = "MAILY_SECRETS_SNAPSHOT_KEY"
     elif key in given:  # a keyword argument
         variable = key
@@ -298,3 +382,14 @@ def _configuration_error(exc: ValidationError, given: dict[str, Any]) -> Configu
         variable = next((n for n in names if n.upper() in in_env), names[0] if names else key)
     reason = str(first.get("msg") or "invalid").removeprefix("Value error, ")
     return ConfigurationError(f"invalid configuration: {variable} {reason}", variable=variable)
+
+
+def _spelling(variable: str, given: dict[str, Any]) -> str:
+    """``VAULT_X`` as the caller gave it: the keyword, or the ``BAO_X`` spelling if set."""
+    field = next((f for f in VaultSettings.model_fields if variable in _env_names(f)), None)
+    if field is None:
+        return variable
+    if field in given:
+        return field
+    in_env = {k.upper() for k in os.environ}
+    return next((n for n in _env_names(field) if n.upper() in in_env or n in given), variable)

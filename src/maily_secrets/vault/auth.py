@@ -1,4 +1,4 @@
-"""Authentication: token, Kubernetes and AppRole, behind one token manager.
+"""Authentication: token, Kubernetes, AppRole and TLS certificates, behind one token manager.
 
 The :class:`TokenManager` hands out a valid token to every request.  It logs in
 at most once at a time however many callers wait, renews the token once
@@ -209,11 +209,40 @@ class AppRoleAuth:
         )
 
 
+class CertAuth:
+    """TLS certificate auth: the client certificate of the connection (VAULT_CLIENT_CERT)
+    is the credential; ``auth/<mount>/login`` with an optional role ``name``."""
+
+    name = "cert"
+    can_relogin = True
+
+    def __init__(self, client_cert: Path | None, role: str | None = None, mount: str = "cert"):
+        if client_cert is None:
+            raise AuthFailed(
+                "cert auth needs a client certificate: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY"
+            )
+        self.client_cert, self.role, self.mount = client_cert, role, mount
+
+    async def login(self, client: Requester) -> Token:
+        as_role = f" as role {self.role!r}" if self.role else ""
+        return await _login(
+            client,
+            "cert",
+            self.mount,
+            {"name": self.role} if self.role else {},
+            refused=f"cert login{as_role} at auth/{self.mount} with {self.client_cert}",
+            hint="check that a cert role there (VAULT_CERT_ROLE) trusts the CA of"
+            " VAULT_CLIENT_CERT and allows its names",
+        )
+
+
 def auth_from_settings(settings: VaultSettings) -> AuthMethod:
     """Pick the auth method: explicit ``auth_method``, else the first credential found.
 
     ``auto`` order: ``VAULT_TOKEN``, ``VAULT_TOKEN_FILE``, AppRole ids, the Kubernetes
-    service-account token file, ``~/.vault-token``.
+    service-account token file, a client certificate (``VAULT_CLIENT_CERT``: cert auth),
+    ``~/.vault-token``. A certificate used only for mutual TLS never shadows a credential
+    found before it; ``VAULT_AUTH_METHOD=cert`` picks cert auth in a pod.
     """
     m = settings.auth_method
     token = settings.token.get_secret_value() if settings.token else None
@@ -248,6 +277,8 @@ def auth_from_settings(settings: VaultSettings) -> AuthMethod:
         return approle()
     if m == "kubernetes" or (m == "auto" and settings.kubernetes_jwt_path.is_file()):
         return kubernetes()
+    if m == "cert" or (m == "auto" and settings.client_cert is not None):
+        return CertAuth(settings.client_cert, settings.cert_role, settings.cert_mount)
     if home_token.is_file():
         return TokenAuth(token_file=home_token)
     return _NoAuth()
@@ -260,7 +291,8 @@ class _NoAuth:
     async def login(self, client: Requester) -> Token:
         raise AuthFailed(
             "no Vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE,"
-            " VAULT_ROLE_ID/VAULT_SECRET_ID, or run in Kubernetes with a service-account token"
+            " VAULT_ROLE_ID/VAULT_SECRET_ID, VAULT_CLIENT_CERT/VAULT_CLIENT_KEY (cert auth),"
+            " or run in Kubernetes with a service-account token"
         )
 
 

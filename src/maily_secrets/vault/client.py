@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from yarl import URL
@@ -37,7 +39,7 @@ from .kv import KV2
 from .policy import REDIRECT_STATUS, error_class, redirect_target, should_retry
 from .requester import VaultResponse, list_keys
 from .transit import Transit
-from .transport import AiohttpTransport, Request, Transport, TransportError
+from .transport import HANDSHAKE_FAILURE, AiohttpTransport, Request, Transport, TransportError
 
 __all__ = [
     "ClientClosed",
@@ -94,6 +96,58 @@ def _errors_of(body: Any) -> str:
     return text[:300]
 
 
+def _ca_directory(capath: Path) -> str:
+    """Every PEM file under ``capath`` (as the Vault CLI's VAULT_CAPATH: no hashed names
+    needed; directories walked, hidden ones such as a Kubernetes volume's ``..data`` too)."""
+    certs: list[str] = []
+    for dirpath, _dirs, files in os.walk(capath):
+        for name in sorted(files):
+            path = Path(dirpath, name)
+            try:
+                text = path.read_text(encoding="ascii", errors="replace")
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"invalid configuration: VAULT_CAPATH: cannot read {path}"
+                    f" ({exc.strerror or type(exc).__name__})",
+                    variable="VAULT_CAPATH",
+                ) from None
+            if "-----BEGIN CERTIFICATE-----" not in text:
+                raise ConfigurationError(
+                    f"invalid configuration: VAULT_CAPATH: {path} holds no PEM certificate"
+                    " (every file of the directory must be one, as for the Vault CLI)",
+                    variable="VAULT_CAPATH",
+                )
+            certs.append(text)
+    if not certs:
+        raise ConfigurationError(
+            f"invalid configuration: VAULT_CAPATH {capath} holds no certificate",
+            variable="VAULT_CAPATH",
+        )
+    return "\n".join(certs)
+
+
+def _no_passphrase() -> bytes:
+    # Never OpenSSL's interactive prompt: a service has no terminal to ask on.
+    raise ConfigurationError(
+        "invalid configuration: VAULT_CLIENT_KEY is encrypted; give an unencrypted key"
+        " (as for the Vault CLI), readable only by the service",
+        variable="VAULT_CLIENT_KEY",
+    )
+
+
+def _load_client_cert(ctx: ssl.SSLContext, st: VaultSettings) -> None:
+    try:
+        ctx.load_cert_chain(str(st.client_cert), str(st.client_key), password=_no_passphrase)
+    except (OSError, ssl.SSLError) as exc:
+        # The reason only (e.g. KEY_VALUES_MISMATCH), never the file's contents.
+        why = getattr(exc, "reason", None) or type(exc).__name__
+        raise ConfigurationError(
+            f"invalid configuration: VAULT_CLIENT_CERT {st.client_cert} and VAULT_CLIENT_KEY"
+            f" {st.client_key} cannot be loaded as a pair ({why})",
+            variable="VAULT_CLIENT_CERT",
+        ) from None
+
+
 class VaultClient:
     """An async Vault API client.
 
@@ -129,6 +183,7 @@ class VaultClient:
             pool_size=self.settings.pool_size,
             timeout=self.settings.timeout,
             ssl_context=self._ssl,
+            server_hostname=self.settings.tls_server_name,
         )
         self.tokens = token_manager or TokenManager(
             auth_from_settings(self.settings), self, clock=self.clock
@@ -149,19 +204,67 @@ class VaultClient:
 
     # ------------------------------------------------------------------ lifecycle
     def _ssl(self) -> ssl.SSLContext | bool:
-        if self.settings.skip_verify:
+        """The TLS context of a new connection pool (read when a session is made)."""
+        st = self.settings
+        if st.skip_verify:
             log.warning("TLS certificate verification is disabled (VAULT_SKIP_VERIFY)")
-            return False
-        if self.settings.cacert:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        elif st.cacert:
             try:
-                return ssl.create_default_context(cafile=str(self.settings.cacert))
+                ctx = ssl.create_default_context(cafile=str(st.cacert))
             except (OSError, ssl.SSLError) as exc:
                 raise ConfigurationError(
-                    f"invalid configuration: VAULT_CACERT {self.settings.cacert} cannot be"
+                    f"invalid configuration: VAULT_CACERT {st.cacert} cannot be"
                     f" loaded ({type(exc).__name__})",
                     variable="VAULT_CACERT",
                 ) from None
-        return True
+        elif st.capath:
+            ctx = ssl.create_default_context(cadata=_ca_directory(st.capath))
+        elif st.client_cert is None:
+            return True
+        else:
+            ctx = ssl.create_default_context()
+        if st.client_cert is not None and st.client_key is not None:
+            _load_client_cert(ctx, st)
+        return ctx
+
+    def _tls_failure(self, path: str, exc: TransportError) -> str:
+        st = self.settings
+        where = f"{st.addr} for {path!r}"
+        if exc.rejected is not None:
+            if st.client_cert is None and exc.rejected == HANDSHAKE_FAILURE:
+                fix = (
+                    "if the server requires a client certificate (tls_require_and_verify_"
+                    "client_cert), set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)"
+                )
+            elif st.client_cert is None:
+                fix = (
+                    "the server requires a client certificate: set VAULT_CLIENT_CERT and"
+                    " VAULT_CLIENT_KEY (mutual TLS)"
+                )
+            else:
+                fix = (
+                    f"the server refused the client certificate {st.client_cert}"
+                    " (VAULT_CLIENT_CERT): is it signed by a CA the listener trusts"
+                    " (tls_client_ca_file), valid now, and for client auth?"
+                )
+            return f"TLS handshake with {where} failed ({exc.rejected}); {fix}"
+        if exc.hostname_mismatch:
+            name = st.tls_server_name
+            fix = (
+                f"VAULT_TLS_SERVER_NAME is {name!r}: set it to a name in the server's certificate"
+                if name
+                else "set VAULT_TLS_SERVER_NAME to a name in the server's certificate,"
+                " or use that name in VAULT_ADDR"
+            )
+            return f"TLS verification of {where} failed ({exc.certificate}: {exc.detail}); {fix}"
+        trust = "VAULT_CAPATH" if st.capath and not st.cacert else "VAULT_CACERT"
+        return (
+            f"TLS verification of {where} failed ({exc.certificate}); set {trust} to the CA"
+            " that signed the server's certificate"
+        )
 
     @property
     def closed(self) -> bool:
@@ -223,14 +326,9 @@ class VaultClient:
                 )
             except TransportError as exc:
                 self.observer.vault_request(method, path, "error", time.perf_counter() - sent)
-                if exc.certificate is not None:
+                if exc.certificate is not None or exc.rejected is not None:
                     # Not transient: retrying cannot fix a certificate that does not verify.
-                    raise VaultUnavailable(
-                        f"TLS verification of {self.settings.addr} failed for {path!r}"
-                        f" ({exc.certificate}); set VAULT_CACERT to the CA"
-                        " that signed the server's certificate",
-                        path=path,
-                    ) from None
+                    raise VaultUnavailable(self._tls_failure(path, exc), path=path) from None
                 if attempt < max_retries and should_retry(
                     method, failure=exc.failure, idempotent=idempotent
                 ):

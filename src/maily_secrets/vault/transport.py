@@ -59,11 +59,23 @@ class Response:
 class TransportError(Exception):
     """No HTTP answer. ``failure`` says whether the request may have been processed."""
 
-    def __init__(self, failure: Failure, cause: str, *, certificate: str | None = None) -> None:
+    def __init__(
+        self,
+        failure: Failure,
+        cause: str,
+        *,
+        certificate: str | None = None,
+        rejected: str | None = None,
+        hostname_mismatch: bool = False,
+        detail: str = "",
+    ) -> None:
         super().__init__(cause)
         self.failure: Failure = failure
         self.cause = cause
-        self.certificate = certificate  # set when TLS verification failed
+        self.certificate = certificate  # set when we could not verify the server's certificate
+        self.rejected = rejected  # the TLS alert when the server refused our (missing) client cert
+        self.hostname_mismatch = hostname_mismatch  # the certificate is not for that name
+        self.detail = detail  # OpenSSL's verify message (names, never secrets)
 
 
 class Transport(Protocol):
@@ -81,8 +93,10 @@ class AiohttpTransport:
         pool_size: int = 100,
         timeout: float = 10.0,
         ssl_context: Callable[[], ssl.SSLContext | bool] = lambda: True,
+        server_hostname: str | None = None,
     ) -> None:
         self._pool_size = pool_size
+        self._server_hostname = server_hostname
         self._timeout = timeout
         self._ssl_context = ssl_context
         self._sessions: weakref.WeakKeyDictionary[
@@ -126,18 +140,31 @@ class AiohttpTransport:
                 data=body,
                 params=request.params,
                 allow_redirects=False,
+                server_hostname=self._server_hostname if request.url.scheme == "https" else None,
             ) as resp:
                 raw = b"" if resp.status == 204 else await resp.read()
                 return Response(resp.status, resp.url, resp.headers, raw)
         except aiohttp.ClientConnectorCertificateError as exc:
+            err = exc.certificate_error
+            code = getattr(err, "verify_code", None)
             raise TransportError(
                 "connect",
                 type(exc).__name__,
-                certificate=type(exc.certificate_error).__name__,
+                certificate=type(err).__name__,
+                hostname_mismatch=code in _NAME_MISMATCH,
+                detail=str(getattr(err, "verify_message", "") or "")[:200],
             ) from None
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise TransportError("connect", type(exc).__name__) from None
+            # TLS 1.2: a server that refuses our (missing) client certificate says so here.
+            raise TransportError(
+                "connect", type(exc).__name__, rejected=_client_cert_alert(exc)
+            ) from None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            alert = _client_cert_alert(exc)
+            if alert is not None:
+                # The server's TLS layer refused us: nothing reached Vault (TLS 1.3 reports
+                # it only once the request is written, so it looks like "sent" otherwise).
+                raise TransportError("connect", type(exc).__name__, rejected=alert) from None
             # Sent, or partly sent: the server may have processed it.
             raise TransportError("sent", type(exc).__name__) from None
 
@@ -147,6 +174,44 @@ class AiohttpTransport:
         if s is not None and not s.closed:
             await s.close()
         self._forget_dead_loops()
+
+
+# X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NAME_MISMATCH = frozenset({62, 64})
+HANDSHAKE_FAILURE = "SSLV3_ALERT_HANDSHAKE_FAILURE"
+# TLS alerts a server sends when it requires a client certificate, or refuses ours.
+_CLIENT_CERT_ALERTS = frozenset(
+    {
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+        "TLSV1_ALERT_ACCESS_DENIED",
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        # TLS 1.2 (Go's listener with no client certificate): ambiguous, worded so.
+        HANDSHAKE_FAILURE,
+    }
+)
+
+
+def _client_cert_alert(exc: BaseException) -> str | None:
+    """The reason of an ``ssl.SSLError`` in ``exc``'s chain that says the server refused
+    our client certificate (or its absence), else ``None``."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        reason = getattr(cur, "reason", None) if isinstance(cur, ssl.SSLError) else None
+        if reason is not None:  # (aiohttp's ClientConnectorSSLError is an SSLError without one)
+            return reason if reason in _CLIENT_CERT_ALERTS else None
+        os_error = getattr(cur, "os_error", None)  # aiohttp's connector errors hold it here
+        if isinstance(os_error, ssl.SSLError) and id(os_error) not in seen:
+            cur = os_error
+            continue
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 def _drop(session: aiohttp.ClientSession) -> None:

@@ -2,14 +2,16 @@
  * The HTTP layer (mirrors maily_secrets.vault.client + auth): Node's own http/https
  * modules with a keep-alive pool, retries with exponential backoff and jitter, HA
  * redirects, X-Vault-Index consistency, typed errors, and a token manager
- * (token / token file / ~/.vault-token, Kubernetes, AppRole; single-flight login,
+ * (token / token file / ~/.vault-token, Kubernetes, AppRole, TLS certificate; single-flight login,
  * renewal at 2/3 of the TTL, one fresh login after a 403).
  *
  * Nothing here does I/O at construction time.
  */
 import * as http from 'node:http';
 import * as https from 'node:https';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { createSecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   AuthFailed,
@@ -40,6 +42,70 @@ const TLS_ERRORS = new Set([
   'CERT_NOT_YET_VALID',
   'ERR_TLS_CERT_ALTNAME_INVALID',
 ]);
+/** TLS alerts of a server that requires a client certificate, or refuses ours. */
+const CLIENT_CERT_ALERTS = new Set([
+  'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED',
+  'ERR_SSL_TLSV1_ALERT_UNKNOWN_CA',
+  'ERR_SSL_TLSV1_ALERT_ACCESS_DENIED',
+  'ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_EXPIRED',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_REVOKED',
+  'ERR_SSL_SSLV3_ALERT_CERTIFICATE_UNKNOWN',
+  'ERR_SSL_SSLV3_ALERT_UNSUPPORTED_CERTIFICATE',
+  // TLS 1.2 (Go's listener with no client certificate): ambiguous, worded so.
+  'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE',
+]);
+
+/**
+ * The error's code; for a TLS alert that Node reports as a bare `EPROTO` (a TLS 1.2 server's
+ * "sslv3 alert handshake failure"), the `ERR_SSL_*` code OpenSSL's name gives it.
+ */
+function errorCode(err: NodeJS.ErrnoException): string {
+  const code = err.code ?? err.name;
+  if (code !== 'EPROTO') return code;
+  const m = /:(sslv3|tlsv1|tlsv13) alert ([a-z ]+?):/.exec(err.message ?? '');
+  return m ? `ERR_SSL_${m[1]!.toUpperCase()}_ALERT_${m[2]!.toUpperCase().replace(/ /g, '_')}` : code;
+}
+
+/**
+ * Every PEM file under `capath` (as the Vault CLI's VAULT_CAPATH: no hashed names needed;
+ * sub-directories walked). A file without a certificate is an error naming it.
+ */
+function caDirectory(capath: string, name: string): Buffer[] {
+  const fail = (why: string): never => {
+    throw new ConfigurationError(`invalid configuration: ${name} ${why}`, { variable: name });
+  };
+  const out: Buffer[] = [];
+  const walk = (dir: string): void => {
+    let entries: string[];
+    try {
+      entries = readdirSync(dir).sort();
+    } catch (e) {
+      return fail(`${JSON.stringify(dir)} cannot be read as a directory: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    for (const entry of entries) {
+      const path = join(dir, entry);
+      let st;
+      try {
+        st = statSync(path);
+      } catch (e) {
+        return fail(`cannot read ${JSON.stringify(path)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+      if (st.isDirectory()) {
+        walk(path);
+        continue;
+      }
+      const pem = readFileSync(path);
+      if (!pem.includes('-----BEGIN CERTIFICATE-----')) {
+        fail(`${JSON.stringify(path)} holds no PEM certificate (every file of the directory must be one, as for the Vault CLI)`);
+      }
+      out.push(pem);
+    }
+  };
+  walk(capath);
+  if (out.length === 0) fail(`${JSON.stringify(capath)} holds no certificate`);
+  return out;
+}
 
 export interface VaultResponse {
   status: number;
@@ -263,13 +329,51 @@ export class AppRoleAuth implements AuthMethod {
   }
 }
 
+/**
+ * TLS certificate auth: the connection's client certificate (VAULT_CLIENT_CERT) is the
+ * credential; `auth/<mount>/login` with an optional role `name`.
+ */
+export class CertAuth implements AuthMethod {
+  readonly name = 'cert';
+  readonly canRelogin = true;
+  constructor(
+    readonly clientCert: string | undefined,
+    readonly role: string | undefined = undefined,
+    readonly mount = 'cert',
+  ) {
+    if (clientCert === undefined) {
+      throw new AuthFailed('cert auth needs a client certificate: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY');
+    }
+  }
+  async login(api: VaultApi): Promise<Token> {
+    try {
+      const r = await api.request('POST', `auth/${this.mount}/login`, {
+        body: this.role ? { name: this.role } : {},
+        authenticated: false,
+        idempotent: true,
+      });
+      return tokenFromAuth(r.body, 'cert');
+    } catch (e) {
+      if (e instanceof VaultError && (e.status === 400 || e.status === 403)) {
+        const as = this.role ? ` as role ${JSON.stringify(this.role)}` : '';
+        throw new AuthFailed(
+          `cert login${as} at auth/${this.mount} with ${this.clientCert} was refused (HTTP ${e.status}: ${e.detail || 'no reason given'});` +
+            ' check that a cert role there (VAULT_CERT_ROLE) trusts the CA of VAULT_CLIENT_CERT and allows its names',
+          { status: e.status },
+        );
+      }
+      throw e;
+    }
+  }
+}
+
 class NoAuth implements AuthMethod {
   readonly name = 'none';
   readonly canRelogin = false;
   async login(): Promise<Token> {
     throw new AuthFailed(
       'no Vault credentials: set VAULT_TOKEN, VAULT_TOKEN_FILE, VAULT_ROLE_ID/VAULT_SECRET_ID,' +
-        ' or run in Kubernetes with a service-account token',
+        ' VAULT_CLIENT_CERT/VAULT_CLIENT_KEY (cert auth), or run in Kubernetes with a service-account token',
     );
   }
 }
@@ -277,7 +381,9 @@ class NoAuth implements AuthMethod {
 /**
  * Pick the auth method: explicit `authMethod`, else the first credential found
  * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, the Kubernetes
- * service-account token file, ~/.vault-token.
+ * service-account token file, a client certificate (VAULT_CLIENT_CERT: cert auth),
+ * ~/.vault-token. A certificate used only for mutual TLS never shadows a credential
+ * found before it; `authMethod: 'cert'` (VAULT_AUTH_METHOD=cert) picks cert auth in a pod.
  */
 export function authFromSettings(s: VaultSettings): AuthMethod {
   const m = s.authMethod;
@@ -299,6 +405,9 @@ export function authFromSettings(s: VaultSettings): AuthMethod {
   if (m === 'approle' || (m === 'auto' && approleGiven)) return approle();
   if (m === 'kubernetes' || (m === 'auto' && existsSync(s.kubernetesJwtPath))) {
     return new KubernetesAuth(s.role, s.kubernetesJwtPath, s.kubernetesMount);
+  }
+  if (m === 'cert' || (m === 'auto' && s.clientCert !== undefined)) {
+    return new CertAuth(s.clientCert, s.certRole, s.certMount ?? 'cert');
   }
   if (existsSync(s.homeTokenPath)) return new TokenAuth(undefined, s.homeTokenPath);
   return new NoAuth();
@@ -477,7 +586,7 @@ export class VaultApi {
   private index: string | null = null;
   private readonly base: URL;
   private readonly baseHeaders: Record<string, string>;
-  private ca: Buffer | undefined;
+  private ca: Buffer | Buffer[] | undefined;
 
   constructor(
     readonly settings: VaultSettings,
@@ -498,24 +607,43 @@ export class VaultApi {
       if (this.settings.skipVerify) {
         this.logger.warn('TLS certificate verification is disabled (VAULT_SKIP_VERIFY)');
       }
-      if (this.settings.cacert && this.ca === undefined) {
+      const st = this.settings;
+      const readPem = (file: string, key: 'cacert' | 'clientCert' | 'clientKey', dflt: string): Buffer => {
         try {
-          this.ca = readFileSync(this.settings.cacert);
+          return readFileSync(file);
         } catch (e) {
-          const name = this.settings.sources?.cacert ?? 'VAULT_CACERT';
+          const name = st.sources?.[key] ?? dflt;
+          throw new ConfigurationError(`cannot read ${name} ${JSON.stringify(file)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`, {
+            variable: name,
+          });
+        }
+      };
+      // VAULT_CACERT wins over VAULT_CAPATH, as for the Vault CLI.
+      if (st.cacert) this.ca ??= readPem(st.cacert, 'cacert', 'VAULT_CACERT');
+      else if (st.capath) this.ca ??= caDirectory(st.capath, st.sources?.capath ?? 'VAULT_CAPATH');
+      const opts: https.AgentOptions = {
+        keepAlive: true,
+        maxSockets: st.poolSize,
+        timeout: IDLE_SOCKET_MS,
+        rejectUnauthorized: !st.skipVerify,
+      };
+      if (this.ca !== undefined) opts.ca = this.ca;
+      if (st.clientCert !== undefined && st.clientKey !== undefined) {
+        opts.cert = readPem(st.clientCert, 'clientCert', 'VAULT_CLIENT_CERT');
+        opts.key = readPem(st.clientKey, 'clientKey', 'VAULT_CLIENT_KEY');
+        try {
+          createSecureContext({ cert: opts.cert, key: opts.key }); // a mismatch fails here, not per request
+        } catch (e) {
+          // The OpenSSL reason only (e.g. KEY_VALUES_MISMATCH), never the files' contents.
           throw new ConfigurationError(
-            `cannot read ${name} ${JSON.stringify(this.settings.cacert)}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`,
-            { variable: name },
+            `invalid configuration: VAULT_CLIENT_CERT ${JSON.stringify(st.clientCert)} and VAULT_CLIENT_KEY` +
+              ` ${JSON.stringify(st.clientKey)} cannot be loaded as a pair (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+            { variable: st.sources?.clientCert ?? 'VAULT_CLIENT_CERT' },
           );
         }
       }
-      const opts: https.AgentOptions = {
-        keepAlive: true,
-        maxSockets: this.settings.poolSize,
-        timeout: IDLE_SOCKET_MS,
-        rejectUnauthorized: !this.settings.skipVerify,
-      };
-      if (this.ca !== undefined) opts.ca = this.ca;
+      // SNI and the name checked in the server's certificate (node checks `servername`).
+      if (st.tlsServerName) opts.servername = st.tlsServerName;
       this.agent = new https.Agent(opts);
     } else {
       this.agent = new http.Agent({ keepAlive: true, maxSockets: this.settings.poolSize, timeout: IDLE_SOCKET_MS });
@@ -552,12 +680,8 @@ export class VaultApi {
         res = await this.send(method, url, headers, payload);
       } catch (e) {
         if (!(e instanceof TransportError)) throw e;
-        if (TLS_ERRORS.has(e.code)) {
-          throw new VaultUnavailable(
-            `TLS verification of ${this.settings.addr} failed for ${JSON.stringify(path)} (${e.code});` +
-              " set VAULT_CACERT to the CA that signed the server's certificate",
-            { path },
-          );
+        if (TLS_ERRORS.has(e.code) || CLIENT_CERT_ALERTS.has(e.code)) {
+          throw new VaultUnavailable(this.tlsFailure(path, e.code), { path });
         }
         const retry = shouldRetry(method, { failure: e.failure, idempotent });
         if (retry && attempt < maxRetries) {
@@ -663,7 +787,7 @@ export class VaultApi {
           });
         });
         req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' })));
-        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name, failure())));
+        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(errorCode(err), failure())));
         if (payload !== undefined) req.write(payload);
         req.end();
       });
@@ -693,6 +817,29 @@ export class VaultApi {
       }
       return { status: 508, body: { errors: ['too many redirects'] }, headers: {} };
     })();
+  }
+
+  private tlsFailure(path: string, code: string): string {
+    const st = this.settings;
+    const where = `${st.addr} for ${JSON.stringify(path)}`;
+    if (CLIENT_CERT_ALERTS.has(code)) {
+      const fix =
+        st.clientCert === undefined && code === 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'
+          ? 'if the server requires a client certificate (tls_require_and_verify_client_cert), set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)'
+          : st.clientCert === undefined
+          ? 'the server requires a client certificate: set VAULT_CLIENT_CERT and VAULT_CLIENT_KEY (mutual TLS)'
+          : `the server refused the client certificate ${st.clientCert} (VAULT_CLIENT_CERT): is it signed by a CA` +
+            ' the listener trusts (tls_client_ca_file), valid now, and for client auth?';
+      return `TLS handshake with ${where} failed (${code}); ${fix}`;
+    }
+    if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+      const fix = st.tlsServerName
+        ? `VAULT_TLS_SERVER_NAME is ${JSON.stringify(st.tlsServerName)}: set it to a name in the server's certificate`
+        : "set VAULT_TLS_SERVER_NAME to a name in the server's certificate, or use that name in VAULT_ADDR";
+      return `TLS verification of ${where} failed (${code}); ${fix}`;
+    }
+    const trust = st.capath && !st.cacert ? 'VAULT_CAPATH' : 'VAULT_CACERT';
+    return `TLS verification of ${where} failed (${code}); set ${trust} to the CA that signed the server's certificate`;
   }
 
   private async backoff(attempt: number, path: string, cause: string): Promise<void> {

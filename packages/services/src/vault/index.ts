@@ -9,7 +9,7 @@ import { VaultClient } from './service.js';
 
 export { VaultClient } from './service.js';
 export type { VaultClientOptions, DecryptOptions, OnChangeOptions, CacheStatus } from './service.js';
-export { VaultApi, TokenManager, TokenAuth, AppRoleAuth, KubernetesAuth, authFromSettings, newerIndex } from './client.js';
+export { VaultApi, TokenManager, TokenAuth, AppRoleAuth, KubernetesAuth, CertAuth, authFromSettings, newerIndex } from './client.js';
 export type { VaultResponse, RequestOptions, SecretData, Json, AuthMethod, Token, Consistency } from './client.js';
 export { Transit } from './transit.js';
 export type { Plaintext } from './transit.js';

@@ -15,8 +15,8 @@ export const K8S_SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token
 /** The prefixes of every environment variable this package reads. */
 export const ENV_PREFIXES = ['VAULT_', 'BAO_', 'MAILY_'] as const;
 
-export type AuthMethodName = 'auto' | 'token' | 'kubernetes' | 'approle';
-const AUTH_METHODS: readonly string[] = ['auto', 'token', 'kubernetes', 'approle'];
+export type AuthMethodName = 'auto' | 'token' | 'kubernetes' | 'approle' | 'cert';
+const AUTH_METHODS: readonly string[] = ['auto', 'token', 'kubernetes', 'approle', 'cert'];
 
 export interface VaultSettings {
   addr: string;
@@ -24,6 +24,17 @@ export interface VaultSettings {
   /** PEM file of the CA that signed the server's certificate. */
   cacert: string | undefined;
   skipVerify: boolean;
+  /**
+   * A directory of PEM CA certificates (VAULT_CAPATH): every file is loaded, no hashed
+   * names needed; ignored when `cacert` is set (as by the Vault CLI).
+   */
+  capath: string | undefined;
+  /** PEM client certificate for mutual TLS and the cert auth method (VAULT_CLIENT_CERT). */
+  clientCert: string | undefined;
+  /** Its unencrypted PEM private key (VAULT_CLIENT_KEY). */
+  clientKey: string | undefined;
+  /** Name sent as SNI and checked in the server's certificate instead of addr's host. */
+  tlsServerName: string | undefined;
   /** Seconds for one HTTP request. */
   timeout: number;
   maxRetries: number;
@@ -50,6 +61,10 @@ export interface VaultSettings {
   roleIdFile: string | undefined;
   secretId: string | undefined;
   secretIdFile: string | undefined;
+  /** Mount of the TLS certificate auth method (VAULT_CERT_MOUNT). */
+  certMount: string;
+  /** Cert auth role to log in as (VAULT_CERT_ROLE; unset: any role that trusts the cert). */
+  certRole: string | undefined;
   renewFraction: number;
   kvMount: string;
   transitMount: string;
@@ -124,7 +139,11 @@ function variable(s: VaultSettings, key: keyof VaultSettings, fallback: string):
   return s.sources?.[key] ?? fallback;
 }
 
-function mount(s: VaultSettings, key: 'kvMount' | 'transitMount' | 'kubernetesMount' | 'approleMount', name: string): string {
+function mount(
+  s: VaultSettings,
+  key: 'kvMount' | 'transitMount' | 'kubernetesMount' | 'approleMount' | 'certMount',
+  name: string,
+): string {
   const m = String(s[key]).replace(/^\/+|\/+$/g, '');
   if (!m) {
     const v = variable(s, key, name);
@@ -161,9 +180,24 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   const addr = address(String(s.addr), variable(s, 'addr', 'VAULT_ADDR'));
   if (!AUTH_METHODS.includes(s.authMethod)) {
     const v = variable(s, 'authMethod', 'VAULT_AUTH_METHOD');
-    throw new ConfigurationError(`${v} must be auto, token, kubernetes or approle, got ${JSON.stringify(s.authMethod)}`, {
+    throw new ConfigurationError(`${v} must be auto, token, kubernetes, approle or cert, got ${JSON.stringify(s.authMethod)}`, {
       variable: v,
     });
+  }
+  // Both files or neither (as the Vault CLI): they are read when the first connection is made.
+  if ((s.clientCert === undefined) !== (s.clientKey === undefined)) {
+    const [have, missing] = s.clientKey === undefined ? ['clientCert', 'clientKey'] as const : ['clientKey', 'clientCert'] as const;
+    const v = variable(s, missing, missing === 'clientKey' ? 'VAULT_CLIENT_KEY' : 'VAULT_CLIENT_CERT');
+    const h = variable(s, have, have === 'clientKey' ? 'VAULT_CLIENT_KEY' : 'VAULT_CLIENT_CERT');
+    throw new ConfigurationError(`${v} is not set but ${h} is (mutual TLS needs both files)`, { variable: v });
+  }
+  let tlsServerName = s.tlsServerName;
+  if (tlsServerName !== undefined) {
+    tlsServerName = String(tlsServerName).trim();
+    if (!tlsServerName || /[/:@ ]/.test(tlsServerName) || tlsServerName.length > 253) {
+      const v = variable(s, 'tlsServerName', 'VAULT_TLS_SERVER_NAME');
+      throw new ConfigurationError(`${v} must be a host name such as vault.example (no scheme or port)`, { variable: v });
+    }
   }
   if (!(s.renewFraction > 0 && s.renewFraction < 1)) {
     const v = variable(s, 'renewFraction', 'MAILY_SECRETS_RENEW_FRACTION');
@@ -192,6 +226,8 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     ...s,
     addr,
     clusterMembers,
+    tlsServerName,
+    certMount: mount(s, 'certMount', 'VAULT_CERT_MOUNT'),
     kvMount: mount(s, 'kvMount', 'MAILY_SECRETS_MOUNT'),
     transitMount: mount(s, 'transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT'),
     kubernetesMount: mount(s, 'kubernetesMount', 'VAULT_K8S_MOUNT'),
@@ -211,6 +247,10 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     namespace: r.str('namespace', 'VAULT_NAMESPACE', 'BAO_NAMESPACE'),
     cacert: r.str('cacert', 'VAULT_CACERT', 'BAO_CACERT'),
     skipVerify: r.bool('skipVerify', 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY'),
+    capath: r.str('capath', 'VAULT_CAPATH', 'BAO_CAPATH'),
+    clientCert: r.str('clientCert', 'VAULT_CLIENT_CERT', 'BAO_CLIENT_CERT'),
+    clientKey: r.str('clientKey', 'VAULT_CLIENT_KEY', 'BAO_CLIENT_KEY'),
+    tlsServerName: r.str('tlsServerName', 'VAULT_TLS_SERVER_NAME', 'BAO_TLS_SERVER_NAME'),
     timeout: r.num('timeout', ['VAULT_CLIENT_TIMEOUT', 'BAO_CLIENT_TIMEOUT'], 10, { min: 0, above: true }),
     maxRetries: r.num('maxRetries', ['VAULT_MAX_RETRIES', 'BAO_MAX_RETRIES'], 4, { min: 0, integer: true }),
     retryBaseDelay: r.num('retryBaseDelay', ['MAILY_SECRETS_RETRY_BASE_DELAY'], 0.1, { min: 0, above: true }),
@@ -228,6 +268,8 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     roleIdFile: r.str('roleIdFile', 'VAULT_ROLE_ID_FILE'),
     secretId: r.str('secretId', 'VAULT_SECRET_ID'),
     secretIdFile: r.str('secretIdFile', 'VAULT_SECRET_ID_FILE'),
+    certMount: r.str('certMount', 'VAULT_CERT_MOUNT') ?? 'cert',
+    certRole: r.str('certRole', 'VAULT_CERT_ROLE'),
     renewFraction: r.num('renewFraction', ['MAILY_SECRETS_RENEW_FRACTION'], 2 / 3, { min: 0, above: true }),
     kvMount: r.str('kvMount', 'MAILY_SECRETS_MOUNT') ?? 'maily',
     transitMount: r.str('transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT') ?? 'transit',
@@ -247,7 +289,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   }
   const required: (keyof VaultSettings)[] = [
     'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'poolSize', 'clusterMembers',
-    'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'renewFraction', 'kvMount',
+    'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'certMount', 'renewFraction', 'kvMount',
     'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'homeTokenPath',
   ];
   for (const k of required) {
