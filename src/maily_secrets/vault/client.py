@@ -119,8 +119,8 @@ class VaultClient:
     ) -> None:
         self.settings = settings if settings is not None else VaultSettings()
         self.clock: Clock = clock or SYSTEM_CLOCK
-        self._base = f"{self.settings.addr}/v1/"
-        self._members = (self.settings.addr, *self.settings.cluster_members)
+        self._base = f"{self.settings.api_addr}/v1/"
+        self._members = (self.settings.api_addr, *self.settings.cluster_members)
         self._transport: Transport = transport or AiohttpTransport(
             pool_size=self.settings.pool_size,
             timeout=self.settings.timeout,
@@ -141,7 +141,7 @@ class VaultClient:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"VaultClient(addr={self.settings.addr!r}, closed={self._closed})"
+        return f"VaultClient(addr={self.settings.api_addr!r}, closed={self._closed})"
 
     # ------------------------------------------------------------------ lifecycle
     def _ssl(self) -> ssl.SSLContext | bool:
@@ -209,7 +209,9 @@ class VaultClient:
             headers = dict(self._base_headers)
             used = ""
             if authenticated:
-                used = headers["X-Vault-Token"] = token or await self.tokens.token()
+                used = token or await self.tokens.token()
+                if used:  # "" : a Vault Agent's API proxy adds its own token
+                    headers["X-Vault-Token"] = used
             if index is not None:
                 headers["X-Vault-Index"] = index
             try:
@@ -220,7 +222,7 @@ class VaultClient:
                 if exc.certificate is not None:
                     # Not transient: retrying cannot fix a certificate that does not verify.
                     raise VaultUnavailable(
-                        f"TLS verification of {self.settings.addr} failed for {path!r}"
+                        f"TLS verification of {self.settings.api_addr} failed for {path!r}"
                         f" ({exc.certificate}); set VAULT_CACERT to the CA"
                         " that signed the server's certificate",
                         path=path,
@@ -233,7 +235,7 @@ class VaultClient:
                     continue
                 kind = OutcomeUnknown if exc.failure == "sent" else VaultUnavailable
                 raise kind(
-                    f"Vault at {self.settings.addr} unreachable for {path!r}: {exc.cause}"
+                    f"Vault at {self.settings.api_addr} unreachable for {path!r}: {exc.cause}"
                     f" after {attempt + 1} attempt(s)"
                     + (" (the request may have been applied)" if kind is OutcomeUnknown else ""),
                     path=path,
