@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .conftest import Bao
 from .faultkit import drive
 from .kit.agent import approle_reader, bao_agent, wait_json
 from .test_deploy import deployment_template
+from .test_typescript import ts_built  # noqa: F401 - the fixture: the package's own build
 
 CANARY = 'agent-canary-Zq7"\\\n-pw'
 CONFIG = {
@@ -260,3 +262,45 @@ async def test_agent_api_proxy_with_auto_auth_token_serves_an_app_with_no_token(
             assert svc.client.tokens.logins == 1  # the empty "login": no request
         finally:
             await svc.close()
+
+
+NODE_READ = """
+const { VaultClient } = await import(process.argv[1]);
+const c = new VaultClient();
+try {
+  const got = await c.getSecret(`${process.env.MAILY_SECRETS_MOUNT}/data/config`, (v) => ({
+    port: Number(v.db_port), password: String(v.db_password),
+  }));
+  console.log(JSON.stringify({ ok: got.port === 5432 && got.password === 'first-db-pw' }));
+} finally {
+  await c.close();
+}
+"""
+
+
+async def test_typescript_client_reads_through_the_agent_proxy_with_no_token(
+    bao: Bao, root: VaultClient, tmp_path: Path, ts_built: Path
+) -> None:
+    mount = await _own_config(root, bao)
+    role = await approle_reader(root, mount, tmp_path)
+    with bao_agent(tmp_path, upstream=bao.addr, role=role, proxy=True) as agent:
+        assert agent.addr is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+        env.update(
+            VAULT_ADDR="http://127.0.0.1:9",
+            VAULT_AGENT_ADDR=agent.addr,
+            MAILY_SECRETS_MOUNT=mount,
+            HOME=str(tmp_path),
+        )
+        index = (ts_built / "dist" / "vault" / "index.js").as_uri()
+        out = await asyncio.to_thread(
+            subprocess.run,
+            ["node", "--input-type=module", "-e", NODE_READ, index],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads(out.stdout) == {"ok": True}
+        assert "first-db-pw" not in out.stdout + out.stderr

@@ -23,7 +23,7 @@ import {
 } from './errors.js';
 import { validatePath, type KV2Path } from './paths.js';
 import { REDIRECT_STATUS, errorClass, redirectTarget, shouldRetry, type Failure } from './policy.js';
-import { consoleLogger, type Logger, type VaultSettings } from './settings.js';
+import { apiAddr, consoleLogger, type Logger, type VaultSettings } from './settings.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type SecretData = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -263,6 +263,18 @@ export class AppRoleAuth implements AuthMethod {
   }
 }
 
+/**
+ * No credentials of our own: requests go without a token to a Vault Agent whose API
+ * proxy adds its auto-auth token (`api_proxy { use_auto_auth_token = true }`).
+ */
+export class AgentProxyAuth implements AuthMethod {
+  readonly name = 'agent';
+  readonly canRelogin = false;
+  async login(): Promise<Token> {
+    return { value: '', ttl: 0, renewable: false, obtained: performance.now(), keep: false, retryAfter: 0 };
+  }
+}
+
 class NoAuth implements AuthMethod {
   readonly name = 'none';
   readonly canRelogin = false;
@@ -276,7 +288,8 @@ class NoAuth implements AuthMethod {
 
 /**
  * Pick the auth method: explicit `authMethod`, else the first credential found
- * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, the Kubernetes
+ * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, then, with VAULT_AGENT_ADDR
+ * set, no token at all (the agent's API proxy adds its own), else the Kubernetes
  * service-account token file, ~/.vault-token.
  */
 export function authFromSettings(s: VaultSettings): AuthMethod {
@@ -297,6 +310,7 @@ export function authFromSettings(s: VaultSettings): AuthMethod {
     throw new AuthFailed("auth method 'token' but no VAULT_TOKEN, VAULT_TOKEN_FILE or ~/.vault-token");
   }
   if (m === 'approle' || (m === 'auto' && approleGiven)) return approle();
+  if (m === 'auto' && s.agentAddr !== undefined) return new AgentProxyAuth();
   if (m === 'kubernetes' || (m === 'auto' && existsSync(s.kubernetesJwtPath))) {
     return new KubernetesAuth(s.role, s.kubernetesJwtPath, s.kubernetesMount);
   }
@@ -485,7 +499,7 @@ export class VaultApi {
   ) {
     this.logger = options.logger ?? consoleLogger;
     this.consistency = options.consistency ?? 'index';
-    this.base = new URL(`${settings.addr}/v1/`);
+    this.base = new URL(`${apiAddr(settings)}/v1/`);
     this.baseHeaders = { Accept: 'application/json' };
     if (settings.namespace) this.baseHeaders['X-Vault-Namespace'] = settings.namespace;
     if (this.consistency === 'forward') this.baseHeaders['X-Vault-Inconsistent'] = 'forward-active-node';
@@ -545,7 +559,8 @@ export class VaultApi {
     for (;;) {
       const headers: Record<string, string> = { ...this.baseHeaders };
       let used = '';
-      if (authenticated) used = headers['X-Vault-Token'] = options.token ?? (await this.tokens.get());
+      if (authenticated) used = options.token ?? (await this.tokens.get());
+      if (used !== '') headers['X-Vault-Token'] = used; // '': a Vault Agent's API proxy adds its own
       if (index !== null) headers['X-Vault-Index'] = index;
       let res: RawResponse;
       try {
@@ -554,7 +569,7 @@ export class VaultApi {
         if (!(e instanceof TransportError)) throw e;
         if (TLS_ERRORS.has(e.code)) {
           throw new VaultUnavailable(
-            `TLS verification of ${this.settings.addr} failed for ${JSON.stringify(path)} (${e.code});` +
+            `TLS verification of ${apiAddr(this.settings)} failed for ${JSON.stringify(path)} (${e.code});` +
               " set VAULT_CACERT to the CA that signed the server's certificate",
             { path },
           );
@@ -568,13 +583,13 @@ export class VaultApi {
         if (!retry) {
           // The request may have been applied: resending it could apply it twice.
           throw new VaultUnavailable(
-            `${method} ${JSON.stringify(path)} to ${this.settings.addr} failed after it was sent (${e.code}); not resent,` +
+            `${method} ${JSON.stringify(path)} to ${apiAddr(this.settings)} failed after it was sent (${e.code}); not resent,` +
               ' since it may have been applied: check its effect before trying again',
             { path },
           );
         }
         throw new VaultUnavailable(
-          `Vault at ${this.settings.addr} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
+          `Vault at ${apiAddr(this.settings)} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
           { path },
         );
       }

@@ -7,7 +7,7 @@
  */
 import { Entry, SecretCache, jsonCopy } from './cache.js';
 import { VaultApi, type Consistency, type SecretData } from './client.js';
-import { DecryptedNotText, InvalidPath, SecretNotFound, VaultUnavailable } from './errors.js';
+import { DecryptedNotText, InvalidPath, InvalidSecretValue, SecretNotFound, VaultUnavailable } from './errors.js';
 import { ListenerRegistry, type SecretCallback } from './listeners.js';
 import { parseKV2, validatePath, type KV2Path } from './paths.js';
 import { consoleLogger, loadSettings, type Logger, type VaultSettings } from './settings.js';
@@ -33,6 +33,23 @@ export interface OnChangeOptions {
 }
 
 export type CacheStatus = 'hit' | 'miss' | 'stale';
+
+/** Checks a secret's value: returns it typed, or is a type guard (true/false). */
+export type SecretValidator<T> = ((value: SecretData) => T) | ((value: SecretData) => value is T & SecretData);
+
+function checked<T>(path: string, value: SecretData, validate: SecretValidator<T>): T {
+  let out: unknown;
+  try {
+    out = validate(value);
+  } catch (e) {
+    const kind = e instanceof Error ? e.constructor.name : typeof e;
+    throw new InvalidSecretValue(`the value of ${JSON.stringify(path)} was refused by its validator (${kind})`, { path });
+  }
+  if (out === false) {
+    throw new InvalidSecretValue(`the value of ${JSON.stringify(path)} was refused by its validator`, { path });
+  }
+  return (out === true ? value : out) as T;
+}
 
 export class VaultClient {
   readonly logger: Logger;
@@ -86,20 +103,29 @@ export class VaultClient {
   }
 
   // ---------------------------------------------------------------- the guide's API
-  /** Any secret by its API path (`maily/data/config`); KV v2 data is unwrapped. */
-  async getSecret(path: string): Promise<SecretData> {
-    if (typeof path === 'string') {
-      const entry = this.cache.fresh(path); // only validated paths are ever cached
-      if (entry !== undefined) return entry.copyOut();
+  /**
+   * Any secret by its API path (`maily/data/config`); KV v2 data is unwrapped.
+   *
+   * `getSecret<T>(path)` types the value as `T` (unchecked); `getSecret(path, validate)`
+   * checks it: `validate` returns the typed value (a zod `schema.parse` fits), or is a
+   * type guard returning true/false. A throw or `false` rejects with
+   * {@link InvalidSecretValue}, naming the path and the error's class, never the value.
+   */
+  async getSecret<T = SecretData>(path: string, validate?: SecretValidator<T>): Promise<T> {
+    let value: SecretData;
+    const entry = typeof path === 'string' ? this.cache.fresh(path) : undefined; // only validated paths are cached
+    if (entry !== undefined) value = entry.copyOut();
+    else {
+      validatePath(path);
+      value = (await this.get(path))[0];
     }
-    validatePath(path);
-    return (await this.get(path))[0];
+    return validate === undefined ? (value as T) : checked(path, value, validate);
   }
 
-  /** Core configuration: `<mount>/data/config`. */
+  /** Core configuration: `<mount>/data/config` (typed and checked as {@link getSecret}). */
   // async: an invalid setting (read on first use) is a rejection, never a synchronous throw
-  async getConfig(): Promise<SecretData> {
-    return this.getSecret(`${this.kvMount}/data/config`);
+  async getConfig<T = SecretData>(validate?: SecretValidator<T>): Promise<T> {
+    return this.getSecret<T>(`${this.kvMount}/data/config`, validate);
   }
 
   /** API keys for external services: `<mount>/data/api-keys`. */

@@ -20,6 +20,12 @@ const AUTH_METHODS: readonly string[] = ['auto', 'token', 'kubernetes', 'approle
 
 export interface VaultSettings {
   addr: string;
+  /**
+   * A local Vault Agent's API proxy (VAULT_AGENT_ADDR): when set, every request goes
+   * there instead of `addr`, as the Vault CLI does; with no credentials of its own the
+   * client sends no token and the agent adds its auto-auth token (use_auto_auth_token).
+   */
+  agentAddr?: string | undefined;
   namespace: string | undefined;
   /** PEM file of the CA that signed the server's certificate. */
   cacert: string | undefined;
@@ -156,9 +162,18 @@ function address(raw: string, name: string, what = 'an address'): string {
   return v;
 }
 
+/** Where requests go: `agentAddr` (VAULT_AGENT_ADDR) when set, else `addr`. */
+export function apiAddr(s: VaultSettings): string {
+  return s.agentAddr ?? s.addr;
+}
+
 /** Validate and normalise explicit settings (addr, mounts, numbers). */
 export function normalizeSettings(s: VaultSettings): VaultSettings {
   const addr = address(String(s.addr), variable(s, 'addr', 'VAULT_ADDR'));
+  const agentAddr =
+    s.agentAddr === undefined || s.agentAddr.trim() === ''
+      ? undefined
+      : address(s.agentAddr, variable(s, 'agentAddr', 'VAULT_AGENT_ADDR'));
   if (!AUTH_METHODS.includes(s.authMethod)) {
     const v = variable(s, 'authMethod', 'VAULT_AUTH_METHOD');
     throw new ConfigurationError(`${v} must be auto, token, kubernetes or approle, got ${JSON.stringify(s.authMethod)}`, {
@@ -191,6 +206,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   return {
     ...s,
     addr,
+    agentAddr,
     clusterMembers,
     kvMount: mount(s, 'kvMount', 'MAILY_SECRETS_MOUNT'),
     transitMount: mount(s, 'transitMount', 'MAILY_SECRETS_TRANSIT_MOUNT'),
@@ -208,6 +224,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   const members = r.str('clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
   const base: VaultSettings = {
     addr: r.str('addr', 'VAULT_ADDR', 'BAO_ADDR') ?? DEFAULT_ADDR,
+    agentAddr: r.str('agentAddr', 'VAULT_AGENT_ADDR', 'BAO_AGENT_ADDR'),
     namespace: r.str('namespace', 'VAULT_NAMESPACE', 'BAO_NAMESPACE'),
     cacert: r.str('cacert', 'VAULT_CACERT', 'BAO_CACERT'),
     skipVerify: r.bool('skipVerify', 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY'),
