@@ -279,7 +279,10 @@ try {
 
 
 async def test_typescript_client_reads_through_the_agent_proxy_with_no_token(
-    bao: Bao, root: VaultClient, tmp_path: Path, ts_built: Path
+    bao: Bao,
+    root: VaultClient,
+    tmp_path: Path,
+    ts_built: Path,  # noqa: F811 - the fixture
 ) -> None:
     mount = await _own_config(root, bao)
     role = await approle_reader(root, mount, tmp_path)
