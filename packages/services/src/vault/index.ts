@@ -12,6 +12,7 @@ export type { VaultClientOptions, DecryptOptions, OnChangeOptions, CacheStatus, 
 export { VaultApi, TokenManager, TokenAuth, AppRoleAuth, KubernetesAuth, AgentProxyAuth, authFromSettings, newerIndex } from './client.js';
 export type { VaultResponse, RequestOptions, SecretData, Json, AuthMethod, Token, Consistency } from './client.js';
 export { Transit } from './transit.js';
+export { FileSecret, ConfigFileUnavailable } from './filesource.js';
 export type { Plaintext } from './transit.js';
 export { SecretCache, Entry, jsonCopy } from './cache.js';
 export type { SecretCallback } from './listeners.js';

@@ -12,6 +12,7 @@ import { ListenerRegistry, type SecretCallback } from './listeners.js';
 import { parseKV2, validatePath, type KV2Path } from './paths.js';
 import { consoleLogger, loadSettings, type Logger, type VaultSettings } from './settings.js';
 import { Transit, type Plaintext } from './transit.js';
+import { FileSecret } from './filesource.js';
 
 export interface VaultClientOptions {
   /** Explicit settings; anything not given is read from the environment. */
@@ -59,6 +60,7 @@ export class VaultClient {
   private _cache: SecretCache | null = null;
   private _listeners: ListenerRegistry | null = null;
   private _transit: Transit | null = null;
+  private _fileSecret: FileSecret | null = null;
   private readonly warnedStale = new Set<string>();
 
   constructor(options: VaultClientOptions = {}) {
@@ -210,6 +212,7 @@ export class VaultClient {
   async putSecret(path: string, data: SecretData, options: { cas: number }): Promise<number> {
     const kv = this.kvPath(path);
     const version = await this.api.kvWrite(kv, data, options.cas);
+    if (this.fromFile(path) !== null) return version; // the file is what we serve: its watcher sees the re-render
     const entry = new Entry(jsonCopy(data), version);
     const current = this.cache.peek(path);
     if (current === undefined || current.version === null || current.version < version) this.cache.put(path, entry);
@@ -237,6 +240,7 @@ export class VaultClient {
     this._settings = null;
     this._cache = null;
     this._transit = null;
+    this._fileSecret = null;
     this.warnedStale.clear();
   }
 
@@ -263,8 +267,26 @@ export class VaultClient {
     return [entry.copyOut(), 'miss'];
   }
 
-  /** Read `path` from Vault (no cache). */
+  /** The file source serving `path` (MAILY_CONFIG_FILE serves `<mount>/data/config`). */
+  private fromFile(path: string): FileSecret | null {
+    if (this._fileSecret === null) {
+      const file = this.settings.configFile;
+      if (file === undefined) return null;
+      this._fileSecret = new FileSecret(file, `${this.kvMount}/data/config`, this.logger);
+    }
+    return this._fileSecret.path === path ? this._fileSecret : null;
+  }
+
+  /** The current version of a KV v2 secret (a file-served path: its content changes). */
+  async currentVersion(kv: KV2Path): Promise<number> {
+    const f = this.fromFile(kv.data);
+    return f !== null ? f.version() : this.api.kvCurrentVersion(kv);
+  }
+
+  /** Read `path` from Vault (no cache); a file-served path from its file (no request, no token). */
   async fetchEntry(path: string): Promise<Entry> {
+    const file = this.fromFile(path);
+    if (file !== null) return file.entry();
     const kv = parseKV2(path);
     if (kv !== null) {
       const v = await this.api.kvRead(kv);

@@ -65,6 +65,12 @@ export interface VaultSettings {
   maxStaleness: number;
   /** Seconds between two polls of a watched secret (+-10% jitter). */
   listenerInterval: number;
+  /**
+   * A JSON file rendered by Vault Agent (MAILY_CONFIG_FILE, the injector's
+   * /vault/secrets/config.json): `getConfig()` is served from it, reloaded when it
+   * changes; no Vault token needed for it.
+   */
+  configFile?: string | undefined;
   /** Where ~/.vault-token is looked for (tests). */
   homeTokenPath: string;
   /**
@@ -251,6 +257,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
     maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
     listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
+    configFile: r.str('configFile', 'MAILY_CONFIG_FILE'),
     homeTokenPath: join(homedir(), '.vault-token'),
   };
   const merged: VaultSettings = { ...base };
