@@ -31,6 +31,7 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
+from .filesource import FileSecret
 from .health import Check, Health
 from .jwt_keys import SigningKey
 from .jwt_keyset import JwtKeySet
@@ -111,6 +112,7 @@ class VaultService:
         self._listener_registry: ListenerRegistry | None = None
         self._transit: Transit | None = None
         self._lease_container: LeaseContainer | None = None
+        self._file_secret: FileSecret | None = None
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -163,13 +165,27 @@ class VaultService:
                 ) from None
         return self._snapshot
 
+    def _from_file(self, path: str) -> FileSecret | None:
+        """The file source serving ``path`` (``MAILY_CONFIG_FILE`` serves the config)."""
+        f = self._file_secret
+        if f is None:
+            file = self.settings.config_file
+            if file is None:
+                return None
+            f = self._file_secret = FileSecret(file, self._paths()[0], clock=self.clock)
+        return f if f.path == path else None
+
     @property
     def kv_mount(self) -> str:
         return self.settings.kv_mount
 
     # ------------------------------------------------------------------ the guide's API
     async def get_config(self) -> dict[str, Any]:
-        """Core configuration: ``<mount>/data/config`` (db, Redis, JWT, SMTP settings)."""
+        """Core configuration: ``<mount>/data/config`` (db, Redis, JWT, SMTP settings).
+
+        With ``MAILY_CONFIG_FILE`` set it is the JSON object of that file (rendered by
+        Vault Agent), as rendered: no request to Vault, no token needed.
+        """
         return await self.get_secret(self._paths()[0])
 
     async def get_api_keys(self) -> dict[str, Any]:
@@ -553,6 +569,8 @@ class VaultService:
         return kv
 
     def _after_write(self, path: str, data: dict[str, Any], version: int) -> None:
+        if self._from_file(path) is not None:
+            return  # the file is what this process serves: its watcher sees the re-render
         entry = self.cache.entry(data, version)
         if self.cache.put(path, entry):
             self._mark_snapshot_dirty()
@@ -609,6 +627,7 @@ class VaultService:
         self._snapshot_wake = None
         self._std_paths = None
         self._transit = None
+        self._file_secret = None
         self._warned_stale.clear()
 
     async def _stop_snapshot_writer(self, task: asyncio.Task[None]) -> None:
@@ -663,7 +682,13 @@ class VaultService:
         return await self._fetch(path)  # through ``_fetch``: tests substitute it
 
     async def current_version(self, path: KV2Path) -> int:
-        """The current version of a KV v2 secret (its metadata; 0 when it does not exist)."""
+        """The current version of a KV v2 secret (its metadata; 0 when it does not exist).
+
+        A path served from a file (``MAILY_CONFIG_FILE``) counts the file's content changes.
+        """
+        f = self._from_file(path.data)
+        if f is not None:
+            return f.version()
         return await self.client.kv.current_version(path)
 
     async def read_data(self, path: str) -> dict[str, Any] | None:
@@ -671,6 +696,9 @@ class VaultService:
         return (await self.client.read(path)).data
 
     async def _fetch(self, path: str) -> Entry:
+        f = self._from_file(path)
+        if f is not None:
+            return f.entry()  # a local file: no request, no token, no snapshot
         kv = KV2Path.parse(path)
         if kv is not None:
             v = await self.client.kv.read(kv)

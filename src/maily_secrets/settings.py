@@ -85,6 +85,13 @@ class VaultSettings(BaseSettings):
 
     # --- where -------------------------------------------------------------------------
     addr: str = Field(DEFAULT_ADDR, validation_alias=_env("VAULT_ADDR", "BAO_ADDR"))
+    agent_addr: str | None = Field(
+        None,
+        validation_alias=_env("VAULT_AGENT_ADDR", "BAO_AGENT_ADDR"),
+        description="A local Vault Agent's API proxy: when set, every request goes there"
+        " instead of VAULT_ADDR (as the Vault CLI does); with no credentials of its own the"
+        " app sends no token and the agent adds its auto-auth token (use_auto_auth_token).",
+    )
     namespace: str | None = Field(None, validation_alias=_env("VAULT_NAMESPACE", "BAO_NAMESPACE"))
     cacert: Path | None = Field(None, validation_alias=_env("VAULT_CACERT", "BAO_CACERT"))
     skip_verify: bool = Field(False, validation_alias=_env("VAULT_SKIP_VERIFY", "BAO_SKIP_VERIFY"))
@@ -193,6 +200,13 @@ class VaultSettings(BaseSettings):
         " MAILY_SECRETS_MAX_STALENESS for vault_service.health() to report ready;"
         " vault_service.require(path) adds more.",
     )
+    config_file: Path | None = Field(
+        None,
+        validation_alias=_env("MAILY_CONFIG_FILE"),
+        description="A JSON file rendered by Vault Agent (the injector's"
+        " /vault/secrets/config.json):"
+        " get_config() is served from it, reloaded when it changes; no Vault token needed.",
+    )
     snapshot_path: Path | None = Field(
         None,
         validation_alias=_env("MAILY_SECRETS_SNAPSHOT_PATH"),
@@ -214,6 +228,16 @@ class VaultSettings(BaseSettings):
     @classmethod
     def _strip_addr(cls, v: str) -> str:
         return _check_addr(v)
+
+    @field_validator("agent_addr")
+    @classmethod
+    def _strip_agent_addr(cls, v: str | None) -> str | None:
+        return _check_addr(v) if v is not None and v.strip() else None
+
+    @property
+    def api_addr(self) -> str:
+        """Where requests go: ``VAULT_AGENT_ADDR`` when set, else ``VAULT_ADDR``."""
+        return self.agent_addr or self.addr
 
     @field_validator("cluster_members", mode="before")
     @classmethod

@@ -11,6 +11,8 @@
 * :mod:`tests.kit.listeners`: a secret of the test's own and a service polling it;
 * :mod:`tests.kit.cli`: ``./mailyctl.py`` run as a user runs it;
 * :mod:`tests.kit.sync_worker`: a Celery-style worker process using ``maily_secrets.sync``.
+* :mod:`tests.kit.agent`: a real ``bao agent`` (AppRole auto-auth, a template it renders,
+  an API proxy) and an AppRole of the test's own for it.
 
 Fixtures stay in ``tests/conftest.py`` (``bao``, ``root``, ``smtp``, ``guide_env`` ...);
 the raft cluster is ``tests/raft.py``, the network cutter ``tests/netfault.py``.

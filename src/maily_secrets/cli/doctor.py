@@ -107,7 +107,7 @@ class Doctor:
             "rotation",
             "audit device",
         ]
-        addr = self.client.settings.addr
+        addr = self.client.settings.api_addr  # VAULT_AGENT_ADDR when set
         try:
             r = await self.client.request(
                 "GET",
@@ -387,7 +387,7 @@ def doctor(
             {
                 "ok": not failed,
                 "env": env_name,
-                "addr": settings.addr,
+                "addr": settings.api_addr,
                 "identity": identity,
                 "at": datetime.now(UTC).isoformat(),
                 "checks": [asdict(c) for c in checks],

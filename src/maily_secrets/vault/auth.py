@@ -239,10 +239,12 @@ class CertAuth:
 def auth_from_settings(settings: VaultSettings) -> AuthMethod:
     """Pick the auth method: explicit ``auth_method``, else the first credential found.
 
-    ``auto`` order: ``VAULT_TOKEN``, ``VAULT_TOKEN_FILE``, AppRole ids, the Kubernetes
-    service-account token file, a client certificate (``VAULT_CLIENT_CERT``: cert auth),
-    ``~/.vault-token``. A certificate used only for mutual TLS never shadows a credential
-    found before it; ``VAULT_AUTH_METHOD=cert`` picks cert auth in a pod.
+    ``auto`` order: ``VAULT_TOKEN``, ``VAULT_TOKEN_FILE``, AppRole ids, then, with
+    ``VAULT_AGENT_ADDR`` set, no token at all (the agent's API proxy adds its
+    auto-auth token), else the Kubernetes service-account token file, a client
+    certificate (``VAULT_CLIENT_CERT``: cert auth), ``~/.vault-token``. A certificate
+    used only for mutual TLS never shadows a credential found before it;
+    ``VAULT_AUTH_METHOD=cert`` picks cert auth in a pod.
     """
     m = settings.auth_method
     token = settings.token.get_secret_value() if settings.token else None
@@ -275,6 +277,8 @@ def auth_from_settings(settings: VaultSettings) -> AuthMethod:
         )
     if m == "approle" or (m == "auto" and approle_given):
         return approle()
+    if m == "auto" and settings.agent_addr is not None:
+        return AgentProxyAuth(settings.agent_addr)
     if m == "kubernetes" or (m == "auto" and settings.kubernetes_jwt_path.is_file()):
         return kubernetes()
     if m == "cert" or (m == "auto" and settings.client_cert is not None):
@@ -282,6 +286,23 @@ def auth_from_settings(settings: VaultSettings) -> AuthMethod:
     if home_token.is_file():
         return TokenAuth(token_file=home_token)
     return _NoAuth()
+
+
+class AgentProxyAuth:
+    """No credentials of our own: requests go without a token to a Vault Agent whose
+    API proxy adds its auto-auth token (``api_proxy { use_auto_auth_token = true }``).
+
+    The agent logs in and renews; there is nothing to renew here (ttl 0).
+    """
+
+    name = "agent"
+    can_relogin = False
+
+    def __init__(self, agent_addr: str) -> None:
+        self.agent_addr = agent_addr
+
+    async def login(self, client: Requester) -> Token:
+        return Token(value="", ttl=0, renewable=False, obtained=client.clock.monotonic())
 
 
 class _NoAuth:

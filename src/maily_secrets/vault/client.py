@@ -177,8 +177,8 @@ class VaultClient:
         self.settings = settings if settings is not None else VaultSettings()
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.observer: Observer = observer or NOOP  # every HTTP attempt: metrics
-        self._base = f"{self.settings.addr}/v1/"
-        self._members = (self.settings.addr, *self.settings.cluster_members)
+        self._base = f"{self.settings.api_addr}/v1/"
+        self._members = (self.settings.api_addr, *self.settings.cluster_members)
         self._transport: Transport = transport or AiohttpTransport(
             pool_size=self.settings.pool_size,
             timeout=self.settings.timeout,
@@ -200,7 +200,7 @@ class VaultClient:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"VaultClient(addr={self.settings.addr!r}, closed={self._closed})"
+        return f"VaultClient(addr={self.settings.api_addr!r}, closed={self._closed})"
 
     # ------------------------------------------------------------------ lifecycle
     def _ssl(self) -> ssl.SSLContext | bool:
@@ -232,7 +232,7 @@ class VaultClient:
 
     def _tls_failure(self, path: str, exc: TransportError) -> str:
         st = self.settings
-        where = f"{st.addr} for {path!r}"
+        where = f"{st.api_addr} for {path!r}"
         if exc.rejected is not None:
             if st.client_cert is None and exc.rejected == HANDSHAKE_FAILURE:
                 fix = (
@@ -316,7 +316,9 @@ class VaultClient:
             headers = dict(self._base_headers)
             used = ""
             if authenticated:
-                used = headers["X-Vault-Token"] = token or await self.tokens.token()
+                used = token or await self.tokens.token()
+                if used:  # "" : a Vault Agent's API proxy adds its own token
+                    headers["X-Vault-Token"] = used
             if index is not None:
                 headers["X-Vault-Index"] = index
             sent = time.perf_counter()
@@ -337,7 +339,7 @@ class VaultClient:
                     continue
                 kind = OutcomeUnknown if exc.failure == "sent" else VaultUnavailable
                 raise kind(
-                    f"Vault at {self.settings.addr} unreachable for {path!r}: {exc.cause}"
+                    f"Vault at {self.settings.api_addr} unreachable for {path!r}: {exc.cause}"
                     f" after {attempt + 1} attempt(s)"
                     + (" (the request may have been applied)" if kind is OutcomeUnknown else ""),
                     path=path,

@@ -25,7 +25,7 @@ import {
 } from './errors.js';
 import { validatePath, type KV2Path } from './paths.js';
 import { REDIRECT_STATUS, errorClass, redirectTarget, shouldRetry, type Failure } from './policy.js';
-import { consoleLogger, type Logger, type VaultSettings } from './settings.js';
+import { apiAddr, consoleLogger, type Logger, type VaultSettings } from './settings.js';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export type SecretData = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -367,6 +367,18 @@ export class CertAuth implements AuthMethod {
   }
 }
 
+/**
+ * No credentials of our own: requests go without a token to a Vault Agent whose API
+ * proxy adds its auto-auth token (`api_proxy { use_auto_auth_token = true }`).
+ */
+export class AgentProxyAuth implements AuthMethod {
+  readonly name = 'agent';
+  readonly canRelogin = false;
+  async login(): Promise<Token> {
+    return { value: '', ttl: 0, renewable: false, obtained: performance.now(), keep: false, retryAfter: 0 };
+  }
+}
+
 class NoAuth implements AuthMethod {
   readonly name = 'none';
   readonly canRelogin = false;
@@ -380,7 +392,8 @@ class NoAuth implements AuthMethod {
 
 /**
  * Pick the auth method: explicit `authMethod`, else the first credential found
- * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, the Kubernetes
+ * (`auto`): VAULT_TOKEN, VAULT_TOKEN_FILE, AppRole ids, then, with VAULT_AGENT_ADDR
+ * set, no token at all (the agent's API proxy adds its own), else the Kubernetes
  * service-account token file, a client certificate (VAULT_CLIENT_CERT: cert auth),
  * ~/.vault-token. A certificate used only for mutual TLS never shadows a credential
  * found before it; `authMethod: 'cert'` (VAULT_AUTH_METHOD=cert) picks cert auth in a pod.
@@ -403,6 +416,7 @@ export function authFromSettings(s: VaultSettings): AuthMethod {
     throw new AuthFailed("auth method 'token' but no VAULT_TOKEN, VAULT_TOKEN_FILE or ~/.vault-token");
   }
   if (m === 'approle' || (m === 'auto' && approleGiven)) return approle();
+  if (m === 'auto' && s.agentAddr !== undefined) return new AgentProxyAuth();
   if (m === 'kubernetes' || (m === 'auto' && existsSync(s.kubernetesJwtPath))) {
     return new KubernetesAuth(s.role, s.kubernetesJwtPath, s.kubernetesMount);
   }
@@ -594,7 +608,7 @@ export class VaultApi {
   ) {
     this.logger = options.logger ?? consoleLogger;
     this.consistency = options.consistency ?? 'index';
-    this.base = new URL(`${settings.addr}/v1/`);
+    this.base = new URL(`${apiAddr(settings)}/v1/`);
     this.baseHeaders = { Accept: 'application/json' };
     if (settings.namespace) this.baseHeaders['X-Vault-Namespace'] = settings.namespace;
     if (this.consistency === 'forward') this.baseHeaders['X-Vault-Inconsistent'] = 'forward-active-node';
@@ -673,7 +687,8 @@ export class VaultApi {
     for (;;) {
       const headers: Record<string, string> = { ...this.baseHeaders };
       let used = '';
-      if (authenticated) used = headers['X-Vault-Token'] = options.token ?? (await this.tokens.get());
+      if (authenticated) used = options.token ?? (await this.tokens.get());
+      if (used !== '') headers['X-Vault-Token'] = used; // '': a Vault Agent's API proxy adds its own
       if (index !== null) headers['X-Vault-Index'] = index;
       let res: RawResponse;
       try {
@@ -692,13 +707,13 @@ export class VaultApi {
         if (!retry) {
           // The request may have been applied: resending it could apply it twice.
           throw new VaultUnavailable(
-            `${method} ${JSON.stringify(path)} to ${this.settings.addr} failed after it was sent (${e.code}); not resent,` +
+            `${method} ${JSON.stringify(path)} to ${apiAddr(this.settings)} failed after it was sent (${e.code}); not resent,` +
               ' since it may have been applied: check its effect before trying again',
             { path },
           );
         }
         throw new VaultUnavailable(
-          `Vault at ${this.settings.addr} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
+          `Vault at ${apiAddr(this.settings)} unreachable for ${JSON.stringify(path)}: ${e.code} after ${attempt + 1} attempt(s)`,
           { path },
         );
       }
@@ -821,7 +836,7 @@ export class VaultApi {
 
   private tlsFailure(path: string, code: string): string {
     const st = this.settings;
-    const where = `${st.addr} for ${JSON.stringify(path)}`;
+    const where = `${apiAddr(st)} for ${JSON.stringify(path)}`;
     if (CLIENT_CERT_ALERTS.has(code)) {
       const fix =
         st.clientCert === undefined && code === 'ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE'

@@ -17,6 +17,7 @@
  *     │   ├── CiphertextVersionTooOld
  *     │   └── TransitContextError
  *     ├── DecryptedNotText     decrypt() asked for text, the plaintext is not UTF-8
+ *     ├── InvalidSecretValue   getSecret<T>(path, validate): the validator refused the value
  *     └── VaultUnavailable     connection error, timeout, sealed, or 5xx after retries
  */
 
@@ -78,3 +79,6 @@ export class CiphertextVersionTooOld extends VaultRequestError {}
 export class TransitContextError extends VaultRequestError {}
 /** decrypt() was asked for text but the plaintext is not UTF-8 (use { asBytes: true }). */
 export class DecryptedNotText extends VaultError {}
+
+/** The validator given to `getSecret<T>(path, validate)` refused the value (names the error class, never the value). */
+export class InvalidSecretValue extends VaultError {}

@@ -8,16 +8,17 @@
 import { VaultClient } from './service.js';
 
 export { VaultClient } from './service.js';
-export type { VaultClientOptions, DecryptOptions, OnChangeOptions, CacheStatus } from './service.js';
-export { VaultApi, TokenManager, TokenAuth, AppRoleAuth, KubernetesAuth, CertAuth, authFromSettings, newerIndex } from './client.js';
+export type { VaultClientOptions, DecryptOptions, OnChangeOptions, CacheStatus, SecretValidator } from './service.js';
+export { VaultApi, TokenManager, TokenAuth, AppRoleAuth, KubernetesAuth, CertAuth, AgentProxyAuth, authFromSettings, newerIndex } from './client.js';
 export type { VaultResponse, RequestOptions, SecretData, Json, AuthMethod, Token, Consistency } from './client.js';
 export { Transit } from './transit.js';
+export { FileSecret, ConfigFileUnavailable } from './filesource.js';
 export type { Plaintext } from './transit.js';
 export { SecretCache, Entry, jsonCopy } from './cache.js';
 export type { SecretCallback } from './listeners.js';
 export { validatePath, parseKV2 } from './paths.js';
 export type { KV2Path } from './paths.js';
-export { loadSettings, normalizeSettings, consoleLogger, DEFAULT_ADDR, ENV_PREFIXES } from './settings.js';
+export { loadSettings, normalizeSettings, apiAddr, consoleLogger, DEFAULT_ADDR, ENV_PREFIXES } from './settings.js';
 export { shouldRetry, redirectTarget, errorClass, isIdempotent, origin, KV_UPGRADING } from './policy.js';
 export type { Failure, Outcome } from './policy.js';
 export type { VaultSettings, Logger, AuthMethodName } from './settings.js';

@@ -100,7 +100,7 @@ export class Watcher {
   async start(): Promise<void> {
     try {
       if (this.kv !== null) {
-        this.version = await this.service.api.kvCurrentVersion(this.kv);
+        this.version = await this.service.currentVersion(this.kv);
       } else {
         const r = await this.service.api.read(this.path);
         this.digest = JSON.stringify(sortKeys(r.data));
@@ -151,7 +151,7 @@ export class Watcher {
   async pollOnce(): Promise<void> {
     this.polls += 1;
     if (this.kv === null) return this.pollGeneric();
-    const current = await this.service.api.kvCurrentVersion(this.kv);
+    const current = await this.service.currentVersion(this.kv);
     if (this.stopped) return;
     if (this.version === null) {
       this.version = current; // baseline after an outage at registration

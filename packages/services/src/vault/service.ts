@@ -7,11 +7,12 @@
  */
 import { Entry, SecretCache, jsonCopy } from './cache.js';
 import { VaultApi, type Consistency, type SecretData } from './client.js';
-import { DecryptedNotText, InvalidPath, SecretNotFound, VaultUnavailable } from './errors.js';
+import { DecryptedNotText, InvalidPath, InvalidSecretValue, SecretNotFound, VaultUnavailable } from './errors.js';
 import { ListenerRegistry, type SecretCallback } from './listeners.js';
 import { parseKV2, validatePath, type KV2Path } from './paths.js';
 import { consoleLogger, loadSettings, type Logger, type VaultSettings } from './settings.js';
 import { Transit, type Plaintext } from './transit.js';
+import { FileSecret } from './filesource.js';
 
 export interface VaultClientOptions {
   /** Explicit settings; anything not given is read from the environment. */
@@ -34,6 +35,23 @@ export interface OnChangeOptions {
 
 export type CacheStatus = 'hit' | 'miss' | 'stale';
 
+/** Checks a secret's value: returns it typed, or is a type guard (true/false). */
+export type SecretValidator<T> = ((value: SecretData) => T) | ((value: SecretData) => value is T & SecretData);
+
+function checked<T>(path: string, value: SecretData, validate: SecretValidator<T>): T {
+  let out: unknown;
+  try {
+    out = validate(value);
+  } catch (e) {
+    const kind = e instanceof Error ? e.constructor.name : typeof e;
+    throw new InvalidSecretValue(`the value of ${JSON.stringify(path)} was refused by its validator (${kind})`, { path });
+  }
+  if (out === false) {
+    throw new InvalidSecretValue(`the value of ${JSON.stringify(path)} was refused by its validator`, { path });
+  }
+  return (out === true ? value : out) as T;
+}
+
 export class VaultClient {
   readonly logger: Logger;
   private readonly options: VaultClientOptions;
@@ -42,6 +60,7 @@ export class VaultClient {
   private _cache: SecretCache | null = null;
   private _listeners: ListenerRegistry | null = null;
   private _transit: Transit | null = null;
+  private _fileSecret: FileSecret | null = null;
   private readonly warnedStale = new Set<string>();
 
   constructor(options: VaultClientOptions = {}) {
@@ -86,20 +105,29 @@ export class VaultClient {
   }
 
   // ---------------------------------------------------------------- the guide's API
-  /** Any secret by its API path (`maily/data/config`); KV v2 data is unwrapped. */
-  async getSecret(path: string): Promise<SecretData> {
-    if (typeof path === 'string') {
-      const entry = this.cache.fresh(path); // only validated paths are ever cached
-      if (entry !== undefined) return entry.copyOut();
+  /**
+   * Any secret by its API path (`maily/data/config`); KV v2 data is unwrapped.
+   *
+   * `getSecret<T>(path)` types the value as `T` (unchecked); `getSecret(path, validate)`
+   * checks it: `validate` returns the typed value (a zod `schema.parse` fits), or is a
+   * type guard returning true/false. A throw or `false` rejects with
+   * {@link InvalidSecretValue}, naming the path and the error's class, never the value.
+   */
+  async getSecret<T = SecretData>(path: string, validate?: SecretValidator<T>): Promise<T> {
+    let value: SecretData;
+    const entry = typeof path === 'string' ? this.cache.fresh(path) : undefined; // only validated paths are cached
+    if (entry !== undefined) value = entry.copyOut();
+    else {
+      validatePath(path);
+      value = (await this.get(path))[0];
     }
-    validatePath(path);
-    return (await this.get(path))[0];
+    return validate === undefined ? (value as T) : checked(path, value, validate);
   }
 
-  /** Core configuration: `<mount>/data/config`. */
+  /** Core configuration: `<mount>/data/config` (typed and checked as {@link getSecret}). */
   // async: an invalid setting (read on first use) is a rejection, never a synchronous throw
-  async getConfig(): Promise<SecretData> {
-    return this.getSecret(`${this.kvMount}/data/config`);
+  async getConfig<T = SecretData>(validate?: SecretValidator<T>): Promise<T> {
+    return this.getSecret<T>(`${this.kvMount}/data/config`, validate);
   }
 
   /** API keys for external services: `<mount>/data/api-keys`. */
@@ -184,6 +212,7 @@ export class VaultClient {
   async putSecret(path: string, data: SecretData, options: { cas: number }): Promise<number> {
     const kv = this.kvPath(path);
     const version = await this.api.kvWrite(kv, data, options.cas);
+    if (this.fromFile(path) !== null) return version; // the file is what we serve: its watcher sees the re-render
     const entry = new Entry(jsonCopy(data), version);
     const current = this.cache.peek(path);
     if (current === undefined || current.version === null || current.version < version) this.cache.put(path, entry);
@@ -211,6 +240,7 @@ export class VaultClient {
     this._settings = null;
     this._cache = null;
     this._transit = null;
+    this._fileSecret = null;
     this.warnedStale.clear();
   }
 
@@ -237,8 +267,26 @@ export class VaultClient {
     return [entry.copyOut(), 'miss'];
   }
 
-  /** Read `path` from Vault (no cache). */
+  /** The file source serving `path` (MAILY_CONFIG_FILE serves `<mount>/data/config`). */
+  private fromFile(path: string): FileSecret | null {
+    if (this._fileSecret === null) {
+      const file = this.settings.configFile;
+      if (file === undefined) return null;
+      this._fileSecret = new FileSecret(file, `${this.kvMount}/data/config`, this.logger);
+    }
+    return this._fileSecret.path === path ? this._fileSecret : null;
+  }
+
+  /** The current version of a KV v2 secret (a file-served path: its content changes). */
+  async currentVersion(kv: KV2Path): Promise<number> {
+    const f = this.fromFile(kv.data);
+    return f !== null ? f.version() : this.api.kvCurrentVersion(kv);
+  }
+
+  /** Read `path` from Vault (no cache); a file-served path from its file (no request, no token). */
   async fetchEntry(path: string): Promise<Entry> {
+    const file = this.fromFile(path);
+    if (file !== null) return file.entry();
     const kv = parseKV2(path);
     if (kv !== null) {
       const v = await this.api.kvRead(kv);

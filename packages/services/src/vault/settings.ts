@@ -20,6 +20,12 @@ const AUTH_METHODS: readonly string[] = ['auto', 'token', 'kubernetes', 'approle
 
 export interface VaultSettings {
   addr: string;
+  /**
+   * A local Vault Agent's API proxy (VAULT_AGENT_ADDR): when set, every request goes
+   * there instead of `addr`, as the Vault CLI does; with no credentials of its own the
+   * client sends no token and the agent adds its auto-auth token (use_auto_auth_token).
+   */
+  agentAddr?: string | undefined;
   namespace: string | undefined;
   /** PEM file of the CA that signed the server's certificate. */
   cacert: string | undefined;
@@ -74,6 +80,12 @@ export interface VaultSettings {
   maxStaleness: number;
   /** Seconds between two polls of a watched secret (+-10% jitter). */
   listenerInterval: number;
+  /**
+   * A JSON file rendered by Vault Agent (MAILY_CONFIG_FILE, the injector's
+   * /vault/secrets/config.json): `getConfig()` is served from it, reloaded when it
+   * changes; no Vault token needed for it.
+   */
+  configFile?: string | undefined;
   /** Where ~/.vault-token is looked for (tests). */
   homeTokenPath: string;
   /**
@@ -175,9 +187,18 @@ function address(raw: string, name: string, what = 'an address'): string {
   return v;
 }
 
+/** Where requests go: `agentAddr` (VAULT_AGENT_ADDR) when set, else `addr`. */
+export function apiAddr(s: VaultSettings): string {
+  return s.agentAddr ?? s.addr;
+}
+
 /** Validate and normalise explicit settings (addr, mounts, numbers). */
 export function normalizeSettings(s: VaultSettings): VaultSettings {
   const addr = address(String(s.addr), variable(s, 'addr', 'VAULT_ADDR'));
+  const agentAddr =
+    s.agentAddr === undefined || s.agentAddr.trim() === ''
+      ? undefined
+      : address(s.agentAddr, variable(s, 'agentAddr', 'VAULT_AGENT_ADDR'));
   if (!AUTH_METHODS.includes(s.authMethod)) {
     const v = variable(s, 'authMethod', 'VAULT_AUTH_METHOD');
     throw new ConfigurationError(`${v} must be auto, token, kubernetes, approle or cert, got ${JSON.stringify(s.authMethod)}`, {
@@ -225,6 +246,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   return {
     ...s,
     addr,
+    agentAddr,
     clusterMembers,
     tlsServerName,
     certMount: mount(s, 'certMount', 'VAULT_CERT_MOUNT'),
@@ -244,6 +266,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   const members = r.str('clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
   const base: VaultSettings = {
     addr: r.str('addr', 'VAULT_ADDR', 'BAO_ADDR') ?? DEFAULT_ADDR,
+    agentAddr: r.str('agentAddr', 'VAULT_AGENT_ADDR', 'BAO_AGENT_ADDR'),
     namespace: r.str('namespace', 'VAULT_NAMESPACE', 'BAO_NAMESPACE'),
     cacert: r.str('cacert', 'VAULT_CACERT', 'BAO_CACERT'),
     skipVerify: r.bool('skipVerify', 'VAULT_SKIP_VERIFY', 'BAO_SKIP_VERIFY'),
@@ -276,6 +299,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
     maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
     listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
+    configFile: r.str('configFile', 'MAILY_CONFIG_FILE'),
     homeTokenPath: join(homedir(), '.vault-token'),
   };
   const merged: VaultSettings = { ...base };
