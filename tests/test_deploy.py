@@ -21,12 +21,11 @@ import yaml
 
 from maily_secrets.dev.server import bao_binary
 from maily_secrets.paths import KV2Path
-from maily_secrets.policies import deploy_dir
 
 from .kit.servers import running
 
 ROOT = Path(__file__).resolve().parents[1]
-K8S = deploy_dir() / "k8s"
+K8S = ROOT / "deploy" / "k8s"
 GUIDE = ROOT / "docs" / "vault-integration-guide.md"
 CRDS = {"PrometheusRule"}
 K8S_VERSION = "1.30.0"
@@ -116,7 +115,7 @@ def test_deployment_has_the_guides_annotations_but_escapes_values() -> None:
 
 
 def test_service_accounts_match_the_auth_roles() -> None:
-    roles = json.loads((deploy_dir() / "vault" / "auth" / "kubernetes-roles.json").read_text())
+    roles = json.loads((ROOT / "deploy" / "vault" / "auth" / "kubernetes-roles.json").read_text())
     sas = {
         (d["metadata"]["namespace"], d["metadata"]["name"])
         for _, d in docs()
