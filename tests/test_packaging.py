@@ -316,3 +316,19 @@ def test_a_typed_consumer_of_the_installed_package_passes_mypy_strict(
     )
     assert 'Revealed type is "maily_secrets.service.VaultService"' in proc.stdout, proc.stdout
     assert "error" not in proc.stdout.replace("Found 0 errors", ""), proc.stdout
+
+
+def test_deploy_dir_points_bootstrap_at_an_operators_own_policies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maily_secrets.policies import PACKAGED_DIR, auth_dir, load_policies, policy_dir
+
+    assert policy_dir() == PACKAGED_DIR / "policies" and auth_dir() == PACKAGED_DIR / "auth"
+    own = tmp_path / "ops"
+    (own / "vault" / "policies").mkdir(parents=True)
+    (own / "vault" / "policies" / "team.hcl").write_text(
+        'path "team/*" { capabilities = ["read"] }'
+    )
+    assert list(load_policies(policy_dir(own))) == ["team"]  # --deploy-dir
+    monkeypatch.setenv("MAILY_DEPLOY_DIR", str(own))
+    assert list(load_policies()) == ["team"] and auth_dir() == own / "vault" / "auth"
