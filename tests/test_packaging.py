@@ -82,7 +82,8 @@ def _run(argv: list[str | Path], cwd: Path, **env: str) -> subprocess.CompletedP
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+    """Built and installed once for the module; removed after it (a venv is ~200 MB)."""
     base = tmp_path_factory.mktemp("packaging")
     src = base / "source"
     src.mkdir()
@@ -108,7 +109,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     outside = base / "elsewhere"
     outside.mkdir()
     assert ROOT not in outside.parents
-    return Installed(wheel, venv, outside)
+    try:
+        yield Installed(wheel, venv, outside)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_the_wheel_holds_py_typed_the_rotation_config_and_the_vault_policies(
