@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: help setup demo test bench lint services node clean
+.PHONY: help setup demo test bench lint services node clean constraints
 
 help:
 	@echo "make demo   - start the embedded OpenBao and walk through the integration guide"
@@ -12,15 +12,21 @@ help:
 	@echo "make bench  - benchmarks against hvac and raw aiohttp on the same server"
 	@echo "make lint   - ruff + mypy"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is required (PYTHON=$(PYTHON))"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 setup: $(STAMP)
+
+# The exact versions the repository tests with, after a change of pyproject.toml's ranges:
+# upgrade what you mean to in .venv first (pip install -U ...), then freeze it.
+constraints:
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -iv '^maily-secrets'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 services:
 	bash scripts/ensure-services.sh

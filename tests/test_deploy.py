@@ -27,7 +27,6 @@ import yaml
 
 from maily_secrets.dev.server import bao_binary
 from maily_secrets.paths import KV2Path
-from maily_secrets.policies import deploy_dir
 
 from .kit.servers import running
 
@@ -260,7 +259,7 @@ def test_deployment_has_the_guides_annotations_but_escapes_values() -> None:
 
 
 def test_service_accounts_match_the_auth_roles() -> None:
-    roles = json.loads((deploy_dir() / "vault" / "auth" / "kubernetes-roles.json").read_text())
+    roles = json.loads((ROOT / "deploy" / "vault" / "auth" / "kubernetes-roles.json").read_text())
     sas = {
         (d["metadata"]["namespace"], d["metadata"]["name"])
         for _, d in docs()

@@ -53,11 +53,14 @@ def test_import_does_no_io_and_starts_no_task() -> None:
         "import threading, socket\n"
         "socket.socket.connect = None  # any connection attempt would raise\n"
         "from apps.api.services.vault_service import vault_service\n"
+        "import maily_secrets\n"
+        "assert vault_service is maily_secrets.vault_service\n"
         "assert vault_service._client is None and vault_service._cache is None\n"
         "assert threading.active_count() == 1\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "VAULT_ADDR": "http://127.0.0.1:1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])  # this checkout's package
+    env = {**os.environ, "VAULT_ADDR": "http://127.0.0.1:1", "PYTHONPATH": path}
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
     )

@@ -1,5 +1,12 @@
-"""Maily Secrets: the Vault/OpenBao integration of the Maily email platform."""
+"""Maily Secrets: the Vault/OpenBao integration of the Maily email platform.
 
+``from maily_secrets import vault_service`` gives the process-wide ``VaultService``
+(configured from the environment on first use); importing it does no I/O.
+"""
+
+import threading
+
+from ._version import __version__
 from .errors import (
     AuthFailed,
     CheckAndSetConflict,
@@ -16,7 +23,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .service import VaultService
 
-__version__ = "0.1.0"
+    vault_service: VaultService  # made on first access by __getattr__ below
 
 __all__ = [
     "AuthFailed",
@@ -29,7 +36,12 @@ __all__ = [
     "VaultService",
     "VaultSettings",
     "VaultUnavailable",
+    "__version__",
+    "vault_service",
 ]
+
+_service_lock = threading.Lock()
+_service: "VaultService | None" = None
 
 
 def __getattr__(name: str) -> object:
@@ -39,4 +51,18 @@ def __getattr__(name: str) -> object:
         from .service import VaultService
 
         return VaultService
+    if name == "vault_service":
+        return _vault_service()
     raise AttributeError(name)
+
+
+def _vault_service() -> "VaultService":
+    """The module-level service, made once (thread-safe) on first access. Making it
+    does no I/O either: settings, the client and the cache are set up on first use."""
+    global _service
+    with _service_lock:
+        if _service is None:
+            from .service import VaultService
+
+            _service = VaultService()
+        return _service

@@ -1,8 +1,11 @@
-"""Vault policies and auth roles of ``deploy/vault/``, what each identity needs, and
-their idempotent application (``mailyctl vault bootstrap``).
+"""Vault policies and auth roles, what each identity needs, and their idempotent
+application (``mailyctl vault bootstrap``).
 
-The HCL files in ``deploy/vault/policies/`` are the single source of the policies:
-``policy_dir()`` finds them in the source tree (or ``$MAILY_DEPLOY_DIR``), and
+The HCL files in ``maily_secrets/vault_setup/policies/`` and the role files in
+``vault_setup/auth/`` are package data and the single source of both (the repository's
+``deploy/vault/policies`` and ``deploy/vault/auth`` are links to them), so an installed
+wheel bootstraps a server from any directory. ``$MAILY_DEPLOY_DIR`` (or ``--deploy-dir``)
+points at an operator's own tree instead (``vault/policies/*.hcl``, ``vault/auth/*.json``).
 ``NEEDS`` is the intended matrix that the tests check a real server against and
 ``mailyctl doctor`` checks with ``sys/capabilities-self``.
 """
@@ -25,20 +28,28 @@ APP_POLICY = "maily"
 ROTATOR_POLICY = "maily-rotator"
 
 
-def deploy_dir() -> Path:
-    """``$MAILY_DEPLOY_DIR``, else ``deploy/`` of the source tree this module is in."""
+#: The built-in policies and auth roles (package data).
+PACKAGED_DIR = Path(__file__).resolve().parent / "vault_setup"
+
+
+def deploy_dir() -> Path | None:
+    """``$MAILY_DEPLOY_DIR`` when set (an operator's own ``vault/policies`` and
+    ``vault/auth``), else None: the packaged ones are used."""
     env = os.environ.get(DEPLOY_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "deploy"
+    return Path(env) if env else None
 
 
 def policy_dir(base: Path | None = None) -> Path:
-    return (base or deploy_dir()) / "vault" / "policies"
+    """``<base>/vault/policies`` (``base``, else ``$MAILY_DEPLOY_DIR``), else the
+    packaged ``vault_setup/policies``."""
+    base = base or deploy_dir()
+    return base / "vault" / "policies" if base else PACKAGED_DIR / "policies"
 
 
 def auth_dir(base: Path | None = None) -> Path:
-    return (base or deploy_dir()) / "vault" / "auth"
+    """``<base>/vault/auth``, else the packaged ``vault_setup/auth``."""
+    base = base or deploy_dir()
+    return base / "vault" / "auth" if base else PACKAGED_DIR / "auth"
 
 
 def load_policies(directory: Path | None = None) -> dict[str, str]:

@@ -58,7 +58,7 @@ H_AUTH = (
     " (mailyctl vault bootstrap)"
 )
 H_POLICY = (
-    "the policy lacks these rights: apply deploy/vault/policies/*.hcl"
+    "the policy lacks these rights: apply the policies maily and maily-rotator"
     " (mailyctl vault bootstrap) and check the role's token_policies"
 )
 H_ROTATION = (

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from .._version import __version__
 from . import dev, doctor, secrets, vault_cmd
 
 app = typer.Typer(
@@ -13,6 +16,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mailyctl (maily-secrets) {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version of maily-secrets and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Maily Secrets operator CLI: dev Vault, secrets, diagnostics."""
+
+
 app.add_typer(dev.app, name="dev")
 app.add_typer(secrets.app, name="secrets")
 app.add_typer(vault_cmd.app, name="vault")

@@ -46,9 +46,10 @@ async def bootstrap_server(
     report: BootstrapReport | None = None,
 ) -> BootstrapReport:
     """KV v2 at ``kv_mount`` (cas_required), transit with ``maily-enc-key`` (no upsert),
-    the policies of ``deploy/vault/policies``, Kubernetes auth roles (when ``kubernetes``
-    is given), AppRole roles (``approle``) and, with ``samples``, the guide's three
-    secrets with random values (create-only). Running it again changes nothing."""
+    the policies of ``policy_dir(deploy)`` (the packaged ones without ``deploy``),
+    Kubernetes auth roles (when ``kubernetes`` is given), AppRole roles (``approle``) and,
+    with ``samples``, the guide's three secrets with random values (create-only).
+    Running it again changes nothing."""
     report = report if report is not None else BootstrapReport()
     policies = load_policies(policy_dir(deploy))
     await ensure_engines(
@@ -107,7 +108,7 @@ def bootstrap(
         typer.Option(
             "--deploy-dir",
             help="Directory with vault/policies/*.hcl and vault/auth/*.json"
-            " (default: $MAILY_DEPLOY_DIR or the repository's deploy/).",
+            " (default: $MAILY_DEPLOY_DIR, else the policies and roles built into the package).",
             show_default=False,
         ),
     ] = None,

@@ -134,7 +134,8 @@ class RotationConfig(_Model):
                 source = "default_config.yaml (built in)"
         except OSError as exc:
             raise ConfigError(
-                f"cannot read rotation config {where}: {exc.strerror or exc}"
+                f"cannot read rotation config {where or 'default_config.yaml (built in)'}:"
+                f" {exc.strerror or exc}"
             ) from None
         try:
             doc = yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a safe loader
