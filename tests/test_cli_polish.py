@@ -115,6 +115,8 @@ def test_help_has_no_type_placeholders_and_full_option_names(columns: str | None
         # options name their value (--env NAME, --config FILE), not its Python type
         assert not re.search(r"^\s+-.*<str>", out, re.M), (words, out)
         assert "…" not in out and "╭" not in out, (words, out)
+        listed = out.partition("\nCommands:\n")[2].splitlines()
+        assert not [ln for ln in listed if ln.endswith("...")], (words, out)  # short help cut
         tokens = set(re.findall(r"(?<![\w-])--?[\w][\w-]*", out))
         for opt in opts:
             assert opt in tokens, (words, opt, out)

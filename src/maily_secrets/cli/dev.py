@@ -127,7 +127,7 @@ def _database_line(postgres: PostgresTarget, skipped: str | None) -> list[Part]:
     ]
 
 
-@app.command()
+@app.command(short_help="Start and bootstrap the dev server.")
 def up(
     port: Annotated[
         int | None,
@@ -254,7 +254,7 @@ def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[l
     return lines
 
 
-@app.command()
+@app.command(short_help="Stop the dev server and clean up.")
 def down(state_dir: StateDir = None) -> None:
     """Stop the dev server this tool started (by its pid file), drop the PostgreSQL roles
     and Redis user it made, and delete the files it made (nothing else in the folder)."""
@@ -273,7 +273,7 @@ def down(state_dir: StateDir = None) -> None:
         say(f"Kept (they hold files the dev tools did not make): {', '.join(kept)}")
 
 
-@app.command()
+@app.command(short_help="Is the dev server running and healthy?")
 def status(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -312,7 +312,7 @@ def status(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Print export lines for a shell.")
 def env(state_dir: StateDir = None) -> None:
     """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
 

@@ -17,13 +17,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-app.add_typer(dev.app, name="dev")
-app.add_typer(secrets.app, name="secrets")
-app.add_typer(vault_cmd.app, name="vault")
-app.command("doctor")(doctor.doctor)
+app.add_typer(dev.app, name="dev", short_help="A local OpenBao dev server.")
+app.add_typer(secrets.app, name="secrets", short_help="Rotate secrets; schedule, history.")
+app.add_typer(vault_cmd.app, name="vault", short_help="Apply Maily's Vault setup.")
+app.command("doctor", short_help="Check the Vault setup, with fix hints.")(doctor.doctor)
 
 
-@app.command("snapshot-key")
+@app.command("snapshot-key", short_help="Print a new snapshot encryption key.")
 def snapshot_key() -> None:
     """Print a new key for MAILY_SECRETS_SNAPSHOT_KEY (the encrypted last-known-good snapshot)."""
     from ..snapshot import generate_key
@@ -38,7 +38,7 @@ class Shell(StrEnum):
     powershell = "powershell"
 
 
-@app.command("completion")
+@app.command("completion", short_help="Print a shell completion script.")
 def completion(
     shell: Annotated[Shell, typer.Argument(help="bash, zsh, fish or powershell.")],
 ) -> None:

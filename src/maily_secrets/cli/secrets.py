@@ -190,7 +190,7 @@ def _print_report(report: RunReport) -> None:
         say(f"notify {n.get('channel')}: ", mark, f" {n.get('detail', '')}")
 
 
-@app.command()
+@app.command(short_help="Rotate secrets (verified, CAS).")
 def rotate(
     secret_types: Annotated[
         str | None,
@@ -265,7 +265,7 @@ def rotate(
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command()
+@app.command(short_help="Last rotated, age, next due per type.")
 def status(
     env: EnvOpt = None,
     as_json: JsonOpt = False,
@@ -314,7 +314,7 @@ def status(
     )
 
 
-@app.command()
+@app.command(short_help="Every step of every rotation of TYPE.")
 def history(
     secret_type: Annotated[str, typer.Argument(metavar="TYPE", help="A secret type, e.g. jwt.")],
     env: EnvOpt = None,
@@ -367,6 +367,7 @@ def history(
 
 @app.command(
     "set",
+    short_help="Store a new value of one API key.",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def set_(

@@ -94,7 +94,7 @@ def kubernetes_config(
     )
 
 
-@app.command()
+@app.command(short_help="Apply mounts, key, policies, auth roles.")
 def bootstrap(
     env: Annotated[
         str | None,
