@@ -343,3 +343,39 @@ def test_bash_completion_completes_commands_and_options(tmp_path: Path) -> None:
     )
     assert "1:status" in proc.stdout.splitlines(), (proc.stdout, proc.stderr)
     assert "2:--dry-run" in proc.stdout.splitlines(), (proc.stdout, proc.stderr)
+
+
+def _on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """``./mailyctl.py *args`` with stdout a pseudo-terminal; its exit code and output."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "mailyctl.py"), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        cwd=ROOT,
+    )
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), out.decode(errors="replace")
+
+
+def test_status_on_a_terminal_draws_a_table(long_mount: dict[str, str]) -> None:
+    code, out = _on_a_terminal("secrets", "status", env={**long_mount, "COLUMNS": "250"})
+    assert code == 0, out
+    assert "┃" in out or "│" in out, out  # a drawn table, as people get it
+    assert f"{long_mount['MOUNT']}/data/api-keys" in out
