@@ -279,7 +279,7 @@ async def test_manual_keys_are_never_written_and_need_a_person(
     assert (await client.kv.read(path)).version == 1
     assert (await eng.store.read("api_keys_manual"))[0] is None
     for name in ("stripe", "sendgrid", "openai"):
-        assert f"./mailyctl.py secrets set api-keys {name}" in res.reason
+        assert f"mailyctl secrets set api-keys {name}" in res.reason
     assert "Roll the key in the Stripe dashboard (Developers > API keys)" in res.reason
     assert "internal_service" not in res.reason
     for v in keys.values():
@@ -349,14 +349,14 @@ async def test_single_type_mixed_and_all_manual(client: VaultClient, mount: str)
     assert sorted(pending["keys"]) == ["internal_service"]
     assert pending["manual_due"] == ["stripe", "sendgrid", "openai"]
     note = await rotator.follow_up(ctx, pending)
-    assert note is not None and "./mailyctl.py secrets set api-keys stripe" in note
+    assert note is not None and "mailyctl secrets set api-keys stripe" in note
 
     # the engine rotates the automatable part and reports what a person must still do
     before = await client.kv.read(path)
     report = await eng.run(["api_keys"], due_only=True)
     res = report.results[0]
     assert res.status == "action_required" and res.version is not None
-    assert "./mailyctl.py secrets set api-keys stripe" in res.reason
+    assert "mailyctl secrets set api-keys stripe" in res.reason
     assert report.ok  # not a failure: the exit code stays 0, --notify tells the admins
     cur = await client.kv.read(path)
     assert cur.version > before.version
@@ -381,7 +381,7 @@ async def test_single_type_mixed_and_all_manual(client: VaultClient, mount: str)
     assert report.results[0].status == "action_required"
     reason = report.results[0].reason
     assert "mailgun" in reason and "internal_service" in reason  # unknown keys: manual
-    assert "./mailyctl.py secrets set api-keys-2 mailgun" in reason
+    assert "mailyctl secrets set api-keys-2 mailgun" in reason
     assert (await client.kv.read(other)).version == 1
 
 

@@ -64,7 +64,7 @@ async def test_rotate_json_status_history(renv: RotationEnv) -> None:
     # status: the type was just rotated, next due in 90 days
     st = json.loads(run_cli(renv, "secrets", "status", "--json").stdout)
     row = next(r for r in st["types"] if r["type"] == "jwt")
-    assert row["last_rotated"] and not row["overdue"] and row["interval"] == "90d"
+    assert row["last_rotated"] and not row["overdue"] and row["interval_s"] == 90 * 86400
     assert row["last_rotation_id"] == res["rotation_id"]
     # history: every step of the rotation, no value
     hist = run_cli(renv, "secrets", "history", "jwt", "--json")

@@ -19,6 +19,7 @@ import asyncio
 import heapq
 import itertools
 import time
+from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
 
@@ -128,3 +129,11 @@ async def settle(rounds: int = 20) -> None:
     """Let the tasks that are ready run (a few turns of the loop; no real time passes)."""
     for _ in range(rounds):
         await asyncio.sleep(0)
+
+
+def rfc3339(t: datetime, *, ms: bool = True) -> str:
+    """``t`` in UTC as RFC 3339 with a ``Z``: ``2026-12-01T23:18:18.123Z`` (``ms=False``:
+    whole seconds). The one timestamp format of the CLI's output and its JSON documents;
+    a naive ``t`` is taken as UTC."""
+    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + (f".{t.microsecond // 1000:03d}Z" if ms else "Z")

@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 from yarl import URL
 
+from .cliname import command
 from .errors import ConfigurationError
 
 DEFAULT_ADDR = "http://vault.vault:8200"
@@ -322,7 +323,7 @@ class VaultSettings(BaseSettings):
         if self.snapshot_key is None:
             raise ValueError(
                 "snapshot_path is set but MAILY_SECRETS_SNAPSHOT_KEY is not"
-                " (make one with `mailyctl snapshot-key`)"
+                f" (make one with `{command('snapshot-key')}`)"
             )
         from cryptography.fernet import Fernet
 
@@ -331,7 +332,7 @@ class VaultSettings(BaseSettings):
         except (ValueError, TypeError):
             raise ValueError(
                 "MAILY_SECRETS_SNAPSHOT_KEY is not a valid Fernet key (32 url-safe"
-                " base64-encoded bytes; make one with `mailyctl snapshot-key`)"
+                f" base64-encoded bytes; make one with `{command('snapshot-key')}`)"
             ) from None
         return self
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from .cliname import command
+
 log = logging.getLogger("maily_secrets.snapshot")
 
 FORMAT = 1
@@ -35,7 +37,7 @@ class SnapshotStore:
             raise ValueError(
                 "MAILY_SECRETS_SNAPSHOT_KEY is not a valid Fernet key"
                 " (32 url-safe base64-encoded bytes; make one with"
-                " `mailyctl snapshot-key`)"
+                f" `{command('snapshot-key')}`)"
             ) from None
 
     def save(self, entries: dict[str, dict[str, Any]]) -> None:

@@ -1,18 +1,43 @@
-"""Helpers shared by the CLI commands: console, exit codes, masking."""
+"""Helpers shared by the CLI commands: consoles, styled lines, tables, JSON, exit codes, masking.
+
+Nothing the CLI prints is parsed as Rich markup: the consoles have ``markup=False`` and
+styles come as ``(text, style)`` pairs (:func:`say`, :func:`styled`), so a message that
+holds ``[devserver]``, a path with brackets or an error text prints exactly as it is.
+On a terminal lines wrap at word boundaries and tables are drawn; when stdout is not a
+terminal (a pipe, a file, a CronJob's log) nothing is wrapped and tables are plain
+aligned lines, never cut to 80 columns. Times print as RFC 3339 UTC, everywhere.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import PurePath
 from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+from ..clock import rfc3339
+
+#: a piece of a line: plain text, a Rich Text, or (text, style) such as ("ok", "green")
+Part = str | Text | tuple[str, str]
+
+
+def _console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
+    if not c.is_terminal:
+        c.soft_wrap = True  # a pipe or a file: one line stays one line
+    return c
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -21,8 +46,22 @@ EXIT_USAGE = 2
 _PUBLIC_KEY = re.compile(r"(^|_)(host|port|region|username|user|name|url|endpoint)$")
 
 
+def styled(text: str, style: str) -> tuple[str, str]:
+    return (text, style)
+
+
+def line(*parts: Part) -> Text:
+    """One line of output from plain and styled parts; no part is read as markup."""
+    return Text.assemble(*parts)
+
+
+def say(*parts: Part, err: bool = False) -> None:
+    c = err_console if err else console
+    c.print(line(*parts), soft_wrap=not c.is_terminal)
+
+
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+    say(styled("error:", "red"), " ", message, err=True)
     raise typer.Exit(code)
 
 
@@ -32,8 +71,49 @@ def config_fail(exc: BaseException) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Part]]) -> None:
+    """A table on a terminal; plain lines (title, header, one row per line, columns
+    aligned with two spaces, nothing cut) when stdout is not a terminal."""
+    cells = [[line(c) for c in row] for row in rows]
+    if console.is_terminal:
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        for row in cells:
+            t.add_row(*row)
+        console.print(t)
+        return
+    plain = [list(columns), *[[c.plain for c in row] for row in cells]]
+    widths = [max(len(r[i]) for r in plain) for i in range(len(columns))]
+    say(title)
+    for r in plain:
+        say("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def jsonable(v: Any) -> Any:
+    """The CLI's JSON conventions, applied to a whole document: every time is an RFC 3339
+    UTC string with milliseconds (``2026-12-01T23:18:18.123Z``), every interval a number
+    of seconds, paths are strings."""
+    if isinstance(v, datetime):
+        return rfc3339(v)
+    if isinstance(v, timedelta):
+        return v.total_seconds()
+    if isinstance(v, PurePath):
+        return str(v)
+    if isinstance(v, Mapping):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, set, frozenset)):
+        return [jsonable(x) for x in v]
+    return v
+
+
 def print_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.write(json.dumps(jsonable(doc), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def fmt_time(t: datetime | None, never: str = "never") -> str:
+    """A time for people: RFC 3339 UTC to the second (the JSON documents add milliseconds)."""
+    return rfc3339(t, ms=False) if t else never
 
 
 def mask(key: str, value: Any) -> str:

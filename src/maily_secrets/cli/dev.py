@@ -23,6 +23,7 @@ from ..bootstrap import (
     ensure_redis_rotation,
     prepare_postgres,
 )
+from ..cliname import command
 from ..dev import standins
 from ..dev.bootstrap import (
     DEV_PG_URL_ENV,
@@ -40,17 +41,19 @@ from ..dev.server import DevServer, DevServerError, DevServerInfo, health
 from ..errors import VaultError
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
-from .common import console, fail, print_json
+from .common import Part, fail, print_json, say, styled
 
 app = typer.Typer(
     help="Run a local OpenBao dev server (in memory, loopback only) bootstrapped for Maily.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 StateDir = Annotated[
     Path | None,
     typer.Option(
         "--dir",
+        metavar="DIR",
         help="State directory (default: $MAILY_DEV_DIR or ~/.local/state/maily-secrets/dev).",
         show_default=False,
     ),
@@ -110,24 +113,28 @@ def _dev_postgres() -> tuple[PostgresTarget | None, str | None]:
     return postgres, prepare_postgres(postgres)
 
 
-def _database_line(postgres: PostgresTarget, skipped: str | None) -> str:
+def _database_line(postgres: PostgresTarget, skipped: str | None) -> list[Part]:
     where = postgres.describe()
     if skipped is None:
-        return (
-            f"  database: PostgreSQL at {where} reachable; dynamic credentials at"
-            f" [bold]{DB_MOUNT}/creds/{DB_APP_ROLE}[/bold]"
-        )
-    return (
-        f"  [yellow]database: skipped[/yellow] (PostgreSQL at {where}: {skipped});"
-        f" set {DEV_PG_URL_ENV} to use another server"
-    )
+        return [
+            f"  database: PostgreSQL at {where} reachable; dynamic credentials at ",
+            styled(f"{DB_MOUNT}/creds/{DB_APP_ROLE}", "bold"),
+        ]
+    return [
+        "  ",
+        styled("database: skipped", "yellow"),
+        f" (PostgreSQL at {where}: {skipped}); set {DEV_PG_URL_ENV} to use another server",
+    ]
 
 
-@app.command()
+@app.command(short_help="Start and bootstrap the dev server.")
 def up(
     port: Annotated[
         int | None,
-        typer.Option(help="Port on 127.0.0.1 (default 8200, or a free one if taken; 0 = any)."),
+        typer.Option(
+            metavar="PORT",
+            help="Port on 127.0.0.1 (default 8200, or a free one if taken; 0 = any).",
+        ),
     ] = None,
     state_dir: StateDir = None,
 ) -> None:
@@ -160,7 +167,7 @@ def up(
     except DevServerError as exc:
         fail(str(exc))
     verb = "started" if started else "already running"
-    console.print(f"OpenBao dev server {verb} at [bold]{info.addr}[/bold] (pid {info.pid})")
+    say(f"OpenBao dev server {verb} at ", styled(info.addr, "bold"), f" (pid {info.pid})")
     postgres, pg_skipped = _dev_postgres()
     try:
         report, db_failed = asyncio.run(
@@ -169,29 +176,28 @@ def up(
     except Exception as exc:
         fail(f"bootstrap failed: {exc}")
     for item in report.created:
-        console.print(f"  [green]created[/green]   {item}")
+        say("  ", styled("created", "green"), f"   {item}")
     for item in report.unchanged:
-        console.print(f"  [dim]unchanged[/dim] {item}")
+        say("  ", styled("unchanged", "dim"), f" {item}")
     if postgres is None:
-        console.print(f"  [yellow]database: skipped[/yellow] ({pg_skipped})")
+        say("  ", styled("database: skipped", "yellow"), f" ({pg_skipped})")
     else:
-        console.print(_database_line(postgres, pg_skipped or db_failed))
+        say(*_database_line(postgres, pg_skipped or db_failed))
     names = DevNames.for_dir(server.state_dir)
-    console.print(
+    say(
         f"  this dev directory's PostgreSQL login roles {', '.join(names.login_roles)}"
-        f" (group {names.group}) and Redis ACL user {names.redis_user}",
-        highlight=False,
+        f" (group {names.group}) and Redis ACL user {names.redis_user}"
     )
     ups = standins.dev_up(
         server.state_dir, info.addr, info.token(), type_options=names.rotation_options()
     )
-    for line in ups.lines:
-        console.print(line, highlight=False)
-    console.print(f"  audit log: {info.audit_log}")
-    console.print('Use it from a shell:  [bold]eval "$(./mailyctl.py dev env)"[/bold]')
+    for parts in ups.lines:
+        say(*parts)
+    say(f"  audit log: {info.audit_log}")
+    say("Use it from a shell:  ", styled(f'eval "$({command("dev", "env")})"', "bold"))
 
 
-def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[str]:
+def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[list[Part]]:
     """Drop what ``dev up`` made outside the directory (recorded in dev-resources.json):
     dynamic database users (by revoking their leases while the server runs), the login
     roles and their group, the Redis ACL user. Lines to print; best effort."""
@@ -199,7 +205,7 @@ def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[s
     if not server.manifest.owns(path):
         return []
     doc = load_dev_resources(path)
-    lines: list[str] = []
+    lines: list[list[Part]] = []
     pg, rd = doc.get("postgres"), doc.get("redis")
 
     async def go() -> None:
@@ -226,46 +232,48 @@ def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[s
             try:
                 dropped = await drop_postgres_roles(target, [str(r) for r in pg["roles"]])
                 if dropped:
-                    lines.append(f"PostgreSQL roles dropped: {', '.join(dropped)}.")
+                    lines.append([f"PostgreSQL roles dropped: {', '.join(dropped)}."])
             except (OSError, psycopg.Error) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                lines.append(f"[yellow]PostgreSQL roles not dropped[/yellow] ({first})")
+                lines.append([styled("PostgreSQL roles not dropped", "yellow"), f" ({first})"])
         if isinstance(rd, dict):
             import redis.asyncio as aioredis
 
             try:
                 if await drop_redis_user(str(rd["host"]), int(rd["port"]), str(rd["user"])):
-                    lines.append(f"Redis ACL user dropped: {rd['user']}.")
+                    lines.append([f"Redis ACL user dropped: {rd['user']}."])
             except (OSError, aioredis.RedisError) as exc:
-                lines.append(f"[yellow]Redis ACL user not dropped[/yellow] ({type(exc).__name__})")
+                lines.append(
+                    [styled("Redis ACL user not dropped", "yellow"), f" ({type(exc).__name__})"]
+                )
 
     try:
         asyncio.run(go())
     except Exception as exc:
-        lines.append(f"[yellow]cleanup incomplete[/yellow] ({type(exc).__name__})")
+        lines.append([styled("cleanup incomplete", "yellow"), f" ({type(exc).__name__})"])
     return lines
 
 
-@app.command()
+@app.command(short_help="Stop the dev server and clean up.")
 def down(state_dir: StateDir = None) -> None:
     """Stop the dev server this tool started (by its pid file), drop the PostgreSQL roles
     and Redis user it made, and delete the files it made (nothing else in the folder)."""
     server = DevServer(state_dir)
-    for line in _drop_dev_resources(server, server.running()):
-        console.print(line, highlight=False)
+    for parts in _drop_dev_resources(server, server.running()):
+        say(*parts)
     stopped = standins.stop_all(server.state_dir)
     if stopped:
-        console.print(f"Stand-ins stopped: {', '.join(stopped)}.")
+        say(f"Stand-ins stopped: {', '.join(stopped)}.")
     if server.stop():
-        console.print("OpenBao dev server stopped; its data is gone.")
+        say("OpenBao dev server stopped; its data is gone.")
     else:
-        console.print("No dev server of ours was running.")
+        say("No dev server of ours was running.")
     kept = server.kept
     if kept:
-        console.print(f"Kept (they hold files the dev tools did not make): {', '.join(kept)}")
+        say(f"Kept (they hold files the dev tools did not make): {', '.join(kept)}")
 
 
-@app.command()
+@app.command(short_help="Is the dev server running and healthy?")
 def status(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -287,30 +295,36 @@ def status(
     if as_json:
         print_json(doc)
     elif info is None:
-        console.print("dev server: [red]not running[/red]  (start it: ./mailyctl.py dev up)")
-    else:
-        state = "[green]healthy[/green]" if doc["healthy"] else "[red]not answering[/red]"
-        console.print(
-            f"dev server: {state} at {info.addr} (pid {info.pid}, OpenBao {doc['version']})"
+        say(
+            "dev server: ",
+            styled("not running", "red"),
+            f"  (start it: {command('dev', 'up')})",
         )
-        console.print(f"audit log:  {info.audit_log}")
+    else:
+        state = styled("healthy", "green") if doc["healthy"] else styled("not answering", "red")
+        say(
+            "dev server: ",
+            state,
+            f" at {info.addr} (pid {info.pid}, OpenBao {doc['version']})",
+        )
+        say(f"audit log:  {info.audit_log}")
     if not doc["healthy"]:
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(short_help="Print export lines for a shell.")
 def env(state_dir: StateDir = None) -> None:
     """Print `export VAULT_ADDR=... VAULT_TOKEN=...` for a shell (this prints the dev token).
 
     Also MAILY_ROTATION_CONFIG (the built-in rotation config plus this dev directory's
     PostgreSQL roles and Redis user and the stand-ins' options) and, with moto running,
     MAILY_AWS_ENDPOINT_URL, so that `secrets rotate` rotates this dev server's own
-    credentials. Use: eval "$(./mailyctl.py dev env)"
+    credentials. Use: eval "$(mailyctl dev env)"
     """
     server = DevServer(state_dir)
     info = server.running()
     if info is None:
-        fail("the dev server is not running; start it with `./mailyctl.py dev up`")
+        fail(f"the dev server is not running; start it with `{command('dev', 'up')}`")
     pairs = {"VAULT_ADDR": info.addr, "VAULT_TOKEN": info.token()}
     pairs.update(standins.dev_environment(server.state_dir))
     typer.echo("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in pairs.items()))

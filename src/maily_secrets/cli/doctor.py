@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from rich.markup import escape
 
 from ..bootstrap import TRANSIT_KEY
+from ..cliname import program
 from ..errors import (
     AuthFailed,
     ConfigurationError,
@@ -37,9 +37,10 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     config_fail,
-    console,
-    err_console,
+    fmt_time,
     print_json,
+    say,
+    styled,
 )
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -55,16 +56,16 @@ H_UNSEAL = (
 H_AUTH = (
     "the token is revoked, expired or wrong: set VAULT_TOKEN / VAULT_TOKEN_FILE, or check the"
     " Kubernetes auth role (VAULT_ROLE) is bound to this service account"
-    " (mailyctl vault bootstrap)"
+    " ({mailyctl} vault bootstrap)"
 )
 H_POLICY = (
     "the policy lacks these rights: apply the policies maily and maily-rotator"
-    " (mailyctl vault bootstrap) and check the role's token_policies"
+    " ({mailyctl} vault bootstrap) and check the role's token_policies"
 )
 H_ROTATION = (
     "check the rotation logs: kubectl logs -n vault vault-secret-rotation-<pod-id>;"
     " the ConfigMap vault-secret-rotation-config; then"
-    " mailyctl secrets rotate --due --env={env} --notify"
+    " {mailyctl} secrets rotate --due --env={env} --notify"
 )
 
 
@@ -87,6 +88,8 @@ class Doctor:
         self.checks: list[Check] = []
 
     def add(self, name: str, status: Status, detail: str, hint: str = "") -> Check:
+        """``{mailyctl}`` and ``{env}`` in ``hint``: the command as invoked, the env."""
+        hint = hint.replace("{mailyctl}", program()).replace("{env}", self.env)
         c = Check(
             name, status, " ".join(detail.split()), hint if status in ("fail", "warn") else ""
         )
@@ -235,7 +238,7 @@ class Doctor:
                 "fail",
                 f"{path.data}: not found ({exc})",
                 f"check the path; bao kv get {path.mount}/{name}; create it (dev:"
-                " mailyctl vault bootstrap --samples) or undelete the version:"
+                " {mailyctl} vault bootstrap --samples) or undelete the version:"
                 f" bao kv undelete -versions=<n> {path.mount}/{name}",
             )
         except VaultError as exc:
@@ -255,7 +258,7 @@ class Doctor:
                 check,
                 "fail",
                 f"{transit.mount}/keys/{TRANSIT_KEY} does not exist",
-                "create it: mailyctl vault bootstrap (or bao write -f"
+                "create it: {mailyctl} vault bootstrap (or bao write -f"
                 f" {transit.mount}/keys/{TRANSIT_KEY})",
             )
             return
@@ -263,7 +266,7 @@ class Doctor:
             self.add(check, "fail", "encrypt/decrypt denied", H_POLICY)
             return
         except VaultError as exc:
-            self.add(check, "fail", str(exc), "check the transit mount: mailyctl vault bootstrap")
+            self.add(check, "fail", str(exc), "check the transit mount: {mailyctl} vault bootstrap")
             return
         if ok:
             self.add(check, "ok", "encrypt/decrypt round trip")
@@ -282,12 +285,12 @@ class Doctor:
             )
             return
         except VaultError as exc:
-            self.add("rotation", "fail", str(exc), H_ROTATION.format(env=self.env))
+            self.add("rotation", "fail", str(exc), H_ROTATION)
             return
         failed = [r["type"] for r in rows if r.get("last_outcome") in ("failed", "rolled_back")]
         overdue = [r["type"] for r in rows if r.get("overdue")]
         busy = [r["type"] for r in rows if r.get("in_progress")]
-        hint = H_ROTATION.format(env=self.env)
+        hint = H_ROTATION
         if failed or overdue:
             parts = []
             if overdue:
@@ -299,7 +302,7 @@ class Doctor:
             self.add("rotation", "warn", f"in progress: {', '.join(busy)}", hint)
         else:
             nxt = min((r["next_due"] for r in rows if r.get("next_due")), default=None)
-            when = f"; next due {nxt:%Y-%m-%d %H:%M}Z" if isinstance(nxt, datetime) else ""
+            when = f"; next due {fmt_time(nxt)}" if isinstance(nxt, datetime) else ""
             self.add("rotation", "ok", f"{len(rows)} types, none overdue{when}")
 
     async def _audit(self) -> None:
@@ -334,25 +337,31 @@ def _settings(cfg: RotationConfig, env: str | None) -> tuple[str, VaultSettings]
 
 
 _MARK = {
-    "ok": "[green] ok [/green]",
-    "warn": "[yellow]warn[/yellow]",
-    "fail": "[red]FAIL[/red]",
-    "skip": "[dim]skip[/dim]",
+    "ok": styled(" ok ", "green"),
+    "warn": styled("warn", "yellow"),
+    "fail": styled("FAIL", "red"),
+    "skip": styled("skip", "dim"),
 }
 
 
 def doctor(
     env: Annotated[
         str | None,
-        typer.Option("--env", help="Environment of the rotation config (default: $MAILY_ENV)."),
+        typer.Option(
+            "--env",
+            metavar="NAME",
+            help="Environment of the rotation config (default: $MAILY_ENV).",
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Rotation config YAML.", show_default=False)
+        Path | None,
+        typer.Option("--config", metavar="FILE", help="Rotation config YAML.", show_default=False),
     ] = None,
     identity: Annotated[
         str,
         typer.Option(
             "--as",
+            metavar="POLICY",
             help=f"Whose needs to check: {APP_POLICY} (the app) or {ROTATOR_POLICY}.",
         ),
     ] = APP_POLICY,
@@ -362,7 +371,7 @@ def doctor(
     of every path the service needs, each secret, the transit key, rotation state
     (overdue types), audit device. Exit 1 when a check fails."""
     if identity not in NEEDS:
-        err_console.print(f"[red]error:[/red] --as must be one of {', '.join(NEEDS)}")
+        say(styled("error:", "red"), f" --as must be one of {', '.join(NEEDS)}", err=True)
         raise typer.Exit(EXIT_USAGE)
     try:
         cfg = RotationConfig.load(config)
@@ -380,7 +389,7 @@ def doctor(
     except ConfigurationError as exc:
         config_fail(exc)
     except VaultError as exc:  # a credential that cannot even be loaded
-        checks = [Check("auth", "fail", str(exc), H_AUTH)]
+        checks = [Check("auth", "fail", str(exc), H_AUTH.replace("{mailyctl}", program()))]
     failed = any(c.status == "fail" for c in checks)
     if json_out:
         print_json(
@@ -389,22 +398,14 @@ def doctor(
                 "env": env_name,
                 "addr": settings.api_addr,
                 "identity": identity,
-                "at": datetime.now(UTC).isoformat(),
+                "generated_at": datetime.now(UTC),
                 "checks": [asdict(c) for c in checks],
             }
         )
     else:
         width = max(len(c.name) for c in checks)
         for c in checks:
-            console.print(
-                f"{_MARK[c.status]} {escape(c.name):<{width}}  {escape(c.detail)}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            say(_MARK[c.status], f" {c.name:<{width}}  {c.detail}")
             if c.hint:
-                console.print(
-                    f"     {'':<{width}}  [dim]fix:[/dim] {escape(c.hint)}",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                say(f"     {'':<{width}}  ", styled("fix:", "dim"), f" {c.hint}")
     raise typer.Exit(EXIT_FAILURE if failed else EXIT_OK)

@@ -11,15 +11,23 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from ..errors import ConfigurationError, VaultError
 from ..logs import configure as configure_logs
 from ..rotation.config import ConfigError, RotationConfig, format_duration
 from ..rotation.engine import RotationEngine
 from ..rotation.report import RunReport
-from .common import EXIT_FAILURE, EXIT_USAGE, config_fail, console, err_console, print_json
+from .common import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    Part,
+    config_fail,
+    fmt_time,
+    print_json,
+    print_table,
+    say,
+    styled,
+)
 
 EXIT_BUSY = 3
 T = TypeVar("T")
@@ -31,12 +39,14 @@ app = typer.Typer(
         " or the built-in default)."
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="Rotation config YAML (default: $MAILY_ROTATION_CONFIG, else the built-in one).",
         show_default=False,
     ),
@@ -45,6 +55,7 @@ EnvOpt = Annotated[
     str | None,
     typer.Option(
         "--env",
+        metavar="NAME",
         help="Environment from the config (default: $MAILY_ENV, else the config's default).",
         show_default=False,
     ),
@@ -54,6 +65,7 @@ LogLevelOpt = Annotated[
     str,
     typer.Option(
         "--log-level",
+        metavar="LEVEL",
         envvar="MAILY_LOG_LEVEL",
         help="Run log (JSON lines on stderr, never values): debug, info, warning, error.",
     ),
@@ -61,7 +73,7 @@ LogLevelOpt = Annotated[
 
 
 def _usage(message: str) -> NoReturn:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
+    say(styled("error:", "red"), " ", message, err=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -99,7 +111,7 @@ def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
     except ConfigurationError as exc:
         config_fail(exc)
     except VaultError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}")
+        say(styled("error:", "red"), " ", str(exc), err=True)
         raise typer.Exit(EXIT_FAILURE) from None
 
 
@@ -121,8 +133,12 @@ def _with_engine(
     return _run(go)
 
 
-def _fmt_time(t: datetime | None) -> str:
-    return t.strftime("%Y-%m-%d %H:%M") if t else "never"
+def _parse_time(s: str) -> datetime | None:
+    """Vault's ``created_time`` (RFC 3339, nanoseconds) as a datetime; None if absent."""
+    try:
+        return datetime.fromisoformat(s) if s else None
+    except ValueError:
+        return None
 
 
 def _fmt_age(td: timedelta | None) -> str:
@@ -152,36 +168,35 @@ def _print_report(report: RunReport) -> None:
     title = f"rotation run {report.run_id} in {report.env}" + (
         " (dry run)" if report.dry_run else ""
     )
-    t = Table(title=title, title_justify="left")
-    for col in ("type", "outcome", "secret", "version", "next due", "detail"):
-        t.add_column(col)
-    for r in report.results:
-        style = _STATUS_STYLE.get(r.status, "")
-        t.add_row(
+    rows: list[list[Part]] = [
+        [
             r.type,
-            f"[{style}]{r.status}[/{style}]" if style else r.status,
+            styled(r.status, _STATUS_STYLE.get(r.status, "")),
             r.secret,
             str(r.version or "-"),
-            _fmt_time(r.next_due),
+            fmt_time(r.next_due),
             r.reason or (r.rotation_id or ""),
-        )
-    console.print(t)
+        ]
+        for r in report.results
+    ]
+    print_table(title, ("type", "outcome", "secret", "version", "next due", "detail"), rows)
     for r in report.results:
         for note in getattr(r, "notes", None) or []:
-            console.print(f"{escape(r.type)}: {escape(note)}")
+            say(f"{r.type}: {note}")
     for w in getattr(report, "warnings", None) or []:
-        console.print(f"[yellow]warning[/yellow] {escape(w)}")
+        say(styled("warning", "yellow"), " ", w)
     for n in report.notifications:
-        mark = "[green]sent[/green]" if n.get("ok") else "[red]failed[/red]"
-        console.print(f"notify {n.get('channel')}: {mark} {n.get('detail', '')}")
+        mark = styled("sent", "green") if n.get("ok") else styled("failed", "red")
+        say(f"notify {n.get('channel')}: ", mark, f" {n.get('detail', '')}")
 
 
-@app.command()
+@app.command(short_help="Rotate secrets (verified, CAS).")
 def rotate(
     secret_types: Annotated[
         str | None,
         typer.Option(
             "--secret-types",
+            metavar="TYPES",
             help="Comma-separated types to rotate (e.g. jwt,aws) or 'all' (the default).",
             show_default=False,
         ),
@@ -228,12 +243,11 @@ def rotate(
             default=False,
         )
         if not ok:
-            err_console.print("aborted; nothing changed")
+            say("aborted; nothing changed", err=True)
             raise typer.Exit(EXIT_FAILURE)
-    out = err_console if as_json else console
 
     def progress(type_name: str, message: str) -> None:
-        out.print(f"[bold]{type_name:>15}[/bold]  {message}", markup=True, highlight=False)
+        say(styled(f"{type_name:>15}", "bold"), "  ", message, err=as_json)
 
     report = _with_engine(
         cfg,
@@ -251,7 +265,7 @@ def rotate(
         raise typer.Exit(EXIT_FAILURE)
 
 
-@app.command()
+@app.command(short_help="Last rotated, age, next due per type.")
 def status(
     env: EnvOpt = None,
     as_json: JsonOpt = False,
@@ -267,34 +281,40 @@ def status(
 
     rows = _with_engine(cfg, env_name, lambda e: e.status())
     if as_json:
-        print_json({"env": env_name, "generated_at": datetime.now(UTC), "types": rows})
+        types = [{k: v for k, v in r.items() if k != "interval"} for r in rows]
+        print_json({"env": env_name, "generated_at": datetime.now(UTC), "types": types})
         return
-    t = Table(title=f"secret rotation status: {env_name}", title_justify="left")
-    for col in ("type", "secret", "last rotated", "age", "interval", "next due", "state"):
-        t.add_column(col)
+    table: list[list[Part]] = []
     for r in rows:
+        state: Part
         if r["in_progress"]:
-            state = "[yellow]in progress (resumes on next run)[/yellow]"
+            state = styled("in progress (resumes on next run)", "yellow")
         elif r["overdue"]:
-            state = "[bold red]OVERDUE[/bold red]"
+            state = styled("OVERDUE", "bold red")
         elif r["last_outcome"] in ("failed", "rolled_back"):
-            state = f"[red]last run {r['last_outcome']}[/red]"
+            state = styled(f"last run {r['last_outcome']}", "red")
         else:
-            state = "[green]ok[/green]"
+            state = styled("ok", "green")
         age = timedelta(seconds=r["age_s"]) if r["age_s"] is not None else None
-        t.add_row(
-            r["type"],
-            r["secret"],
-            _fmt_time(r["last_rotated"]),
-            _fmt_age(age),
-            r["interval"],
-            _fmt_time(r["next_due"]),
-            state,
+        table.append(
+            [
+                r["type"],
+                r["secret"],
+                fmt_time(r["last_rotated"]),
+                _fmt_age(age),
+                r["interval"],
+                fmt_time(r["next_due"]),
+                state,
+            ]
         )
-    console.print(t)
+    print_table(
+        f"secret rotation status: {env_name}",
+        ("type", "secret", "last rotated", "age", "interval", "next due", "state"),
+        table,
+    )
 
 
-@app.command()
+@app.command(short_help="Every step of every rotation of TYPE.")
 def history(
     secret_type: Annotated[str, typer.Argument(metavar="TYPE", help="A secret type, e.g. jwt.")],
     env: EnvOpt = None,
@@ -316,35 +336,38 @@ def history(
     async def steps(engine: RotationEngine) -> list[dict[str, Any]]:
         rows = []
         for version, created, state in await engine.store.history(t_name):
-            doc = state.public() if state else {"deleted": True}
-            rows.append({"version": version, "time": created, **doc})
+            doc = state.public(mode="python") if state else {"deleted": True}
+            rows.append({"version": version, "time": _parse_time(created), **doc})
         return rows
 
     rows = _with_engine(cfg, env_name, steps)
     if as_json:
         print_json({"env": env_name, "type": t_name, "history": rows})
         return
-    t = Table(title=f"rotation history of {t_name} in {env_name}", title_justify="left")
-    for col in ("version", "time", "by", "rotation id", "step", "outcome", "error"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            str(r["version"]),
-            str(r.get("time", ""))[:19],
-            r.get("by", ""),
-            r.get("rotation_id") or "",
-            r.get("step") or "",
-            r.get("outcome") or "",
-            (r.get("error") or "")[:80],
-        )
     if not rows:
-        console.print(f"no rotation of {t_name} recorded in {env_name}")
-    else:
-        console.print(t)
+        say(f"no rotation of {t_name} recorded in {env_name}")
+        return
+    print_table(
+        f"rotation history of {t_name} in {env_name}",
+        ("version", "time", "by", "rotation id", "step", "outcome", "error"),
+        [
+            [
+                str(r["version"]),
+                fmt_time(r.get("time"), never=""),
+                r.get("by", ""),
+                r.get("rotation_id") or "",
+                r.get("step") or "",
+                r.get("outcome") or "",
+                " ".join((r.get("error") or "").split()),
+            ]
+            for r in rows
+        ],
+    )
 
 
 @app.command(
     "set",
+    short_help="Store a new value of one API key.",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
 )
 def set_(
@@ -363,7 +386,7 @@ def set_(
 ) -> None:
     """Store a new value of one API key, e.g. after rolling it in the vendor's dashboard.
 
-    The value comes from stdin (``... | mailyctl secrets set api-keys stripe``) or a
+    The value comes from stdin (... | mailyctl secrets set api-keys stripe) or a
     hidden prompt, never from the command line (shell history, ps). Written with
     check-and-set; the time (and who) is recorded as the key's last rotation. Prints
     the new version, never the value.
@@ -444,7 +467,7 @@ def set_(
         if spec.kind == "internal" and grace
         else ""
     )
-    console.print(
+    say(
         f"stored {name} in {path.data}: version {version} (value not shown);"
         f" recorded as rotated now{extra}"
     )

@@ -24,11 +24,12 @@ from ..policies import (
 from ..rotation.config import ConfigError, RotationConfig
 from ..settings import VaultSettings
 from ..vault.client import VaultClient
-from .common import EXIT_USAGE, config_fail, console, err_console, fail, print_json
+from .common import EXIT_USAGE, config_fail, fail, print_json, say, styled
 
 app = typer.Typer(
     help="Apply Maily's Vault setup (mounts, transit key, policies, auth roles) idempotently.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 IN_CLUSTER_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
@@ -94,19 +95,25 @@ def kubernetes_config(
     )
 
 
-@app.command()
+@app.command(short_help="Apply mounts, key, policies, auth roles.")
 def bootstrap(
     env: Annotated[
         str | None,
-        typer.Option("--env", help="Environment of the rotation config (its Vault address)."),
+        typer.Option(
+            "--env",
+            metavar="NAME",
+            help="Environment of the rotation config (its Vault address).",
+        ),
     ] = None,
     config: Annotated[
-        Path | None, typer.Option("--config", help="Rotation config YAML.", show_default=False)
+        Path | None,
+        typer.Option("--config", metavar="FILE", help="Rotation config YAML.", show_default=False),
     ] = None,
     deploy_dir: Annotated[
         Path | None,
         typer.Option(
             "--deploy-dir",
+            metavar="DIR",
             help="Directory with vault/policies/*.hcl and vault/auth/*.json"
             " (default: $MAILY_DEPLOY_DIR, else the policies and roles built into the package).",
             show_default=False,
@@ -115,18 +122,22 @@ def bootstrap(
     kubernetes_host: Annotated[
         str | None,
         typer.Option(
+            metavar="URL",
             help="Kubernetes API URL for the kubernetes auth method (default: in a pod, the"
-            " cluster's; elsewhere kubernetes auth is skipped)."
+            " cluster's; elsewhere kubernetes auth is skipped).",
         ),
     ] = None,
     kubernetes_ca_cert: Annotated[
-        Path | None, typer.Option(help="PEM CA of the Kubernetes API.", show_default=False)
+        Path | None,
+        typer.Option(metavar="FILE", help="PEM CA of the Kubernetes API.", show_default=False),
     ] = None,
     token_reviewer_jwt_file: Annotated[
         Path | None,
-        typer.Option(help="Token reviewer JWT (default: Vault's own).", show_default=False),
+        typer.Option(
+            metavar="FILE", help="Token reviewer JWT (default: Vault's own).", show_default=False
+        ),
     ] = None,
-    approle: Annotated[bool, typer.Option(help="Also set up AppRole roles.")] = False,
+    approle: Annotated[bool, typer.Option("--approle", help="Also set up AppRole roles.")] = False,
     samples: Annotated[
         bool | None,
         typer.Option(
@@ -145,8 +156,7 @@ def bootstrap(
     try:
         env_name, settings = admin_settings(env, config)
     except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        fail(str(exc), EXIT_USAGE)
     k8s = kubernetes_config(kubernetes_host, kubernetes_ca_cert, token_reviewer_jwt_file)
     with_samples = env_name == "development" if samples is None else samples
 
@@ -179,10 +189,10 @@ def bootstrap(
             }
         )
         return
-    console.print(f"Vault at [bold]{settings.addr}[/bold] (env {env_name})")
+    say("Vault at ", styled(settings.addr, "bold"), f" (env {env_name})")
     for item in report.created:
-        console.print(f"  [green]created[/green]   {item}")
+        say("  ", styled("created", "green"), f"   {item}")
     for item in report.unchanged:
-        console.print(f"  [dim]unchanged[/dim] {item}")
+        say("  ", styled("unchanged", "dim"), f" {item}")
     if k8s is None:
-        console.print("  [yellow]kubernetes auth: skipped[/yellow] (no --kubernetes-host)")
+        say("  ", styled("kubernetes auth: skipped", "yellow"), " (no --kubernetes-host)")

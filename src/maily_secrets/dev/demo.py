@@ -80,11 +80,11 @@ async def basic_usage() -> None:
     try:
         await vault_service.get_secret("maily/data/no-such-secret")
     except SecretNotFound as exc:
-        console.print(f"SecretNotFound: {exc}")
+        console.print(f"SecretNotFound: {exc}", markup=False)
     try:
         await vault_service.get_secret("maily/../sys/seal")
     except InvalidPath as exc:
-        console.print(f"InvalidPath:    {exc}")
+        console.print(f"InvalidPath:    {exc}", markup=False)
 
     await listener_and_encryption(vault_service)
     await dynamic_database_credentials(vault_service)
@@ -168,7 +168,9 @@ async def dynamic_database_credentials(vault_service: VaultService) -> None:
     try:
         creds = await vault_service.get_database_credentials("maily-app")
     except VaultError as exc:
-        console.print(f"skipped: {exc} (is PostgreSQL running? `./mailyctl.py dev up` says)")
+        console.print(
+            f"skipped: {exc} (is PostgreSQL running? `./mailyctl.py dev up` says)", markup=False
+        )
         return
     cfg = await vault_service.get_config()
     params = creds.conninfo(host=cfg["db_host"], port=cfg["db_port"], dbname="maily")

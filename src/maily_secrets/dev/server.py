@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cliname import command
 from ..procs import pid_alive
 from . import logfilter
 from .logfilter import write_private
@@ -123,7 +124,7 @@ class Manifest:
 
     def _in_the_way(self, path: Path) -> DevServerError:
         return DevServerError(
-            f"{path} exists and was not made by `mailyctl dev` (it is not recorded in"
+            f"{path} exists and was not made by `{command('dev')}` (it is not recorded in"
             f" {self.path}); move it away or choose another --dir"
         )
 
@@ -351,7 +352,7 @@ class DevServer:
             if health(current.addr) is None:
                 raise DevServerError(
                     f"dev server pid {current.pid} is running but {current.addr} does not answer;"
-                    " run `mailyctl dev down` and try again"
+                    f" run `{command('dev', 'down')}` and try again"
                 )
             return current, False
         self.remove_created()  # leftovers of a server that died: only what we made

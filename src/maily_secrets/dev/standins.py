@@ -514,11 +514,17 @@ def _serve_smtp(host: str, port: int, store: Path, mail_dir: Path | None) -> int
 
 
 # ---------------------------------------------------------------------------- dev up/down
+#: one line of ``dev up``'s output: plain text and (text, Rich style) pairs
+Line = list[str | tuple[str, str]]
+
+
 @dataclass
 class DevStandins:
     """What ``dev up`` printed about the stand-ins, and where they are."""
 
-    lines: list[str]
+    #: each line as parts: plain text or (text, style); never Rich markup, so text
+    #: such as ``[devserver]`` or an error message prints as it is
+    lines: list[Line]
     moto: StandinInfo | None = None
     smtp: StandinInfo | None = None
     rotation_config: Path | None = None
@@ -607,13 +613,16 @@ async def _point_vault_at(
         await client.kv.update(KV2Path(kv_mount, "config"), set_smtp)
 
 
-def _installed(module: str, what: str, lines: list[str]) -> bool:
+def _installed(module: str, what: str, lines: list[Line]) -> bool:
     """Whether ``module`` can be imported; if not, a line says why ``what`` is skipped."""
     if importlib.util.find_spec(module) is not None:
         return True
     lines.append(
-        f"  [yellow]{what}: skipped[/yellow] ({module} is not installed:"
-        " pip install 'maily-secrets[devserver]')"
+        [
+            "  ",
+            (f"{what}: skipped", "yellow"),
+            f" ({module} is not installed: pip install 'maily-secrets[devserver]')",
+        ]
     )
     return False
 
@@ -622,10 +631,10 @@ def _bring_up(
     standin: _Background,
     what: str,
     label: str,
-    lines: list[str],
+    lines: list[Line],
     start: Callable[[], tuple[StandinInfo, bool]],
     first: Callable[[StandinInfo], None],
-    line: Callable[[StandinInfo, str], str],
+    line: Callable[[StandinInfo, str], Line],
 ) -> StandinInfo | None:
     """Start ``standin`` (``first`` runs once when it was not running yet) and say so in
     ``lines``; a failure stops it and says why ``what`` is skipped."""
@@ -635,7 +644,7 @@ def _bring_up(
             first(info)
     except Exception as exc:
         standin.stop()
-        lines.append(f"  [yellow]{what}: skipped[/yellow] ({label}: {exc})")
+        lines.append(["  ", (f"{what}: skipped", "yellow"), f" ({label}: {exc})"])
         return None
     lines.append(line(info, "started" if started else "already running"))
     return info
@@ -685,10 +694,11 @@ def dev_up(
             out.lines,
             moto.start,
             moto_first,
-            lambda info, how: (
-                f"  aws: IAM/STS stand-in (moto) {how} at [bold]{info.addr}[/bold]"
-                f" (pid {info.pid}); IAM user {MOTO_USER}, its key in {kv_mount}/data/credentials"
-            ),
+            lambda info, how: [
+                f"  aws: IAM/STS stand-in (moto) {how} at ",
+                (info.addr, "bold"),
+                f" (pid {info.pid}); IAM user {MOTO_USER}, its key in {kv_mount}/data/credentials",
+            ],
         )
 
     # -- SMTP (aiosmtpd) -----------------------------------------------------------------
@@ -708,11 +718,12 @@ def dev_up(
             out.lines,
             lambda: smtp.start(SMTP_DEFAULT_PORT),
             smtp_first,
-            lambda info, how: (
-                f"  smtp: SMTP stand-in with AUTH {how} at"
-                f" [bold]{info.host}:{info.port}[/bold] (pid {info.pid}); smtp_* in"
-                f" {kv_mount}/data/config, new passwords through its hook"
-            ),
+            lambda info, how: [
+                f"  smtp: SMTP stand-in with AUTH {how} at ",
+                (f"{info.host}:{info.port}", "bold"),
+                f" (pid {info.pid}); smtp_* in {kv_mount}/data/config,"
+                " new passwords through its hook",
+            ],
         )
     smtp_ok = out.smtp is not None
     try:
@@ -721,7 +732,7 @@ def dev_up(
         )
     except Exception as exc:
         out.lines.append(
-            f"  [yellow]rotation config for the stand-ins not written[/yellow] ({exc})"
+            ["  ", ("rotation config for the stand-ins not written", "yellow"), f" ({exc})"]
         )
     return out
 

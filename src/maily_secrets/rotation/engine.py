@@ -33,7 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..clock import SYSTEM_CLOCK, Clock
+from ..clock import SYSTEM_CLOCK, Clock, rfc3339
 from ..errors import VaultError
 from ..paths import KV2Path
 from ..vault.client import VaultClient
@@ -148,6 +148,7 @@ class RotationEngine:
                 "last_rotated": sched["last_rotated"],
                 "age_s": sched["age"].total_seconds() if sched["age"] else None,
                 "interval": format_duration(sched["interval"]),
+                "interval_s": sched["interval"].total_seconds(),
                 "next_due": sched["next_due"],
                 "overdue": bool(sched["due"]),
                 "in_progress": bool(state and state.in_progress),
@@ -327,7 +328,7 @@ class RotationEngine:
             elif due_only and not sched["due"]:
                 res.status, res.reason = (
                     "skipped",
-                    f"not due until {sched['next_due']:%Y-%m-%d %H:%M}",
+                    f"not due until {rfc3339(sched['next_due'], ms=False)}",
                 )
             elif (gate := self._grace_gate(rotator, ctx, state, force)) is not None:
                 res.status, res.reason = "skipped", gate
@@ -354,8 +355,8 @@ class RotationEngine:
         until = state.last_success_at + ctx.grace
         if self.now() < until:
             return (
-                f"the previous credential is in its grace period until {until:%Y-%m-%d %H:%M:%S}"
-                " UTC (a rotation now would cut off its holders); --force overrides"
+                f"the previous credential is in its grace period until {rfc3339(until, ms=False)}"
+                " (a rotation now would cut off its holders); --force overrides"
             )
         return None
 
@@ -441,7 +442,7 @@ class RotationEngine:
         else:
             sched = await self.schedule(t, state)
             if due_only and not sched["due"]:
-                res.reason = f"not due until {sched['next_due']:%Y-%m-%d %H:%M} UTC"
+                res.reason = f"not due until {rfc3339(sched['next_due'], ms=False)}"
                 return
             ctx = self._context(t, new_rotation_id(t), force=force, state=state)
             gate = self._grace_gate(rotator, ctx, state, force)

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..cliname import command
 from ..errors import SecretNotFound, VaultError
 from ..paths import KV2Path
 from ..targets.smtp import login_once, open_session, server_text
@@ -174,7 +175,7 @@ def email_body(report: RunReport) -> str:
     lines += [
         "",
         "This message lists types, outcomes and versions only; it never contains a secret.",
-        "Details: mailyctl secrets status (and the audit log of the rotation run).",
+        f"Details: {command('secrets', 'status')} (and the audit log of the rotation run).",
         "",
     ]
     return "\n".join(lines)

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from ..clock import rfc3339
+
 Status = Literal[
     "rotated",  # a new credential is in use
     "resumed",  # an interrupted rotation was completed
@@ -61,7 +63,7 @@ class RunReport:
     def to_json(self) -> dict[str, Any]:
         def conv(v: Any) -> Any:
             if isinstance(v, datetime):
-                return v.isoformat()
+                return rfc3339(v)
             if isinstance(v, dict):
                 return {k: conv(x) for k, x in v.items()}
             if isinstance(v, list):

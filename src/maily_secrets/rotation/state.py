@@ -51,9 +51,10 @@ class RotationState(BaseModel):
     def in_progress(self) -> bool:
         return self.outcome == "in_progress"
 
-    def public(self) -> dict[str, Any]:
-        """The state without the pending credential (for status, history, logs)."""
-        doc = self.model_dump(mode="json", exclude={"pending"})
+    def public(self, mode: Literal["json", "python"] = "json") -> dict[str, Any]:
+        """The state without the pending credential (for status, history, logs);
+        ``mode="python"`` keeps datetimes as such (the CLI formats them)."""
+        doc = self.model_dump(mode=mode, exclude={"pending"})
         doc["has_pending"] = self.pending is not None
         return doc
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..clock import rfc3339
 from . import TargetError
 
 ENDPOINT_ENV = "MAILY_AWS_ENDPOINT_URL"
@@ -280,7 +281,7 @@ class IamUserKeys:
             if after is not None and after > now:
                 raise SlotsFull(
                     f"{two}, the previous key, in its grace period until"
-                    f" {after:%Y-%m-%d %H:%M:%S} UTC; rotate after that (or delete {k.id} by"
+                    f" {rfc3339(after, ms=False)}; rotate after that (or delete {k.id} by"
                     " hand if nobody uses it)"
                 )
             used, service = (
@@ -288,7 +289,7 @@ class IamUserKeys:
             )
             if used is not None:
                 raise SlotsFull(
-                    f"{two}, which is active and was last used {used:%Y-%m-%d %H:%M} UTC"
+                    f"{two}, which is active and was last used {rfc3339(used, ms=False)}"
                     f"{f' ({service})' if service else ''} but is unknown to the rotator;"
                     f" deactivate or delete it (aws iam delete-access-key --user-name"
                     f" {self.user} --access-key-id {k.id}) and rotate again"

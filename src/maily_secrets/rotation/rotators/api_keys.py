@@ -33,7 +33,7 @@ string: only the vendor can issue one. Every key of the secret has a *kind*
 - ``manual``    (the default, also for keys in the secret but not configured) never
                 written by a rotation: when due, the run reports ``action_required``
                 with ``instructions`` and the command that stores the new value,
-                ``./mailyctl.py secrets set api-keys <name>``.
+                ``mailyctl secrets set api-keys <name>`` (``./mailyctl.py`` in a checkout).
 
 Per-key schedule: non-secret KV custom metadata ``rotated_at.<name>`` (and
 ``rotated_by.<name>``; ``key_id.<name>`` for provider keys), written by ``promote`` and
@@ -84,6 +84,7 @@ from ...api_keys import (
     shift,
     update_custom_metadata,
 )
+from ...cliname import command
 from ...errors import PermissionDenied
 from ..base import (
     ActionRequired,
@@ -102,7 +103,6 @@ KINDS: tuple[Kind, ...] = ("internal", "provider", "manual")
 SCOPES: tuple[Scope, ...] = ("all", "automatic", "manual")
 ROTATOR_NAME = "api_keys"
 
-SET_COMMAND = "./mailyctl.py secrets set"
 
 PROVIDER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MIN_BYTES, MAX_BYTES = 16, 256
@@ -420,7 +420,7 @@ class ApiKeysRotator(Rotator):
             )
             items.append(
                 f"{s.name} ({when}): {todo.rstrip('. ')}; then store it with:"
-                f" {SET_COMMAND} {secret} {s.name}{env_flag}"
+                f" {command('secrets', 'set', secret, s.name)}{env_flag}"
             )
         return (
             f"{len(manual)} API key(s) in {ctx.secret_path().data} can only be rotated by a"
