@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_transit.py
 	$(PY) bench/bench_rotation.py
 	$(PY) bench/bench_sync.py
+	$(PY) bench/bench_metrics.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src apps tests bench mailyctl.py
