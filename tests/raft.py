@@ -318,6 +318,16 @@ class RaftCluster:
         found: RaftNode = _wait("a leader", find, timeout)
         return found
 
+    def wait_knows_leader(self, node: RaftNode, leader: RaftNode, timeout: float = 20.0) -> None:
+        """Wait (bounded) until ``node`` names ``leader`` as the active node: a standby
+        learns of a new leader a moment after the election, and forwards writes only then."""
+
+        def knows() -> bool:
+            status, doc = api(node.addr, "GET", "sys/leader", timeout=2)
+            return status == 200 and bool(doc) and doc.get("leader_address") == leader.addr
+
+        _wait(f"{node.name} to know the leader {leader.name}", knows, timeout)
+
     def standbys(self) -> list[RaftNode]:
         lead = self.leader()
         return [n for n in self.live() if n is not lead]

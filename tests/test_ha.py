@@ -340,7 +340,9 @@ async def test_leader_killed_while_a_service_reads(
             reads.killed()
             new_leader = await asyncio.to_thread(raft_cluster.leader, 20.0)
             elected_after = time.monotonic() - killed_at
-            # writes work again, through the standby the service uses
+            # writes work again, through the standby the service uses (once it has
+            # learnt who leads: until then it answers 500 "active cluster node not found")
+            await asyncio.to_thread(raft_cluster.wait_knows_leader, standby, new_leader)
             async with VaultClient(settings(standby, raft_cluster, max_retries=20)) as w:
                 assert await w.kv.write(path, {"k": "v"}, cas=1) == 2
             await asyncio.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
