@@ -27,6 +27,8 @@ from . import standins
 from .server import DevServer
 
 console = Console(highlight=False)
+if not console.is_terminal:
+    console.soft_wrap = True  # piped (make demo | tee): a line is never broken mid-word
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
