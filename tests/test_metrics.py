@@ -21,6 +21,7 @@ from maily_secrets.clock import ManualClock
 from maily_secrets.errors import SecretNotFound, VaultUnavailable
 from maily_secrets.metrics import ServiceMetrics, operation_of
 from maily_secrets.service import VaultService
+from maily_secrets.sync import SyncVaultService
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
@@ -57,6 +58,19 @@ def test_operation_templates_hold_no_names_or_ids() -> None:
     assert operation_of("auth/token/renew-self") == "auth/token/renew-self"
     assert operation_of("auth/kubernetes/login") == "auth/kubernetes/login"
     assert operation_of("auth/approle/role/maily/secret-id") == "auth/approle/role"
+
+
+def test_sync_api_hits_served_in_the_calling_thread_are_counted(bao: Bao) -> None:
+    """The sync API answers fresh hits without the loop: they count all the same."""
+    path = f"maily/data/metrics-sync-{uuid.uuid4().hex[:8]}"
+    reg = CollectorRegistry()
+    with SyncVaultService(bao.settings(cache_ttl=60), observer=ServiceMetrics(reg)) as svc:
+        svc.put_secret(path, {"v": "1"}, cas=0)
+        svc.invalidate(path)
+        assert svc.get_secret(path) == {"v": "1"}  # a miss, on the loop
+        for _ in range(3):
+            assert svc.get_secret(path) == {"v": "1"}  # hits, in this thread
+    assert (reads(reg, path, "miss"), reads(reg, path, "hit")) == (1, 3)
 
 
 async def test_cache_hits_misses_stale_and_failed_reads_are_counted_per_path(

@@ -108,7 +108,7 @@ class VaultService:
         self._snapshot_task: asyncio.Task[None] | None = None
         self._snapshot_wake: asyncio.Event | None = None
         self._warned_stale: set[str] = set()
-        self._std_paths: tuple[str, str, str] | None = None
+        self._std_paths: tuple[str, str, str] | None = None  # see standard_paths
         self._listener_registry: ListenerRegistry | None = None
         self._transit: Transit | None = None
         self._lease_container: LeaseContainer | None = None
@@ -192,6 +192,12 @@ class VaultService:
         """API keys for external services: ``<mount>/data/api-keys``."""
         return await self.get_secret(self._paths()[1])
 
+    @property
+    def standard_paths(self) -> tuple[str, str, str] | None:
+        """config, api-keys, credentials under the mount, once a read of one computed
+        them (None before: reading settings could do I/O, so this never does)."""
+        return self._std_paths
+
     def _paths(self) -> tuple[str, str, str]:
         """The guide's three paths under the configured mount (computed once)."""
         p = self._std_paths
@@ -231,6 +237,24 @@ class VaultService:
         self._log_access(path, creds, status, "ok", start, service)
         return creds
 
+    def fresh_hit(self, path: object) -> dict[str, Any] | None:
+        """The hot path of every read: a copy of a fresh cache entry, counted and logged as
+        a hit, or None. No I/O and no await, so safe from any thread (entries are never
+        changed once cached; ``maily_secrets.sync`` serves hits with it). Only validated
+        paths are ever cached, so anything else is simply not a hit."""
+        cache = self._cache
+        if cache is None or type(path) is not str:
+            return None
+        key: str = path
+        entry = cache.fresh(key)
+        if entry is None:
+            return None
+        value = entry.copy_out()
+        self.observer.cache_read(key, "hit")
+        if access_log.isEnabledFor(logging.INFO):
+            self._log_access(key, value, "hit", "ok", time.perf_counter())
+        return value
+
     async def get_secret(self, path: str) -> dict[str, Any]:
         """Any secret by its API path (``maily/data/config``); KV v2 data is unwrapped.
 
@@ -238,14 +262,9 @@ class VaultService:
         a missing secret), :class:`InvalidPath` before any request for a bad path,
         :class:`VaultUnavailable` when Vault is down and no last-known value is usable.
         """
-        # Hot path: a fresh cache entry (only validated paths are ever cached).
-        entry = (self._cache or self.cache).fresh(path) if type(path) is str else None
-        if entry is not None:
-            value = entry.copy_out()
-            self.observer.cache_read(path, "hit")
-            if access_log.isEnabledFor(logging.INFO):
-                self._log_access(path, value, "hit", "ok", time.perf_counter())
-            return value
+        hit = self.fresh_hit(path)
+        if hit is not None:
+            return hit
         start = time.perf_counter()
         try:
             validate_path(path)

@@ -44,7 +44,6 @@ import concurrent.futures.thread  # noqa: F401 - its exit hook must be registere
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, Literal, TypeVar, overload
@@ -57,6 +56,7 @@ from .health import Health
 from .jwt_keys import SigningKey
 from .leases import EventKind, Listener
 from .listeners import SecretCallback, Subscription
+from .observe import Observer
 from .paths import KV2Path
 from .service import VaultService
 from .settings import VaultSettings
@@ -73,7 +73,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("maily_secrets.sync")
-_access_log = logging.getLogger("maily_secrets.access")
 
 T = TypeVar("T")
 
@@ -244,12 +243,13 @@ class SyncVaultService:
         *,
         client: VaultClient | None = None,
         clock: Clock | None = None,
+        observer: Observer | None = None,
         timeout: float | None = None,
     ) -> None:
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive (seconds)")
-        self._given = (settings, client, clock)
-        self._service = VaultService(settings, client=client, clock=clock)
+        self._given = (settings, client, clock, observer)
+        self._service = VaultService(settings, client=client, clock=clock, observer=observer)
         self.timeout = timeout
         self._pid: int | None = None  # the process that first used it
         _LIVE.add(self)
@@ -281,26 +281,13 @@ class SyncVaultService:
         return _RUNNER.loop()
 
     def _fresh(self, path: str | None) -> dict[str, Any] | None:
-        """A fresh cache hit, copied out in the calling thread: no hop to the loop.
-
-        Safe without a lock: entries are never changed once cached (a newer one replaces
-        them, one dict assignment) and every caller gets its own copy. The hit is logged
-        here as the async service logs it (``maily_secrets.access``).
-        """
+        """A fresh cache hit, copied out in the calling thread: no hop to the loop
+        (:meth:`VaultService.fresh_hit`: counted and logged as the async service does)."""
         self._check()  # the same refusals as every other call, hit or miss
-        cache = self._service._cache
-        if path is None or cache is None:
-            return None
-        entry = cache.fresh(path)
-        if entry is None:
-            return None
-        value = entry.copy_out()
-        if _access_log.isEnabledFor(logging.INFO):
-            VaultService._log_access(path, value, "hit", "ok", time.perf_counter())
-        return value
+        return self._service.fresh_hit(path) if path is not None else None
 
     def _std_path(self, i: int) -> str | None:
-        paths = self._service._std_paths  # set on the loop by the first read of the three
+        paths = self._service.standard_paths  # known after the first read of the three
         return paths[i] if paths is not None else None
 
     def _run(self, coro: Coroutine[Any, Any, T], *, write: bool = False) -> T:
@@ -348,14 +335,14 @@ class SyncVaultService:
         """
         if self._pid is None or self._pid == os.getpid():
             return
-        settings, client, clock = self._given
+        settings, client, clock, observer = self._given
         if client is not None:
             raise UsedAfterFork(
                 "a SyncVaultService built on a given VaultClient cannot be reset after fork;"
                 " build a new client and service in the child"
             )
         _RUNNER._inherited.append(self._service)
-        self._service = VaultService(settings, clock=clock)
+        self._service = VaultService(settings, clock=clock, observer=observer)
         self._pid = None
 
     def _close_at_exit(self, loop: asyncio.AbstractEventLoop) -> None:
