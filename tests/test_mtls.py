@@ -63,32 +63,24 @@ class MtlsBao:
 
 
 def _config(d: Path, ip_port: int, named_port: int, tls12_port: int) -> Path:
+    """Three listeners that require a client certificate signed by ``ca.crt``."""
+
+    def listener(port: int, cert: str, extra: str = "") -> str:
+        return f"""
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  tls_cert_file = "{d / f"{cert}.crt"}"
+  tls_key_file = "{d / f"{cert}.key"}"
+  tls_client_ca_file = "{d / "ca.crt"}"
+  tls_require_and_verify_client_cert = true{extra}
+}}"""
+
     cfg = d / "mtls.hcl"
     cfg.write_text(
-        f"""
-listener "tcp" {{
-  address = "127.0.0.1:{ip_port}"
-  tls_cert_file = "{d / "server.crt"}"
-  tls_key_file = "{d / "server.key"}"
-  tls_client_ca_file = "{d / "ca.crt"}"
-  tls_require_and_verify_client_cert = true
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{named_port}"
-  tls_cert_file = "{d / "named.crt"}"
-  tls_key_file = "{d / "named.key"}"
-  tls_client_ca_file = "{d / "ca.crt"}"
-  tls_require_and_verify_client_cert = true
-}}
-listener "tcp" {{
-  address = "127.0.0.1:{tls12_port}"
-  tls_cert_file = "{d / "server.crt"}"
-  tls_key_file = "{d / "server.key"}"
-  tls_client_ca_file = "{d / "ca.crt"}"
-  tls_require_and_verify_client_cert = true
-  tls_max_version = "tls12"
-}}
-"""
+        listener(ip_port, "server")
+        + listener(named_port, "named")
+        + listener(tls12_port, "server", '\n  tls_max_version = "tls12"')
+        + "\n"
     )
     return cfg
 
