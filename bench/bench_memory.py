@@ -221,7 +221,7 @@ def figures(ctx: Context) -> list[dict[str, Any]]:
     )
 
     def median_of(key: str, field: str) -> float:
-        return round(statistics.median(r[field] for r in reports[key]) / 1024, 2)
+        return round(statistics.median(float(r[field]) for r in reports[key]) / 1024, 2)
 
     labels = {
         "ours": f"vault_service: get_config, get_credentials({service!r}), get_api_keys",
