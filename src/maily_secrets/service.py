@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .cache import CacheStatus, Entry, SecretCache, json_copy
 from .clock import SYSTEM_CLOCK, Clock
@@ -31,20 +31,25 @@ from .errors import (
     VaultError,
     VaultUnavailable,
 )
-from .filesource import FileSecret
 from .health import Check, Health
-from .jwt_keys import SigningKey
-from .jwt_keyset import JwtKeySet
-from .leases import LeaseContainer
-from .listeners import ListenerRegistry, SecretCallback, Subscription
 from .observe import NOOP, Observer
 from .paths import KV2Path, validate_path
 from .settings import VaultSettings
-from .snapshot import SnapshotStore
 from .supervise import supervised
 from .vault.client import VaultClient
-from .vault.database import DatabaseCredentials
-from .vault.transit import Transit
+
+if TYPE_CHECKING:
+    # what a read does not use loads where it is first needed (function-level imports):
+    # jwt/cryptography, the lease container, listeners, transit, the snapshot, the file
+    # source. A process that only reads holds less (bench/bench_memory.py).
+    from .filesource import FileSecret
+    from .jwt_keys import SigningKey
+    from .jwt_keyset import JwtKeySet
+    from .leases import LeaseContainer
+    from .listeners import ListenerRegistry, SecretCallback, Subscription
+    from .snapshot import SnapshotStore
+    from .vault.database import DatabaseCredentials
+    from .vault.transit import Transit
 
 log = logging.getLogger("maily_secrets.service")
 access_log = logging.getLogger("maily_secrets.access")
@@ -143,6 +148,8 @@ class VaultService:
     @property
     def _listeners(self) -> ListenerRegistry:
         if self._listener_registry is None:
+            from .listeners import ListenerRegistry
+
             self._listener_registry = ListenerRegistry(
                 self, interval=self.settings.listener_interval, observer=self.observer
             )
@@ -157,6 +164,8 @@ class VaultService:
                     " MAILY_SECRETS_SNAPSHOT_KEY is not",
                     variable="MAILY_SECRETS_SNAPSHOT_KEY",
                 )
+            from .snapshot import SnapshotStore
+
             try:
                 self._snapshot = SnapshotStore(s.snapshot_path, s.snapshot_key.get_secret_value())
             except ValueError as exc:
@@ -172,6 +181,8 @@ class VaultService:
             file = self.settings.config_file
             if file is None:
                 return None
+            from .filesource import FileSecret
+
             f = self._file_secret = FileSecret(file, self._paths()[0], clock=self.clock)
         return f if f.path == path else None
 
@@ -319,6 +330,8 @@ class VaultService:
     def transit(self) -> Transit:
         """The transit engine (``MAILY_SECRETS_TRANSIT_MOUNT``, default ``transit``)."""
         if self._transit is None:
+            from .vault.transit import Transit
+
             self._transit = Transit(self.client, self.settings.transit_mount)
         return self._transit
 
@@ -415,6 +428,8 @@ class VaultService:
     def leases(self) -> LeaseContainer:
         """The lease container of this service (renewal, rotation, revocation on close)."""
         if self._lease_container is None:
+            from .leases import LeaseContainer
+
             self._lease_container = LeaseContainer(
                 self.client, clock=self.clock, observer=self.observer
             )
@@ -455,6 +470,8 @@ class VaultService:
         return await self._jwt_key_set().verification_keys(kid=kid)
 
     def _jwt_key_set(self) -> JwtKeySet:
+        from .jwt_keyset import JwtKeySet
+
         return JwtKeySet(self, self._paths()[0])  # the mount may change after close()
 
     # ------------------------------------------------------------------ health
