@@ -17,11 +17,11 @@ from .errors import (
     VaultRequestError,
     VaultUnavailable,
 )
-from .settings import VaultSettings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .service import VaultService
+    from .settings import VaultSettings
 
     vault_service: VaultService  # made on first access by __getattr__ below
 
@@ -45,15 +45,23 @@ _service: "VaultService | None" = None
 
 
 def __getattr__(name: str) -> object:
-    # the service (and aiohttp, transit, leases...) loads on first use, not on import of
-    # any submodule: `mailyctl` commands start faster
+    # the service (aiohttp) and the settings (pydantic) load on first use, not on import
+    # of any submodule (`maily_secrets.errors`...): `mailyctl` commands start faster
     if name == "VaultService":
         from .service import VaultService
 
         return VaultService
+    if name == "VaultSettings":
+        from .settings import VaultSettings
+
+        return VaultSettings
     if name == "vault_service":
         return _vault_service()
-    raise AttributeError(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def _vault_service() -> "VaultService":

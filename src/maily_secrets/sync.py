@@ -46,22 +46,25 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from .cache import Entry
 from .callbacks import callback_name
-from .clock import Clock
 from .errors import OutcomeUnknown, VaultError, VaultUnavailable
-from .health import Health
-from .jwt_keys import SigningKey
-from .leases import EventKind, Listener
-from .listeners import SecretCallback, Subscription
-from .observe import Observer
-from .paths import KV2Path
 from .service import VaultService
-from .settings import VaultSettings
-from .vault.client import VaultClient
-from .vault.database import DatabaseCredentials
+
+if TYPE_CHECKING:
+    # annotations only: jwt/cryptography and the lease container load when first used
+    from .cache import Entry
+    from .clock import Clock
+    from .health import Health
+    from .jwt_keys import SigningKey
+    from .leases import EventKind, Listener
+    from .listeners import SecretCallback, Subscription
+    from .observe import Observer
+    from .paths import KV2Path
+    from .settings import VaultSettings
+    from .vault.client import VaultClient
+    from .vault.database import DatabaseCredentials
 
 __all__ = [
     "CalledFromEventLoop",
