@@ -33,9 +33,9 @@ comparing it with the last value.
 Registering reads the path's current version (the baseline: what exists at
 registration is no change) under no lock: registrations of other paths, unregistering
 and polling go on meanwhile, and concurrent registrations of one path share one read.
-Polls of all paths share a few slots (``max_polls``), and while baselines are being
-read only one of them, so that registering 1,000 paths at a 1 s interval does not
-queue each baseline behind the polls of the paths registered just before it.
+Polls of all paths share a few slots (``max_polls``); while baselines are being read,
+one slot at a quarter duty cycle, so that registering 1,000 paths at a 1 s interval
+does not queue each baseline behind the polls of the paths registered just before it.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ log = logging.getLogger("maily_secrets.listeners")
 SecretCallback = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 JITTER = 0.10
 MAX_BACKOFF_FACTOR = 8
+POLL_REST = 3  # while registering: polling's one slot rests 3x each poll's time
 
 
 _name = callback_name
@@ -424,14 +425,23 @@ class ListenerRegistry:
 
     @contextlib.asynccontextmanager
     async def poll_slot(self) -> AsyncIterator[None]:
-        """What a watcher holds while it polls: one of ``max_polls`` slots (all paths),
-        and while registrations read baselines, the one slot left to polling then."""
+        """What a watcher holds while it polls: one of ``max_polls`` slots (all paths).
+
+        While registrations read baselines, polling has one slot, which rests after each
+        poll ``POLL_REST`` times as long as the poll took: the polls go on (a stalled
+        registration stalls none of them) at a quarter of one sequential caller's pace,
+        so a thousand registrations do not wait behind the polls of the first ones."""
         async with self._polls:
             if not self._registering:
                 yield
                 return
             async with self._polls_registering:
+                clock = self.source.clock
+                started = clock.monotonic()
                 yield
+                rest = (clock.monotonic() - started) * POLL_REST
+                if self._registering and rest > 0:
+                    await clock.sleep(rest)
 
     async def register(
         self,
