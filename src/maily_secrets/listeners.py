@@ -481,9 +481,9 @@ class ListenerRegistry:
 
     async def _start(self, path: str, interval: float) -> _Watcher:
         """Claim ``path``, read its baseline outside any lock, publish its watcher."""
+        w = _Watcher(self.source, self, path, interval)
         claim: asyncio.Future[_Watcher | None] = asyncio.get_running_loop().create_future()
         self._starting[path] = claim  # first step: no await before this
-        w = _Watcher(self.source, self, path, interval)
         self._registering += 1
         try:
             async with self._reads:
