@@ -29,6 +29,13 @@ each version at most once (a write made through the service notified it already)
 
 Paths that are not KV v2 (no metadata) are watched by reading the data and
 comparing it with the last value.
+
+Registering reads the path's current version (the baseline: what exists at
+registration is no change) under no lock: registrations of other paths, unregistering
+and polling go on meanwhile, and concurrent registrations of one path share one read.
+Polls of all paths share a few slots (``max_polls``); while baselines are being read,
+one slot at a quarter duty cycle, so that registering 1,000 paths at a 1 s interval
+does not queue each baseline behind the polls of the paths registered just before it.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -60,6 +67,7 @@ log = logging.getLogger("maily_secrets.listeners")
 SecretCallback = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 JITTER = 0.10
 MAX_BACKOFF_FACTOR = 8
+POLL_REST = 3  # while registering: polling's one slot rests 3x each poll's time
 
 
 _name = callback_name
@@ -212,8 +220,10 @@ class _Watcher:
         )
 
     # --- lifecycle
-    async def start(self) -> None:
-        """Take the current version as the baseline (no callback for what exists now)."""
+    async def take_baseline(self) -> None:
+        """Take the current version as the baseline (no callback for what exists now).
+
+        The one network wait of a registration: the registry runs it under no lock."""
         try:
             await self._baseline()
         except PermissionDenied:
@@ -230,6 +240,9 @@ class _Watcher:
                 type(exc).__name__,
                 extra={"path": self.path},
             )
+
+    def run(self) -> None:
+        """Start polling (no I/O): the first poll is one interval after the baseline."""
         self._task = asyncio.get_running_loop().create_task(
             supervised(
                 f"listener:{self.path}",
@@ -283,7 +296,8 @@ class _Watcher:
         while True:
             await self.clock.sleep(self._delay())
             try:
-                await self.poll_once()
+                async with self.registry.poll_slot():
+                    await self.poll_once()
             except VaultError as exc:
                 self._failures += 1
                 if self._failures == 1:
@@ -367,6 +381,15 @@ class ListenerRegistry:
     """All watchers of one source: one per path; one thread pool for their callbacks.
 
     ``interval``: the seconds between polls of a path registered without its own.
+
+    Registering holds no lock across the network. A new path is claimed in one step
+    that does not wait (a future in ``_starting``, so a concurrent registration of the
+    same path waits for that one read instead of reading again), its baseline is read
+    outside any lock (at most ``max_reads`` such reads at once), and the watcher is
+    published in a second step that does not wait either. Polls of all paths share
+    ``max_polls`` slots, so a thousand watchers coming due together queue here, in
+    front of the HTTP pool, instead of in it, ahead of every registration and every
+    read of the application.
     """
 
     def __init__(
@@ -375,17 +398,50 @@ class ListenerRegistry:
         *,
         interval: float,
         max_workers: int = 4,
+        max_reads: int = 16,
+        max_polls: int = 8,
         observer: Observer = NOOP,
     ) -> None:
+        if max_reads < 1 or max_polls < 1:
+            raise ValueError("max_reads and max_polls must be at least 1")
         self.source = source
         self.interval = interval
         self.observer = observer
         self.watchers: dict[str, _Watcher] = {}
-        self._lock: asyncio.Lock | None = None
+        # path -> the registration reading its baseline; None: it gave up, claim again
+        self._starting: dict[str, asyncio.Future[_Watcher | None]] = {}
+        self.max_reads = max_reads
+        self.max_polls = max_polls
+        # (an asyncio primitive binds to a loop at its first wait, not here)
+        self._reads = asyncio.Semaphore(max_reads)
+        self._polls = asyncio.Semaphore(max_polls)
+        self._polls_registering = asyncio.Semaphore(1)
+        self._registering = 0  # baselines being read (or waiting to be)
+        self._closed = False
         self.executor = CallbackExecutor(max_workers=max_workers, name="maily-listener")
 
     def __repr__(self) -> str:
         return f"<ListenerRegistry paths={sorted(self.watchers)!r} {self.executor!r}>"
+
+    @contextlib.asynccontextmanager
+    async def poll_slot(self) -> AsyncIterator[None]:
+        """What a watcher holds while it polls: one of ``max_polls`` slots (all paths).
+
+        While registrations read baselines, polling has one slot, which rests after each
+        poll ``POLL_REST`` times as long as the poll took: the polls go on (a stalled
+        registration stalls none of them) at a quarter of one sequential caller's pace,
+        so a thousand registrations do not wait behind the polls of the first ones."""
+        async with self._polls:
+            if not self._registering:
+                yield
+                return
+            async with self._polls_registering:
+                clock = self.source.clock
+                started = clock.monotonic()
+                yield
+                rest = (clock.monotonic() - started) * POLL_REST
+                if self._registering and rest > 0:
+                    await clock.sleep(rest)
 
     async def register(
         self,
@@ -406,21 +462,51 @@ class ListenerRegistry:
             timeout=timeout,
             observer=self.observer,
         )
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
+        while True:
+            if self._closed:
+                raise RuntimeError("the listener registry is closed")
             w = self.watchers.get(path)
-            if w is None:
-                w = _Watcher(
-                    self.source,
-                    self,
-                    path,
-                    interval if interval is not None else self.interval,
-                )
-                await w.start()
-                self.watchers[path] = w
-        w.runners.append(runner)
-        return Subscription(path, callback, w, runner)
+            if w is not None:  # watched already: attach, no request
+                w.runners.append(runner)
+                return Subscription(path, callback, w, runner)
+            pending = self._starting.get(path)
+            if pending is None:
+                w = await self._start(path, interval if interval is not None else self.interval)
+                # nothing awaited since it was published: it is still the path's watcher
+                w.runners.append(runner)
+                return Subscription(path, callback, w, runner)
+            # Another registration reads this path's baseline: wait for it, then look
+            # again (it may have failed, given up, or been dropped meanwhile).
+            await asyncio.shield(pending)
+
+    async def _start(self, path: str, interval: float) -> _Watcher:
+        """Claim ``path``, read its baseline outside any lock, publish its watcher."""
+        w = _Watcher(self.source, self, path, interval)
+        claim: asyncio.Future[_Watcher | None] = asyncio.get_running_loop().create_future()
+        self._starting[path] = claim  # first step: no await before this
+        self._registering += 1
+        try:
+            async with self._reads:
+                await w.take_baseline()  # the network, under no lock
+        except BaseException as exc:
+            self._registering -= 1
+            del self._starting[path]
+            if isinstance(exc, Exception):
+                claim.set_exception(exc)  # the same answer for those waiting
+                claim.exception()  # retrieved: no "never retrieved" warning without waiters
+            else:  # cancelled: whoever waits claims the path again
+                claim.set_result(None)
+            raise
+        # second step, no await: publish
+        self._registering -= 1
+        del self._starting[path]
+        if self._closed:
+            claim.set_result(None)
+            raise RuntimeError("the listener registry was closed during the registration")
+        w.run()
+        self.watchers[path] = w
+        claim.set_result(w)
+        return w
 
     async def unregister(self, path: str, callback: SecretCallback) -> bool:
         w = self.watchers.get(path)
@@ -450,6 +536,7 @@ class ListenerRegistry:
     async def close(self) -> None:
         """Stop every watcher and callback; a callback thread still blocked is left
         behind (a daemon thread: it does not delay process exit)."""
+        self._closed = True
         watchers = list(self.watchers.values())
         self.watchers.clear()
         for w in watchers:
