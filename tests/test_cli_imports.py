@@ -171,6 +171,21 @@ def test_status_dates_types_by_their_secret_without_loading_a_rotator(
         assert rows[t]["last_rotated"] is None
 
 
+def test_rotate_imports_only_the_rotated_types_sdk(
+    status_env: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    """A jwt rotation loads PyJWT, none of the other types' SDKs, and no prometheus_client
+    when no metrics are asked for (neither Pushgateway nor textfile)."""
+    env = status_env[0]
+    assert not {"MAILY_PUSHGATEWAY_URL", "MAILY_METRICS_TEXTFILE"} & set(env)
+    names, proc = imported(["secrets", "rotate", "--secret-types=jwt", "--json"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["status"] for r in json.loads(proc.stdout)["results"]] == ["rotated"]
+    assert "jwt" in names
+    unwanted = sorted(names & {"boto3", "botocore", "psycopg", "redis", "prometheus_client"})
+    assert unwanted == [], unwanted
+
+
 @pytest.mark.parametrize("name", sorted(BUILTIN))
 def test_dated_by_secret_lists_exactly_the_rotators_keeping_the_default(name: str) -> None:
     """``DATED_BY_SECRET`` is what lets a schedule skip importing a rotator: it must name

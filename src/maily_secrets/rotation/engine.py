@@ -282,15 +282,16 @@ class RotationEngine:
 
     async def _metrics(self, report: RunReport) -> None:
         """Prometheus metrics of the run: Pushgateway and/or textfile, when configured."""
-        if report.dry_run:
-            return
+        pushgateway = os.environ.get("MAILY_PUSHGATEWAY_URL")
+        textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
+        if report.dry_run or not (pushgateway or textfile):
+            return  # nowhere to send them: no prometheus_client import either
         from . import metrics
 
         registry = metrics.record(report)
-        if os.environ.get("MAILY_PUSHGATEWAY_URL"):
+        if pushgateway:
             rec = await metrics.push_async(registry)  # one group per {env, type}
             report.notifications.append(rec)
-        textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
         if textfile:
             rec = await asyncio.to_thread(metrics.write_textfile, registry, textfile)
             report.notifications.append(rec)
