@@ -6,6 +6,9 @@ holds ``[devserver]``, a path with brackets or an error text prints exactly as i
 On a terminal lines wrap at word boundaries and tables are drawn; when stdout is not a
 terminal (a pipe, a file, a CronJob's log) nothing is wrapped and tables are plain
 aligned lines, never cut to 80 columns. Times print as RFC 3339 UTC, everywhere.
+
+Rich is imported when something is printed through it, not when a command module is
+imported: ``--help``, ``--json`` and exit codes do not load it.
 """
 
 from __future__ import annotations
@@ -15,29 +18,32 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from functools import cache
 from pathlib import PurePath
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from ..clock import rfc3339
 
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
 #: a piece of a line: plain text, a Rich Text, or (text, style) such as ("ok", "green")
-Part = str | Text | tuple[str, str]
+Part: TypeAlias = "str | Text | tuple[str, str]"
 
 
-def _console(stderr: bool = False) -> Console:
+@cache
+def console(stderr: bool = False) -> Console:
+    """The console of stdout (``stderr``: of stderr), made on first use."""
+    from rich.console import Console
+
     c = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
     if not c.is_terminal:
         c.soft_wrap = True  # a pipe or a file: one line stays one line
     return c
 
-
-console = _console()
-err_console = _console(stderr=True)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -52,11 +58,13 @@ def styled(text: str, style: str) -> tuple[str, str]:
 
 def line(*parts: Part) -> Text:
     """One line of output from plain and styled parts; no part is read as markup."""
+    from rich.text import Text
+
     return Text.assemble(*parts)
 
 
 def say(*parts: Part, err: bool = False) -> None:
-    c = err_console if err else console
+    c = console(stderr=err)
     c.print(line(*parts), soft_wrap=not c.is_terminal)
 
 
@@ -75,13 +83,15 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Part
     """A table on a terminal; plain lines (title, header, one row per line, columns
     aligned with two spaces, nothing cut) when stdout is not a terminal."""
     cells = [[line(c) for c in row] for row in rows]
-    if console.is_terminal:
+    if console().is_terminal:
+        from rich.table import Table
+
         t = Table(title=title, title_justify="left")
         for col in columns:
             t.add_column(col, overflow="fold")
         for row in cells:
             t.add_row(*row)
-        console.print(t)
+        console().print(t)
         return
     plain = [list(columns), *[[c.plain for c in row] for row in cells]]
     widths = [max(len(r[i]) for r in plain) for i in range(len(columns))]

@@ -147,13 +147,9 @@ class Rotator(ABC):
     async def created_at(self, ctx: RotationContext) -> datetime | None:
         """When the secret first existed: the age of a type that was never rotated.
 
-        Default: the creation time of the consumer KV v2 secret.
+        Default: the creation time of the consumer KV v2 secret (:func:`secret_created_at`).
         """
-        try:
-            meta = await ctx.client.kv.metadata(ctx.secret_path())
-        except (SecretNotFound, InvalidPath):
-            return None
-        return parse_time(meta.get("created_time"))
+        return await secret_created_at(ctx)
 
     async def describe(self, ctx: RotationContext) -> str:
         """One line for --dry-run: what a rotation would do (reads only)."""
@@ -198,6 +194,15 @@ class Rotator(ABC):
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         """What to retire once the grace period after this rotation is over (None: nothing)."""
         return None
+
+
+async def secret_created_at(ctx: RotationContext) -> datetime | None:
+    """The creation time of the consumer KV v2 secret (None when there is none)."""
+    try:
+        meta = await ctx.client.kv.metadata(ctx.secret_path())
+    except (SecretNotFound, InvalidPath):
+        return None
+    return parse_time(meta.get("created_time"))
 
 
 def rotator_for(type_name: str, implementation: str | None = None) -> Rotator:

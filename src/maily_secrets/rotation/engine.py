@@ -44,10 +44,12 @@ from .base import (
     RotationError,
     Rotator,
     rotator_for,
+    secret_created_at,
 )
 from .config import ConfigError, RotationConfig, format_duration
 from .lock import LockBusy, LockLost, VaultLock
 from .report import RunReport, TypeResult
+from .rotators import DATED_BY_SECRET
 from .state import Retiring, RotationState, StateStore
 
 log = logging.getLogger("maily_secrets.rotation")
@@ -112,8 +114,12 @@ class RotationEngine:
     async def _baseline(self, type_name: str) -> datetime | None:
         """When the secret first existed (the age of a never-rotated type)."""
         try:
-            rotator = rotator_for(type_name, self.env.type(type_name).rotator)
-            return await rotator.created_at(self._context(type_name, "schedule"))
+            ctx = self._context(type_name, "schedule")
+            impl = ctx.type_config.rotator or type_name
+            if impl in DATED_BY_SECRET and impl not in Rotator.registry:
+                return await secret_created_at(ctx)  # the same, without importing it
+            rotator = rotator_for(type_name, ctx.type_config.rotator)
+            return await rotator.created_at(ctx)
         except (RotationError, VaultError):
             return None
 
@@ -276,15 +282,16 @@ class RotationEngine:
 
     async def _metrics(self, report: RunReport) -> None:
         """Prometheus metrics of the run: Pushgateway and/or textfile, when configured."""
-        if report.dry_run:
-            return
+        pushgateway = os.environ.get("MAILY_PUSHGATEWAY_URL")
+        textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
+        if report.dry_run or not (pushgateway or textfile):
+            return  # nowhere to send them: no prometheus_client import either
         from . import metrics
 
         registry = metrics.record(report)
-        if os.environ.get("MAILY_PUSHGATEWAY_URL"):
+        if pushgateway:
             rec = await metrics.push_async(registry)  # one group per {env, type}
             report.notifications.append(rec)
-        textfile = os.environ.get("MAILY_METRICS_TEXTFILE")
         if textfile:
             rec = await asyncio.to_thread(metrics.write_textfile, registry, textfile)
             report.notifications.append(rec)

@@ -19,6 +19,12 @@ BUILTIN = {
     "encryption_key": "encryption_key",
 }
 
+#: built-in rotators that date a never-rotated secret by the consumer secret's creation
+#: (they keep ``Rotator.created_at``): a schedule (``secrets status``) needs no more of
+#: them than that, so their modules and SDKs (psycopg, redis, PyJWT) are not imported
+#: for it. A test checks every name against the class.
+DATED_BY_SECRET = frozenset({"database", "jwt", "redis", "smtp"})
+
 
 def load(name: str) -> None:
     """Import the module of rotator ``name`` (all of them for a name we do not know)."""
