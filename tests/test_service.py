@@ -222,7 +222,7 @@ async def test_restart_during_outage_starts_from_encrypted_snapshot(
         await wrong.close()
 
 
-async def test_access_log_one_event_per_read_without_values(
+async def test_access_log_one_event_per_miss_and_error_one_per_path_for_hits_no_values(
     bao: Bao, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="maily_secrets.access")
@@ -237,9 +237,10 @@ async def test_access_log_one_event_per_read_without_values(
     events = [r for r in caplog.records if r.name == "maily_secrets.access"]
     assert [(e.cache, e.outcome) for e in events] == [  # type: ignore[attr-defined]
         ("miss", "ok"),
-        ("hit", "ok"),
         ("miss", "not_found"),
+        ("hit", "ok"),  # hits: one aggregate per path per interval, written by close()
     ]
+    assert events[-1].count == 1  # type: ignore[attr-defined]
     first = events[0]
     assert first.path == "maily/data/config"  # type: ignore[attr-defined]
     assert first.keys == sorted(cfg)  # type: ignore[attr-defined]

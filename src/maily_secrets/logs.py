@@ -9,8 +9,9 @@ a script): it puts one handler on the ``maily_secrets`` logger.
 A line of :class:`JsonFormatter`::
 
     {"ts": "2026-12-01T22:41:16.123Z", "level": "info", "logger": "maily_secrets.access",
-     "msg": "secret read maily/data/config hit ok", "log_type": "secret_read", ...}
+     "msg": "secret read maily/data/config miss ok", "log_type": "secret_read", ...}
 
+(Fresh cache hits are counted, not logged one by one: :mod:`maily_secrets.access`.)
 ``ts`` is UTC, RFC 3339 with milliseconds. Events carry their fields as ``extra``:
 path, key names, cache status, outcome, durations; never a secret value. No field is
 named ``event`` (structlog's key for the message) nor after a ``logging.LogRecord``

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from .access import AccessLog
 from .cache import CacheStatus, Entry, SecretCache, json_copy
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import (
@@ -118,6 +119,7 @@ class VaultService:
         self._transit: Transit | None = None
         self._lease_container: LeaseContainer | None = None
         self._file_secret: FileSecret | None = None
+        self._access = AccessLog(self.clock)  # hits, counted per interval (see cache)
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -143,6 +145,7 @@ class VaultService:
         if self._cache is None:
             s = self.settings
             self._cache = SecretCache(s.cache_ttl, s.max_staleness, clock=self.clock)
+            self._access.configure(self.clock, s.access_log_interval)
         return self._cache
 
     @property
@@ -252,7 +255,8 @@ class VaultService:
         """The hot path of every read: a copy of a fresh cache entry, counted and logged as
         a hit, or None. No I/O and no await, so safe from any thread (entries are never
         changed once cached; ``maily_secrets.sync`` serves hits with it). Only validated
-        paths are ever cached, so anything else is simply not a hit."""
+        paths are ever cached, so anything else is simply not a hit. The access log counts
+        the hit (:class:`~maily_secrets.access.AccessLog`: one event per path per interval)."""
         cache = self._cache
         if cache is None or type(path) is not str:
             return None
@@ -263,7 +267,7 @@ class VaultService:
         value = entry.copy_out()
         self.observer.cache_read(key, "hit")
         if access_log.isEnabledFor(logging.INFO):
-            self._log_access(key, value, "hit", "ok", time.perf_counter())
+            self._access.hit(key, value)
         return value
 
     async def get_secret(self, path: str) -> dict[str, Any]:
@@ -665,6 +669,7 @@ class VaultService:
         self._transit = None
         self._file_secret = None
         self._warned_stale.clear()
+        self._access.flush()  # the hits counted since the last aggregate event
 
     async def _stop_snapshot_writer(self, task: asyncio.Task[None]) -> None:
         if task.done() or task.get_loop() is not asyncio.get_running_loop():
@@ -820,8 +825,8 @@ class VaultService:
         return entry
 
     # --- access log (the guide's best practice 6): names, never values
-    @staticmethod
     def _log_access(
+        self,
         path: str,
         value: dict[str, Any] | None,
         cache: str,
@@ -830,6 +835,9 @@ class VaultService:
         service: str | None = None,
     ) -> None:
         if not access_log.isEnabledFor(logging.INFO):
+            return
+        if cache == "hit" and outcome == "ok":  # counted, written once per interval
+            self._access.hit(path, value or (), service)
             return
         fields: dict[str, Any] = {
             "log_type": "secret_read",

@@ -224,6 +224,14 @@ class VaultSettings(BaseSettings):
         validation_alias=_env("MAILY_SECRETS_SNAPSHOT_KEY"),
         description="Fernet key (urlsafe base64, 32 bytes) that encrypts the snapshot.",
     )
+    access_log_interval: float = Field(
+        10.0,
+        ge=0,
+        validation_alias=_env("MAILY_SECRETS_ACCESS_LOG_INTERVAL"),
+        description="Seconds over which fresh cache hits are counted per path and written as"
+        " one access-log event (misses, errors and stale serves: one event each; 0: every"
+        " hit its own event).",
+    )
 
     @field_validator("addr")
     @classmethod
