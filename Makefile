@@ -79,7 +79,9 @@ bench-setup: $(BENCH_STAMP) $(BENCH_TS_STAMP)
 
 # One driver, one OpenBao, every figure interleaved (bench/run.py: table, results/latest.json,
 # results/latest.png); then the figures of earlier issues, each its own script and server.
-bench: bench-setup services
+# `node` builds the TypeScript client that bench/ts measures; `services` starts PostgreSQL
+# (the CLI figure rotates a database credential).
+bench: bench-setup services node
 	$(BENCH_PY) bench/run.py $(BENCH_ARGS)
 	$(BENCH_PY) bench/bench_listeners.py --quick
 	$(BENCH_PY) bench/bench_transit.py --quick

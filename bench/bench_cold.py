@@ -264,7 +264,7 @@ class Variants:
 
 def figures(ctx: Context) -> list[dict[str, Any]]:
     ctx.runner.run(seed(ctx.addr, ctx.token))
-    passes = 4 if ctx.quick else 12
+    passes = 3 if ctx.quick else 8
     out: list[dict[str, Any]] = []
     for n in CONCURRENCY:
         v = Variants(ctx, n, passes)

@@ -224,7 +224,8 @@ def _goal(g: dict[str, Any], variants: dict[str, Any], errors: list[str]) -> dic
             "max": s["max"],
             "status": "met" if check(s["median"], bound) else "missed",
         }
-    num, den = _rounds(variants.get(g.get("num"), {})), _rounds(variants.get(g.get("den"), {}))
+    num = _rounds(variants.get(str(g.get("num")), {}))
+    den = _rounds(variants.get(str(g.get("den")), {}))
     scale = float(g.get("scale", 1.0))
     out.update(kind="ratio", num=g.get("num"), den=g.get("den"), scale=scale)
     if not num or not den or statistics.median(den) <= 0 or scale <= 0:
