@@ -82,11 +82,10 @@ bench-setup: $(BENCH_STAMP) $(BENCH_TS_STAMP)
 # `node` builds the TypeScript client that bench/ts measures; `services` starts PostgreSQL
 # (the CLI figure rotates a database credential).
 bench: bench-setup services node
-	$(BENCH_PY) bench/run.py $(BENCH_ARGS)
-	$(BENCH_PY) bench/bench_listeners.py --quick
-	$(BENCH_PY) bench/bench_transit.py --quick
-	$(BENCH_PY) bench/bench_sync.py
-	$(BENCH_PY) bench/bench_metrics.py
+	@status=0; $(BENCH_PY) bench/run.py $(BENCH_ARGS) || status=1; \
+	for s in "bench_listeners.py --quick" "bench_transit.py --quick" bench_sync.py bench_metrics.py; do \
+		echo "--- bench/$$s"; $(BENCH_PY) bench/$$s || status=1; \
+	done; exit $$status
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src apps tests bench mailyctl.py
