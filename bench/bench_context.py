@@ -17,10 +17,13 @@ Each dict is one figure::
       "notes": {...},                              # anything else worth keeping (JSON)
     }
 
-A ratio goal may carry ``"scale": k`` (numerator / (k * denominator)), e.g. 1,000
-registrations against ten times the cost of 100.  Variants of one figure are measured
-round by round in a rotating order (:func:`interleave`), so that machine noise hits them
-alike.  No figure, note or error text may hold a secret value or the token.
+A variant may also carry ``"cpu_us_per_op": [...]`` (the client's CPU per operation, per
+round; the driver prints its median) or ``"error": "..."`` (it could not be measured: its
+goals are not measured and the run's exit code is 1).  A ratio goal may carry
+``"scale": k`` (numerator / (k * denominator)), e.g. 1,000 registrations against ten
+times the cost of 100.  Variants of one figure are measured round by round in a rotating
+order (:func:`interleave`), so that machine noise hits them alike.  No figure, note or
+error text may hold a secret value or the token.
 """
 
 from __future__ import annotations

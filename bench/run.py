@@ -1,20 +1,22 @@
-"""Maily Secrets benchmarks against hvac and a bare aiohttp loop, on one real OpenBao.
+"""Maily Secrets benchmarks: every figure of issue 13 in one run, on one real OpenBao.
 
-    .venv/bin/python bench/run.py            # full run (about a minute on 2 cores)
-    .venv/bin/python bench/run.py --quick    # fewer secrets, rounds and seconds
-    .venv/bin/python bench/run.py --json     # the JSON document on stdout, no table
+    bench/.venv/bin/python bench/run.py                 # full run (make bench)
+    bench/.venv/bin/python bench/run.py --quick         # fewer rounds and reads
+    bench/.venv/bin/python bench/run.py --only cold,ts  # some modules only
+    bench/.venv/bin/python bench/run.py --root /work/wt/baseline   # measure another checkout
+    bench/.venv/bin/python bench/run.py --json          # the JSON document on stdout
 
-A. Hot cached read: ``VaultService.get_config()`` served from the cache, versus
-   hvac's ``read_secret_version`` of the same secret (one HTTP request per call).
-B. Concurrent uncached reads of distinct paths: a fresh ``VaultService`` per round
-   (every read a miss; its pool, connections and login count) with 64 concurrent
-   readers, versus hvac from a 16-thread pool and a bare aiohttp loop with 64 workers.
+Starts one OpenBao dev server, bootstraps it, builds a :class:`bench_context.Context` and
+runs every module of :data:`MODULES` (``bench_<name>.figures(ctx)``) and the TypeScript
+script (``node bench/ts/cold_reads.mjs``); each answers with figure dicts whose variants
+were measured round by round, interleaved.  Prints one table per figure (median and range
+of each variant; for each goal the ratio of medians and the range of the per-round
+ratios, met or missed), writes ``bench/results/latest.json`` (figures, parameters, the
+machine) and draws ``bench/results/latest.png`` (``chart.py``).
 
-Variants run interleaved round by round (the order rotates) so that machine noise
-hits all of them alike; ratios compare medians.  Results go to
-``bench/results/latest.json``.  The exit code is 0 even when a goal is missed:
-benchmarks report, they do not assert (it is 1 only when a benchmark could not run).
-Secret values and the token are never printed or written.
+A module that is missing or raises becomes a figure with an error; the run goes on and
+the exit code is 1 at the end.  A missed goal does not change the exit code (benchmarks
+report, they do not assert).  The token and secret values are never printed or written.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
+import importlib
 import importlib.metadata
 import json
 import os
@@ -32,59 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench_report import Benchmark, Ratio, Variant, render
-from bench_workloads import (
-    Sample,
-    concurrent_aiohttp,
-    concurrent_hvac,
-    concurrent_ours,
-    hot_hvac,
-    hot_ours,
-    secret_names,
-    seed,
-)
-from pydantic import SecretStr
-from rich.console import Console
-
-from maily_secrets.dev.bootstrap import bootstrap_dev
-from maily_secrets.dev.server import DevServer, bao_binary
-from maily_secrets.settings import VaultSettings
-from maily_secrets.vault.client import VaultClient
-
 HERE = Path(__file__).resolve().parent
-DEFAULT_OUTPUT = HERE / "results" / "latest.json"
-
-GOAL_HOT = 300.0
-GOAL_VS_HVAC = 3.0
-GOAL_VS_AIOHTTP = 0.8
-
-
-@dataclass(frozen=True)
-class Params:
-    quick: bool
-    secrets: int
-    rounds: int
-    hot_seconds: float
-    concurrency: int = 64
-    hvac_threads: int = 16
-    warmup_paths: int = 128
-
-    @classmethod
-    def of(cls, args: argparse.Namespace) -> Params:
-        quick = bool(args.quick)
-        return cls(
-            quick=quick,
-            secrets=args.secrets or (500 if quick else 2000),
-            rounds=args.rounds or (3 if quick else 5),
-            hot_seconds=0.3 if quick else 1.0,
-        )
+RESULTS = HERE / "results"
+MODULES = ("cold", "access_log", "registration", "cli", "memory")  # bench_<name>.py
+TS = "ts"  # bench/ts/cold_reads.mjs
+TS_SCRIPT = HERE / "ts" / "cold_reads.mjs"
+TS_TIMEOUT = 600.0
 
 
 class Redactor:
@@ -104,13 +65,13 @@ redact = Redactor()
 
 
 def _error_text(exc: BaseException) -> str:
-    return redact(f"{type(exc).__name__}: {exc}")[:300]
+    return redact(f"{type(exc).__name__}: {exc}")[:500]
 
 
 def _isolate_env() -> None:
     """No Vault setting of the caller's shell (token, snapshot, mount...) leaks in."""
     for k in list(os.environ):
-        if k.startswith(("VAULT_", "BAO_", "MAILY_SECRETS_")):
+        if k.startswith(("VAULT_", "BAO_", "MAILY_")):
             del os.environ[k]
 
 
@@ -118,133 +79,73 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through the finally that stops the server
 
 
-def _measure(variant: Variant, fn: Callable[[], Sample]) -> Sample | None:
-    if variant.error is not None:
-        return None
-    gc.collect()
+def _use_root(root: Path) -> None:
+    """The measured checkout's ``src`` (and root) first on ``sys.path``, before any import
+    of ``maily_secrets``; the bench's own directory stays importable."""
+    for p in (str(root), str(root / "src")):
+        if p in sys.path:
+            sys.path.remove(p)
+        sys.path.insert(0, p)
+    if str(HERE) not in sys.path:
+        sys.path.append(str(HERE))
+
+
+# ---------------------------------------------------------------------------- the modules
+def run_module(name: str, ctx: Any) -> list[dict[str, Any]]:
+    """``bench_<name>.figures(ctx)``; an import error or exception is an error figure."""
+    from bench_report import error_figure
+
+    mod_name = f"bench_{name}"
     try:
-        sample = fn()
+        mod = importlib.import_module(mod_name)
+        figures = mod.figures(ctx)
+        if not isinstance(figures, list) or not all(isinstance(f, dict) for f in figures):
+            raise TypeError(f"{mod_name}.figures() did not return a list of dicts")
+        return [{**f, "module": name} for f in figures]
     except Exception as exc:
-        variant.error = _error_text(exc)
+        ctx.log(f"[red]{mod_name} failed:[/red] {_error_text(exc)}")
+        tb = redact("".join(traceback.format_exception(exc, limit=-3)))
+        return [{**error_figure(name, mod_name, _error_text(exc)), "traceback": tb, "module": name}]
+
+
+def run_ts(ctx: Any, script: Path = TS_SCRIPT) -> list[dict[str, Any]]:
+    """``node bench/ts/cold_reads.mjs --rounds N [--quick]``: a JSON list on stdout."""
+    from bench_report import error_figure
+
+    argv = ["node", str(script), "--rounds", str(ctx.rounds)] + (["--quick"] if ctx.quick else [])
+    try:
+        if not script.exists():
+            raise FileNotFoundError(f"{script.relative_to(HERE.parent)} is not there")
+        proc = subprocess.run(
+            argv,
+            env=ctx.env(),
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            timeout=TS_TIMEOUT,
+            cwd=script.parent,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"node exited with {proc.returncode}")
+        figures = json.loads(proc.stdout)
+        if not isinstance(figures, list) or not all(isinstance(f, dict) for f in figures):
+            raise TypeError("cold_reads.mjs did not print a JSON list of figure dicts")
+        return [{**f, "module": TS} for f in figures]
+    except Exception as exc:
+        ctx.log(f"[red]{script.name} failed:[/red] {_error_text(exc)}")
+        return [{**error_figure(TS, script.name, _error_text(exc)), "module": TS}]
+
+
+# ---------------------------------------------------------------------------- the machine
+def _cmd(argv: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=True, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
         return None
-    variant.samples.append(sample)
-    return sample
+    return out.stdout.strip()
 
 
-def _rotate(items: list[str], n: int) -> list[str]:
-    n %= len(items)
-    return items[n:] + items[:n]
-
-
-# ---------------------------------------------------------------------------- the run
-def run_benchmarks(
-    addr: str, token: str, p: Params, log: Callable[[str], None]
-) -> tuple[list[Benchmark], dict[str, Any]]:
-    def settings(cache_ttl: float = 60.0) -> VaultSettings:
-        return VaultSettings(
-            addr=addr,
-            token=SecretStr(token),
-            auth_method="token",
-            snapshot_path=None,
-            cache_ttl=cache_ttl,
-            max_staleness=3600.0,
-        )
-
-    admin_settings = settings()
-    svc_settings = settings(cache_ttl=3600.0)  # the hot loop never expires an entry
-    names = secret_names(p.secrets)
-    notes: dict[str, Any] = {}
-
-    with asyncio.Runner() as runner:
-
-        async def setup() -> None:
-            async with VaultClient(admin_settings) as c:
-                await bootstrap_dev(c)
-                t0 = time.perf_counter()
-                await seed(c, names, p.concurrency)
-                dt = time.perf_counter() - t0
-                notes["seed_seconds"] = round(dt, 3)
-                notes["seed_writes_per_s"] = round(len(names) / dt, 1)
-
-        log("bootstrapping and seeding secrets")
-        runner.run(setup())
-        log(f"seeded {len(names)} secrets in {notes['seed_seconds']:.2f}s")
-
-        # --- A: hot cached read --------------------------------------------------------
-        a = Benchmark(
-            key="hot_read",
-            title="A. hot read",
-            description=(
-                "VaultService.get_config() from the cache (after warm-up) vs hvac"
-                " read_secret_version(path='config', mount_point='maily') on the same server;"
-                " one caller, sequential"
-            ),
-            variants={
-                "ours": Variant("ours", "ours (cache hit)", "ops/s"),
-                "hvac": Variant("hvac", "hvac", "ops/s"),
-            },
-        )
-        a.ratios.append(Ratio("ours / hvac", a.variants["ours"], a.variants["hvac"], GOAL_HOT))
-        hot_runs: dict[str, Callable[[], Sample]] = {
-            "ours": lambda: runner.run(hot_ours(svc_settings, p.hot_seconds)),
-            "hvac": lambda: hot_hvac(addr, token, p.hot_seconds),
-        }
-        for r in range(p.rounds):
-            for key in _rotate(list(hot_runs), r):
-                s = _measure(a.variants[key], hot_runs[key])
-                if s is not None:
-                    log(f"A round {r + 1}/{p.rounds}: {key:7s} {s.rate:>12,.0f} ops/s")
-        a.notes["http_requests_in_timed_loop_ours"] = [
-            s.requests for s in a.variants["ours"].samples
-        ]
-
-        # --- B: concurrent uncached reads ----------------------------------------------
-        b = Benchmark(
-            key="concurrent_uncached",
-            title="B. uncached",
-            description=(
-                f"{p.secrets} distinct KV v2 paths, each read once per round: ours (fresh"
-                f" VaultService per round, {p.concurrency} concurrent readers) vs hvac"
-                f" ({p.hvac_threads} threads, one client each) vs bare aiohttp"
-                f" ({p.concurrency} workers, one session)"
-            ),
-            variants={
-                "ours": Variant("ours", f"ours x{p.concurrency}", "reads/s"),
-                "hvac": Variant("hvac", f"hvac {p.hvac_threads} threads", "reads/s"),
-                "aiohttp": Variant("aiohttp", f"aiohttp x{p.concurrency}", "reads/s"),
-            },
-        )
-        v = b.variants
-        b.ratios.append(Ratio("ours / hvac", v["ours"], v["hvac"], GOAL_VS_HVAC))
-        b.ratios.append(Ratio("ours / aiohttp", v["ours"], v["aiohttp"], GOAL_VS_AIOHTTP))
-
-        def conc_runs(paths: list[str]) -> dict[str, Callable[[], Sample]]:
-            return {
-                "ours": lambda: runner.run(concurrent_ours(svc_settings, paths, p.concurrency)),
-                "hvac": lambda: concurrent_hvac(addr, token, paths, p.hvac_threads),
-                "aiohttp": lambda: runner.run(
-                    concurrent_aiohttp(addr, token, paths, p.concurrency)
-                ),
-            }
-
-        log("B warm-up (untimed)")
-        for key, fn in conc_runs(names[: p.warmup_paths]).items():
-            try:
-                fn()
-            except Exception as exc:
-                v[key].error = f"warm-up: {_error_text(exc)}"
-        timed = conc_runs(names)
-        for r in range(p.rounds):
-            for key in _rotate(list(timed), r):
-                s = _measure(v[key], timed[key])
-                if s is not None:
-                    log(f"B round {r + 1}/{p.rounds}: {key:7s} {s.rate:>12,.0f} reads/s")
-        b.notes["http_requests_per_round_ours"] = [s.requests for s in v["ours"].samples]
-
-    return [a, b], notes
-
-
-# ---------------------------------------------------------------------------- metadata
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
@@ -252,124 +153,228 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _cmd(argv: list[str]) -> str | None:
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
+def _proc_field(path: str, key: str) -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() == key:
+                return v.strip()
+    return None
 
 
-def environment() -> dict[str, Any]:
-    root = str(HERE.parent)
-    dirty = _cmd(["git", "-C", root, "status", "--porcelain", "--", "src"])
+def _node_package_version(name: str) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        doc = json.loads((HERE / "ts" / "node_modules" / name / "package.json").read_text())
+        return str(doc.get("version"))
+    return None
+
+
+def machine(root: Path, bao: str) -> dict[str, Any]:
+    import maily_secrets
+
+    mem_kb = _proc_field("/proc/meminfo", "MemTotal")
+    status = _cmd(["git", "status", "--porcelain"], cwd=root)
     return {
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
+        "cpu_model": _proc_field("/proc/cpuinfo", "model name") or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_mib": round(int(mem_kb.split()[0]) / 1024) if mem_kb else None,
+        "kernel": platform.release(),
         "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "hvac": _version("hvac"),
-        "aiohttp": _version("aiohttp"),
-        "maily_secrets": _version("maily-secrets"),
-        "openbao": _cmd([bao_binary(), "version"]) or None,
-        "git_commit": _cmd(["git", "-C", root, "rev-parse", "HEAD"]) or None,
-        "src_dirty": None if dirty is None else bool(dirty),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "node": _cmd(["node", "--version"]),
+        "openbao": _cmd([bao, "version"]),
+        "libraries": {
+            "maily_secrets": getattr(maily_secrets, "__version__", None),
+            "maily_secrets_from": str(Path(maily_secrets.__file__).resolve().parent),
+            **{d: _version(d) for d in ("aiohttp", "hvac", "async-hvac", "matplotlib")},
+            "node-vault": _node_package_version("node-vault"),
+        },
+        "root": str(root),
+        "git_commit": _cmd(["git", "rev-parse", "HEAD"], cwd=root),
+        "git_dirty": None if status is None else bool(status),
+        "bench_git_commit": _cmd(["git", "rev-parse", "HEAD"], cwd=HERE),
     }
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # ---------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="fewer secrets, rounds and seconds")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=HERE.parent,
+        help="the checkout measured (its src/ and mailyctl.py); default this one",
+    )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="interleaved rounds per variant (default 5; --quick 3)",
+    )
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and reads")
+    ap.add_argument(
+        "--only", default="", help=f"comma-separated modules: {', '.join((*MODULES, TS))}"
+    )
     ap.add_argument("--json", action="store_true", help="print the JSON document, no table")
     ap.add_argument(
-        "--rounds", type=int, default=0, help="rounds per variant (default 5; --quick 3)"
+        "--output",
+        type=Path,
+        default=RESULTS / "latest.json",
+        help="JSON results file (the chart goes beside it, .png)",
     )
-    ap.add_argument("--secrets", type=int, default=0, help="distinct paths in B (default 2000)")
-    ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = ap.parse_args(argv)
-    if args.rounds < 0 or args.secrets < 0:
-        ap.error("--rounds and --secrets must be positive")
+    if args.rounds < 0:
+        ap.error("--rounds must be positive")
+    known = (*MODULES, TS)
+    only = [n.strip().removeprefix("bench_") for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in only if n not in known]
+    if unknown:
+        ap.error(f"unknown module(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    args.selected = [n for n in known if not only or n in only]
+    args.root = args.root.resolve()
+    if not (args.root / "src" / "maily_secrets").is_dir():
+        ap.error(f"--root {args.root}: no src/maily_secrets there")
+    args.rounds = args.rounds or (3 if args.quick else 5)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    p = Params.of(args)
+    _use_root(args.root)
     _isolate_env()
     signal.signal(signal.SIGTERM, _on_sigterm)
+
+    from bench_context import Context
+    from bench_report import render, summarize, verdicts
+    from pydantic import SecretStr
+    from rich.console import Console
+
+    from maily_secrets.dev.bootstrap import bootstrap_dev
+    from maily_secrets.dev.server import DevServer, bao_binary
+    from maily_secrets.settings import VaultSettings
+    from maily_secrets.vault.client import VaultClient
+
     err = Console(stderr=True, highlight=False)
 
     def log(msg: str) -> None:
         err.print(f"[dim]bench:[/dim] {msg}")
 
+    load_before = _load()
     started = time.perf_counter()
+    timings: dict[str, float] = {}
+    figures: list[dict[str, Any]] = []
+    bao = bao_binary()
     try:
-        with tempfile.TemporaryDirectory(prefix="maily-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="maily-bench-") as tmp, asyncio.Runner() as runner:
             server = DevServer(Path(tmp) / "bao")
             try:
                 log("starting a private OpenBao dev server")
                 info, _ = server.start(port=0)
                 token = info.token()
                 redact.secrets.append(token)
-                log(f"OpenBao at {info.addr}")
-                benchmarks, notes = run_benchmarks(info.addr, token, p, log)
+                log(f"OpenBao at {info.addr}; measuring {args.root}")
+
+                async def bootstrap() -> None:
+                    settings = VaultSettings(
+                        addr=info.addr,
+                        token=SecretStr(token),
+                        auth_method="token",
+                        snapshot_path=None,
+                    )
+                    async with VaultClient(settings) as c:
+                        await bootstrap_dev(c)
+
+                runner.run(bootstrap())
+                scratch = Path(tmp) / "scratch"
+                scratch.mkdir()
+                ctx = Context(
+                    root=args.root,
+                    addr=info.addr,
+                    token=token,
+                    bao=bao,
+                    python=sys.executable,
+                    rounds=args.rounds,
+                    quick=args.quick,
+                    log=log,
+                    runner=runner,
+                    scratch=scratch,
+                )
+                for name in args.selected:
+                    log(f"--- {name}")
+                    t0 = time.perf_counter()
+                    figures += run_ts(ctx) if name == TS else run_module(name, ctx)
+                    timings[name] = round(time.perf_counter() - t0, 1)
+                    log(f"{name}: {timings[name]:.0f}s")
             finally:
                 server.stop()
     except Exception as exc:
         err.print(f"[bold red]benchmark failed:[/bold red] {_error_text(exc)}")
         return 1
 
-    meta: dict[str, Any] = {
-        "environment": environment(),
-        "parameters": {
-            "quick": p.quick,
-            "secrets": p.secrets,
-            "rounds": p.rounds,
-            "hot_seconds_per_round": p.hot_seconds,
-            "concurrency": p.concurrency,
-            "hvac_threads": p.hvac_threads,
-        },
-        "output": str(args.output),
-    }
-    ratios = [r for b in benchmarks for r in b.ratios]
-    errors = {
-        f"{b.key}.{v.key}": v.error for b in benchmarks for v in b.variants.values() if v.error
-    }
+    summaries = [summarize(f) for f in figures]
+    verdict = verdicts(summaries)
     doc: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
-        **{k: meta[k] for k in ("environment", "parameters")},
-        "setup": notes,
-        "benchmarks": {b.key: b.to_json() for b in benchmarks},
-        "goals": {
-            "all_met": all(r.met is True for r in ratios),
-            "missed": [
-                f"{b.key}: {r.label}" for b in benchmarks for r in b.ratios if r.met is False
-            ],
-            "not_measured": [
-                f"{b.key}: {r.label}" for b in benchmarks for r in b.ratios if r.met is None
-            ],
+        "module_seconds": timings,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "parameters": {
+            "rounds": args.rounds,
+            "quick": args.quick,
+            "modules": args.selected,
+            "root": str(args.root),
         },
-        "errors": errors,
+        "machine": {**machine(args.root, bao), "load_before": load_before, "load_after": _load()},
+        "goals": verdict,
+        "summaries": summaries,
+        "figures": figures,
     }
-    text = json.dumps(doc, indent=2)
-    with contextlib.suppress(OSError):
-        args.output.parent.mkdir(parents=True, exist_ok=True)
+    text = redact(json.dumps(doc, indent=2, default=str))
+    png = args.output.with_suffix(".png")
     try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n")
     except OSError as exc:
         err.print(f"[yellow]cannot write {args.output}: {exc.strerror}[/yellow]")
+    try:
+        from chart import draw
+
+        draw(summaries, png, subtitle=_subtitle(doc))
+    except Exception as exc:
+        err.print(f"[yellow]no chart: {_error_text(exc)}[/yellow]")
 
     if args.json:
         sys.stdout.write(text + "\n")
     else:
-        render(Console(highlight=False), benchmarks, meta)
-        if doc["goals"]["missed"]:
-            err.print(f"[bold red]goals missed:[/bold red] {', '.join(doc['goals']['missed'])}")
+        out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+        render(out, summaries)
+        m = doc["machine"]
+        out.print(
+            f"[dim]{m['cpu_model']}, {m['cores']} cores, load {m['load_before']} -> "
+            f"{m['load_after']}; {args.rounds} interleaved rounds; ratios: of medians, range: "
+            f"of per-round ratios.\nMeasured {args.root} at {str(m['git_commit'])[:10]}"
+            f"{' (dirty)' if m['git_dirty'] else ''}. Results: {args.output}, {png}[/dim]"
+        )
+    if verdict["missed"]:
+        err.print(f"[bold red]goals missed:[/bold red] {', '.join(verdict['missed'])}")
+    if verdict["errors"]:
+        err.print(f"[bold red]errors in:[/bold red] {', '.join(verdict['errors'])}")
     log(f"done in {doc['duration_s']:.0f}s")
-    return 1 if errors else 0
+    return 1 if verdict["errors"] else 0
+
+
+def _subtitle(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    return (
+        f"{doc['timestamp']}  {m['cores']} cores  load {m['load_before'][0]}->"
+        f"{m['load_after'][0]}  {doc['parameters']['rounds']} rounds  "
+        f"{str(m['git_commit'])[:10]}{' dirty' if m['git_dirty'] else ''}"
+    )
 
 
 if __name__ == "__main__":
