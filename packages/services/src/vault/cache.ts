@@ -25,7 +25,15 @@ export class Entry {
     public version: number | null,
   ) {
     this.fetched = performance.now();
-    this.flat = Object.values(value).every((v) => v === null || typeof v !== 'object');
+    let flat = true;
+    for (const k in value) {
+      const v = value[k];
+      if (v !== null && typeof v === 'object') {
+        flat = false;
+        break;
+      }
+    }
+    this.flat = flat;
   }
 
   copyOut(): SecretData {
@@ -78,15 +86,24 @@ export class SecretCache {
   load(path: string, loader: () => Promise<Entry>): Promise<Entry> {
     let p = this.inflight.get(path);
     if (p === undefined) {
-      p = (async () => {
-        try {
-          const entry = await loader();
+      let started: Promise<Entry>;
+      try {
+        started = loader();
+      } catch (e) {
+        started = Promise.reject(e); // a loader that throws is a rejection, as an async one's
+      }
+      // One promise layer over the loader's (no async wrapper): a miss pays for what it needs.
+      p = started.then(
+        (entry) => {
+          this.inflight.delete(path);
           this.entries.set(path, entry);
           return entry;
-        } finally {
+        },
+        (e: unknown) => {
           this.inflight.delete(path);
-        }
-      })();
+          throw e;
+        },
+      );
       this.inflight.set(path, p);
     }
     return p;

@@ -11,6 +11,7 @@ import * as http from 'node:http';
 import * as https from 'node:https';
 import { existsSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { urlToHttpOptions } from 'node:url';
 import { createSecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -147,6 +148,30 @@ interface RawResponse {
   refused?: string;
 }
 
+/**
+ * Where one request goes, as `http.request` options: resolved once per path (percent-encoded
+ * as the URL parser does), so a request builds no URL and Node converts none.
+ */
+interface Target {
+  readonly protocol: string;
+  readonly hostname: string;
+  readonly port: string;
+  /** Path and query, encoded. */
+  readonly path: string;
+}
+
+function targetOf(u: URL): Target {
+  const o = urlToHttpOptions(u); // hostname without IPv6 brackets, as http.request wants it
+  return { protocol: u.protocol, hostname: o.hostname ?? '', port: u.port, path: `${u.pathname}${u.search}` };
+}
+
+/** Resolved targets kept per client (bounded: a client reads a bounded set of paths). */
+const MAX_TARGETS = 4096;
+
+function timeoutError(this: http.ClientRequest): void {
+  this.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' }));
+}
+
 function errorsOf(body: unknown): string {
   const errs = (body as { errors?: unknown } | null)?.errors;
   return Array.isArray(errs) ? errs.map(String).join('; ').slice(0, 300) : '';
@@ -170,6 +195,15 @@ export function newerIndex(current: string | null, next: string): string {
   const b = indexPosition(next);
   if (a && b && a[0] === b[0] && a[1] > b[1]) return current;
   return next;
+}
+
+/** The value and version in the answer to a KV v2 data read of `p`. */
+export function kvValue(p: KV2Path, r: VaultResponse): { data: SecretData; version: number } {
+  const body = r.data ?? {};
+  if (body.data === null || body.data === undefined) {
+    throw new SecretNotFound(`secret ${JSON.stringify(p.data)} has no live data (deleted)`, { path: p.data });
+  }
+  return { data: body.data as SecretData, version: Number(body.metadata?.version ?? 0) || 0 };
 }
 
 // ------------------------------------------------------------------------- auth
@@ -457,6 +491,14 @@ export class TokenManager {
     return this.current;
   }
 
+  /** The current token when it needs no refresh (no promise, no await); else null. */
+  ready(): string | null {
+    const t = this.current;
+    if (t === null) return null;
+    const at = renewAt(t, this.fraction);
+    return at === null || performance.now() < at ? t.value : null;
+  }
+
   async get(): Promise<string> {
     const t = this.current;
     if (t !== null) {
@@ -600,6 +642,8 @@ export class VaultApi {
   private index: string | null = null;
   private readonly base: URL;
   private readonly baseHeaders: Record<string, string>;
+  private readonly targets = new Map<string, Target>();
+  private readonly timeoutMs: number;
   private ca: Buffer | Buffer[] | undefined;
 
   constructor(
@@ -609,6 +653,7 @@ export class VaultApi {
     this.logger = options.logger ?? consoleLogger;
     this.consistency = options.consistency ?? 'index';
     this.base = new URL(`${apiAddr(settings)}/v1/`);
+    this.timeoutMs = settings.timeout * 1000;
     this.baseHeaders = { Accept: 'application/json' };
     if (settings.namespace) this.baseHeaders['X-Vault-Namespace'] = settings.namespace;
     if (this.consistency === 'forward') this.baseHeaders['X-Vault-Inconsistent'] = 'forward-active-node';
@@ -680,19 +725,24 @@ export class VaultApi {
     const index = this.consistency !== 'none' ? this.index : null;
     let relogged = false;
     let attempt = 0;
-    const url = new URL(path, this.base);
-    if (options.params) for (const [k, v] of Object.entries(options.params)) url.searchParams.set(k, v);
+    const target = this.target(path, options.params);
     const payload = options.body === undefined ? undefined : Buffer.from(JSON.stringify(options.body));
     const idempotent = options.idempotent;
     for (;;) {
-      const headers: Record<string, string> = { ...this.baseHeaders };
       let used = '';
-      if (authenticated) used = options.token ?? (await this.tokens.get());
+      // A token that needs no refresh is taken without an await (a miss's usual case).
+      if (authenticated) used = options.token ?? this.tokens.ready() ?? (await this.tokens.get());
+      const headers: http.OutgoingHttpHeaders = { ...this.baseHeaders };
       if (used !== '') headers['X-Vault-Token'] = used; // '': a Vault Agent's API proxy adds its own
       if (index !== null) headers['X-Vault-Index'] = index;
+      if (payload !== undefined) {
+        headers['Content-Type'] = 'application/json';
+        headers['Content-Length'] = payload.length;
+      }
       let res: RawResponse;
       try {
-        res = await this.send(method, url, headers, payload);
+        res = await this.send(method, target, headers, payload);
+        if (REDIRECT_STATUS.has(res.status)) res = await this.follow(method, target, headers, payload, res);
       } catch (e) {
         if (!(e instanceof TransportError)) throw e;
         if (TLS_ERRORS.has(e.code) || CLIENT_CERT_ALERTS.has(e.code)) {
@@ -756,33 +806,57 @@ export class VaultApi {
     }
   }
 
-  private send(method: string, url: URL, headers: Record<string, string>, payload: Buffer | undefined): Promise<RawResponse> {
+  /** `path` (relative to /v1/, already validated) and its query as a request target. */
+  private target(path: string, params: Record<string, string> | undefined): Target {
+    if (params === undefined) {
+      const known = this.targets.get(path);
+      if (known !== undefined) return known;
+    }
+    const url = new URL(path, this.base);
+    if (params === undefined) {
+      const t = targetOf(url);
+      if (this.targets.size < MAX_TARGETS) this.targets.set(path, t);
+      return t;
+    }
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+    return targetOf(url);
+  }
+
+  /** One HTTP exchange (no redirect followed): the status, the parsed JSON body, the headers. */
+  private send(method: string, target: Target, headers: http.OutgoingHttpHeaders, payload: Buffer | undefined): Promise<RawResponse> {
     const agent = this.getAgent();
-    const timeoutMs = this.settings.timeout * 1000;
-    const once = (target: URL) =>
-      new Promise<RawResponse>((resolve, reject) => {
-        this.stats.requests += 1;
-        this.stats.byMethod[method] = (this.stats.byMethod[method] ?? 0) + 1;
-        const h: Record<string, string | number> = { ...headers };
-        if (payload !== undefined) {
-          h['Content-Type'] = 'application/json';
-          h['Content-Length'] = payload.length;
-        }
-        // Until the connection is established nothing can have reached the server:
-        // a failure then is `connect` (safe to resend); after, `sent` (outcome unknown).
-        let connected = false;
-        const failure = (): Failure => (connected ? 'sent' : 'connect');
-        const tls = target.protocol === 'https:';
-        const mod = tls ? https : http;
-        const req = mod.request(target, { method, headers: h, agent }, (resp) => {
-          const chunks: Buffer[] = [];
-          resp.on('data', (c: Buffer) => chunks.push(c));
+    this.stats.requests += 1;
+    this.stats.byMethod[method] = (this.stats.byMethod[method] ?? 0) + 1;
+    const tls = target.protocol === 'https:';
+    return new Promise<RawResponse>((resolve, reject) => {
+      // Until the connection is established nothing can have reached the server:
+      // a failure then is `connect` (safe to resend); after, `sent` (outcome unknown).
+      let connected = false;
+      const req = (tls ? https : http).request(
+        {
+          protocol: target.protocol,
+          hostname: target.hostname,
+          port: target.port,
+          path: target.path,
+          method,
+          headers,
+          agent,
+          // The socket's inactivity timeout while this request holds it (connecting included).
+          timeout: this.timeoutMs,
+        },
+        (resp) => {
+          let first: Buffer | null = null;
+          let rest: Buffer[] | null = null;
+          resp.on('data', (c: Buffer) => {
+            if (first === null) first = c;
+            else (rest ??= [first]).push(c);
+          });
           resp.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(err.code ?? err.name, 'sent')));
           resp.on('aborted', () => reject(new TransportError('ECONNRESET', 'sent')));
           resp.on('end', () => {
-            const raw = Buffer.concat(chunks);
+            const raw: Buffer | null = rest !== null ? Buffer.concat(rest) : first;
             let body: unknown = null;
-            if (raw.length) {
+            if (raw !== null && raw.length) {
               try {
                 body = JSON.parse(raw.toString('utf8'));
               } catch {
@@ -791,47 +865,60 @@ export class VaultApi {
             }
             resolve({ status: resp.statusCode ?? 0, body, headers: resp.headers });
           });
-        });
-        req.on('socket', (sock) => {
+        },
+      );
+      // A kept-alive socket is connected; the agent says so before request() returns.
+      if (req.reusedSocket) connected = true;
+      else {
+        req.once('socket', (sock) => {
           if (!sock.connecting && !(sock as { pending?: boolean }).pending) {
-            connected = true; // a kept-alive socket
+            connected = true; // a kept-alive socket handed over from the queue
             return;
           }
           sock.once(tls ? 'secureConnect' : 'connect', () => {
             connected = true;
           });
         });
-        req.setTimeout(timeoutMs, () => req.destroy(Object.assign(new Error('timeout'), { code: 'TimeoutError' })));
-        req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(errorCode(err), failure())));
-        if (payload !== undefined) req.write(payload);
-        req.end();
-      });
-    return (async () => {
-      let target = url;
-      for (let hop = 0; hop <= MAX_REDIRECTS; hop++) {
-        const r = await once(target);
-        const loc = r.headers.location;
-        if (REDIRECT_STATUS.has(r.status) && typeof loc === 'string' && loc) {
-          // A standby pointing at the active node: same method, body and token, but only
-          // to the same origin or a configured cluster member (never https -> http).
-          const next = redirectTarget(target, loc, this.settings.clusterMembers);
-          if (next === null) {
-            let where = 'another origin';
-            try {
-              const u = new URL(loc, target);
-              where = u.protocol === 'http:' || u.protocol === 'https:' ? u.origin : `a ${u.protocol} URL`;
-            } catch {
-              where = 'an invalid URL';
-            }
-            return { ...r, refused: where };
-          }
-          target = next;
-          continue;
-        }
-        return r;
       }
-      return { status: 508, body: { errors: ['too many redirects'] }, headers: {} };
-    })();
+      req.on('timeout', timeoutError);
+      req.on('error', (err: NodeJS.ErrnoException) => reject(new TransportError(errorCode(err), connected ? 'sent' : 'connect')));
+      if (payload !== undefined) req.write(payload);
+      req.end();
+    });
+  }
+
+  /**
+   * Follow 307/308 (at most MAX_REDIRECTS hops): a standby pointing at the active node gets
+   * the same method, body and token, but only at the same origin or a configured cluster
+   * member (never https -> http). A refused one comes back with `refused` set.
+   */
+  private async follow(
+    method: string,
+    first: Target,
+    headers: http.OutgoingHttpHeaders,
+    payload: Buffer | undefined,
+    res: RawResponse,
+  ): Promise<RawResponse> {
+    let current = new URL(first.path, this.base);
+    let r = res;
+    for (let hop = 0; ; hop++) {
+      const loc = r.headers.location;
+      if (!REDIRECT_STATUS.has(r.status) || typeof loc !== 'string' || !loc) return r;
+      const next = redirectTarget(current, loc, this.settings.clusterMembers);
+      if (next === null) {
+        let where = 'another origin';
+        try {
+          const u = new URL(loc, current);
+          where = u.protocol === 'http:' || u.protocol === 'https:' ? u.origin : `a ${u.protocol} URL`;
+        } catch {
+          where = 'an invalid URL';
+        }
+        return { ...r, refused: where };
+      }
+      if (hop >= MAX_REDIRECTS) return { status: 508, body: { errors: ['too many redirects'] }, headers: {} };
+      current = next;
+      r = await this.send(method, targetOf(next), headers, payload);
+    }
   }
 
   private tlsFailure(path: string, code: string): string {
@@ -911,12 +998,7 @@ export class VaultApi {
 
   // ----------------------------------------------------------------- KV v2
   async kvRead(p: KV2Path): Promise<{ data: SecretData; version: number }> {
-    const r = await this.request('GET', p.data);
-    const body = r.data ?? {};
-    if (body.data === null || body.data === undefined) {
-      throw new SecretNotFound(`secret ${JSON.stringify(p.data)} has no live data (deleted)`, { path: p.data });
-    }
-    return { data: body.data as SecretData, version: Number(body.metadata?.version ?? 0) || 0 };
+    return kvValue(p, await this.request('GET', p.data));
   }
 
   /** 0 when the secret does not exist. */

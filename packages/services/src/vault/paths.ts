@@ -105,13 +105,24 @@ export interface KV2Path {
  * The first `data` segment after the first segment separates mount from name.
  */
 export function parseKV2(path: string): KV2Path | null {
+  const known = kv2Paths.get(path);
+  if (known !== undefined) return known;
   validatePath(path);
+  const kv = splitKV2(path);
+  if (kv2Paths.size < 4096) kv2Paths.set(path, kv);
+  return kv;
+}
+
+/** Parsed paths (a miss parses its path once, not once per read); frozen, so shared safely. */
+const kv2Paths = new Map<string, KV2Path | null>();
+
+function splitKV2(path: string): KV2Path | null {
   const segments = path.split('/');
   for (let i = 1; i < segments.length - 1; i++) {
     if (segments[i] === 'data') {
       const mount = segments.slice(0, i).join('/');
       const name = segments.slice(i + 1).join('/');
-      return { mount, name, data: `${mount}/data/${name}`, metadata: `${mount}/metadata/${name}` };
+      return Object.freeze({ mount, name, data: `${mount}/data/${name}`, metadata: `${mount}/metadata/${name}` });
     }
   }
   return null;

@@ -6,7 +6,7 @@
  * again (it then starts afresh, re-reading the environment unless given settings).
  */
 import { Entry, SecretCache, jsonCopy } from './cache.js';
-import { VaultApi, type Consistency, type SecretData } from './client.js';
+import { VaultApi, kvValue, type Consistency, type SecretData } from './client.js';
 import { DecryptedNotText, InvalidPath, InvalidSecretValue, SecretNotFound, VaultUnavailable } from './errors.js';
 import { ListenerRegistry, type SecretCallback } from './listeners.js';
 import { parseKV2, validatePath, type KV2Path } from './paths.js';
@@ -114,13 +114,8 @@ export class VaultClient {
    * {@link InvalidSecretValue}, naming the path and the error's class, never the value.
    */
   async getSecret<T = SecretData>(path: string, validate?: SecretValidator<T>): Promise<T> {
-    let value: SecretData;
     const entry = typeof path === 'string' ? this.cache.fresh(path) : undefined; // only validated paths are cached
-    if (entry !== undefined) value = entry.copyOut();
-    else {
-      validatePath(path);
-      value = (await this.get(path))[0];
-    }
+    const value = entry !== undefined ? entry.copyOut() : await this.load(validatePath(path));
     return validate === undefined ? (value as T) : checked(path, value, validate);
   }
 
@@ -141,7 +136,7 @@ export class VaultClient {
     if (typeof service !== 'string' || !service) {
       throw new InvalidPath('service name must be a non-empty string', { path });
     }
-    const [value] = await this.get(path);
+    const value = await this.get(path);
     const creds = value[service];
     if (creds === null || typeof creds !== 'object' || Array.isArray(creds)) {
       const present = Object.keys(value).sort().join(', ') || 'none';
@@ -245,11 +240,15 @@ export class VaultClient {
   }
 
   // ---------------------------------------------------------------- internals
-  /** A private copy of the value and where it came from. */
-  private async get(path: string): Promise<[SecretData, CacheStatus]> {
+  /** A private copy of the value: from the cache when fresh, else loaded. */
+  private async get(path: string): Promise<SecretData> {
+    const fresh = this.cache.fresh(path);
+    return fresh !== undefined ? fresh.copyOut() : this.load(path);
+  }
+
+  /** Load `path` (single-flight) and copy it out; on an outage, the last value if usable. */
+  private async load(path: string): Promise<SecretData> {
     const cache = this.cache;
-    const fresh = cache.fresh(path);
-    if (fresh !== undefined) return [fresh.copyOut(), 'hit'];
     let entry: Entry;
     try {
       entry = await cache.load(path, () => this.fetchEntry(path));
@@ -258,13 +257,13 @@ export class VaultClient {
         const stale = cache.usableStale(path);
         if (stale !== undefined) {
           this.warnStale(path, e, stale.age());
-          return [stale.copyOut(), 'stale'];
+          return stale.copyOut();
         }
       }
       throw e;
     }
-    this.warnedStale.delete(path);
-    return [entry.copyOut(), 'miss'];
+    if (this.warnedStale.size !== 0) this.warnedStale.delete(path);
+    return entry.copyOut();
   }
 
   /** The file source serving `path` (MAILY_CONFIG_FILE serves `<mount>/data/config`). */
@@ -289,7 +288,7 @@ export class VaultClient {
     if (file !== null) return file.entry();
     const kv = parseKV2(path);
     if (kv !== null) {
-      const v = await this.api.kvRead(kv);
+      const v = kvValue(kv, await this.api.request('GET', kv.data)); // kvRead, one promise fewer
       return new Entry(v.data, v.version);
     }
     const r = await this.api.read(path);
