@@ -47,22 +47,25 @@ class Entry:
         created: float | None = None,
     ) -> Entry:
         now_wall = clock.time()
-        wall = now_wall if fetched_wall is None else fetched_wall
-        return cls(
-            value=value,
-            version=version,
-            fetched=clock.monotonic() - max(0.0, now_wall - wall),
-            fetched_wall=wall,
-            flat=all(isinstance(v, _SCALARS) for v in value.values()),
-            clock=clock,
-            created=created,
-        )
+        if fetched_wall is None:  # fetched now: the common case, a miss
+            wall, fetched = now_wall, clock.monotonic()
+        else:
+            wall = fetched_wall
+            fetched = clock.monotonic() - max(0.0, now_wall - wall)
+        return cls(value, version, fetched, wall, _flat(value), clock, created)
 
     def copy_out(self) -> dict[str, Any]:
         return dict(self.value) if self.flat else json_copy(self.value)
 
     def age(self) -> float:
         return self.clock.monotonic() - self.fetched
+
+
+def _flat(value: dict[str, Any]) -> bool:
+    for v in value.values():
+        if not isinstance(v, _SCALARS):
+            return False
+    return True
 
 
 def newer_or_same(new: Entry, current: Entry | None) -> bool:

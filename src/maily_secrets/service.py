@@ -722,7 +722,8 @@ class VaultService:
         return (await self.client.read(path)).data
 
     async def _fetch(self, path: ValidPath) -> Entry:
-        if self._file_secret is not None or self.settings.config_file is not None:
+        settings = self.settings
+        if self._file_secret is not None or settings.config_file is not None:
             f = self._from_file(path)
             if f is not None:
                 return f.entry()  # a local file: no request, no token, no snapshot
@@ -736,7 +737,8 @@ class VaultService:
             if data is None:
                 raise SecretNotFound(f"secret {path!r} returned no data", path=path)
             entry = self.cache.entry(data, None)
-        self._mark_snapshot_dirty()
+        if settings.snapshot_path is not None:
+            self._mark_snapshot_dirty()
         return entry
 
     def _warn_stale(self, path: str, exc: VaultError, age: float, where: str) -> None:

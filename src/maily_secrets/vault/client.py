@@ -179,6 +179,7 @@ class VaultClient:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.observer: Observer = observer or NOOP  # every HTTP attempt: metrics
         self._base = f"{self.settings.api_addr}/v1/"
+        self._kv: KV2 | None = None
         self._urls: dict[str, URL] = {}  # path -> its parsed URL: the same few paths recur
         self._members = (self.settings.api_addr, *self.settings.cluster_members)
         self._transport: Transport = transport or AiohttpTransport(
@@ -477,7 +478,10 @@ class VaultClient:
 
     @property
     def kv(self) -> KV2:
-        return KV2(self)
+        kv = self._kv
+        if kv is None:
+            kv = self._kv = KV2(self)
+        return kv
 
     def transit(self, mount: str | None = None) -> Transit:
         return Transit(self, mount or self.settings.transit_mount)
