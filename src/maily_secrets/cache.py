@@ -161,7 +161,7 @@ class SecretCache:
             waiter: asyncio.Future[Entry] = loop.create_future()
             flight.waiters.append(waiter)
             return await waiter
-        flight = _Flight(loop, self._stamp(path), asyncio.current_task())
+        flight = _Flight(loop, self._stamp(path), asyncio.current_task(loop))
         self._inflight[path] = flight
         try:
             entry = await loader()
