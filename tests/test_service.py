@@ -282,6 +282,26 @@ async def test_a_cancelled_caller_does_not_cancel_the_load_for_others(
         results = await asyncio.gather(*others)
         assert results == [{"k": "v"}] * 5
         assert first.cancelled()
+        assert not svc.cache._inflight and not svc.cache._handovers  # nothing orphaned
+        # the cancelled request died with its caller: the others' load sent it once more
+        assert svc.client.stats["GET"] <= 3  # token lookup-self + at most two reads
+    finally:
+        await svc.close()
+
+
+async def test_a_cancelled_lone_miss_leaves_no_load_behind(bao: Bao, root: VaultClient) -> None:
+    path = await make_secret(root, {"k": "v"})
+    svc = VaultService(bao.settings())
+    try:
+        await svc.get_config()  # logged in, a connection in the pool
+        first = asyncio.create_task(svc.get_secret(path))
+        await asyncio.sleep(0)  # its request is on the wire
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert not svc.cache._inflight and not svc.cache._handovers
+        assert svc.cache.peek(path) is None
+        assert await svc.get_secret(path) == {"k": "v"}  # the next miss loads anew
     finally:
         await svc.close()
 

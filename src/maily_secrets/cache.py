@@ -47,22 +47,25 @@ class Entry:
         created: float | None = None,
     ) -> Entry:
         now_wall = clock.time()
-        wall = now_wall if fetched_wall is None else fetched_wall
-        return cls(
-            value=value,
-            version=version,
-            fetched=clock.monotonic() - max(0.0, now_wall - wall),
-            fetched_wall=wall,
-            flat=all(isinstance(v, _SCALARS) for v in value.values()),
-            clock=clock,
-            created=created,
-        )
+        if fetched_wall is None:  # fetched now: the common case, a miss
+            wall, fetched = now_wall, clock.monotonic()
+        else:
+            wall = fetched_wall
+            fetched = clock.monotonic() - max(0.0, now_wall - wall)
+        return cls(value, version, fetched, wall, _flat(value), clock, created)
 
     def copy_out(self) -> dict[str, Any]:
         return dict(self.value) if self.flat else json_copy(self.value)
 
     def age(self) -> float:
         return self.clock.monotonic() - self.fetched
+
+
+def _flat(value: dict[str, Any]) -> bool:
+    for v in value.values():
+        if not isinstance(v, _SCALARS):
+            return False
+    return True
 
 
 def newer_or_same(new: Entry, current: Entry | None) -> bool:
@@ -91,7 +94,8 @@ class SecretCache:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self._now = self.clock.monotonic  # bound once: fresh() is the hot path
         self._entries: dict[str, Entry] = {}
-        self._inflight: dict[str, asyncio.Task[Entry]] = {}
+        self._inflight: dict[str, _Flight] = {}
+        self._handovers: set[asyncio.Task[None]] = set()
         self._generation: dict[str, int] = {}
         self._epoch = 0  # bumped by invalidate() of everything
 
@@ -143,46 +147,117 @@ class SecretCache:
     async def load(self, path: str, loader: Callable[[], Awaitable[Entry]]) -> Entry:
         """Run ``loader`` once for all concurrent callers of ``path``; store the result.
 
-        The load runs in its own task: a caller that is cancelled (a request timing
-        out) does not cancel the load for the others. Callers get the newest entry
-        the cache knows when the load ends (a write may have landed meanwhile).
+        The first caller runs the load itself (no task, no shield: a miss nobody else
+        waits for costs what the request costs); later callers wait on a future of
+        their own, so a waiter that is cancelled cancels nobody else. A first caller
+        that is cancelled (a request timing out) while others wait hands the load to
+        a task that loads again for them: they are neither cancelled nor left waiting.
+        Callers get the newest entry the cache knows when the load ends (a write may
+        have landed meanwhile).
         """
-        task = self._inflight.get(path)
-        if task is None or task.get_loop() is not asyncio.get_running_loop():
-            task = asyncio.get_running_loop().create_task(
-                self._run(path, loader, self._stamp(path))
-            )
-            task.add_done_callback(_retrieve)
-            self._inflight[path] = task
-        return await asyncio.shield(task)
-
-    async def _run(
-        self, path: str, loader: Callable[[], Awaitable[Entry]], stamp: tuple[int, int]
-    ) -> Entry:
+        loop = asyncio.get_running_loop()
+        flight = self._inflight.get(path)
+        if flight is not None and flight.loop is loop:
+            waiter: asyncio.Future[Entry] = loop.create_future()
+            flight.waiters.append(waiter)
+            return await waiter
+        flight = _Flight(loop, self._stamp(path), asyncio.current_task(loop))
+        self._inflight[path] = flight
         try:
             entry = await loader()
-            if self._stamp(path) != stamp:
-                return entry  # invalidated meanwhile: hand it to our callers, store nothing
-            if self.put(path, entry):
-                return entry
-            return self._entries[path]  # a newer version arrived while we loaded
-        finally:
-            if self._inflight.get(path) is asyncio.current_task():
-                del self._inflight[path]
+        except Exception as exc:
+            self._land(path, flight)
+            for w in flight.waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            raise
+        except BaseException:  # cancelled: the waiters, if any, are not
+            self._hand_over(path, flight, loader)
+            raise
+        return self._settle(path, flight, entry)
+
+    def _settle(self, path: str, flight: _Flight, entry: Entry) -> Entry:
+        """Store a finished load's entry (unless invalidated meanwhile) and answer its
+        waiters with what the cache holds now."""
+        self._land(path, flight)
+        if self._stamp(path) == flight.stamp and not self.put(path, entry):
+            entry = self._entries[path]  # a newer version arrived while we loaded
+        for w in flight.waiters:
+            if not w.done():
+                w.set_result(entry)
+        return entry
+
+    def _land(self, path: str, flight: _Flight) -> None:
+        if self._inflight.get(path) is flight:
+            del self._inflight[path]
+
+    def _hand_over(
+        self, path: str, flight: _Flight, loader: Callable[[], Awaitable[Entry]]
+    ) -> None:
+        """The first caller of a load was cancelled: if others wait, load again for them
+        in a task (a read is safe to send twice); else drop the flight."""
+        if not any(not w.done() for w in flight.waiters):
+            self._land(path, flight)
+            return
+        task = flight.loop.create_task(self._drive(path, flight, loader))
+        flight.driver = task
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+
+    async def _drive(
+        self, path: str, flight: _Flight, loader: Callable[[], Awaitable[Entry]]
+    ) -> None:
+        try:
+            entry = await loader()
+        except BaseException as exc:
+            self._land(path, flight)
+            for w in flight.waiters:
+                if w.done():
+                    continue
+                if isinstance(exc, Exception):
+                    w.set_exception(exc)
+                else:
+                    w.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._settle(path, flight, entry)
 
     async def close(self) -> None:
         """Cancel the loads in flight (their callers get CancelledError)."""
-        tasks = [t for t in self._inflight.values() if not t.done()]
+        flights = list(self._inflight.values())
         self._inflight.clear()
         loop = asyncio.get_running_loop()
-        mine = [t for t in tasks if t.get_loop() is loop]
+        me = asyncio.current_task()
+        for f in flights:
+            if f.loop is not loop:
+                continue
+            for w in f.waiters:
+                w.cancel()
+            if f.driver is not None and f.driver is not me and not f.driver.done():
+                f.driver.cancel()
+        mine = [t for t in self._handovers if t.get_loop() is loop and not t.done()]
         for t in mine:
             t.cancel()
         if mine:
             await asyncio.gather(*mine, return_exceptions=True)
+        else:
+            await asyncio.sleep(0)  # the cancelled callers see it before the pool closes
 
 
-def _retrieve(task: asyncio.Task[Entry]) -> None:
-    """Mark the outcome as seen, so that a load nobody waits for any more logs no warning."""
-    if not task.cancelled():
-        task.exception()
+class _Flight:
+    """One load in flight: who drives it (the first caller's task, or a hand-over task)
+    and the futures of the callers that joined it."""
+
+    __slots__ = ("driver", "loop", "stamp", "waiters")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stamp: tuple[int, int],
+        driver: asyncio.Task[Any] | None,
+    ) -> None:
+        self.loop = loop
+        self.stamp = stamp
+        self.driver = driver
+        self.waiters: list[asyncio.Future[Entry]] = []

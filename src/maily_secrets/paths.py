@@ -8,8 +8,9 @@ a bad path never reaches the network.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import NewType
 
 from .errors import InvalidPath
 
@@ -35,12 +36,23 @@ _CONTROL = re.compile(
 _FORBIDDEN = set("?#%\\")
 
 
+ValidPath = NewType("ValidPath", str)
+"""A path that :func:`checked` accepted: validated once, where it entered the library, so
+that what it is handed to (the cache, the load, the KV engine) need not check it again."""
+
+
 def validate_path(path: object) -> str:
     """Return ``path`` if it is a safe relative Vault path, else raise :class:`InvalidPath`."""
+    return checked(path)
+
+
+def checked(path: object) -> ValidPath:
+    """``path`` as a :data:`ValidPath` if it is a safe relative Vault path, else raise
+    :class:`InvalidPath`."""
     if not isinstance(path, str):
         raise InvalidPath(f"secret path must be a string, got {type(path).__name__}")
     _check(path)  # memoized for valid paths: the same few paths are checked all the time
-    return path
+    return ValidPath(path)
 
 
 @lru_cache(maxsize=4096)
@@ -87,14 +99,13 @@ class KV2Path:
 
     mount: str
     name: str
+    # Spelled once (instances of a path are shared: see parse), not at every request.
+    data: ValidPath = field(init=False, repr=False, compare=False)
+    metadata: ValidPath = field(init=False, repr=False, compare=False)
 
-    @property
-    def data(self) -> str:
-        return f"{self.mount}/data/{self.name}"
-
-    @property
-    def metadata(self) -> str:
-        return f"{self.mount}/metadata/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", ValidPath(f"{self.mount}/data/{self.name}"))
+        object.__setattr__(self, "metadata", ValidPath(f"{self.mount}/metadata/{self.name}"))
 
     @classmethod
     def parse(cls, path: str) -> KV2Path | None:
@@ -103,7 +114,12 @@ class KV2Path:
         The first ``data`` segment after the first segment separates the mount
         from the secret name, so mounts with several segments (``team/kv``) work.
         """
-        return _parse_kv2(validate_path(path))
+        return _parse_kv2(checked(path))
+
+    @classmethod
+    def parse_valid(cls, path: ValidPath) -> KV2Path | None:
+        """:meth:`parse` of a path already validated (one object per path: memoized)."""
+        return _parse_kv2(path)
 
     @classmethod
     def _parse(cls, path: str) -> KV2Path | None:

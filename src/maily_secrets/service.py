@@ -34,7 +34,7 @@ from .errors import (
 )
 from .health import Check, Health
 from .observe import NOOP, Observer
-from .paths import KV2Path, validate_path
+from .paths import KV2Path, ValidPath, checked, validate_path
 from .settings import VaultSettings
 from .supervise import supervised
 from .vault.client import VaultClient
@@ -234,7 +234,7 @@ class VaultService:
             raise InvalidPath("service name must be a non-empty string", path=path)
         start = time.perf_counter()
         try:
-            value, status = await self._get(path)
+            value, status = await self._get(checked(path))
         except BaseException as exc:
             self.observer.cache_read(path, "failed")
             self._log_access(path, None, "miss", _outcome(exc), start, service)
@@ -282,8 +282,9 @@ class VaultService:
             return hit
         start = time.perf_counter()
         try:
-            validate_path(path)
-            value, status = await self._get(path)
+            # fresh_hit found nothing and nothing awaited since: straight to the load,
+            # with the path validated here once (nothing below validates it again).
+            value, status = await self._miss(checked(path))
         except BaseException as exc:
             if isinstance(exc, VaultError) and not isinstance(exc, InvalidPath):
                 self.observer.cache_read(path, "failed")  # a valid path: a bounded label
@@ -297,7 +298,7 @@ class VaultService:
 
     async def get_secret_version(self, path: str) -> int | None:
         """The KV v2 version of the cached value of ``path`` (reads it if needed)."""
-        await self._get(path)
+        await self._get(checked(path))
         e = self.cache.peek(path)
         return e.version if e else None
 
@@ -551,7 +552,7 @@ class VaultService:
         if cache.fresh(path) is not None:
             return Check("readiness", path, True, "fresh in memory")
         try:
-            _, status = await self._get(path)
+            _, status = await self._get(checked(path))
         except VaultError as exc:
             return Check(
                 "readiness",
@@ -692,12 +693,17 @@ class VaultService:
         await self.close()
 
     # ------------------------------------------------------------------ internals
-    async def _get(self, path: str) -> tuple[dict[str, Any], CacheStatus]:
+    async def _get(self, path: ValidPath) -> tuple[dict[str, Any], CacheStatus]:
         """Returns a private copy of the value and where it came from."""
-        cache = self.cache
-        entry = cache.fresh(path)
+        entry = self.cache.fresh(path)
         if entry is not None:
             return entry.copy_out(), "hit"
+        return await self._miss(path)
+
+    async def _miss(self, path: ValidPath) -> tuple[dict[str, Any], CacheStatus]:
+        """A read the cache cannot answer fresh: one load for all concurrent callers,
+        else a last-known value within ``max_staleness`` when Vault is unavailable."""
+        cache = self.cache
         try:
             entry = await cache.load(path, lambda: self._fetch(path))
         except VaultUnavailable as exc:
@@ -710,7 +716,8 @@ class VaultService:
                 self._warn_stale(path, exc, from_disk.age(), "snapshot")
                 return from_disk.copy_out(), "snapshot"
             raise
-        self._warned_stale.discard(path)
+        if self._warned_stale:
+            self._warned_stale.discard(path)
         return entry.copy_out(), "miss"
 
     # --- the SecretSource of listeners and the JWT key set
@@ -720,7 +727,7 @@ class VaultService:
         The result is not cached (``cache.put`` or ``cache.load`` decide); a snapshot
         write is scheduled. Listeners compare versions with it.
         """
-        return await self._fetch(path)  # through ``_fetch``: tests substitute it
+        return await self._fetch(checked(path))  # through ``_fetch``: tests substitute it
 
     async def current_version(self, path: KV2Path) -> int:
         """The current version of a KV v2 secret (its metadata; 0 when it does not exist).
@@ -736,11 +743,13 @@ class VaultService:
         """The ``data`` of any API path as Vault returns it, uncached (``None``: no data)."""
         return (await self.client.read(path)).data
 
-    async def _fetch(self, path: str) -> Entry:
-        f = self._from_file(path)
-        if f is not None:
-            return f.entry()  # a local file: no request, no token, no snapshot
-        kv = KV2Path.parse(path)
+    async def _fetch(self, path: ValidPath) -> Entry:
+        settings = self.settings
+        if self._file_secret is not None or settings.config_file is not None:
+            f = self._from_file(path)
+            if f is not None:
+                return f.entry()  # a local file: no request, no token, no snapshot
+        kv = KV2Path.parse_valid(path)
         if kv is not None:
             v = await self.client.kv.read(kv)
             entry = self.cache.entry(v.data, v.version, created=_wall(v.created_time))
@@ -750,7 +759,8 @@ class VaultService:
             if data is None:
                 raise SecretNotFound(f"secret {path!r} returned no data", path=path)
             entry = self.cache.entry(data, None)
-        self._mark_snapshot_dirty()
+        if settings.snapshot_path is not None:
+            self._mark_snapshot_dirty()
         return entry
 
     def _warn_stale(self, path: str, exc: VaultError, age: float, where: str) -> None:

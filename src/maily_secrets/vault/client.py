@@ -55,6 +55,7 @@ log = logging.getLogger("maily_secrets.vault")
 Consistency = Literal["index", "forward", "none"]
 
 _MAX_REDIRECTS = 3
+_MAX_URLS = 4096
 
 
 class ClientClosed(VaultError):
@@ -178,6 +179,8 @@ class VaultClient:
         self.clock: Clock = clock or SYSTEM_CLOCK
         self.observer: Observer = observer or NOOP  # every HTTP attempt: metrics
         self._base = f"{self.settings.api_addr}/v1/"
+        self._kv: KV2 | None = None
+        self._urls: dict[str, URL] = {}  # path -> its parsed URL: the same few paths recur
         self._members = (self.settings.api_addr, *self.settings.cluster_members)
         self._transport: Transport = transport or AiohttpTransport(
             pool_size=self.settings.pool_size,
@@ -386,7 +389,12 @@ class VaultClient:
         json_body: Mapping[str, Any] | None,
         params: Mapping[str, str] | None,
     ) -> tuple[int, Any, Mapping[str, str] | None]:
-        url = URL(self._base + path)
+        url = self._urls.get(path)
+        if url is None:
+            url = URL(self._base + path)
+            if len(self._urls) >= _MAX_URLS:
+                self._urls.clear()
+            self._urls[path] = url
         for _hop in range(_MAX_REDIRECTS + 1):
             self.stats[method] += 1
             resp = await self._transport.send(Request(method, url, headers, json_body, params))
@@ -470,7 +478,10 @@ class VaultClient:
 
     @property
     def kv(self) -> KV2:
-        return KV2(self)
+        kv = self._kv
+        if kv is None:
+            kv = self._kv = KV2(self)
+        return kv
 
     def transit(self, mount: str | None = None) -> Transit:
         return Transit(self, mount or self.settings.transit_mount)

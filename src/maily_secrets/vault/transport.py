@@ -51,8 +51,9 @@ class Response:
         if not self.body:
             return None
         try:
-            return json.loads(self.body)
-        except ValueError:
+            # Vault answers UTF-8: decoding here spares json's encoding detection
+            return json.loads(self.body.decode())
+        except ValueError:  # UnicodeDecodeError is one
             return None
 
 
@@ -102,11 +103,19 @@ class AiohttpTransport:
         self._sessions: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, aiohttp.ClientSession
         ] = weakref.WeakKeyDictionary()
+        # The session of the loop that sent last: one identity check per request. (Held
+        # weakly: a finished loop is not kept alive by the transport.)
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], aiohttp.ClientSession] | None
+        self._last = None
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0]() is loop and not last[1].closed:
+            return last[1]
         s = self._sessions.get(loop)
         if s is not None and not s.closed:
+            self._last = (weakref.ref(loop), s)
             return s
         self._forget_dead_loops()
         connector = aiohttp.TCPConnector(
@@ -116,6 +125,7 @@ class AiohttpTransport:
             connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout)
         )
         self._sessions[loop] = s
+        self._last = (weakref.ref(loop), s)
         return s
 
     def _forget_dead_loops(self) -> None:
@@ -170,6 +180,7 @@ class AiohttpTransport:
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        self._last = None
         s = self._sessions.pop(loop, None)
         if s is not None and not s.closed:
             await s.close()
