@@ -140,6 +140,21 @@ def test_status_json_imports_no_sdk_and_no_rich(
     assert "maily_secrets.cli.dev" not in names and "maily_secrets.cli.doctor" not in names
 
 
+def test_status_table_to_a_pipe_imports_no_rich(
+    status_env: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    """The table printed to a pipe is plain aligned lines: Rich is for terminals only."""
+    env = {k: v for k, v in status_env[0].items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    names, proc = imported(["secrets", "status"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "secret rotation status: development", lines[:2]
+    header = ["type", "secret", "last", "rotated", "age", "interval", "next", "due", "state"]
+    assert lines[1].split() == header, lines[1]
+    assert len(lines) == 2 + len(BUILTIN), lines
+    assert "rich" not in names
+
+
 def test_status_dates_types_by_their_secret_without_loading_a_rotator(
     bao: Bao, status_env: tuple[dict[str, str], str]
 ) -> None:
