@@ -237,3 +237,27 @@ def test_script_run_as_a_program_needs_no_python_on_path() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("mailyctl (maily-secrets) "), proc.stdout
+
+
+def test_cli_process_runs_without_the_cyclic_collector(tmp_path: Path) -> None:
+    """``mailyctl.py`` turns the cyclic GC off before importing the CLI (a short process
+    whose heap is long-lived: each collection cost and freed next to nothing)."""
+    code = (
+        "import gc, runpy, sys\n"
+        "sys.argv = [sys.argv[1], '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('gc enabled:', gc.isenabled())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(MAILYCTL)],
+        capture_output=True,
+        text=True,
+        env=mailyctl_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().endswith("gc enabled: False"), proc.stdout[-300:]
