@@ -140,6 +140,21 @@ def test_status_json_imports_no_sdk_and_no_rich(
     assert "maily_secrets.cli.dev" not in names and "maily_secrets.cli.doctor" not in names
 
 
+def test_status_table_to_a_pipe_imports_no_rich(
+    status_env: tuple[dict[str, str], str], tmp_path: Path
+) -> None:
+    """The table printed to a pipe is plain aligned lines: Rich is for terminals only."""
+    env = {k: v for k, v in status_env[0].items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    names, proc = imported(["secrets", "status"], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "secret rotation status: development", lines[:2]
+    header = ["type", "secret", "last", "rotated", "age", "interval", "next", "due", "state"]
+    assert lines[1].split() == header, lines[1]
+    assert len(lines) == 2 + len(BUILTIN), lines
+    assert "rich" not in names
+
+
 def test_status_dates_types_by_their_secret_without_loading_a_rotator(
     bao: Bao, status_env: tuple[dict[str, str], str]
 ) -> None:
@@ -222,3 +237,27 @@ def test_script_run_as_a_program_needs_no_python_on_path() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("mailyctl (maily-secrets) "), proc.stdout
+
+
+def test_cli_process_runs_without_the_cyclic_collector(tmp_path: Path) -> None:
+    """``mailyctl.py`` turns the cyclic GC off before importing the CLI (a short process
+    whose heap is long-lived: each collection cost and freed next to nothing)."""
+    code = (
+        "import gc, runpy, sys\n"
+        "sys.argv = [sys.argv[1], '--help']\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('gc enabled:', gc.isenabled())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(MAILYCTL)],
+        capture_output=True,
+        text=True,
+        env=mailyctl_env(),
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.rstrip().endswith("gc enabled: False"), proc.stdout[-300:]

@@ -182,6 +182,18 @@ def completion(
 
 
 def run() -> None:
+    """The program: one command, one short process.
+
+    Its cyclic garbage collector is off: what a command allocates is mostly what it keeps
+    to the end (modules, classes, pydantic schemas, typer's parameter adapters), so each
+    collection walked a growing heap to free next to nothing: 115-235 young and one or
+    two full collections per ``secrets status`` or ``rotate``, 100-300 ms of a 1 s start
+    on this machine under load (``gc.callbacks``). Memory is freed by reference counting
+    as before; only cycles wait for the process to end.
+    """
+    import gc
+
+    gc.disable()
     from ..errors import ConfigurationError
 
     try:
