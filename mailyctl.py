@@ -28,7 +28,7 @@ def main() -> None:
     in_venv = os.path.realpath(sys.prefix) == os.path.realpath(VENV)
     if not in_venv and os.access(venv_python, os.X_OK):
         os.execv(venv_python, [venv_python, *sys.argv])  # noqa: S606
-    gc.disable()  # a short process: see maily_secrets.cli.main.run
+    gc.set_threshold(50_000, 20, 20)  # rare collections: see maily_secrets.cli.main.run
     sys.path[:0] = [os.path.join(ROOT, "src"), ROOT]
     try:
         from maily_secrets.cli.main import run
