@@ -651,8 +651,6 @@ export class VaultApi {
   private readonly timeoutMs: number;
   /** The agent's timeout: how long a kept-alive socket may idle (see MAX_IDLE_SOCKET_MS). */
   readonly idleMs: number;
-  private lastHeaders: http.OutgoingHttpHeaders | null = null;
-  private lastHeadersToken = '';
   private ca: Buffer | Buffer[] | undefined;
 
   constructor(
@@ -742,17 +740,12 @@ export class VaultApi {
       let used = '';
       // A token that needs no refresh is taken without an await (a miss's usual case).
       if (authenticated) used = options.token ?? this.tokens.ready() ?? (await this.tokens.get());
-      let headers: http.OutgoingHttpHeaders;
-      if (payload === undefined && index === null) {
-        headers = this.readHeaders(used); // a read's: built once per token, not per request
-      } else {
-        headers = { ...this.baseHeaders };
-        if (used !== '') headers['X-Vault-Token'] = used; // '': a Vault Agent's API proxy adds its own
-        if (index !== null) headers['X-Vault-Index'] = index;
-        if (payload !== undefined) {
-          headers['Content-Type'] = 'application/json';
-          headers['Content-Length'] = payload.length;
-        }
+      const headers: http.OutgoingHttpHeaders = { ...this.baseHeaders };
+      if (used !== '') headers['X-Vault-Token'] = used; // '': a Vault Agent's API proxy adds its own
+      if (index !== null) headers['X-Vault-Index'] = index;
+      if (payload !== undefined) {
+        headers['Content-Type'] = 'application/json';
+        headers['Content-Length'] = payload.length;
       }
       let res: RawResponse;
       try {
@@ -819,16 +812,6 @@ export class VaultApi {
       }
       throw this.error(status, body, path);
     }
-  }
-
-  /** The headers of a request without body or index sent with `token` (Node only reads them). */
-  private readHeaders(token: string): http.OutgoingHttpHeaders {
-    if (this.lastHeaders !== null && this.lastHeadersToken === token) return this.lastHeaders;
-    const headers: http.OutgoingHttpHeaders = { ...this.baseHeaders };
-    if (token !== '') headers['X-Vault-Token'] = token; // '': a Vault Agent's API proxy adds its own
-    this.lastHeaders = Object.freeze(headers);
-    this.lastHeadersToken = token;
-    return headers;
   }
 
   /** `path` (relative to /v1/, already validated) and its query as a request target. */
