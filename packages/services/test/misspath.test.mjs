@@ -117,47 +117,6 @@ test('the request timeout is the socket inactivity timeout of the request: a GET
   assert.equal(n, 3);
 });
 
-/** The timeout of every socket the agent of `c` keeps (free, idle) after a read. */
-function idleTimeouts(c) {
-  return Object.values(c.api.agent.freeSockets).flat().map((s) => s.timeout);
-}
-
-test('a kept-alive socket idles for the request timeout, so Node does not re-arm its timer on each reuse', async (t) => {
-  const writer = rootClient();
-  t.after(() => writer.close());
-  const path = `maily/data/${uniqueName('idle')}`;
-  await writer.putSecret(path, { a: 'one' }, { cas: 0 });
-  const c = client(ADDR, { timeout: 3 });
-  t.after(() => c.close());
-  assert.deepEqual(await c.getSecret(path), { a: 'one' });
-  assert.equal(c.api.idleMs, 3000);
-  assert.deepEqual(idleTimeouts(c), [3000]);
-  const set = [];
-  const [sock] = Object.values(c.api.agent.freeSockets).flat();
-  const real = sock.setTimeout;
-  sock.setTimeout = function (ms, ...rest) {
-    set.push(ms);
-    return real.call(this, ms, ...rest);
-  };
-  c.invalidate(path);
-  assert.deepEqual(await c.getSecret(path), { a: 'one' });
-  assert.deepEqual(idleTimeouts(c), [3000], 'the same socket, reused');
-  assert.ok(!set.some((ms) => ms !== 0 && ms !== 3000), `socket timeouts set: ${set.join(', ')}`);
-  assert.ok(set.length <= 2, `socket timer re-armed ${set.length} times for one request`);
-});
-
-test('a long request timeout still closes idle sockets after 15 s (the Python client keeps them as long)', async (t) => {
-  const writer = rootClient();
-  t.after(() => writer.close());
-  const path = `maily/data/${uniqueName('idle-long')}`;
-  await writer.putSecret(path, { a: 'one' }, { cas: 0 });
-  const c = client(ADDR, { timeout: 60 });
-  t.after(() => c.close());
-  assert.deepEqual(await c.getSecret(path), { a: 'one' });
-  assert.equal(c.api.idleMs, 15000);
-  assert.deepEqual(idleTimeouts(c), [15000]);
-});
-
 // ------------------------------------------------------------------ the token without an await
 test('tokens.ready() gives the current token only while it needs no refresh', async (t) => {
   const settings = loadSettings({ addr: 'http://127.0.0.1:1', renewFraction: 2 / 3 }, {});

@@ -32,13 +32,8 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 export type SecretData = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const MAX_REDIRECTS = 3;
-/**
- * Idle keep-alive sockets are closed after at most this (aiohttp's default keep-alive, what
- * the Python client uses; below OpenBao's 5 min). Below it, the idle timeout is the request
- * timeout: Node re-arms a socket's timer twice per request (on reuse and on release) when the
- * agent's timeout and the request's differ, and not at all when they are the same.
- */
-const MAX_IDLE_SOCKET_MS = 15_000;
+/** Idle keep-alive sockets are closed after this (below any server's or proxy's idle timeout). */
+const IDLE_SOCKET_MS = 5000;
 const TLS_ERRORS = new Set([
   'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
   'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
@@ -649,8 +644,6 @@ export class VaultApi {
   private readonly baseHeaders: Record<string, string>;
   private readonly targets = new Map<string, Target>();
   private readonly timeoutMs: number;
-  /** The agent's timeout: how long a kept-alive socket may idle (see MAX_IDLE_SOCKET_MS). */
-  readonly idleMs: number;
   private ca: Buffer | Buffer[] | undefined;
 
   constructor(
@@ -661,7 +654,6 @@ export class VaultApi {
     this.consistency = options.consistency ?? 'index';
     this.base = new URL(`${apiAddr(settings)}/v1/`);
     this.timeoutMs = settings.timeout * 1000;
-    this.idleMs = Math.min(this.timeoutMs, MAX_IDLE_SOCKET_MS);
     this.baseHeaders = { Accept: 'application/json' };
     if (settings.namespace) this.baseHeaders['X-Vault-Namespace'] = settings.namespace;
     if (this.consistency === 'forward') this.baseHeaders['X-Vault-Inconsistent'] = 'forward-active-node';
@@ -691,7 +683,7 @@ export class VaultApi {
       const opts: https.AgentOptions = {
         keepAlive: true,
         maxSockets: st.poolSize,
-        timeout: this.idleMs,
+        timeout: IDLE_SOCKET_MS,
         rejectUnauthorized: !st.skipVerify,
       };
       if (this.ca !== undefined) opts.ca = this.ca;
@@ -713,7 +705,7 @@ export class VaultApi {
       if (st.tlsServerName) opts.servername = st.tlsServerName;
       this.agent = new https.Agent(opts);
     } else {
-      this.agent = new http.Agent({ keepAlive: true, maxSockets: this.settings.poolSize, timeout: this.idleMs });
+      this.agent = new http.Agent({ keepAlive: true, maxSockets: this.settings.poolSize, timeout: IDLE_SOCKET_MS });
     }
     return this.agent;
   }
