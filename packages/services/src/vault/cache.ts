@@ -49,6 +49,13 @@ export class Entry {
 export class SecretCache {
   private readonly entries = new Map<string, Entry>();
   private readonly inflight = new Map<string, Promise<Entry>>();
+  /**
+   * Bumped per path by put() and invalidate(path), and for all by invalidate() (epoch): a load
+   * stores its result only if neither moved while it ran. Not versions: a destroyed and
+   * re-created secret starts again at version 1, so "higher version wins" would keep the old one.
+   */
+  private readonly generation = new Map<string, number>();
+  private epoch = 0;
 
   constructor(
     /** seconds */ readonly ttl: number,
@@ -65,27 +72,44 @@ export class SecretCache {
     return e !== undefined && e.age() <= this.maxStaleness ? e : undefined;
   }
 
+  /** Store `entry` (a write, a watcher's new version): a load in flight for `path` no longer stores its result. */
   put(path: string, entry: Entry): void {
     this.entries.set(path, entry);
+    this.generation.set(path, (this.generation.get(path) ?? 0) + 1);
   }
 
   peek(path: string): Entry | undefined {
     return this.entries.get(path);
   }
 
+  /** Forget `path` (or everything); a load in flight is not stored, and the next caller starts a new one. */
   invalidate(path?: string): void {
-    if (path === undefined) this.entries.clear();
-    else this.entries.delete(path);
+    if (path === undefined) {
+      this.entries.clear();
+      this.inflight.clear();
+      this.generation.clear();
+      this.epoch += 1;
+    } else {
+      this.entries.delete(path);
+      this.inflight.delete(path);
+      this.generation.set(path, (this.generation.get(path) ?? 0) + 1);
+    }
   }
 
   get size(): number {
     return this.entries.size;
   }
 
-  /** Run `loader` once for all concurrent callers of `path`; store the result. */
+  /**
+   * Run `loader` once for all concurrent callers of `path`; store the result unless a put()
+   * or an invalidate() came meanwhile (they win). Callers then get the entry the cache
+   * holds (a write's), else the loaded one, not stored.
+   */
   load(path: string, loader: () => Promise<Entry>): Promise<Entry> {
     let p = this.inflight.get(path);
     if (p === undefined) {
+      const epoch = this.epoch;
+      const generation = this.generation.get(path);
       let started: Promise<Entry>;
       try {
         started = loader();
@@ -93,17 +117,21 @@ export class SecretCache {
         started = Promise.reject(e); // a loader that throws is a rejection, as an async one's
       }
       // One promise layer over the loader's (no async wrapper): a miss pays for what it needs.
-      p = started.then(
+      const mine: Promise<Entry> = started.then(
         (entry) => {
-          this.inflight.delete(path);
-          this.entries.set(path, entry);
-          return entry;
+          if (this.inflight.get(path) === mine) this.inflight.delete(path);
+          if (this.epoch === epoch && this.generation.get(path) === generation) {
+            this.entries.set(path, entry);
+            return entry;
+          }
+          return this.entries.get(path) ?? entry;
         },
         (e: unknown) => {
-          this.inflight.delete(path);
+          if (this.inflight.get(path) === mine) this.inflight.delete(path);
           throw e;
         },
       );
+      p = mine;
       this.inflight.set(path, p);
     }
     return p;
