@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from yarl import URL
 
@@ -38,7 +38,6 @@ from .auth import TokenManager, auth_from_settings
 from .kv import KV2
 from .policy import REDIRECT_STATUS, error_class, redirect_target, should_retry
 from .requester import VaultResponse, list_keys
-from .transit import Transit
 from .transport import (
     HANDSHAKE_FAILURE,
     AiohttpTransport,
@@ -47,6 +46,9 @@ from .transport import (
     Transport,
     TransportError,
 )
+
+if TYPE_CHECKING:
+    from .transit import Transit
 
 __all__ = [
     "ClientClosed",
@@ -508,4 +510,6 @@ class VaultClient:
         return kv
 
     def transit(self, mount: str | None = None) -> Transit:
+        from .transit import Transit  # loaded when first used, not with every client
+
         return Transit(self, mount or self.settings.transit_mount)
