@@ -126,7 +126,8 @@ class SecretCache:
     ) -> Entry:
         """A new entry fetched now, on this cache's clock (``created``: the version's
         creation as wall time or Vault's ``created_time``, when Vault said)."""
-        return Entry.make(value, version, clock=self.clock, created=created)
+        clock = self.clock
+        return Entry(value, version, self._now(), clock.time(), _flat(value), clock, created)
 
     def fresh(self, path: str) -> Entry | None:
         e = self._entries.get(path)
@@ -183,7 +184,8 @@ class SecretCache:
             waiter: asyncio.Future[Entry] = loop.create_future()
             flight.waiters.append(waiter)
             return await waiter
-        flight = _Flight(loop, self._stamp(path), asyncio.current_task(loop))
+        stamp = self._epoch, self._generation.get(path, 0)  # (_stamp, inlined: hot path)
+        flight = _Flight(loop, stamp, asyncio.current_task(loop))
         self._inflight[path] = flight
         try:
             entry = await loader()
@@ -201,8 +203,11 @@ class SecretCache:
     def _settle(self, path: str, flight: _Flight, entry: Entry) -> Entry:
         """Store a finished load's entry (unless invalidated meanwhile) and answer its
         waiters with what the cache holds now."""
-        self._land(path, flight)
-        if self._stamp(path) == flight.stamp and not self.put(path, entry):
+        if self._inflight.get(path) is flight:  # (_land, inlined: the hot path)
+            del self._inflight[path]
+        if (self._epoch, self._generation.get(path, 0)) == flight.stamp and not self.put(
+            path, entry
+        ):
             entry = self._entries[path]  # a newer version arrived while we loaded
         for w in flight.waiters:
             if not w.done():
