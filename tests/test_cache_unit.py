@@ -210,3 +210,17 @@ async def test_a_flight_of_another_event_loop_is_not_joined() -> None:
     assert (await asyncio.to_thread(other_loop)).value == {"k": "other"}
     load.release.set()
     assert (await first).value == {"k": "v"}
+
+
+def test_an_entrys_created_time_is_vaults_rfc3339_text_as_a_unix_time() -> None:
+    c = cache()
+    e = c.entry({"k": "v"}, 3, created="2024-05-06T07:08:09.5Z")
+    assert e.created == 1714979289.5
+    assert e.created == 1714979289.5  # parsed once, kept
+    assert c.entry({"k": "v"}, 3, created=1714979289.5).created == 1714979289.5
+
+
+def test_an_entry_with_no_or_an_unparseable_created_time_has_none() -> None:
+    c = cache()
+    assert c.entry({"k": "v"}, 3).created is None
+    assert c.entry({"k": "v"}, 3, created="not a time").created is None

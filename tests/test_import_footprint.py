@@ -49,6 +49,7 @@ NOT_NEEDED = (
     "maily_secrets.targets",
     "maily_secrets.cli",
     "maily_secrets.dev",
+    "maily_secrets.vault.transit",
 )
 
 _LOADED = textwrap.dedent(

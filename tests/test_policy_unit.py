@@ -170,3 +170,22 @@ async def test_redirects_follow_only_the_same_origin_or_members_and_the_token_go
         assert policy.origin(r.url) == policy.origin(ADDR) or any(
             policy.origin(r.url) == policy.origin(m) for m in members
         )
+
+
+async def test_valid_now_is_the_token_until_its_renewal_is_due_then_none() -> None:
+    from maily_secrets.vault.auth import Token
+
+    clock = ManualClock()
+    settings = VaultSettings(addr=ADDR, token="unit-token", auth_method="token")
+    c = VaultClient(settings, transport=MockTransport(lambda r: json_response(500)), clock=clock)
+    tm = c.tokens
+    assert tm.valid_now() is None  # none obtained yet: token() logs in
+    tm._token = Token("unit-token", ttl=30, renewable=True, obtained=clock.monotonic())
+    assert tm.valid_now() == "unit-token"
+    await clock.advance(30 * settings.renew_fraction - 0.5)
+    assert tm.valid_now() == "unit-token"
+    await clock.advance(1)
+    assert tm.valid_now() is None  # renewal due: token() renews
+    tm._token = Token("root", ttl=0, renewable=False, obtained=clock.monotonic())
+    await clock.advance(10**6)
+    assert tm.valid_now() == "root"  # a token that never expires

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from .clock import SYSTEM_CLOCK, Clock
@@ -34,7 +35,9 @@ class Entry:
     fetched_wall: float  # the clock's time() of the fetch, for snapshots
     flat: bool  # every value is a scalar: a shallow copy is a full copy
     clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
-    created: float | None = None  # wall time Vault created this version (change lag metric)
+    # When Vault created this version: a Unix time, or Vault's RFC 3339 ``created_time``
+    # as it came, parsed only when someone asks (:attr:`created`; most entries never are).
+    created_at: float | str | None = None
 
     @classmethod
     def make(
@@ -44,7 +47,7 @@ class Entry:
         fetched_wall: float | None = None,
         *,
         clock: Clock = SYSTEM_CLOCK,
-        created: float | None = None,
+        created: float | str | None = None,
     ) -> Entry:
         now_wall = clock.time()
         if fetched_wall is None:  # fetched now: the common case, a miss
@@ -54,11 +57,30 @@ class Entry:
             fetched = clock.monotonic() - max(0.0, now_wall - wall)
         return cls(value, version, fetched, wall, _flat(value), clock, created)
 
+    @property
+    def created(self) -> float | None:
+        """The wall time Vault created this version (``None``: unknown), for the change
+        lag metric."""
+        c = self.created_at
+        if isinstance(c, str):
+            c = self.created_at = _wall(c)
+        return c
+
     def copy_out(self) -> dict[str, Any]:
         return dict(self.value) if self.flat else json_copy(self.value)
 
     def age(self) -> float:
         return self.clock.monotonic() - self.fetched
+
+
+def _wall(created_time: str) -> float | None:
+    """Vault's RFC 3339 ``created_time`` as a Unix time (``None`` when absent or odd)."""
+    if not created_time:
+        return None
+    try:
+        return datetime.fromisoformat(created_time).timestamp()
+    except ValueError:
+        return None
 
 
 def _flat(value: dict[str, Any]) -> bool:
@@ -100,11 +122,12 @@ class SecretCache:
         self._epoch = 0  # bumped by invalidate() of everything
 
     def entry(
-        self, value: dict[str, Any], version: int | None, *, created: float | None = None
+        self, value: dict[str, Any], version: int | None, *, created: float | str | None = None
     ) -> Entry:
         """A new entry fetched now, on this cache's clock (``created``: the version's
-        creation as wall time, when Vault said)."""
-        return Entry.make(value, version, clock=self.clock, created=created)
+        creation as wall time or Vault's ``created_time``, when Vault said)."""
+        clock = self.clock
+        return Entry(value, version, self._now(), clock.time(), _flat(value), clock, created)
 
     def fresh(self, path: str) -> Entry | None:
         e = self._entries.get(path)
@@ -161,7 +184,8 @@ class SecretCache:
             waiter: asyncio.Future[Entry] = loop.create_future()
             flight.waiters.append(waiter)
             return await waiter
-        flight = _Flight(loop, self._stamp(path), asyncio.current_task(loop))
+        stamp = self._epoch, self._generation.get(path, 0)  # (_stamp, inlined: hot path)
+        flight = _Flight(loop, stamp, asyncio.current_task(loop))
         self._inflight[path] = flight
         try:
             entry = await loader()
@@ -179,8 +203,11 @@ class SecretCache:
     def _settle(self, path: str, flight: _Flight, entry: Entry) -> Entry:
         """Store a finished load's entry (unless invalidated meanwhile) and answer its
         waiters with what the cache holds now."""
-        self._land(path, flight)
-        if self._stamp(path) == flight.stamp and not self.put(path, entry):
+        if self._inflight.get(path) is flight:  # (_land, inlined: the hot path)
+            del self._inflight[path]
+        if (self._epoch, self._generation.get(path, 0)) == flight.stamp and not self.put(
+            path, entry
+        ):
             entry = self._entries[path]  # a newer version arrived while we loaded
         for w in flight.waiters:
             if not w.done():

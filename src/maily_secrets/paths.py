@@ -43,7 +43,10 @@ that what it is handed to (the cache, the load, the KV engine) need not check it
 
 def validate_path(path: object) -> str:
     """Return ``path`` if it is a safe relative Vault path, else raise :class:`InvalidPath`."""
-    return checked(path)
+    if not isinstance(path, str):
+        raise InvalidPath(f"secret path must be a string, got {type(path).__name__}")
+    _check(path)  # memoized for valid paths: the same few paths are checked all the time
+    return path
 
 
 def checked(path: object) -> ValidPath:
@@ -51,8 +54,9 @@ def checked(path: object) -> ValidPath:
     :class:`InvalidPath`."""
     if not isinstance(path, str):
         raise InvalidPath(f"secret path must be a string, got {type(path).__name__}")
-    _check(path)  # memoized for valid paths: the same few paths are checked all the time
-    return ValidPath(path)
+    _check(path)
+    # The same str: ``ValidPath(path)`` would only cost a call (a NewType is a function).
+    return path  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=4096)

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .access import AccessLog
@@ -38,6 +37,7 @@ from .paths import KV2Path, ValidPath, checked, validate_path
 from .settings import VaultSettings
 from .supervise import supervised
 from .vault.client import VaultClient
+from .vault.kv import live_data
 
 if TYPE_CHECKING:
     # what a read does not use loads where it is first needed (function-level imports):
@@ -63,16 +63,6 @@ _OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
     (VaultUnavailable, "unavailable"),
     (VaultError, "error"),
 )
-
-
-def _wall(created_time: str) -> float | None:
-    """Vault's RFC 3339 ``created_time`` as a Unix time (``None`` when absent or odd)."""
-    if not created_time:
-        return None
-    try:
-        return datetime.fromisoformat(created_time).timestamp()
-    except ValueError:
-        return None
 
 
 def _outcome(exc: BaseException) -> str:
@@ -751,8 +741,16 @@ class VaultService:
                 return f.entry()  # a local file: no request, no token, no snapshot
         kv = KV2Path.parse_valid(path)
         if kv is not None:
-            v = await self.client.kv.read(kv)
-            entry = self.cache.entry(v.data, v.version, created=_wall(v.created_time))
+            # KV v2 straight from the answer (what ``kv.read`` does, without the
+            # SecretVersion nobody reads here); ``created_time`` parsed only if asked.
+            r = await self.client.request("GET", kv.data)
+            value, meta = live_data(kv.data, r.body)
+            created = meta.get("created_time")
+            entry = self.cache.entry(
+                value,
+                int(meta.get("version") or 0),
+                created=created if isinstance(created, str) and created else None,
+            )
         else:
             r = await self.client.read(path)
             data = r.data

@@ -350,12 +350,21 @@ class TokenManager:
     def fraction(self) -> float:
         return self._client.settings.renew_fraction
 
-    async def token(self) -> str:
+    def valid_now(self) -> str | None:
+        """The token now if it needs no renewal (no await: the common case of every
+        request), else ``None``: then :meth:`token` renews or logs in."""
         t = self._token
-        if t is not None:
-            renew_at = t.renew_at(self.fraction)
-            if renew_at is None or self.clock.monotonic() < renew_at:
-                return t.value
+        if t is None:
+            return None
+        renew_at = t.renew_at(self._client.settings.renew_fraction)
+        if renew_at is None or self.clock.monotonic() < renew_at:
+            return t.value
+        return None
+
+    async def token(self) -> str:
+        value = self.valid_now()
+        if value is not None:
+            return value
         return (await self._refresh()).value
 
     def _loop_lock(self) -> asyncio.Lock:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from yarl import URL
 
@@ -38,8 +38,17 @@ from .auth import TokenManager, auth_from_settings
 from .kv import KV2
 from .policy import REDIRECT_STATUS, error_class, redirect_target, should_retry
 from .requester import VaultResponse, list_keys
-from .transit import Transit
-from .transport import HANDSHAKE_FAILURE, AiohttpTransport, Request, Transport, TransportError
+from .transport import (
+    HANDSHAKE_FAILURE,
+    AiohttpTransport,
+    Request,
+    Response,
+    Transport,
+    TransportError,
+)
+
+if TYPE_CHECKING:
+    from .transit import Transit
 
 __all__ = [
     "ClientClosed",
@@ -315,22 +324,50 @@ class VaultClient:
         index = self._index if self.consistency != "none" else None
         relogged = False
         attempt = 0
+        url = self._urls.get(path)
+        if url is None:
+            url = self._url(path)
         while True:
             headers = dict(self._base_headers)
             used = ""
             if authenticated:
-                used = token or await self.tokens.token()
+                if token:
+                    used = token
+                else:
+                    # A valid token without an await; renewal or login only when due.
+                    current = self.tokens.valid_now()
+                    used = current if current is not None else await self.tokens.token()
                 if used:  # "" : a Vault Agent's API proxy adds its own token
                     headers["X-Vault-Token"] = used
             if index is not None:
                 headers["X-Vault-Index"] = index
-            sent = time.perf_counter()
+            observer = self.observer
+            timed = observer is not NOOP  # no clock reads for nobody
+            sent = time.perf_counter() if timed else 0.0
+            # One exchange, following a standby's redirects to the active node (same
+            # method, body and token, only to the same origin or a cluster member).
+            hop_url, hop_params = url, params
+            hops = 0
             try:
-                status, body, resp_headers = await self._send(
-                    method, path, headers, json_body, params
-                )
+                while True:
+                    self.stats[method] += 1
+                    resp = await self._transport.send(
+                        Request(method, hop_url, headers, json_body, hop_params)
+                    )
+                    if resp.status in REDIRECT_STATUS and "Location" in resp.headers:
+                        if hops == _MAX_REDIRECTS:
+                            status, resp_headers = 508, None
+                            body: Any = {"errors": ["too many redirects"]}
+                            break
+                        hops += 1
+                        hop_url = self._redirect(resp, path)
+                        hop_params = None  # the Location already carries the query string
+                        continue
+                    status, body, resp_headers = resp.status, resp.json(), resp.headers
+                    break
             except TransportError as exc:
-                self.observer.vault_request(method, path, "error", time.perf_counter() - sent)
+                if timed:
+                    observer.vault_request(method, path, "error", time.perf_counter() - sent)
                 if exc.certificate is not None or exc.rejected is not None:
                     # Not transient: retrying cannot fix a certificate that does not verify.
                     raise VaultUnavailable(self._tls_failure(path, exc), path=path) from None
@@ -347,7 +384,8 @@ class VaultClient:
                     + (" (the request may have been applied)" if kind is OutcomeUnknown else ""),
                     path=path,
                 ) from None
-            self.observer.vault_request(method, path, str(status), time.perf_counter() - sent)
+            if timed:
+                observer.vault_request(method, path, str(status), time.perf_counter() - sent)
 
             if status < 400:
                 if method != "GET" and resp_headers is not None:
@@ -381,41 +419,29 @@ class VaultClient:
                     )
             raise self._error(status, body, path)
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str],
-        json_body: Mapping[str, Any] | None,
-        params: Mapping[str, str] | None,
-    ) -> tuple[int, Any, Mapping[str, str] | None]:
-        url = self._urls.get(path)
-        if url is None:
-            url = URL(self._base + path)
-            if len(self._urls) >= _MAX_URLS:
-                self._urls.clear()
-            self._urls[path] = url
-        for _hop in range(_MAX_REDIRECTS + 1):
-            self.stats[method] += 1
-            resp = await self._transport.send(Request(method, url, headers, json_body, params))
-            if resp.status in REDIRECT_STATUS and "Location" in resp.headers:
-                # A standby pointing us at the active node: same method, body and token,
-                # but only to the same origin or a configured cluster member.
-                target = redirect_target(resp.url, resp.headers["Location"], self._members)
-                if target is None:
-                    raise VaultRequestError(
-                        f"refused to follow a redirect for {path!r} (HTTP {resp.status}) to"
-                        f" {_origin_text(resp.headers['Location'], resp.url)}: not the same"
-                        " origin nor a configured cluster member (MAILY_SECRETS_CLUSTER_MEMBERS),"
-                        " or a downgrade from https; the token was not sent there",
-                        path=path,
-                        status=resp.status,
-                    )
-                url = target
-                params = None  # the Location already carries the query string
-                continue
-            return resp.status, resp.json(), resp.headers
-        return 508, {"errors": ["too many redirects"]}, None
+    def _url(self, path: str) -> URL:
+        """The parsed URL of ``path``, kept: the same few paths recur."""
+        url = URL(self._base + path)
+        if len(self._urls) >= _MAX_URLS:
+            self._urls.clear()
+        self._urls[path] = url
+        return url
+
+    def _redirect(self, resp: Response, path: str) -> URL:
+        """Where a standby's redirect points, if we may follow it (the same origin or a
+        configured cluster member); else raise before the token is sent anywhere."""
+        location = resp.headers["Location"]
+        target = redirect_target(resp.url, location, self._members)
+        if target is None:
+            raise VaultRequestError(
+                f"refused to follow a redirect for {path!r} (HTTP {resp.status}) to"
+                f" {_origin_text(location, resp.url)}: not the same"
+                " origin nor a configured cluster member (MAILY_SECRETS_CLUSTER_MEMBERS),"
+                " or a downgrade from https; the token was not sent there",
+                path=path,
+                status=resp.status,
+            )
+        return target
 
     async def _backoff(self, attempt: int, path: str, cause: str) -> None:
         delay = backoff_delay(
@@ -484,4 +510,6 @@ class VaultClient:
         return kv
 
     def transit(self, mount: str | None = None) -> Transit:
+        from .transit import Transit  # loaded when first used, not with every client
+
         return Transit(self, mount or self.settings.transit_mount)

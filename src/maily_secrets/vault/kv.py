@@ -30,6 +30,18 @@ class SecretVersion:
     custom_metadata: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+def live_data(path: str, body: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``data`` and ``metadata`` of a KV v2 read's answer ``body``; raises
+    :class:`SecretNotFound` for a version with no live data (soft-deleted, destroyed)."""
+    doc = body.get("data") if body is not None else None
+    if isinstance(doc, dict):
+        data = doc.get("data")
+        if isinstance(data, dict):
+            meta = doc.get("metadata")
+            return data, meta if isinstance(meta, dict) else {}
+    raise SecretNotFound(f"secret {path!r} has no live data (deleted)", path=path)
+
+
 def _as_kv2(path: KV2Path | str) -> KV2Path:
     if isinstance(path, KV2Path):
         return path
@@ -51,11 +63,7 @@ class KV2:
         p = _as_kv2(path)
         params = {"version": str(version)} if version is not None else None
         r = await self._c.request("GET", p.data, params=params)
-        body = r.data or {}
-        data = body.get("data")
-        meta = body.get("metadata") or {}
-        if data is None:  # soft-deleted or destroyed version
-            raise SecretNotFound(f"secret {p.data!r} has no live data (deleted)", path=p.data)
+        data, meta = live_data(p.data, r.body)
         return SecretVersion(
             path=p.data,
             data=data,
