@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import time
@@ -62,13 +63,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reads", type=int, default=200_000, help="cache hits per round")
     args = ap.parse_args()
-    server = DevServer(Path(tempfile.mkdtemp(prefix="bench-metrics-")))
+    state = Path(tempfile.mkdtemp(prefix="bench-metrics-"))  # ours: removed at the end
+    server = DevServer(state)
     info, _ = server.start(port=0)
     settings = VaultSettings(addr=info.addr, token=info.token(), auth_method="token")
     try:
         results = asyncio.run(measure(settings, args.rounds, args.reads))
     finally:
         server.stop()
+        shutil.rmtree(state, ignore_errors=True)
     for label, v in results.items():
         med = statistics.median(v)
         print(f"{label}: median {med:.2f} us per cache hit, range {min(v):.2f}-{max(v):.2f}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import tempfile
 import threading
@@ -53,7 +54,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--reads", type=int, default=500, help="reads per thread")
     args = ap.parse_args()
-    server = DevServer(Path(tempfile.mkdtemp(prefix="bench-sync-")))
+    state = Path(tempfile.mkdtemp(prefix="bench-sync-"))  # ours: removed at the end
+    server = DevServer(state)
     info, _ = server.start(port=0)
     settings = VaultSettings(addr=info.addr, token=info.token(), auth_method="token")
 
@@ -79,6 +81,7 @@ def main() -> None:
     finally:
         SyncVaultService._fresh = in_thread  # type: ignore[method-assign]
         server.stop()
+        shutil.rmtree(state, ignore_errors=True)
     for name, v in results.items():
         med = statistics.median(v)
         print(f"{name}: median {med:,.0f} reads/s, range {min(v):,.0f}-{max(v):,.0f}")
