@@ -2,7 +2,7 @@
 // firing the config path's listeners, with no token. Imports this package's own build.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, renameSync, unlinkSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, renameSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VaultClient, ConfigFileUnavailable, AuthFailed, loadSettings } from '../dist/vault/index.js';
@@ -30,6 +30,7 @@ test('MAILY_CONFIG_FILE is read from the environment', () => {
 
 test('getConfig is served from the file, a change fires the config listener once, a bad file keeps the last good value', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'maily-file-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'config.json');
   writeAtomically(file, JSON.stringify({ database: { password: `${CANARY}-1` } }));
   const log = recordingLogger();
@@ -63,6 +64,7 @@ test('getConfig is served from the file, a change fires the config listener once
 
 test('before any good read the file is ConfigFileUnavailable; other paths still go to Vault', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'maily-file-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
   const c = fileClient(join(dir, 'absent.json'), recordingLogger(), { addr: ADDR });
   t.after(() => c.close());
   await assert.rejects(c.getConfig(), (e) => e instanceof ConfigFileUnavailable && e.message.includes('MAILY_CONFIG_FILE'));

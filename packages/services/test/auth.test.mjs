@@ -2,7 +2,7 @@
 // 3 s token TTL): login, single-flight, renewal at 2/3 TTL, re-login after a 403.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { VaultClient, AuthFailed, PermissionDenied } from '@maily/services/vault';
@@ -31,8 +31,9 @@ test('AppRole login (auto-detected), one login for concurrent callers', { skip }
 
 test('AppRole from files (VAULT_ROLE_ID_FILE / VAULT_SECRET_ID_FILE)', { skip }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'maily-ts-approle-'));
-  writeFileSync(join(dir, 'role-id'), ROLE_ID + '\n');
-  writeFileSync(join(dir, 'secret-id'), SECRET_ID + '\n');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'role-id'), ROLE_ID + '\n', { mode: 0o600 });
+  writeFileSync(join(dir, 'secret-id'), SECRET_ID + '\n', { mode: 0o600 });
   const c = approle({ roleId: undefined, secretId: undefined, roleIdFile: join(dir, 'role-id'), secretIdFile: join(dir, 'secret-id') });
   t.after(() => c.close());
   assert.equal((await c.getConfig()).db_host, '127.0.0.1');

@@ -159,11 +159,12 @@ test('403 is PermissionDenied, not retried; a bad token is AuthFailed', async (t
 });
 
 test('token file and ~/.vault-token are read like the Python client', async (t) => {
-  const { mkdtempSync, writeFileSync } = await import('node:fs');
+  const { mkdtempSync, rmSync, writeFileSync } = await import('node:fs');
   const { tmpdir } = await import('node:os');
   const { join } = await import('node:path');
   const dir = mkdtempSync(join(tmpdir(), 'maily-ts-'));
-  writeFileSync(join(dir, 'token'), TOKEN + '\n');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'token'), TOKEN + '\n', { mode: 0o600 });
   const s = loadSettings({ addr: ADDR, tokenFile: join(dir, 'token') }, { VAULT_ADDR: ADDR });
   assert.equal(s.token, undefined);
   const c = new VaultClient({ settings: { ...s } });
