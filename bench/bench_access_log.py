@@ -14,16 +14,14 @@ design, one aggregate per path per interval (plus one per miss, error, stale ser
 the new one, whose pending aggregate is written by ``close()`` after the timed reads
 (that write, about one event's cost per path per interval, is not in the timed loop).
 
-    PYTHONPATH=src:bench .venv/bin/python bench/bench_access_log.py [--rounds 5] [--quick]
+    bench/.venv/bin/python bench/run.py --only access_log [--rounds 5] [--quick]
 
 No value read and not the token is printed or written (the log holds key names only).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import statistics
 import time
 from typing import Any
 
@@ -127,74 +125,3 @@ def _count_lines(path: Any) -> int:
             return sum(1 for _ in f)
     except FileNotFoundError:
         return 0
-
-
-def main() -> None:  # a standalone run on a private dev server, until the driver has it
-    import argparse
-    import shutil
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    from maily_secrets.dev.bootstrap import bootstrap_dev
-    from maily_secrets.dev.server import DevServer, bao_binary
-    from maily_secrets.vault.client import VaultClient
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
-    args = ap.parse_args()
-    scratch = Path(tempfile.mkdtemp(prefix="bench-access-"))
-    server = DevServer(scratch / "bao")
-    info, _ = server.start(port=0)
-    try:
-        settings = VaultSettings(addr=info.addr, token=info.token(), auth_method="token")
-
-        async def boot() -> None:
-            async with VaultClient(settings) as c:
-                await bootstrap_dev(c)
-
-        with asyncio.Runner() as runner:
-            runner.run(boot())
-            ctx = Context(
-                root=args.root,
-                addr=info.addr,
-                token=info.token(),
-                bao=str(bao_binary()),
-                python=sys.executable,
-                rounds=args.rounds,
-                quick=args.quick,
-                log=lambda m: print(m, file=sys.stderr),
-                runner=runner,
-                scratch=scratch,
-            )
-            for fig in figures(ctx):
-                for k, v in fig["variants"].items():
-                    r = v["rounds"]
-                    print(
-                        f"{k}: median {statistics.median(r):.2f} µs"
-                        f" (range {min(r):.2f}-{max(r):.2f}, {len(r)} rounds)"
-                    )
-                ratios = [
-                    a / b
-                    for a, b in zip(
-                        fig["variants"]["on"]["rounds"],
-                        fig["variants"]["off"]["rounds"],
-                        strict=True,
-                    )
-                ]
-                on = statistics.median(fig["variants"]["on"]["rounds"])
-                off = statistics.median(fig["variants"]["off"]["rounds"])
-                print(
-                    f"on/off: ratio of medians {on / off:.2f}; per round"
-                    f" {min(ratios):.2f}-{max(ratios):.2f} (goal <= 2)"
-                )
-                print(f"notes: {fig['notes']}")
-    finally:
-        server.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-if __name__ == "__main__":
-    main()

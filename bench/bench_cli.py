@@ -1,6 +1,6 @@
 """CLI start: `mailyctl` as an operator runs it, a new process every time.
 
-    .venv/bin/python bench/bench_cli.py [--quick] [--root DIR]   # own dev server, prints JSON
+    bench/.venv/bin/python bench/run.py --only cli [--quick] [--root DIR]
 
 Four figures, each a wall time of ``ctx.root / "mailyctl.py"`` executed as a program (its
 shebang, as ``./mailyctl.py`` in a shell), against its peer where the goal has one:
@@ -295,55 +295,3 @@ def figures(ctx: Context) -> list[dict[str, Any]]:
     finally:
         ctx.runner.run(_teardown(ctx, mount, target, made["roles"]))
     return out
-
-
-def _main() -> int:
-    import argparse
-    import sys
-    import tempfile
-
-    ap = argparse.ArgumentParser(description="CLI start figures against a private dev server")
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=0)
-    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1])
-    args = ap.parse_args()
-    root = args.root.resolve()
-    sys.path[:0] = [str(root / "src"), str(root)]
-    from maily_secrets.dev.bootstrap import bootstrap_dev
-    from maily_secrets.dev.server import DevServer, bao_binary
-    from maily_secrets.settings import VaultSettings
-    from maily_secrets.vault.client import VaultClient
-
-    with tempfile.TemporaryDirectory(prefix="bench-cli-") as d, asyncio.Runner() as runner:
-        server = DevServer(Path(d) / "bao")
-        info, _ = server.start(port=0)
-        try:
-            token = info.token()
-
-            async def boot() -> None:
-                s = VaultSettings(addr=info.addr, token=token, auth_method="token")
-                async with VaultClient(s) as c:
-                    await bootstrap_dev(c)
-
-            runner.run(boot())
-            ctx = Context(
-                root=root,
-                addr=info.addr,
-                token=token,
-                bao=bao_binary(),
-                python=sys.executable,
-                rounds=args.rounds or (3 if args.quick else 5),
-                quick=args.quick,
-                log=lambda m: print(m, file=sys.stderr, flush=True),
-                runner=runner,
-                scratch=Path(d) / "scratch",
-            )
-            figs = figures(ctx)
-        finally:
-            server.stop()
-    print(json.dumps(figs, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())

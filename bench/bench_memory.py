@@ -16,8 +16,7 @@ created on ``ctx.addr`` when missing (create-only, check-and-set 0), never overw
 Goal: ours / hvac <= 1.25 (medians of interleaved rounds). No value or token is printed:
 a child reports only sizes and module names.
 
-    .venv/bin/python bench/bench_memory.py            # own dev server, 5 rounds
-    .venv/bin/python bench/bench_memory.py --rounds 9 --root /work/wt/baseline
+    bench/.venv/bin/python bench/run.py --only memory [--rounds 9] [--root DIR]
 """
 
 from __future__ import annotations
@@ -263,75 +262,3 @@ def figures(ctx: Context) -> list[dict[str, Any]]:
             },
         }
     ]
-
-
-def main() -> None:
-    import argparse
-    import asyncio
-    import os
-    import sys
-    import tempfile
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent.parent)
-    ap.add_argument("--python", default=sys.executable, help="interpreter with hvac")
-    args = ap.parse_args()
-    root = args.root.resolve()
-    sys.path.insert(0, str(root / "src"))
-    for k in list(os.environ):
-        if k.startswith(("VAULT_", "BAO_", "MAILY_SECRETS_")):
-            del os.environ[k]
-    from pydantic import SecretStr
-
-    from maily_secrets.dev.bootstrap import bootstrap_dev
-    from maily_secrets.dev.server import DevServer, bao_binary
-    from maily_secrets.settings import VaultSettings
-    from maily_secrets.vault.client import VaultClient
-
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        server = DevServer(Path(tmp) / "bao")
-        info, _ = server.start(port=0)
-        try:
-            token = info.token()
-            with asyncio.Runner() as runner:
-
-                async def boot() -> None:
-                    s = VaultSettings(addr=info.addr, token=SecretStr(token), auth_method="token")
-                    async with VaultClient(s) as c:
-                        await bootstrap_dev(c)
-
-                runner.run(boot())
-                ctx = Context(
-                    root=root,
-                    addr=info.addr,
-                    token=token,
-                    bao=bao_binary(),
-                    python=args.python,
-                    rounds=args.rounds,
-                    quick=False,
-                    log=lambda m: print(m, file=sys.stderr),
-                    runner=runner,
-                    scratch=Path(tmp),
-                )
-                for fig in figures(ctx):
-                    for k, v in fig["variants"].items():
-                        r = v["rounds"]
-                        print(
-                            f"{k:17s} median {statistics.median(r):6.2f} MiB"
-                            f"  range {min(r):.2f}-{max(r):.2f}  ({len(r)} rounds)"
-                        )
-                    ours, hvac = (fig["variants"][k]["rounds"] for k in ("ours", "hvac"))
-                    ratio = statistics.median(ours) / statistics.median(hvac)
-                    per_round = [o / h for o, h in zip(ours, hvac, strict=True)]
-                    print(
-                        f"ours / hvac {ratio:.3f} (rounds {min(per_round):.3f}-"
-                        f"{max(per_round):.3f}; goal <= {GOAL_VS_HVAC})"
-                    )
-                    print(json.dumps(fig["notes"], indent=1))
-        finally:
-            server.stop()
-
-
-if __name__ == "__main__":
-    main()

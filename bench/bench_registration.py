@@ -1,6 +1,6 @@
 """Listener registration: 100 and 1,000 listeners on distinct paths, at a 1 s poll interval.
 
-    .venv/bin/python bench/bench_registration.py [--quick] [--root DIR]
+    bench/.venv/bin/python bench/run.py --only registration [--quick] [--root DIR]
 
 Each round builds a fresh ``VaultService`` (its first request made before the clock
 starts, so its connection and token check are not counted), then registers one listener
@@ -149,70 +149,3 @@ def figures(ctx: Context) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _main() -> int:
-    import argparse
-    import json
-    import statistics
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    here = Path(__file__).resolve().parent
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--root", type=Path, default=here.parent, help="the checkout measured")
-    args = ap.parse_args()
-    sys.path.insert(0, str(args.root / "src"))
-    from maily_secrets.dev.bootstrap import bootstrap_dev
-    from maily_secrets.dev.server import DevServer, bao_binary
-    from maily_secrets.settings import VaultSettings
-    from maily_secrets.vault.client import VaultClient
-
-    with tempfile.TemporaryDirectory(prefix="bench-reg-") as d, asyncio.Runner() as runner:
-        server = DevServer(Path(d) / "bao")
-        info, _ = server.start(port=0)
-        try:
-            token = info.token()
-
-            async def boot() -> None:
-                s = VaultSettings(addr=info.addr, token=token, auth_method="token")
-                async with VaultClient(s) as c:
-                    await bootstrap_dev(c)
-
-            runner.run(boot())
-            ctx = Context(
-                root=args.root,
-                addr=info.addr,
-                token=token,
-                bao=str(bao_binary()),
-                python=sys.executable,
-                rounds=args.rounds,
-                quick=args.quick,
-                log=lambda m: print(m, file=sys.stderr, flush=True),
-                runner=runner,
-                scratch=Path(d),
-            )
-            figs = figures(ctx)
-        finally:
-            server.stop()
-    for f in figs:
-        v = {k: statistics.median(x["rounds"]) for k, x in f["variants"].items()}
-        ratios = [
-            a / (10 * b)
-            for a, b in zip(*(f["variants"][k]["rounds"] for k in ("n1000", "n100")), strict=True)
-        ]
-        print(
-            f"{f['key']}: median 100 {v['n100']:.0f} ms, 1000 {v['n1000']:.0f} ms;"
-            f" t(1000)/(10 t(100)) median {statistics.median(ratios):.2f}"
-            f" [{min(ratios):.2f}-{max(ratios):.2f}] (round by round)",
-            file=sys.stderr,
-        )
-    print(json.dumps(figs, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
