@@ -64,7 +64,7 @@ $(BENCH_STAMP): pyproject.toml constraints.txt bench/requirements.txt bench/cons
 		{ echo "Python >= 3.11 is required (PYTHON=$(PYTHON))"; exit 1; }
 	test -x $(BENCH_PY) || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_PY) -m pip install --quiet --disable-pip-version-check \
-		-c constraints.txt -c bench/constraints.txt -e '.[devserver]' -r bench/requirements.txt
+		-c constraints.txt -c bench/constraints.txt -e '.[devserver,adapters]' -r bench/requirements.txt
 	rm -f $(BENCH_VENV)/.installed-*
 	touch $@
 

@@ -71,6 +71,93 @@ class ActionRequired(RotationError):
     """
 
 
+@dataclass(frozen=True)
+class CredentialUser:
+    """One group of clients that use a credential, as the target system reports them.
+
+    Enough to find them, never a value: PostgreSQL ``application_name`` and
+    ``client_addr``, a Redis client's name and address, an AWS service and region.
+    """
+
+    count: int
+    application: str = ""  # application_name / Redis client name / AWS service name
+    address: str | None = None  # client address; None: hidden from the rotator or unknown
+    detail: str = ""  # e.g. "last used 2026-12-02T08:00:00Z in us-east-1"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "application": self.application,
+            "address": self.address,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Who uses one credential, as far as its target system can tell.
+
+    ``credential`` is a non-secret identifier (a login role, an ACL user, an access key
+    id). ``observable`` False: the target cannot tell its users apart (an SMTP provider,
+    one Redis user with two passwords); ``note`` says why, or states a caveat (AWS
+    records a key's last use with a delay).
+    """
+
+    credential: str
+    observable: bool = True
+    users: tuple[CredentialUser, ...] = ()
+    note: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(u.count for u in self.users)
+
+    @property
+    def idle(self) -> bool | None:
+        """True: nobody uses it; None: the target cannot tell."""
+        return None if not self.observable else self.total == 0
+
+    def describe(self) -> str:
+        """One line naming the users (for reports and notifications), no values."""
+        if not self.observable:
+            return f"{self.credential}: users not observable ({self.note or 'unknown'})"
+        if not self.users:
+            return f"{self.credential}: no users" + (f" ({self.note})" if self.note else "")
+        parts = []
+        for u in self.users[:10]:
+            text = f"{u.count} x {u.application or '(no name)'}"
+            if u.address is not None:
+                text += f" from {u.address}"
+            if u.detail:
+                text += f" ({u.detail})"
+            parts.append(text)
+        more = f"; and {len(self.users) - 10} more" if len(self.users) > 10 else ""
+        return f"{self.credential}: {self.total} in use: {'; '.join(parts)}{more}"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "credential": self.credential,
+            "observable": self.observable,
+            "total": self.total if self.observable else None,
+            "users": [u.public() for u in self.users],
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """Who uses the current credential, and who still uses the previous one."""
+
+    current: Usage | None
+    previous: Usage | None
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "current": self.current.public() if self.current else None,
+            "previous": self.previous.public() if self.previous else None,
+        }
+
+
 @dataclass
 class RotationContext:
     """Everything a rotator may use during one rotation of one type."""
@@ -87,6 +174,9 @@ class RotationContext:
     #: the type's rotation state as read at the start of this rotation (read-only view:
     #: e.g. what earlier rotations keep for their grace period, in ``state.retiring``)
     state: Any = field(default=None, repr=False)
+    #: retiring at a hard deadline: also end what still uses the previous credential
+    #: (PostgreSQL: pg_terminate_backend of its sessions; Redis: CLIENT KILL USER)
+    end_sessions: bool = False
 
     @property
     def kv_mount(self) -> str:
@@ -180,6 +270,22 @@ class Rotator(ABC):
 
         May return one line for the run's report (e.g. who still used it); no values.
         A state or secret that cannot be read is an error (raise): never guess.
+        """
+        return None
+
+    async def usage(
+        self,
+        ctx: RotationContext,
+        retiring: Mapping[str, Any] | None,
+        since: datetime | None = None,
+    ) -> Adoption | None:
+        """Who uses the current credential and, with ``retiring`` (what a rotation kept
+        for its grace period, as ``retiring()`` returned it), the previous one, as the
+        target system sees them. ``since``: when that rotation promoted (a target that
+        records last use, such as AWS, counts only use after it). Reads only.
+
+        None: this type's target cannot tell (the default). A target that cannot be
+        reached raises (RotationError): "unknown" is never reported as "idle".
         """
         return None
 
