@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import shutil
+import subprocess
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Iterator
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
 from maily_secrets.clock import ManualClock
 from maily_secrets.rotation.config import ConfigError, RestartsConfig, RotationConfig
@@ -47,7 +50,7 @@ from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
 from .k8s_apps_standin import ROTATOR, AppsStandin, StandinDeployment, rbac_rules
-from .rotation_env import RotationEnv, make_rotation_env
+from .rotation_env import DEFAULT_YAML, RotationEnv, mailyctl_argv, make_rotation_env
 from .secrecy import assert_absent
 
 T = TypeVar("T")
@@ -573,3 +576,33 @@ async def test_a_failed_restart_holds_the_rotation_at_promoted_until_a_run_compl
         state, _ = await store.read("jwt")
         assert state is not None and state.step == "finished" and len(state.retiring) == 1
     assert len(standin.patches()) == 1
+
+
+def test_the_shipped_configs_commented_restarts_example_is_valid() -> None:
+    text = DEFAULT_YAML.read_text()
+    m = re.search(r"^(\s*)# restarts:\n((?:\1#  .*\n)+)", text, re.M)
+    assert m, "the commented restarts example is gone from default_config.yaml"
+    body = "\n".join(line.split("#", 1)[1][1:] for line in m.group(2).splitlines())
+    doc = yaml.safe_load(body)
+    cfg = RestartsConfig.model_validate(doc)
+    assert cfg.namespaces == ["maily"] and cfg.api == "in-cluster"
+    assert cfg.timeout == timedelta(minutes=5)
+    ns = {r[0] for r in rbac_rules()[ROTATOR]}
+    assert set(cfg.namespaces) <= ns  # what it names, the manifest's Role covers
+
+
+async def test_cli_rotate_lists_restarted_workloads_and_never_the_token(
+    renv: RotationEnv, standin: AppsStandin, token: str, token_file: Path
+) -> None:
+    standin.add(dep("api", "jwt", rollout_reads=1))
+    standin.add(dep("stuck", "all", stuck=True))
+    with_restarts(renv, standin, token_file, timeout="0s")
+    argv = mailyctl_argv("secrets", "rotate", "--secret-types=jwt", "--json", "--yes")
+    out = subprocess.run(argv, capture_output=True, text=True, env=renv.env(), timeout=120)
+    assert out.returncode != 0  # the stuck rollout holds the rotation: a failed run
+    (res,) = json.loads(out.stdout)["results"]
+    assert res["status"] == "failed" and res["step"] == "restart"
+    assert "restarted after the promote (rollout complete): maily/api" in res["notes"]
+    assert any(n.startswith("restarts stopped at maily/stuck") for n in res["notes"])
+    assert [p.path.rsplit("/", 1)[1] for p in standin.patches()] == ["api", "stuck"]
+    assert_absent(token, out.stdout + out.stderr, "mailyctl output")
