@@ -606,3 +606,26 @@ async def test_cli_rotate_lists_restarted_workloads_and_never_the_token(
     assert any(n.startswith("restarts stopped at maily/stuck") for n in res["notes"])
     assert [p.path.rsplit("/", 1)[1] for p in standin.patches()] == ["api", "stuck"]
     assert_absent(token, out.stdout + out.stderr, "mailyctl output")
+
+
+async def test_a_lost_lock_stops_the_restarts_before_the_next_patch(
+    standin: AppsStandin, token_file: Path
+) -> None:
+    standin.add(dep("a", "database", rollout_reads=1))
+    standin.add(dep("b", "database", rollout_reads=1))
+    calls: list[int] = []
+
+    class Lost(Exception):
+        pass
+
+    async def guard() -> None:  # the engine's lock check, as it runs before each patch
+        calls.append(len(standin.patches()))
+        if len(calls) == 2:
+            raise Lost
+
+    clock = ManualClock()
+    cfg = cfg_for(standin, token_file)
+    with pytest.raises(Lost):
+        await drive(clock, restart_workloads(cfg, "database", RID, clock=clock, guard=guard))
+    assert calls == [0, 1]
+    assert [p.path.rsplit("/", 1)[1] for p in standin.patches()] == ["a"]

@@ -338,7 +338,12 @@ class KubeClient:
         http = await self._http()
         try:
             async with http.request(
-                method, self.api_url + path, params=params, data=data, headers=headers
+                method,
+                self.api_url + path,
+                params=params,
+                data=data,
+                headers=headers,
+                allow_redirects=False,  # the token goes to the configured API server only
             ) as resp:
                 text = await resp.text()
                 status = resp.status
