@@ -87,6 +87,31 @@ class NotifyConfig(_Model):
     webhook: WebhookNotify = Field(default_factory=WebhookNotify)
 
 
+class RestartsConfig(_Model):
+    """Restart the Deployments annotated ``maily.io/restart-on-rotation`` after a promote
+    (rotation/restarts.py; docs/adapters.md "Restarting workloads ...")."""
+
+    namespace: str | list[str] = "maily"  # one namespace or a list, searched in this order
+    api: str = "in-cluster"  # or the API server's URL (with token_file; ca_file for https)
+    token_file: str | None = None  # default in-cluster: the service account's token file
+    ca_file: str | None = None  # default in-cluster: the service account's ca.crt
+    timeout: timedelta = timedelta(minutes=5)  # per workload, for its rollout to complete
+    poll_interval: timedelta = timedelta(seconds=2)
+
+    _dur = field_validator("timeout", "poll_interval", mode="before")(parse_duration)
+
+    @field_validator("api")
+    @classmethod
+    def _api(cls, v: str) -> str:
+        if v != "in-cluster" and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("api must be 'in-cluster' or the API server's http(s) URL")
+        return v.rstrip("/")
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.namespace] if isinstance(self.namespace, str) else list(self.namespace)
+
+
 class EnvironmentConfig(_Model):
     confirm: bool = False
     vault: dict[str, Any] = Field(default_factory=dict, repr=False)  # may hold a token
@@ -94,6 +119,7 @@ class EnvironmentConfig(_Model):
     notify: NotifyConfig | None = None
     lock_ttl: timedelta = timedelta(minutes=5)
     state_prefix: str = "rotation"
+    restarts: RestartsConfig | None = None  # Deployments to restart after a promote
 
     @field_validator("intervals", mode="before")
     @classmethod

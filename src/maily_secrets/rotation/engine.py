@@ -508,6 +508,7 @@ class RotationEngine:
             version = await self._save(state, version)
             step = "promoted"
         if step == "promoted":
+            await self._restart_workloads(t, ctx, res)
             await self._guard(res, "finish")
             retiring = rotator.retiring(ctx, pending)
             if retiring:
@@ -537,6 +538,31 @@ class RotationEngine:
                 "resumed": resumed,
             },
         )
+
+    async def _restart_workloads(self, t: str, ctx: RotationContext, res: TypeResult) -> None:
+        """After the promote, before finishing: restart the Deployments annotated
+        ``maily.io/restart-on-rotation`` for this type, one at a time (rotation/restarts.py),
+        when the environment configures ``restarts``. If one is not restarted (a rollout
+        failed or timed out, RBAC refused, a Deployment is paused), the rotation stays at
+        ``promoted``: the previous credential is not scheduled for retirement, the type
+        is reported failed, and the next run resumes here."""
+        cfg = self.env.env.restarts
+        if cfg is None:
+            return
+        from .restarts import restart_workloads
+
+        await self._guard(res, "restart")
+        outcome = await restart_workloads(
+            cfg,
+            t,
+            ctx.rotation_id,
+            clock=self.clock,
+            progress=lambda m: self.progress(t, m),
+            guard=lambda: self._guard(res, "restart"),
+        )
+        res.notes.extend(outcome.notes())
+        if outcome.hold_retirement:
+            raise RotationError(outcome.hold_reason())
 
     async def _save(self, state: RotationState, version: int) -> int:
         new_version = await self.store.write(state, cas=version)
