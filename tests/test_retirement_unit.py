@@ -154,6 +154,9 @@ def test_at_grace_with_a_deadline_keeps_a_used_credential_to_end_its_sessions() 
     assert decide(AT_GRACE_DEADLINE, at(90), retired, IDLE).action == "forget"
     # unknown at the deadline: try again, never guess
     assert decide(AT_GRACE_DEADLINE, at(120), retired, UNREACHABLE).action == "wait"
+    # a target that cannot tell is retired at the grace and not kept (nothing to end)
+    blind = decide(AT_GRACE_DEADLINE, at(60), ITEM, None)
+    assert blind.action == "retire" and not blind.keep
 
 
 def test_at_grace_past_the_deadline_without_retiring_first_ends_sessions() -> None:

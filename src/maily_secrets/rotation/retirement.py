@@ -26,7 +26,8 @@ The policies (times count from the promote):
 ``hard_deadline`` (optional, not with ``never``): from then on retire even if used
 and end what still uses it (``retire_ending_sessions``: ``ctx.end_sessions``). An
 item already retired at the grace with stragglers left is kept until the deadline for
-that (``keep`` True), then forgotten once nothing uses it.
+that (``keep`` True: only when its target shows users), then forgotten once nothing
+is seen using it.
 """
 
 from __future__ import annotations
@@ -151,21 +152,19 @@ def decide(
 
     # retired already at the grace; kept only to end its sessions at the hard deadline
     if item.retired_at is not None:
-        if deadline is None or idle or (observable and not users):
-            return d("forget", "retired, and nothing uses it any more")
+        if deadline is None or (error is None and not users):
+            return d("forget", "retired, and nothing is seen using it any more")
+        if error is not None:
+            return d("wait", f"retired at {_at(item.retired_at)}; {unknown}; retrying", deadline)
         if now >= deadline:
-            if error is not None:
-                return d("wait", f"hard deadline {_at(deadline)} passed but {unknown}; retrying")
             return d(
                 "retire_ending_sessions",
-                f"hard deadline {_at(deadline)} reached: ending what still uses it"
-                + (f" ({used})" if used else ""),
+                f"hard deadline {_at(deadline)} reached: ending what still uses it ({used})",
             )
         return d(
             "wait",
-            f"retired at {_at(item.retired_at)}; "
-            + (used or unknown)
-            + f"; ending its sessions at the hard deadline {_at(deadline)}",
+            f"retired at {_at(item.retired_at)}; {used}; ending its sessions at the hard"
+            f" deadline {_at(deadline)}",
             deadline,
         )
 
@@ -188,7 +187,7 @@ def decide(
                 return d("wait", f"{why} ({what})", grace_end)
             why = f"{unknown}, so it retires at the end of the grace {_at(grace_end)}"
             return d("wait", why, grace_end)
-        keep = deadline is not None and (bool(users) or not observable)
+        keep = deadline is not None and bool(users)
         if users:
             return d("retire", f"grace ended {_at(grace_end)}; retiring although {used}", keep=keep)
         return d(
