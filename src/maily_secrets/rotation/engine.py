@@ -37,6 +37,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -709,8 +710,10 @@ class RotationEngine:
         final: bool,
     ) -> tuple[int, list[tuple[Retiring, Decision]]]:
         """Apply the retire policy to every retiring item of ``state`` (saved with CAS when
-        anything changed). ``final``: this is the run's last look, so what keeps waiting
-        with users past its grace is named in the report (not on every settle round)."""
+        anything changed): the new version and each item's decision (one whose retire
+        failed is reported as a "wait"). ``final``: this is the run's last look, so what
+        keeps waiting with users past its grace is named in the report (not on every
+        settle round)."""
         policy = self.policy(state.type)
         keep: list[Retiring] = []
         changed = False
@@ -753,6 +756,7 @@ class RotationEngine:
                     f" {_error_text(exc)}"
                 )
                 keep.append(item)
+                decisions[-1] = (item, replace(d, action="wait", reason=f"{d.reason}; failed"))
                 continue
             retired += 1
             changed = True
