@@ -752,6 +752,11 @@ async def test_when_idle_waits_while_an_old_session_is_open_and_retires_once_it_
     data, _ = await w.current()
     assert await w.login(w.b, data["db_password"])
     assert await _retiring(w) == []
+    # retired early (idle), so a second rotation within the grace cuts off nobody: allowed
+    again = (await engine.run(["database"])).results[0]
+    assert again.status == "rotated", again.reason
+    flipped, _ = await w.current()
+    assert flipped["db_username"] == w.a and await w.login(w.b, data["db_password"])
 
 
 async def test_when_idle_past_the_grace_keeps_waiting_and_names_the_straggler(
@@ -914,8 +919,10 @@ async def test_status_json_shows_the_users_of_both_roles(world: World, tmp_path:
     assert prev["usage"]["users"][0]["application"] == "legacy-worker"
     assert prev["action"] == "wait" and prev["error"] == ""
     assert table.returncode == 0, table.stderr[-2000:]
-    assert f"current   {w.b}: 2 in use: 2 x new-api from 127.0.0.1" in table.stdout
-    assert f"previous  {w.a}: 1 in use: 1 x legacy-worker from 127.0.0.1" in table.stdout
+    # piped: the table stays one line per type on stdout, who uses what goes to stderr
+    assert len(table.stdout.splitlines()) == 3, table.stdout
+    assert f"current   {w.b}: 2 in use: 2 x new-api from 127.0.0.1" in table.stderr
+    assert f"previous  {w.a}: 1 in use: 1 x legacy-worker from 127.0.0.1" in table.stderr
     for text in (proc.stdout, proc.stderr, table.stdout, table.stderr):
         for secret in w.passwords:
             assert_absent(secret, text, "status output")

@@ -23,11 +23,14 @@ from .common import (
     Part,
     config_fail,
     fmt_time,
+    is_terminal,
     print_json,
     print_table,
     say,
     styled,
 )
+
+_say = say
 
 EXIT_BUSY = 3
 T = TypeVar("T")
@@ -389,6 +392,13 @@ def _usage_line(u: dict[str, Any] | None) -> str:
 
 
 def _print_adoption(rows: list[dict[str, Any]]) -> None:
+    """Below the table on a terminal; on stderr when stdout is piped, so that the table
+    stays one line per type for scripts (``--json`` has it all)."""
+    err = not is_terminal(False)
+
+    def say(*parts: Part) -> None:
+        _say(*parts, err=err)
+
     for r in rows:
         doc = r.get("adoption")
         if not doc:
@@ -420,7 +430,8 @@ def status(
     For a type whose previous credential is still retiring, also who uses the new and
     the previous credential, as its target shows it now (PostgreSQL: sessions per login
     role with application_name and client address; JSON: "adoption"), and what its
-    retire policy will do. Types with nothing retiring cost no look at their target.
+    retire policy will do (below the table; on stderr when stdout is piped). Types with
+    nothing retiring cost no look at their target.
 
     Exit code 0, or 1 when Vault cannot be read.
     """
