@@ -751,10 +751,12 @@ class RotationEngine:
                     _error_text(exc),
                     extra={"type": state.type},
                 )
-                res.notes.append(
+                text = (
                     f"retiring what rotation {item.rotation_id} kept failed (will retry):"
                     f" {_error_text(exc)}"
                 )
+                if text not in res.notes:  # --wait-retire tries every few seconds
+                    res.notes.append(text)
                 keep.append(item)
                 decisions[-1] = (item, replace(d, action="wait", reason=f"{d.reason}; failed"))
                 continue
@@ -786,7 +788,9 @@ class RotationEngine:
 
     def _stragglers(self, res: TypeResult, item: Retiring, d: Decision, what: str) -> None:
         credential = d.previous.credential if d.previous else "the previous credential"
-        res.notes.append(f"{credential} {what} ({item.rotation_id}): {d.reason}")
+        text = f"{credential} {what} ({item.rotation_id}): {d.reason}"
+        if text not in res.notes:
+            res.notes.append(text)
         for u in d.stragglers:
             entry = {"credential": credential, "rotation_id": item.rotation_id, **u.public()}
             if entry not in res.stragglers:
@@ -925,7 +929,9 @@ class RotationEngine:
                     )
                     return
                 except (RotationError, VaultError) as exc:
-                    res.notes.append(f"--wait-retire: {_error_text(exc)} (will retry)")
+                    text = f"--wait-retire: {_error_text(exc)} (will retry)"
+                    if text not in res.notes:  # once, not every few seconds
+                        res.notes.append(text)
         for t, res in watching.items():
             waiting = [(i, d) for i, d in last.get(t, []) if i.rotation_id == res.rotation_id]
             for item, d in waiting:
