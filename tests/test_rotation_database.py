@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import re
 import time
@@ -575,11 +576,12 @@ async def test_engine_rotates_the_database_type(world: World, tmp_path: Path) ->
     assert await w.login(w.a, data["db_password"])
 
 
-async def test_previous_role_is_retired_when_the_grace_ends(
+async def test_at_grace_retires_when_the_grace_ends_and_names_the_straggler(
     world: World, tmp_path: Path, caplog: Any
 ) -> None:
-    """After the grace (and not before) the previous login role's password stops working;
-    the run's report first names the sessions still open as that role."""
+    """retire: at_grace. After the grace (and not before) the previous login role's
+    password stops working although a session still uses it; the run's report and its
+    notification name that session (application_name, address)."""
     from datetime import UTC, datetime
 
     from maily_secrets.rotation.engine import RotationEngine
@@ -587,13 +589,7 @@ async def test_previous_role_is_retired_when_the_grace_ends(
 
     w = world
     w.superuser(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(w.rotator_role)))
-    doc = {
-        "defaults": {"environment": "development", "intervals": {"database": "30d"}},
-        "types": {"database": {"secret": "config", "grace": "1h", "options": w.options}},
-        "environments": {"development": {"vault": {"kv_mount": w.mount}}},
-    }
-    path = tmp_path / "rotation.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = _config(tmp_path, w, retire="at_grace")
     t = [datetime.now(UTC)]  # the engine's time: due dates and the grace period
     engine = RotationEngine(
         RotationConfig.load(path), "development", client=w.client, now=lambda: t[0]
@@ -615,12 +611,31 @@ async def test_previous_role_is_retired_when_the_grace_ends(
 
         t[0] += timedelta(minutes=31)  # the grace is over: the (daily) --due run retires
         caplog.set_level(logging.DEBUG)
-        after = (await engine.run(["database"], due_only=True)).results[0]
+        run = await engine.run(["database"], due_only=True)
+        after = run.results[0]
         assert after.status == "skipped" and "not due" in after.reason, after
-        (note,) = after.notes
+        note, straggler = after.notes
         assert f"retired previous login role {w.a}" in note
         assert "1 session(s)" in note and "application_name=legacy-worker" in note
         assert "client_addr=127.0.0.1" in note
+        assert f"{w.a} retired while in use" in straggler
+        assert "1 x legacy-worker from 127.0.0.1" in straggler
+        assert after.stragglers == [
+            {
+                "credential": w.a,
+                "rotation_id": first.rotation_id,
+                "count": 1,
+                "application": "legacy-worker",
+                "address": "127.0.0.1",
+                "detail": "",
+            }
+        ]
+        from maily_secrets.rotation.notify import email_body, webhook_payload
+
+        body = email_body(run)
+        assert "Still using a previous credential:" in body
+        assert f"database: 1 x application legacy-worker from 127.0.0.1 still used {w.a}" in body
+        assert "legacy-worker from 127.0.0.1" in json.dumps(webhook_payload(run))
         assert not await w.login(w.a, w.a_password)  # old code: valid for the whole interval
         assert await w.login(w.b, data["db_password"])  # the role in use is untouched
         cur = await legacy.execute("SELECT 1")  # open sessions are reported, not killed
@@ -637,6 +652,280 @@ async def test_previous_role_is_retired_when_the_grace_ends(
     kept = await rot.retire(w.ctx(), {"role": w.b})
     assert kept is not None and "in use again" in kept
     assert await w.login(w.b, data["db_password"])
+
+
+# ---------------------------------------------------------------------------- retire policy
+def _config(tmp_path: Path, w: World, **type_fields: Any) -> Path:
+    """A rotation config of the world's database type (grace 1h) with ``type_fields``."""
+    fields = {"secret": "config", "grace": "1h", "options": w.options, **type_fields}
+    doc = {
+        "defaults": {"environment": "development", "intervals": {"database": "30d"}},
+        "types": {"database": fields},
+        "environments": {"development": {"vault": {"kv_mount": w.mount}}},
+    }
+    path = tmp_path / f"rotation-{hexid()}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def _session(w: World, user: str, password: str, app: str) -> psycopg.AsyncConnection[Any]:
+    """A client's session (e.g. a pod that did not re-read Vault) named ``app``."""
+    return await psycopg.AsyncConnection.connect(
+        **w.pg.conninfo(user, password), application_name=app, autocommit=True
+    )
+
+
+def _grant_stats(w: World) -> None:
+    """So that the rotator's admin sees other roles' client addresses."""
+    w.superuser(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(w.rotator_role)))
+
+
+async def _retiring(w: World) -> list[Any]:
+    from maily_secrets.rotation.state import StateStore
+
+    state, _ = await StateStore(w.client, w.mount).read("database")
+    assert state is not None
+    return list(state.retiring)
+
+
+async def test_when_idle_waits_while_an_old_session_is_open_and_retires_once_it_closes(
+    world: World, tmp_path: Path
+) -> None:
+    """``rotate --wait-retire``: the engine watches the previous role's sessions every few
+    seconds of its (manual) clock, holding the lock; while a session of the old role is
+    open, it keeps waiting (past min_grace), and retires as soon as that session closes."""
+    from datetime import UTC, datetime
+
+    from maily_secrets.clock import ManualClock
+    from maily_secrets.rotation.engine import RotationEngine
+
+    w = world
+    _grant_stats(w)
+    clock = ManualClock(wall_start=datetime.now(UTC).timestamp())
+    engine = RotationEngine(
+        RotationConfig.load(_config(tmp_path, w, min_grace="1m")),
+        "development",
+        client=w.client,
+        clock=clock,
+    )
+    legacy = await _session(w, w.a, w.a_password, "legacy-worker")
+    task = asyncio.create_task(engine.run(["database"], wait_retire=timedelta(minutes=30)))
+
+    async def asleep() -> None:
+        """Until the run sleeps on its clock (the lock heartbeat and the settle loop)."""
+        async with asyncio.timeout(60):
+            while clock.sleepers < 2 and not task.done():  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.01)
+
+    async def step(seconds: float) -> None:
+        await asleep()
+        await clock.advance(seconds)
+
+    try:
+        elapsed = 0
+        while elapsed < 3 * 60:  # min_grace (1m) is long past: it is the session that holds it
+            await step(5)
+            elapsed += 5
+        await asleep()
+        assert not task.done()
+        assert await w.login(w.a, w.a_password)  # not retired: legacy-worker is still there
+        (item,) = await _retiring(w)
+        users = item.observed["previous"]["users"]
+        assert item.observed["previous"]["credential"] == w.a
+        assert [(u["application"], u["address"], u["count"]) for u in users] == [
+            ("legacy-worker", "127.0.0.1", 1)
+        ]
+        assert item.promoted_at is not None and item.retired_at is None
+    finally:
+        await legacy.close()
+    while not task.done():  # the session closed: retired at the next look
+        await step(5)
+        elapsed += 5
+    report = await task
+    res = report.results[0]
+    assert res.status == "rotated", res.reason
+    assert any(f"retired previous login role {w.a}" in n for n in res.notes), res.notes
+    assert any("no sessions were open" in n for n in res.notes), res.notes
+    assert res.stragglers == []  # it was idle when retired
+    assert elapsed < 30 * 60  # retired by the settle loop, not by the end of the wait
+    assert not await w.login(w.a, w.a_password)
+    data, _ = await w.current()
+    assert await w.login(w.b, data["db_password"])
+    assert await _retiring(w) == []
+    # retired early (idle), so a second rotation within the grace cuts off nobody: allowed
+    again = (await engine.run(["database"])).results[0]
+    assert again.status == "rotated", again.reason
+    flipped, _ = await w.current()
+    assert flipped["db_username"] == w.a and await w.login(w.b, data["db_password"])
+
+
+async def test_when_idle_past_the_grace_keeps_waiting_and_names_the_straggler(
+    world: World, tmp_path: Path
+) -> None:
+    """The default policy on the daily ``--due`` run: a session of the old role open past
+    the grace is named in the report (application_name, address) and not cut off;
+    ``secrets retire`` retires once it is gone."""
+    from datetime import UTC, datetime
+
+    from maily_secrets.rotation.engine import RotationEngine
+
+    w = world
+    _grant_stats(w)
+    t = [datetime.now(UTC)]
+    engine = RotationEngine(
+        RotationConfig.load(_config(tmp_path, w)), "development", client=w.client, now=lambda: t[0]
+    )
+    first = (await engine.run(["database"])).results[0]
+    assert first.status == "rotated", first.reason
+    legacy = await _session(w, w.a, w.a_password, "legacy-worker")
+    try:
+        t[0] += timedelta(minutes=61)  # the grace (1h) is over
+        res = (await engine.run(["database"], due_only=True)).results[0]
+        assert res.status == "skipped" and "not due" in res.reason
+        (note,) = res.notes
+        assert f"{w.a} still in use" in note and "grace ended" in note
+        assert "1 x legacy-worker from 127.0.0.1" in note and "no hard deadline" in note
+        assert [(s["application"], s["address"]) for s in res.stragglers] == [
+            ("legacy-worker", "127.0.0.1")
+        ]
+        (decision,) = res.retirement
+        assert decision["action"] == "wait"
+        assert await w.login(w.a, w.a_password)
+        cur = await legacy.execute("SELECT 1")
+        assert await cur.fetchone() == (1,)
+
+        still = (await engine.retire_due(["database"])).results[0]
+        assert still.status == "skipped" and "legacy-worker" in still.reason
+    finally:
+        await legacy.close()
+    done = (await engine.retire_due(["database"])).results[0]
+    assert done.status == "retired" and "nothing uses it" in done.reason, done.reason
+    assert not await w.login(w.a, w.a_password)
+    assert await _retiring(w) == []
+
+
+async def test_never_never_retires(world: World, tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from maily_secrets.rotation.engine import RotationEngine
+
+    w = world
+    t = [datetime.now(UTC)]
+    engine = RotationEngine(
+        RotationConfig.load(_config(tmp_path, w, retire="never")),
+        "development",
+        client=w.client,
+        now=lambda: t[0],
+    )
+    assert (await engine.run(["database"])).results[0].status == "rotated"
+    for days in (1, 29, 365):  # idle all along: still kept
+        t[0] += timedelta(days=days)
+        res = (await engine.retire_due(["database"])).results[0]
+        assert res.status == "skipped" and "retire: never" in res.reason, res.reason
+        assert await w.login(w.a, w.a_password)
+    (item,) = await _retiring(w)
+    assert item.observed["previous"]["total"] == 0
+
+
+async def test_hard_deadline_ends_the_old_roles_session(world: World, tmp_path: Path) -> None:
+    """Past ``hard_deadline`` the old role is retired although used, and its session is
+    ended (pg_terminate_backend); without pg_signal_backend the admin gets a clear error
+    first (its password is unknown by then) and the retirement is retried."""
+    from datetime import UTC, datetime
+
+    from maily_secrets.rotation.engine import RotationEngine
+
+    w = world
+    t = [datetime.now(UTC)]
+    engine = RotationEngine(
+        RotationConfig.load(_config(tmp_path, w, hard_deadline="2h")),
+        "development",
+        client=w.client,
+        now=lambda: t[0],
+    )
+    assert (await engine.run(["database"])).results[0].status == "rotated"
+    legacy = await _session(w, w.a, w.a_password, "legacy-worker")
+    try:
+        t[0] += timedelta(minutes=90)  # past the grace, before the deadline: waiting
+        res = (await engine.retire_due(["database"])).results[0]
+        assert res.status == "skipped" and "until the hard deadline" in res.reason, res.reason
+        assert await w.login(w.a, w.a_password)
+
+        t[0] += timedelta(minutes=31)  # past the deadline; the admin may not end sessions
+        w.superuser(
+            sql.SQL("REVOKE pg_signal_backend FROM {}").format(sql.Identifier(w.rotator_role))
+        )
+        res = (await engine.retire_due(["database"])).results[0]
+        assert res.status == "skipped"
+        (error,) = [n for n in res.notes if "failed (will retry)" in n]
+        assert "may not end the sessions" in error and "pg_signal_backend" in error
+        assert not await w.login(w.a, w.a_password)  # the password was made unknown first
+        assert await (await legacy.execute("SELECT 1")).fetchone() == (1,)
+        assert len(await _retiring(w)) == 1
+
+        w.superuser(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(w.rotator_role)))
+        res = (await engine.retire_due(["database"])).results[0]
+        assert res.status == "retired" and "hard deadline" in res.reason, res.reason
+        assert any("1 of its session(s) were ended" in n for n in res.notes), res.notes
+        with pytest.raises(psycopg.OperationalError):
+            await legacy.execute("SELECT 1")
+    finally:
+        await legacy.close()
+    assert await _retiring(w) == []
+    data, _ = await w.current()
+    assert await w.login(w.b, data["db_password"])
+
+
+async def test_status_json_shows_the_users_of_both_roles(world: World, tmp_path: Path) -> None:
+    """``secrets status --json`` (a child process, as a user runs it): per type with
+    something retiring, the sessions of the new and of the previous login role."""
+    from maily_secrets.rotation.engine import RotationEngine
+
+    from .kit.cli import mailyctl_env, run_mailyctl
+
+    w = world
+    _grant_stats(w)
+    path = _config(tmp_path, w)
+    engine = RotationEngine(RotationConfig.load(path), "development", client=w.client)
+    assert (await engine.run(["database"])).results[0].status == "rotated"
+    data, _ = await w.current()
+    w.passwords.append(data["db_password"])
+    legacy = await _session(w, w.a, w.a_password, "legacy-worker")
+    api = [await _session(w, w.b, data["db_password"], "new-api") for _ in range(2)]
+    env = mailyctl_env(
+        VAULT_ADDR=w.bao.addr,
+        VAULT_TOKEN=w.bao.token,
+        VAULT_AUTH_METHOD="token",
+        MAILY_ROTATION_CONFIG=str(path),
+    )
+    try:
+        proc = await asyncio.to_thread(run_mailyctl, "secrets", "status", "--json", env=env)
+        table = await asyncio.to_thread(run_mailyctl, "secrets", "status", env=env)
+    finally:
+        await legacy.close()
+        for c in api:
+            await c.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(proc.stdout)["types"]
+    adoption = row["adoption"]
+    assert adoption["retire"] == "when_idle"
+    current = adoption["current"]
+    assert current["credential"] == w.b and current["total"] == 2
+    assert [(u["application"], u["address"]) for u in current["users"]] == [
+        ("new-api", "127.0.0.1")
+    ]
+    (prev,) = adoption["previous"]
+    assert prev["usage"]["credential"] == w.a and prev["usage"]["total"] == 1
+    assert prev["usage"]["users"][0]["application"] == "legacy-worker"
+    assert prev["action"] == "wait" and prev["error"] == ""
+    assert table.returncode == 0, table.stderr[-2000:]
+    # piped: the table stays one line per type on stdout, who uses what goes to stderr
+    assert len(table.stdout.splitlines()) == 3, table.stdout
+    assert f"current   {w.b}: 2 in use: 2 x new-api from 127.0.0.1" in table.stderr
+    assert f"previous  {w.a}: 1 in use: 1 x legacy-worker from 127.0.0.1" in table.stderr
+    for text in (proc.stdout, proc.stderr, table.stdout, table.stderr):
+        for secret in w.passwords:
+            assert_absent(secret, text, "status output")
 
 
 class _PausingRotator(PostgresTwoRoleRotator):

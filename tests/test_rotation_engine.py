@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from maily_secrets.jwt_keys import current_signing_key
+from maily_secrets.rotation.base import RotationError
 from maily_secrets.rotation.engine import RotationEngine
+from maily_secrets.rotation.rotators.jwt import JwtRotator
 from maily_secrets.rotation.state import RotationState, StateStore
 from maily_secrets.vault.client import VaultClient
 
@@ -322,3 +324,98 @@ async def test_notify_email_arrives_and_contains_no_secret(renv: RotationEnv, sm
     ):
         assert_absent(secret, body, "the notification email")
         assert_absent(secret, out.stdout + out.stderr, "the CLI output")
+
+
+# ---------------------------------------------------------------------------- retire policy
+class _UnreachableJwt(JwtRotator):
+    """The real jwt rotator, whose target "cannot be reached" when asked who uses it."""
+
+    type_name = "jwt-usage-unreachable-test"
+
+    async def usage(self, ctx: Any, retiring: Any, since: Any = None) -> None:
+        raise RotationError("jwt usage: cannot connect to the target (test)")
+
+
+async def _previous_kids(renv: RotationEnv) -> list[str]:
+    data, _ = await config_of(renv)
+    return [k["kid"] for k in data.get("jwt_previous_keys") or []]
+
+
+async def test_unobservable_when_idle_retires_at_the_end_of_the_grace(
+    bao: Bao, root: VaultClient, tmp_path: Path
+) -> None:
+    """jwt cannot tell who verifies with its previous key (``usage()`` None): the default
+    ``when_idle`` retires it at the end of the grace, as ``at_grace`` would."""
+    renv = await make_rotation_env(bao, root, tmp_path, types=dict(JWT_ONLY))
+    t = [datetime.now(UTC)]
+    async with renv.client() as c:
+        engine = RotationEngine(renv.config(), "development", client=c, now=lambda: t[0])
+        first = (await engine.run(["jwt"])).results[0]
+        assert first.status == "rotated", first.reason
+        old = await _previous_kids(renv)
+        assert len(old) == 1
+        t[0] += timedelta(minutes=30)
+        res = (await engine.retire_due(["jwt"])).results[0]
+        assert res.status == "skipped" and "cannot tell who uses it" in res.reason, res.reason
+        assert await _previous_kids(renv) == old
+        t[0] += timedelta(minutes=31)
+        res = (await engine.retire_due(["jwt"])).results[0]
+        assert res.status == "retired", res.reason
+        assert await _previous_kids(renv) == []
+        state, _ = await StateStore(c, renv.mount).read("jwt")
+        assert state is not None and state.retiring == []
+
+
+@pytest.mark.parametrize(("policy", "retired"), [("when_idle", False), ("at_grace", True)])
+async def test_an_unreachable_target_is_never_taken_for_idle(
+    bao: Bao, root: VaultClient, tmp_path: Path, policy: str, retired: bool
+) -> None:
+    """``usage()`` raising: ``when_idle`` keeps the previous key (and says why) long past the
+    grace; ``at_grace`` retires it at the end of the grace anyway."""
+    types = {
+        "jwt": {
+            "secret": "config",
+            "grace": "1h",
+            "rotator": _UnreachableJwt.type_name,
+            "retire": policy,
+        }
+    }
+    renv = await make_rotation_env(bao, root, tmp_path, types=types)
+    t = [datetime.now(UTC)]
+    async with renv.client() as c:
+        engine = RotationEngine(renv.config(), "development", client=c, now=lambda: t[0])
+        assert (await engine.run(["jwt"])).results[0].status == "rotated"
+        t[0] += timedelta(hours=5)
+        res = (await engine.retire_due(["jwt"])).results[0]
+        state, _ = await StateStore(c, renv.mount).read("jwt")
+    assert state is not None
+    if retired:
+        assert res.status == "retired" and "grace ended" in res.reason, res.reason
+        assert state.retiring == [] and await _previous_kids(renv) == []
+    else:
+        assert res.status == "skipped" and "cannot connect to the target" in res.reason
+        (item,) = state.retiring
+        assert "cannot connect" in item.observed_error and item.observed is None
+        assert len(await _previous_kids(renv)) == 1
+
+
+async def test_cli_retire_and_wait_retire(renv: RotationEnv) -> None:
+    """``secrets retire --json`` (nothing due yet: exit 0) and ``rotate --wait-retire``
+    with a bad duration (exit 2, nothing rotated)."""
+    out = run_cli(renv, "secrets", "rotate", "--secret-types=jwt", "--json", "--yes")
+    assert out.returncode == 0, out.stderr
+    before, v0 = await config_of(renv)
+    out = run_cli(renv, "secrets", "retire", "--secret-types=jwt", "--json", "--yes")
+    assert out.returncode == 0, out.stderr
+    (res,) = json.loads(out.stdout)["results"]
+    assert res["status"] == "skipped" and "end of the grace" in res["reason"], res
+    (decision,) = res["retirement"]
+    assert decision["action"] == "wait" and decision["next_check"]
+    bad = run_cli(renv, "secrets", "rotate", "--secret-types=jwt", "--wait-retire", "soon")
+    assert bad.returncode == 2 and "--wait-retire" in bad.stderr, bad.stderr
+    assert await config_of(renv) == (before, v0)
+    st = json.loads(run_cli(renv, "secrets", "status", "--json").stdout)
+    (row,) = st["types"]
+    assert row["adoption"]["retire"] == "when_idle"
+    (prev,) = row["adoption"]["previous"]
+    assert prev["observable"] is False and prev["action"] == "wait"

@@ -332,7 +332,8 @@ async def ensure_postgres_login_roles(
       computed here (the plaintext never reaches the server); always applied;
     * ``rotator``: the rotator's admin role: given ``CREATEROLE`` and, on PostgreSQL 16+,
       ``ADMIN OPTION`` (without inheriting or SET) on the group and the login roles,
-      which it needs to change their passwords without being a superuser.
+      which it needs to change their passwords without being a superuser, and
+      ``pg_signal_backend``, to end the previous role's sessions at a hard deadline.
 
     Everything happens in one transaction. Raises :class:`PostgresSetupError` when a
     login role is a superuser, or ``psycopg.Error`` when the server refuses.
@@ -494,6 +495,12 @@ async def ensure_postgres_login_roles(
                                 ).format(ident(target), ident(rotator))
                             )
                             changed = True
+                # a hard deadline ends the previous role's sessions (pg_terminate_backend)
+                if not await one("SELECT pg_has_role(%s, 'pg_signal_backend', 'MEMBER')", rotator):
+                    await conn.execute(
+                        sql.SQL("GRANT pg_signal_backend TO {}").format(ident(rotator))
+                    )
+                    changed = True
                 report.add(f"rotator role {rotator} (may set the login roles' passwords)", changed)
     return report
 

@@ -1,4 +1,4 @@
-"""``mailyctl secrets``: rotate, status, history."""
+"""``mailyctl secrets``: rotate, retire, status, history."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import typer
 
 from ..errors import ConfigurationError, VaultError
 from ..logs import configure as configure_logs
-from ..rotation.config import ConfigError, RotationConfig, format_duration
+from ..rotation.config import ConfigError, RotationConfig, format_duration, parse_duration
 from ..rotation.engine import RotationEngine
 from ..rotation.report import RunReport
 from .common import (
@@ -23,11 +23,14 @@ from .common import (
     Part,
     config_fail,
     fmt_time,
+    is_terminal,
     print_json,
     print_table,
     say,
     styled,
 )
+
+_say = say
 
 EXIT_BUSY = 3
 T = TypeVar("T")
@@ -161,6 +164,7 @@ _STATUS_STYLE = {
     "rolled_back": "red",
     "busy": "yellow",
     "action_required": "yellow",
+    "retired": "green",
 }
 
 
@@ -183,6 +187,12 @@ def _print_report(report: RunReport) -> None:
     for r in report.results:
         for note in getattr(r, "notes", None) or []:
             say(f"{r.type}: {note}")
+        for u in getattr(r, "stragglers", None) or []:
+            say(
+                styled(f"{r.type}: still using {u.get('credential')}", "yellow"),
+                f" {u.get('count')} x application_name={u.get('application') or '(none)'}"
+                f" address={u.get('address') or '(hidden)'}",
+            )
     for w in getattr(report, "warnings", None) or []:
         say(styled("warning", "yellow"), " ", w)
     for n in report.notifications:
@@ -222,10 +232,30 @@ def rotate(
             help="Rotate a two-slot credential even while the previous one is in its grace period.",
         ),
     ] = False,
+    wait_retire: Annotated[
+        str | None,
+        typer.Option(
+            "--wait-retire",
+            metavar="DURATION",
+            help=(
+                "After the promote, keep watching who still uses the previous credential"
+                " (every few seconds, holding the lock) and retire it as soon as the type's"
+                " retire policy allows, for at most DURATION (e.g. 10m); what is still"
+                " retiring then is left to a later run or 'secrets retire'."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     config: ConfigOpt = None,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Rotate secrets: new credential -> set on the target -> verify -> promote (CAS).
+
+    The previous credential keeps working until the type's retire policy retires it
+    (rotation config, per type: retire: when_idle (default: once its target shows no
+    users, at the earliest after min_grace), at_grace, never; hard_deadline ends its
+    sessions). Each run retires what is due first; --wait-retire also waits for the
+    new rotation's previous credential.
 
     Exit codes: 0 all rotated or skipped, 1 a type failed, 2 bad input (nothing
     changed), 3 another rotation holds the lock.
@@ -236,6 +266,14 @@ def rotate(
         types = cfg.parse_types(secret_types)
     except ConfigError as exc:
         _usage(str(exc))
+    wait: timedelta | None = None
+    if wait_retire is not None:
+        try:
+            wait = parse_duration(wait_retire)
+        except ValueError as exc:
+            _usage(f"--wait-retire: {exc}")
+        if dry_run:
+            _usage("--wait-retire and --dry-run exclude each other (a dry run retires nothing)")
     resolved = cfg.environment(env_name)
     if resolved.confirm and not yes and not dry_run and sys.stdin.isatty():
         ok = typer.confirm(
@@ -252,7 +290,9 @@ def rotate(
     report = _with_engine(
         cfg,
         env_name,
-        lambda e: e.run(types, due_only=due, dry_run=dry_run, force=force, notify=notify),
+        lambda e: e.run(
+            types, due_only=due, dry_run=dry_run, force=force, notify=notify, wait_retire=wait
+        ),
         progress=progress,
     )
     if as_json:
@@ -265,6 +305,119 @@ def rotate(
         raise typer.Exit(EXIT_FAILURE)
 
 
+@app.command(short_help="Retire previous credentials that their policy allows now.")
+def retire(
+    secret_types: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-types",
+            metavar="TYPES",
+            help="Comma-separated types (e.g. database,redis) or 'all' (the default).",
+            show_default=False,
+        ),
+    ] = None,
+    env: EnvOpt = None,
+    notify: Annotated[
+        bool, typer.Option("--notify", help="Send a summary to administrators (email/webhook).")
+    ] = False,
+    as_json: JsonOpt = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (production).")
+    ] = False,
+    config: ConfigOpt = None,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Retire what earlier rotations kept, where the type's retire policy allows it now.
+
+    No rotation. For each retiring previous credential the target is asked who still
+    uses it (PostgreSQL: sessions of the previous login role, with application_name and
+    client address), then, by the type's `retire` setting:
+    when_idle (default) retires it once nothing uses it, at the earliest `min_grace`
+    after the promote (a target that cannot tell, at the end of `grace`); at_grace
+    retires it at the end of `grace` even if used, naming who still uses it; never keeps
+    it. Past `hard_deadline` it is retired even if used and its sessions are ended.
+
+    Exit codes: 0 done (retired or nothing due), 1 a type failed, 2 bad input,
+    3 another rotation holds the lock.
+    """
+    _logging(log_level)
+    cfg, env_name = _load(config, env)
+    try:
+        types = cfg.parse_types(secret_types)
+    except ConfigError as exc:
+        _usage(str(exc))
+    resolved = cfg.environment(env_name)
+    if resolved.confirm and not yes and sys.stdin.isatty():
+        ok = typer.confirm(
+            f"Retire what is due of {', '.join(types)} in {env_name}"
+            f" (Vault {resolved.vault_settings().addr})?",
+            default=False,
+        )
+        if not ok:
+            say("aborted; nothing changed", err=True)
+            raise typer.Exit(EXIT_FAILURE)
+
+    def progress(type_name: str, message: str) -> None:
+        say(styled(f"{type_name:>15}", "bold"), "  ", message, err=as_json)
+
+    report = _with_engine(
+        cfg, env_name, lambda e: e.retire_due(types, notify=notify), progress=progress
+    )
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    if any(r.status == "busy" for r in report.results):
+        raise typer.Exit(EXIT_BUSY)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _usage_line(u: dict[str, Any] | None) -> str:
+    """One line of a ``Usage.public()``: who uses the credential (no values)."""
+    if not u:
+        return "not observable"
+    if not u.get("observable"):
+        return f"{u.get('credential')}: users not observable ({u.get('note') or 'unknown'})"
+    users = u.get("users") or []
+    if not users:
+        return f"{u.get('credential')}: no users"
+    parts = [
+        f"{x.get('count')} x {x.get('application') or '(no name)'}"
+        f" from {x.get('address') or '(hidden)'}"
+        for x in users[:5]
+    ]
+    more = f"; and {len(users) - 5} more" if len(users) > 5 else ""
+    return f"{u.get('credential')}: {u.get('total')} in use: {'; '.join(parts)}{more}"
+
+
+def _print_adoption(rows: list[dict[str, Any]]) -> None:
+    """Below the table on a terminal; on stderr when stdout is piped, so that the table
+    stays one line per type for scripts (``--json`` has it all)."""
+    err = not is_terminal(False)
+
+    def say(*parts: Part) -> None:
+        _say(*parts, err=err)
+
+    for r in rows:
+        doc = r.get("adoption")
+        if not doc:
+            continue
+        say(styled(f"{r['type']}", "bold"), f"  retire: {doc.get('policy')}")
+        if doc.get("error"):
+            say(f"  error: {doc['error']}")
+        if doc.get("current") is not None:
+            say(f"  current   {_usage_line(doc['current'])}")
+        for item in doc.get("previous") or []:
+            seen = (
+                _usage_line(item.get("usage"))
+                if not item.get("error")
+                else f"cannot see ({item['error']})"
+            )
+            say(f"  previous  {seen}")
+            say(f"            {item.get('action')}: {item.get('reason')}")
+
+
 @app.command(short_help="Last rotated, age, next due per type.")
 def status(
     env: EnvOpt = None,
@@ -273,6 +426,12 @@ def status(
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Per secret type: where it lives, last rotated, age, interval, next due (overdue in red).
+
+    For a type whose previous credential is still retiring, also who uses the new and
+    the previous credential, as its target shows it now (PostgreSQL: sessions per login
+    role with application_name and client address; JSON: "adoption"), and what its
+    retire policy will do (below the table; on stderr when stdout is piped). Types with
+    nothing retiring cost no look at their target.
 
     Exit code 0, or 1 when Vault cannot be read.
     """
@@ -312,6 +471,7 @@ def status(
         ("type", "secret", "last rotated", "age", "interval", "next due", "state"),
         table,
     )
+    _print_adoption(rows)
 
 
 @app.command(short_help="Every step of every rotation of TYPE.")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..settings import VaultSettings
 
@@ -52,16 +52,66 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: ``min_grace`` when a type sets none: long enough for listeners polling at the default
+#: intervals (the beacon, and the slow per-path poll of 300 s) to see the new credential
+#: and their pools to open connections with it, so "idle" is not mistaken for "adopted"
+#: by a client that simply has not looked yet; capped by the type's ``grace``
+DEFAULT_MIN_GRACE = timedelta(minutes=5)
+
+RetireMode = Literal["when_idle", "at_grace", "never"]
+
+
 class TypeConfig(_Model):
     secret: str
     rotator: str | None = None  # the rotator implementation (default: the type's own name)
+    #: how long the previous credential keeps working after a rotation (at most; see retire)
     grace: timedelta | None = None
+    #: when_idle: retire the previous credential as soon as its target shows no users of it,
+    #: at the earliest after min_grace (targets that cannot tell: at the end of grace);
+    #: at_grace: at the end of grace even if used (naming who still uses it);
+    #: never: keep it (a person retires it)
+    retire: RetireMode = "when_idle"
+    #: when_idle's earliest retirement after the promote (default: DEFAULT_MIN_GRACE,
+    #: at most grace)
+    min_grace: timedelta | None = None
+    #: after the promote: retire even if used and end what still uses it (PostgreSQL
+    #: sessions); unset: never end sessions
+    hard_deadline: timedelta | None = None
     #: may name credentials (a provider's settings): never in a repr
     options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
-    _dur = field_validator("grace", mode="before")(
+    _dur = field_validator("grace", "min_grace", "hard_deadline", mode="before")(
         lambda v: None if v is None else parse_duration(v)
     )
+
+    @model_validator(mode="after")
+    def _retire_durations(self) -> TypeConfig:
+        grace = self.grace or timedelta(0)
+        show = format_duration
+        if self.min_grace is not None and self.min_grace > grace:
+            raise ValueError(
+                f"min_grace {show(self.min_grace)} is longer than grace {show(grace)}"
+                " (min_grace <= grace <= hard_deadline)"
+            )
+        if self.hard_deadline is not None:
+            if self.retire == "never":
+                raise ValueError(
+                    "hard_deadline cannot be combined with retire: never"
+                    " (never keeps the previous credential; drop one of them)"
+                )
+            if self.hard_deadline < grace:
+                raise ValueError(
+                    f"hard_deadline {show(self.hard_deadline)} is shorter than grace"
+                    f" {show(grace)} (min_grace <= grace <= hard_deadline)"
+                )
+        return self
+
+    @property
+    def effective_min_grace(self) -> timedelta:
+        """``min_grace``, or the default capped by ``grace``."""
+        if self.min_grace is not None:
+            return self.min_grace
+        return min(DEFAULT_MIN_GRACE, self.grace or timedelta(0))
 
 
 class EmailNotify(_Model):

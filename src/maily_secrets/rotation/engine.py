@@ -12,7 +12,14 @@ For each type, sequentially, under one lock per environment:
   credential is still in its grace period (``force`` overrides);
 - ``check`` -> ``create_pending`` (stored in the state) -> ``apply`` -> ``verify``
   -> ``promote`` (check-and-set) -> finished; a failed verification rolls back;
-- what earlier rotations kept for their grace period is retired once it is over.
+- what earlier rotations kept for their grace period is retired by the type's retire
+  policy (``retirement.py``: when its target shows it idle, at the end of the grace,
+  never; ending its sessions at a hard deadline), with who still uses it observed on the
+  target (``Rotator.usage``) and named in the report.
+
+``retire_due`` does only that last part (``mailyctl secrets retire``); ``run(...,
+wait_retire=...)`` keeps watching after the promote, holding the lock, until the new
+rotation's previous credential is retired or the wait ends (``--wait-retire``).
 
 Every step writes the state (a new KV v2 version) before the next begins.
 ``MAILY_ROTATION_CRASH_AFTER=<step>`` is a fault-injection point for tests: the
@@ -30,15 +37,18 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..cliname import command
 from ..clock import SYSTEM_CLOCK, Clock, rfc3339
 from ..errors import VaultError
 from ..paths import KV2Path
 from ..vault.client import VaultClient
 from .base import (
     ActionRequired,
+    Adoption,
     PendingLost,
     RotationContext,
     RotationError,
@@ -49,11 +59,14 @@ from .base import (
 from .config import ConfigError, RotationConfig, format_duration
 from .lock import LockBusy, LockLost, VaultLock
 from .report import RunReport, TypeResult
+from .retirement import Decision, RetireItem, RetirePolicy, decide
 from .rotators import DATED_BY_SECRET
 from .state import Retiring, RotationState, StateStore
 
 log = logging.getLogger("maily_secrets.rotation")
 CRASH_ENV = "MAILY_ROTATION_CRASH_AFTER"
+#: how often ``--wait-retire`` looks at who still uses the previous credential
+SETTLE_INTERVAL_S = 5.0
 Progress = Callable[[str, str], None]  # (type, message)
 
 
@@ -95,6 +108,8 @@ class RotationEngine:
         self.now = now or (lambda: datetime.fromtimestamp(clk.time(), UTC))
         self._crash_after = os.environ.get(CRASH_ENV) or None
         self._lock: VaultLock | None = None
+        #: seconds between two looks at the target while ``wait_retire`` (clock time)
+        self.settle_interval = SETTLE_INTERVAL_S
 
     @property
     def client(self) -> VaultClient:
@@ -161,9 +176,57 @@ class RotationEngine:
                 "last_outcome": state.outcome if state else None,
                 "last_rotation_id": state.last_rotation_id if state else None,
                 "retiring": len(state.retiring) if state else 0,
+                # who uses the new and the previous credential: looked at on the target
+                # only for a type with something retiring (nothing imported otherwise)
+                "adoption": await self.adoption(t, state) if state and state.retiring else None,
             }
 
         return list(await asyncio.gather(*(row(t) for t in names)))
+
+    async def adoption(self, type_name: str, state: RotationState) -> dict[str, Any]:
+        """Live, for ``status``: who uses the current credential and each retiring one (on
+        its target), what the retire policy would do now, and what the last run saw."""
+        policy = self.policy(type_name)
+        doc: dict[str, Any] = {
+            "retire": policy.mode,
+            "policy": policy.describe(),
+            "current": None,
+            "previous": [],
+        }
+        try:
+            rotator = rotator_for(type_name, self.env.type(type_name).rotator)
+        except RotationError as exc:
+            doc["error"] = _error_text(exc)
+            return doc
+        now = self.now()
+        for item in state.retiring:
+            ctx = self._context(type_name, "status", state=state)
+            observed = await self.observe(rotator, ctx, type_name, item)
+            promoted = self._promoted_at(type_name, item)
+            d = decide(policy, now, RetireItem(promoted, item.retired_at), observed)
+            seen = observed if isinstance(observed, Adoption) else None
+            if seen is not None and seen.current is not None and doc["current"] is None:
+                doc["current"] = seen.current.public()
+            doc["previous"].append(
+                {
+                    "rotation_id": item.rotation_id,
+                    "promoted_at": promoted,
+                    "earliest": promoted + policy.min_grace,
+                    "grace_end": promoted + policy.grace,
+                    "hard_deadline": (
+                        promoted + policy.hard_deadline if policy.hard_deadline else None
+                    ),
+                    "retired_at": item.retired_at,
+                    "usage": seen.previous.public() if seen and seen.previous else None,
+                    "observable": observed is not None and not isinstance(observed, BaseException),
+                    "error": _error_text(observed) if isinstance(observed, BaseException) else "",
+                    "action": d.action,
+                    "reason": d.reason,
+                    "last_observed": item.observed,
+                    "last_observed_at": item.observed_at,
+                }
+            )
+        return doc
 
     # ------------------------------------------------------------------ the run
     async def run(
@@ -174,7 +237,11 @@ class RotationEngine:
         dry_run: bool = False,
         force: bool = False,
         notify: bool = False,
+        wait_retire: timedelta | None = None,
     ) -> RunReport:
+        """Rotate ``types``; with ``wait_retire``, then watch each new rotation's previous
+        credential (holding the lock) and retire it as soon as its policy allows, for at
+        most that long."""
         names = types if types is not None else self.config.type_names
         unknown = [t for t in names if t not in self.config.types]
         if unknown:
@@ -228,6 +295,8 @@ class RotationEngine:
                             report.results.append(self._not_started(t, lock.lost))
                             continue
                         report.results.append(await self._rotate_type(t, due_only, force))
+                    if wait_retire is not None:
+                        await self._settle(report, wait_retire)
                 finally:
                     self._lock = None
                     await self._release(lock, report)
@@ -359,6 +428,10 @@ class RotationEngine:
     ) -> str | None:
         if not rotator.two_slots or force or state is None or state.last_success_at is None:
             return None
+        if state.last_rotation_id and not any(
+            i.rotation_id == state.last_rotation_id for i in state.retiring
+        ):
+            return None  # its previous credential is retired already: nobody to cut off
         until = state.last_success_at + ctx.grace
         if self.now() < until:
             return (
@@ -432,7 +505,7 @@ class RotationEngine:
 
         # 1. retire what earlier rotations kept for their grace period
         if state is not None and state.retiring and not state.in_progress:
-            version = await self._retire(rotator, state, version, res)
+            version, _ = await self._retire(rotator, state, version, res, final=True)
             res.step = None
 
         # 2. resume an interrupted rotation, or start a new one
@@ -514,7 +587,10 @@ class RotationEngine:
             if retiring:
                 state.retiring.append(
                     Retiring(
-                        after=self.now() + ctx.grace, data=retiring, rotation_id=ctx.rotation_id
+                        after=self.now() + ctx.grace,
+                        data=retiring,
+                        rotation_id=ctx.rotation_id,
+                        promoted_at=self.now(),
                     )
                 )
             state.step = "finished"
@@ -606,23 +682,94 @@ class RotationEngine:
             " was not replaced" + rollback_error
         )
 
+    # ------------------------------------------------------------------ retirement
+    def policy(self, type_name: str) -> RetirePolicy:
+        return RetirePolicy.of(self.env.type(type_name))
+
+    def _promoted_at(self, type_name: str, item: Retiring) -> datetime:
+        """When the item's rotation promoted (states stored before: end of grace - grace)."""
+        if item.promoted_at is not None:
+            return item.promoted_at
+        return item.after - (self.env.type(type_name).grace or timedelta(0))
+
+    async def observe(
+        self, rotator: Rotator, ctx: RotationContext, type_name: str, item: Retiring
+    ) -> Adoption | BaseException | None:
+        """``rotator.usage`` for one retiring item: its Adoption, None (the target cannot
+        tell), or the error that kept us from seeing (never taken for "idle")."""
+        try:
+            return await rotator.usage(ctx, item.data, since=self._promoted_at(type_name, item))
+        except (RotationError, VaultError, OSError) as exc:
+            return exc
+        except Exception as exc:  # a rotator bug: the message may hold a value
+            return RotationError(f"usage() failed unexpectedly ({type(exc).__name__})")
+
+    @staticmethod
+    def _record_observation(
+        item: Retiring, observed: Adoption | BaseException | None, now: datetime
+    ) -> bool:
+        """Keep what was seen in the item (public identifiers only); True if it changed."""
+        doc = observed.public() if isinstance(observed, Adoption) else None
+        error = _error_text(observed) if isinstance(observed, BaseException) else ""
+        if doc == item.observed and error == item.observed_error:
+            return False
+        item.observed, item.observed_error, item.observed_at = doc, error, now
+        return True
+
+    @staticmethod
+    def _public_decision(item: Retiring, d: Decision) -> dict[str, Any]:
+        return {
+            "rotation_id": item.rotation_id,
+            "action": d.action,
+            "reason": d.reason,
+            "next_check": d.next_check,
+            "stragglers": [u.public() for u in d.stragglers],
+        }
+
     async def _retire(
-        self, rotator: Rotator, state: RotationState, version: int, res: TypeResult
-    ) -> int:
-        now = self.now()
+        self,
+        rotator: Rotator,
+        state: RotationState,
+        version: int,
+        res: TypeResult,
+        *,
+        final: bool,
+    ) -> tuple[int, list[tuple[Retiring, Decision]]]:
+        """Apply the retire policy to every retiring item of ``state`` (saved with CAS when
+        anything changed): the new version and each item's decision (one whose retire
+        failed is reported as a "wait"). ``final``: this is the run's last look, so what
+        keeps waiting with users past its grace is named in the report (not on every
+        settle round)."""
+        policy = self.policy(state.type)
         keep: list[Retiring] = []
-        done = 0
+        changed = False
+        retired = 0
+        decisions: list[tuple[Retiring, Decision]] = []
         for item in state.retiring:
-            if item.after > now:
+            ctx = self._context(state.type, item.rotation_id, state=state)
+            observed = await self.observe(rotator, ctx, state.type, item)
+            now = self.now()
+            changed |= self._record_observation(item, observed, now)
+            d = decide(
+                policy,
+                now,
+                RetireItem(self._promoted_at(state.type, item), item.retired_at),
+                observed,
+            )
+            decisions.append((item, d))
+            if d.action == "forget":
+                changed = True
+                continue
+            if not d.retires:
                 keep.append(item)
+                grace_over = now >= item.after
+                if final and d.stragglers and (grace_over or d.action == "keep_forever"):
+                    self._stragglers(res, item, d, "still in use")
                 continue
             await self._guard(res, "retire")
-            ctx = self._context(state.type, item.rotation_id, state=state)
+            ctx.end_sessions = d.end_sessions
             try:
                 note = await rotator.retire(ctx, item.data)
-                done += 1
-                if note:
-                    res.notes.append(note)
             except (RotationError, VaultError, OSError) as exc:
                 log.warning(
                     "retiring after %s failed; will retry: %s",
@@ -630,13 +777,193 @@ class RotationEngine:
                     _error_text(exc),
                     extra={"type": state.type},
                 )
-                res.notes.append(
+                text = (
                     f"retiring what rotation {item.rotation_id} kept failed (will retry):"
                     f" {_error_text(exc)}"
                 )
+                if text not in res.notes:  # --wait-retire tries every few seconds
+                    res.notes.append(text)
                 keep.append(item)
-        if done:
+                decisions[-1] = (item, replace(d, action="wait", reason=f"{d.reason}; failed"))
+                continue
+            retired += 1
+            changed = True
+            if note:
+                res.notes.append(note)
+            if d.stragglers:
+                self._stragglers(res, item, d, "retired while in use")
+            log.info(
+                "previous credential retired",
+                extra={
+                    "type": state.type,
+                    "rotation_id": item.rotation_id,
+                    "action": d.action,
+                    "reason": d.reason,
+                },
+            )
+            if d.keep:  # at_grace with a hard deadline: end its sessions then
+                item.retired_at = now
+                keep.append(item)
+        res.retirement = [self._public_decision(i, d) for i, d in decisions]
+        if changed:
             state.retiring = keep
             version = await self.store.write(state, cas=version)
-            self.progress(state.type, f"retired {done} previous credential(s) after their grace")
-        return version
+        if retired:
+            self.progress(state.type, f"retired {retired} previous credential(s)")
+        return version, decisions
+
+    def _stragglers(self, res: TypeResult, item: Retiring, d: Decision, what: str) -> None:
+        credential = d.previous.credential if d.previous else "the previous credential"
+        text = f"{credential} {what} ({item.rotation_id}): {d.reason}"
+        if text not in res.notes:
+            res.notes.append(text)
+        for u in d.stragglers:
+            entry = {"credential": credential, "rotation_id": item.rotation_id, **u.public()}
+            if entry not in res.stragglers:
+                res.stragglers.append(entry)
+
+    async def _retire_type(self, t: str) -> TypeResult:
+        """``retire_due`` for one type: what its policy allows now, no rotation."""
+        res = TypeResult(t, "skipped", secret=self._where(t), started_at=self.now())
+        started = time.monotonic()
+        try:
+            state, version = await self.store.read(t)
+            if state is None or not state.retiring:
+                res.reason = "nothing to retire"
+            elif state.in_progress:
+                res.reason = (
+                    f"rotation {state.rotation_id} is in progress (step {state.step});"
+                    f" {command('secrets', 'rotate')} resumes it, then retires"
+                )
+            else:
+                rotator = rotator_for(t, self.env.type(t).rotator)
+                before = len(state.retiring)
+                _, decisions = await self._retire(rotator, state, version, res, final=True)
+                done = [d for _, d in decisions if d.retires]
+                if done:
+                    res.status = "retired"
+                    res.reason = "; ".join(d.reason for d in done)
+                else:
+                    res.reason = "; ".join(d.reason for _, d in decisions) or (
+                        f"{before} retiring, nothing due"
+                    )
+        except LockLost as exc:
+            res.status, res.reason = "failed", f"stopped: this run lost the rotation lock ({exc})"
+        except (RotationError, VaultError, ConfigError) as exc:
+            res.status, res.reason = "failed", _error_text(exc)
+        except Exception as exc:  # a rotator bug must not abort the other types
+            res.status = "failed"
+            res.reason = f"unexpected {type(exc).__name__} while retiring (message withheld)"
+            log.error("retiring %s failed unexpectedly: %s", t, type(exc).__name__)
+        res.duration_s = round(time.monotonic() - started, 3)
+        self.progress(t, f"{res.status}" + (f": {res.reason}" if res.reason else ""))
+        return res
+
+    async def retire_due(
+        self, types: list[str] | None = None, *, notify: bool = False
+    ) -> RunReport:
+        """Retire what the types' retire policies allow now (no rotation), under the lock."""
+        names = types if types is not None else self.config.type_names
+        unknown = [t for t in names if t not in self.config.types]
+        if unknown:
+            raise ConfigError(
+                f"unknown secret type(s) {', '.join(unknown)};"
+                f" valid: {', '.join(self.config.type_names)}"
+            )
+        run_id = uuid.uuid4().hex[:12]
+        report = RunReport(
+            env=self.env.name,
+            run_id=run_id,
+            actor=self.actor,
+            started_at=self.now(),
+            due_only=True,
+        )
+        lock = VaultLock(
+            self.client,
+            KV2Path(self.client.settings.kv_mount, f"{self.env.env.state_prefix}/_lock"),
+            run_id,
+            self.actor,
+            self.env.env.lock_ttl,
+            clock=self.clock,
+        )
+        try:
+            await lock.acquire()
+        except LockBusy as exc:
+            for t in names:
+                report.results.append(TypeResult(t, "busy", reason=str(exc)))
+                self.progress(t, "busy: another rotation is running")
+        else:
+            self._lock = lock
+            try:
+                for t in names:
+                    if lock.lost is not None:
+                        report.results.append(self._not_started(t, lock.lost))
+                        continue
+                    report.results.append(await self._retire_type(t))
+            finally:
+                self._lock = None
+                await self._release(lock, report)
+        report.finished_at = self.now()
+        if notify:
+            from .notify import send_notifications
+
+            report.notifications = await send_notifications(self.env, self.client, report)
+        return report
+
+    async def _settle(self, report: RunReport, wait: timedelta) -> None:
+        """``--wait-retire``: after the rotations of this run, look at who uses each one's
+        previous credential every ``settle_interval`` seconds (the engine's clock) and
+        retire it as soon as its policy allows, until retired or ``wait`` has passed."""
+        watching = {
+            r.type: r
+            for r in report.results
+            if r.status in ("rotated", "resumed", "action_required") and r.rotation_id
+        }
+        end = self.clock.monotonic() + wait.total_seconds()
+        last: dict[str, list[tuple[Retiring, Decision]]] = {}
+        first = True
+        while watching:
+            if not first:
+                remaining = end - self.clock.monotonic()
+                if remaining <= 0:
+                    break
+                await self.clock.sleep(min(self.settle_interval, remaining))
+            first = False
+            for t, res in list(watching.items()):
+                try:
+                    if self._lock is not None:
+                        await self._lock.ensure_held()
+                    state, version = await self.store.read(t)
+                    mine = [
+                        i
+                        for i in (state.retiring if state else [])
+                        if i.rotation_id == res.rotation_id
+                    ]
+                    if state is None or not mine:
+                        watching.pop(t)
+                        continue
+                    rotator = rotator_for(t, self.env.type(t).rotator)
+                    _, last[t] = await self._retire(rotator, state, version, res, final=False)
+                    ours = [d for i, d in last[t] if i.rotation_id == res.rotation_id]
+                    if all(d.retires and not d.keep for d in ours) or any(
+                        d.action in ("keep_forever", "forget") for d in ours
+                    ):
+                        watching.pop(t)
+                except LockLost as exc:
+                    res.notes.append(
+                        f"--wait-retire stopped: this run lost the rotation lock ({exc})"
+                    )
+                    return
+                except (RotationError, VaultError) as exc:
+                    text = f"--wait-retire: {_error_text(exc)} (will retry)"
+                    if text not in res.notes:  # once, not every few seconds
+                        res.notes.append(text)
+        for t, res in watching.items():
+            waiting = [(i, d) for i, d in last.get(t, []) if i.rotation_id == res.rotation_id]
+            for item, d in waiting:
+                if d.stragglers:
+                    self._stragglers(res, item, d, "still in use")
+                res.notes.append(
+                    f"--wait-retire {format_duration(wait)} ended; the previous credential is"
+                    f" still retiring: {d.reason}"
+                )

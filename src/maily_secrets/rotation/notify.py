@@ -50,10 +50,11 @@ WEBHOOK_ATTEMPTS = 2
 WEBHOOK_RETRY_DELAY_S = 1.0
 
 # Subject order of the outcomes; any other status is appended after these.
-_ORDER = ("rotated", "resumed", "planned", "skipped", "failed", "rolled_back", "busy")
+_ORDER = ("rotated", "resumed", "retired", "planned", "skipped", "failed", "rolled_back", "busy")
 _LABEL = {"rolled_back": "rolled back"}
 _ICON = {
     "rotated": ":white_check_mark:",
+    "retired": ":white_check_mark:",
     "resumed": ":white_check_mark:",
     "planned": ":memo:",
     "skipped": ":fast_forward:",
@@ -127,6 +128,20 @@ def _outcome(r: TypeResult) -> str:
     return out
 
 
+def straggler_lines(report: RunReport) -> list[str]:
+    """Who still used a previous credential (retired anyway, or still retiring past its
+    grace), by application and address, so that someone can find them; no values."""
+    out = []
+    for r in report.results:
+        for u in r.stragglers:
+            out.append(
+                f"{r.type}: {u.get('count')} x application {u.get('application') or '(no name)'}"
+                f" from {u.get('address') or '(address hidden)'} still used"
+                f" {u.get('credential')} (rotation {u.get('rotation_id')})"
+            )
+    return out
+
+
 def _rows(report: RunReport) -> list[list[str]]:
     return [
         [
@@ -170,6 +185,9 @@ def email_body(report: RunReport) -> str:
     notes = [f"{r.type}: {' '.join(n.split())}" for r in report.results for n in r.notes]
     if notes:
         lines += ["", "Also done:", *(f"  - {n}" for n in notes)]
+    stragglers = straggler_lines(report)
+    if stragglers:
+        lines += ["", "Still using a previous credential:", *(f"  - {x}" for x in stragglers)]
     if report.warnings:
         lines += ["", "Warnings:", *(f"  - {' '.join(x.split())}" for x in report.warnings)]
     lines += [
@@ -215,6 +233,7 @@ def webhook_payload(report: RunReport) -> dict[str, Any]:
             {"type": "section", "fields": [{"type": "mrkdwn", "text": _mrkdwn(f)} for f in fields]}
         )
     extra = [f"*{r.type}*: {n}" for r in report.results for n in r.notes]
+    extra += [f":warning: {x}" for x in straggler_lines(report)]
     extra += [f":warning: {x}" for x in report.warnings]
     if extra:
         blocks.append(

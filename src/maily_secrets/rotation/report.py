@@ -17,6 +17,7 @@ Status = Literal[
     "rolled_back",  # verification failed; the current credential is unchanged
     "planned",  # --dry-run
     "busy",  # another run holds the lock
+    "retired",  # ``secrets retire``: a previous credential was retired (see notes)
 ]
 
 
@@ -36,6 +37,12 @@ class TypeResult:
     #: what else the run did for this type (e.g. a previous credential retired after its
     #: grace period, and who still had sessions open with it); no values
     notes: list[str] = field(default_factory=list)
+    #: who still used a previous credential when it was retired, or still uses it past
+    #: its grace: {credential, rotation_id, count, application, address, detail}
+    stragglers: list[dict[str, Any]] = field(default_factory=list)
+    #: the retire policy's decision per retiring credential at this run's last look:
+    #: {rotation_id, action, reason, next_check, stragglers}
+    retirement: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:

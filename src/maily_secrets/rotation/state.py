@@ -25,9 +25,26 @@ STEPS: tuple[Step, ...] = ("created", "applied", "verified", "promoted", "finish
 
 
 class Retiring(BaseModel):
-    after: datetime
+    """What one rotation kept for its grace period, until its retire policy retires it.
+
+    Only ``after``/``data``/``rotation_id`` existed before retire policies: states stored
+    then still load. The policy's times (earliest retirement, hard deadline) are computed
+    from ``promoted_at`` and the type's config at each check, not stored, so a change of
+    the config (a longer deadline, say) applies to credentials already retiring.
+    """
+
+    after: datetime  # the end of the grace period
     data: dict[str, Any]  # non-secret identifiers only (a role name, a key id)
     rotation_id: str
+    #: when the rotation promoted (None in states stored before: ``after`` - grace)
+    promoted_at: datetime | None = None
+    #: at_grace with a hard deadline: retired already, kept to end its sessions then
+    retired_at: datetime | None = None
+    #: the last adoption seen on the target (``Adoption.public()``: role names, counts,
+    #: application names and addresses, never a value), when, or why it could not be seen
+    observed: dict[str, Any] | None = None
+    observed_at: datetime | None = None
+    observed_error: str = ""
 
 
 class RotationState(BaseModel):

@@ -183,6 +183,32 @@ async def open_sessions(
     return [(int(r[0]), str(r[1]), r[2]) for r in await cur.fetchall()]
 
 
+async def may_end_sessions(conn: psycopg.AsyncConnection[Any], role: str) -> bool:
+    """Whether this connection's user may ``pg_terminate_backend`` the sessions of ``role``:
+    a superuser, a member of ``pg_signal_backend``, or one with ``role``'s privileges."""
+    cur = await conn.execute(
+        "SELECT r.rolsuper OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+        " OR coalesce(pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = %s),"
+        " 'USAGE'), false)"
+        " FROM pg_roles r WHERE r.rolname = current_user",
+        (role,),
+    )
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def end_sessions(conn: psycopg.AsyncConnection[Any], role: str) -> int:
+    """``pg_terminate_backend`` every session of ``role`` (waiting up to 5 s for each to
+    end): how many ended. Check :func:`may_end_sessions` first."""
+    cur = await conn.execute(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))"
+        " FROM pg_stat_activity WHERE usename = %s AND pid <> pg_backend_pid()",
+        (role,),
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 def describe_sessions(sessions: list[tuple[int, str, str | None]]) -> str:
     total = sum(n for n, _, _ in sessions)
     if not total:

@@ -22,14 +22,18 @@ One rotation:
 
 The previous role keeps its password for the grace period (``grace``), so that no
 client fails mid-rotation; this rotator is ``two_slots``: two rotations closer than
-``grace`` would cut off holders of the previous credential. Once the grace is over,
-``retire`` first reports who still has sessions open as that role
-(``pg_stat_activity``: count, ``application_name``, ``client_addr``), then sets a
-random password nobody knows on it (never logged), so the previous password stops
-logging in. Open sessions are not terminated. ``client_addr`` of other roles'
-sessions is visible to the admin only with ``pg_read_all_stats`` (else reported as
-hidden). The role in use is never retired (a later rotation may have flipped back
-to it).
+``grace`` would cut off holders of the previous credential. ``usage`` tells who has
+sessions open as the current and the previous role (``pg_stat_activity``: count,
+``application_name``, ``client_addr``), which the engine's retire policy uses (by
+default the previous role is retired once none of its sessions is left). ``retire``
+first reports who still has sessions open as that role, then sets a random password
+nobody knows on it (never logged), so the previous password stops logging in. Open
+sessions are not terminated, except at a hard deadline (``ctx.end_sessions``): then
+``pg_terminate_backend`` ends them, which the admin may only as a member of
+``pg_signal_backend`` (``ensure_postgres_login_roles(rotator=...)`` grants it) or a
+superuser. ``client_addr`` of other roles' sessions is visible to the admin only with
+``pg_read_all_stats`` (else reported as hidden). The role in use is never retired (a
+later rotation may have flipped back to it).
 
 Options (``types.database.options``)::
 
@@ -50,6 +54,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 import psycopg
@@ -61,13 +66,23 @@ from ...targets.postgres import (
     PostgresTarget,
     alter_password_statement,
     describe_sessions,
+    end_sessions,
     grant_membership_statement,
+    may_end_sessions,
     membership,
     open_sessions,
     scram_sha256_verifier,
     scrub,
 )
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import (
+    Adoption,
+    CredentialUser,
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    Usage,
+)
 from ..kit import (
     PasswordLength,
     RotatorOptions,
@@ -452,6 +467,10 @@ class PostgresTwoRoleRotator(Rotator):
         admin, found, sessions = await self._scramble(ctx, opts, role, "retire")
         if not found:
             return f"previous login role {role} no longer exists on {admin.describe()}"
+        ended = ""
+        if ctx.end_sessions and sessions:
+            n = await self._end_sessions(ctx, opts, admin, role)
+            ended = f"; at the hard deadline {n} of its session(s) were ended"
         total = sum(n for n, _, _ in sessions)
         ctx.log.log(
             logging.WARNING if total else logging.INFO,
@@ -466,9 +485,62 @@ class PostgresTwoRoleRotator(Rotator):
                 ],
             },
         )
-        return f"retired previous login role {role} (its password no longer works): " + (
-            describe_sessions(sessions)
+        return (
+            f"retired previous login role {role} (its password no longer works): "
+            + describe_sessions(sessions)
+            + ended
         )
+
+    async def _end_sessions(
+        self, ctx: RotationContext, opts: PostgresOptions, admin: PostgresTarget, role: str
+    ) -> int:
+        async with self._admin_conn(admin, opts, "retire", role) as conn:
+            if not await may_end_sessions(conn, role):
+                raise RotationError(
+                    f"database retire: the hard deadline has passed but the admin {admin.user}"
+                    f" may not end the sessions of {role} on {admin.describe()}: grant it"
+                    f" pg_signal_backend (GRANT pg_signal_backend TO {admin.user}, or"
+                    " ensure_postgres_login_roles(rotator=...)); its password is already"
+                    " unknown, the sessions keep running until then"
+                )
+            n = await end_sessions(conn, role)
+        ctx.log.warning(
+            "database: sessions of the previous login role ended at the hard deadline",
+            extra={"role": role, "host": admin.host, "ended": n},
+        )
+        return n
+
+    async def usage(
+        self,
+        ctx: RotationContext,
+        retiring: Mapping[str, Any] | None,
+        since: datetime | None = None,
+    ) -> Adoption | None:
+        """Sessions open as the login role in use and as the previous one (``retiring``),
+        from ``pg_stat_activity``. Reads only; an unreachable server raises."""
+        opts = PostgresOptions.of(ctx, "usage")
+        data, _ = await ctx.read_secret(step="usage")
+        current = str(data.get("db_username") or "")
+        previous = str((retiring or {}).get("role") or "") or None
+        admin = await self._admin(ctx, opts, "usage")
+        roles = [r for r in (current, previous) if r]
+        async with self._admin_conn(admin, opts, "usage", "/".join(roles)) as conn:
+            seen = {r: await open_sessions(conn, r) for r in roles}
+
+        def of(role: str) -> Usage:
+            rows = seen.get(role, [])
+            users = tuple(CredentialUser(n, app, addr) for n, app, addr in rows)
+            hidden = any(addr is None for _, _, addr in rows)
+            note = "client_addr hidden: grant pg_read_all_stats to the rotator" if hidden else ""
+            return Usage(role, users=users, note=note)
+
+        prev: Usage | None = None
+        if previous is not None:
+            if previous == current:  # a later rotation flipped back to it
+                prev = Usage(previous, note="it is the login role in use again")
+            else:
+                prev = of(previous)
+        return Adoption(current=of(current) if current else None, previous=prev)
 
     async def _scramble(
         self, ctx: RotationContext, opts: PostgresOptions, role: str, step: str
