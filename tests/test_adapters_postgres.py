@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 import yaml
 from psycopg import sql
@@ -183,7 +182,11 @@ async def world(pg: PgServer, bao: Bao, root: VaultClient, tmp_path: Path) -> As
                 "database": {
                     "secret": "config",
                     "grace": "1h",
-                    "options": {"admin_secret": ADMIN_SECRET, "login_roles": [a, b], "group": group},
+                    "options": {
+                        "admin_secret": ADMIN_SECRET,
+                        "login_roles": [a, b],
+                        "group": group,
+                    },
                 }
             },
             "environments": {
@@ -473,9 +476,11 @@ async def test_idle_connections_of_the_old_role_are_replaced_without_any_query(
         assert pool.rotation_stats().connections == {1: 3}
         await w.rotate_with_cli()
         await until(
-            lambda: {u for u, _, _ in w.sessions()} == {w.b}
-            and pool.rotation_stats().connections == {2: 3}
-            and engine.rotation_stats().connections == {2: 3},
+            lambda: (
+                {u for u, _, _ in w.sessions()} == {w.b}
+                and pool.rotation_stats().connections == {2: 3}
+                and engine.rotation_stats().connections == {2: 3}
+            ),
             f"old sessions left: {w.sessions()}",
         )
     finally:
@@ -554,7 +559,13 @@ async def test_value_without_db_password_keeps_the_old_credential(
 
 def test_pick_postgres_names_missing_fields_never_values() -> None:
     ok = pick_postgres({"db_username": "u", "db_password": "CANARYpw", "db_port": "6543"})
-    assert (ok.user, ok.host, ok.port, ok.dbname, ok.sslmode) == ("u", "127.0.0.1", 6543, None, None)
+    assert (ok.user, ok.host, ok.port, ok.dbname, ok.sslmode) == (
+        "u",
+        "127.0.0.1",
+        6543,
+        None,
+        None,
+    )
     with pytest.raises(ValueError, match="lacks db_password"):
         pick_postgres({"db_username": "u", "db_password": ""})
     with pytest.raises(ValueError, match="lacks db_username, db_password"):
