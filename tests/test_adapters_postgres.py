@@ -25,12 +25,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import yaml
 from psycopg import sql
 
 from maily_secrets.adapters import postgres_pool, postgres_pool_sync, sqlalchemy_engine
-from maily_secrets.adapters.postgres import PgCredential, RotationStats, pick_postgres
+from maily_secrets.adapters.postgres import (
+    PgCredential,
+    PgCredentialSource,
+    RotatingAsyncConnection,
+    RotationStats,
+    pick_postgres,
+)
 from maily_secrets.bootstrap import ensure_postgres_login_roles
 from maily_secrets.paths import KV2Path
 from maily_secrets.rotation.config import RotationConfig
@@ -515,6 +522,64 @@ async def test_connection_in_use_finishes_its_work_on_the_old_login(world: World
             "the returned old connection was not closed",
         )
         assert pool.rotation_stats().discarded == 0  # drained on return, not at checkout
+    finally:
+        await pool.close()
+        await svc.close()
+
+
+async def test_a_login_that_races_with_a_change_is_redone_with_the_new_credential(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The credential changes while a connection logs in with the previous one: the
+    connection class logs in again, so no connection of the old generation joins the pool."""
+    w = world
+    source = PgCredentialSource(
+        name="race", application_name=w.app, dbname=w.db, connect_kwargs=None
+    )
+    old = PgCredential(w.a, w.a_password, w.pg.host, w.pg.port, w.db, "disable")
+    b_password = random_password()
+    with w.pg.connect() as conn:
+        conn.execute(alter_password_statement(w.b, scram_sha256_verifier(b_password)))
+    new = PgCredential(w.b, b_password, w.pg.host, w.pg.port, w.db, "disable")
+    source.set(old, 1)
+    logins: list[str] = []
+    connect = psycopg.AsyncConnection.connect.__func__  # type: ignore[attr-defined]
+
+    async def racing(cls: Any, conninfo: str = "", **kw: Any) -> Any:
+        conn = await connect(cls, conninfo, **kw)
+        logins.append(kw["user"])
+        if len(logins) == 1:
+            source.set(new, 2)  # the listener delivered a rotation meanwhile
+        return conn
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", classmethod(racing))
+    conn = await RotatingAsyncConnection.connect("", maily_source=source)
+    monkeypatch.undo()
+    async with conn:
+        assert await (await conn.execute("SELECT session_user")).fetchone() == (w.b,)
+        assert conn.maily_generation == 2
+        assert logins == [w.a, w.b] and source.relogins == 1
+        assert source.stats().connections == {2: 1}  # the first login was closed
+
+
+async def test_an_old_connection_found_at_checkout_is_replaced_for_the_caller(
+    world: World,
+) -> None:
+    """A connection of a previous generation still idle in the pool (a login that finished
+    as the change landed): checkout closes it and the caller gets a current one."""
+    w = world
+    svc = VaultService(w.settings())
+    pool = await postgres_pool(svc, min_size=1, max_size=1, application_name=w.app)
+    try:
+        generation, credential = pool.source.snapshot()
+        # the same login as a new generation, without the pool's drain: what a race leaves
+        pool.source.set(credential, generation + 1)
+        assert pool.rotation_stats().old_connections == 1
+        async with pool.connection() as conn:
+            assert conn.maily_generation == generation + 1
+            assert await (await conn.execute("SELECT session_user")).fetchone() == (w.a,)
+        stats = pool.rotation_stats()
+        assert stats.discarded == 1 and stats.connections == {generation + 1: 1}, stats
     finally:
         await pool.close()
         await svc.close()
