@@ -81,6 +81,14 @@ class World:
     def config(self) -> KV2Path:
         return KV2Path(self.mount, "config")
 
+    async def operator_update(self, change: Callable[[dict[str, Any]], dict[str, Any]]) -> int:
+        """A write of the consumer secret by another process's service (check-and-set)."""
+        operator = VaultService(self.bao.settings(kv_mount=self.mount))
+        try:
+            return await operator.update_secret(self.config.data, change)
+        finally:
+            await operator.close()
+
     def settings(self) -> Any:
         return self.bao.settings(kv_mount=self.mount, listener_interval=LISTENER_INTERVAL)
 
@@ -594,9 +602,7 @@ async def test_value_without_db_password_keeps_the_old_credential(
     pool = await postgres_pool(svc, min_size=2, max_size=4, application_name=w.app)
     try:
         caplog.set_level(logging.WARNING, logger="maily_secrets.adapters")
-        await w.client.kv.update(
-            w.config, lambda d: {k: v for k, v in d.items() if k != "db_password"}
-        )
+        await w.operator_update(lambda d: {k: v for k, v in d.items() if k != "db_password"})
         await until(
             lambda: any("not usable" in r.getMessage() for r in caplog.records),
             "the listener did not deliver the new version",
@@ -612,7 +618,7 @@ async def test_value_without_db_password_keeps_the_old_credential(
         new = random_password()
         with w.pg.connect() as conn:  # a new password on the same role, as an operator would
             conn.execute(alter_password_statement(w.a, scram_sha256_verifier(new)))
-        await w.client.kv.update(w.config, lambda d: {**d, "db_password": new})
+        await w.operator_update(lambda d: {**d, "db_password": new})
         await until(lambda: pool.rotation_stats().generation == 2, "the good value was ignored")
         await until(lambda: set(pool.rotation_stats().connections) == {2}, "old connections left")
         for r in caplog.records:
