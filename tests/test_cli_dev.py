@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -91,6 +92,11 @@ def test_dev_lifecycle(tmp_path: Path) -> None:
         assert "get_config()" in demo.stdout and "****** (32 chars)" in demo.stdout
         assert "the listener fired" in demo.stdout
         assert "round trip ok" in demo.stdout and "(batched): ok" in demo.stdout
+        # part 9: a pool through the database rotation and the retirement, no failure
+        assert re.search(
+            r"pool: [\d,]+ queries, 0 failed .*through rotation \S+ -> \S+ and retirement of",
+            demo.stdout,
+        ), demo.stdout[-2000:]
         for v in [cfg["db_password"], cfg["jwt_secret"], aws["aws_secret_key"], token]:
             assert_absent(v, demo.stdout + demo.stderr, "demo output")
     finally:

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -93,6 +93,7 @@ async def basic_usage() -> None:
     await vault_service.close()
     await secret_rotation(vault_service)
     await vault_service.close()
+    await pool_through_rotation()
 
 
 async def secret_rotation(vault_service: VaultService) -> None:
@@ -114,12 +115,7 @@ async def secret_rotation(vault_service: VaultService) -> None:
         "maily/data/credentials", on_credentials, interval=0.5
     )
     root = REPO_ROOT
-    runs = [["--secret-types=jwt,aws"], ["--secret-types=database"]]
-    if not os.environ.get("MAILY_ROTATION_CONFIG"):
-        # without this dev directory's rotation config the database rotator would
-        # look for the built-in role names, which other dev servers may use
-        console.print("database rotation skipped: no rotation config of this dev server")
-        runs = runs[:1]
+    runs = [["--secret-types=jwt,aws"]]  # database: in the next part, under load
     for args in runs:
         cmd = ["./mailyctl.py", "secrets", "rotate", *args]
         console.print(f"$ {' '.join(cmd)}", style="bold")
@@ -152,16 +148,147 @@ async def secret_rotation(vault_service: VaultService) -> None:
     console.print(
         f"  jwt_kid       {before_cfg.get('jwt_kid', '(derived)')} -> {after_cfg.get('jwt_kid')}"
     )
-    console.print(
-        f"  db_username   {before_cfg.get('db_username')} -> {after_cfg.get('db_username')}"
-        "  (the previous login role keeps working until the next rotation)"
-    )
     changed = before_aws.get("aws_access_key") != after_aws.get("aws_access_key")
     console.print(
         f"  aws key       {'replaced' if changed else 'unchanged'} in maily/data/credentials"
     )
     console.print(
         "History: ./mailyctl.py secrets history jwt    Status: ./mailyctl.py secrets status"
+    )
+
+
+async def pool_through_rotation() -> None:
+    """A psycopg pool serving queries while the database type rotates and retires."""
+    from datetime import timedelta
+
+    console.rule("[bold]9. A pool through rotation and retirement[/bold]  (adapters.postgres_pool)")
+    config_file = os.environ.get("MAILY_ROTATION_CONFIG")
+    if not config_file:
+        # without this dev directory's rotation config the database rotator would
+        # look for the built-in role names, which other dev servers may use
+        console.print("skipped: no rotation config of this dev server (./mailyctl.py dev up)")
+        return
+    try:
+        import psycopg_pool  # noqa: F401 - the optional extra
+    except ImportError:
+        console.print(
+            "skipped: psycopg-pool is not installed (pip install maily-secrets[postgres])"
+        )
+        return
+    from .. import adapters
+    from ..rotation.config import RotationConfig, format_duration
+    from ..settings import VaultSettings
+    from .adoption import QueryLoad, retire_due, rotate_cli, until
+    from .bootstrap import dev_postgres_target
+
+    grace = RotationConfig.load(Path(config_file)).types["database"].grace or timedelta(hours=1)
+    # the app's service; a short listener interval so that the demo need not wait 30 s
+    service = VaultService(VaultSettings(listener_interval=0.5))
+    try:
+        pool = await adapters.postgres_pool(
+            service,
+            min_size=4,
+            max_size=8,
+            application_name="maily-demo",
+            dbname=dev_postgres_target().dbname,
+        )
+    except Exception as exc:
+        console.print(f"skipped: {type(exc).__name__}: {str(exc).splitlines()[0]}", markup=False)
+        await service.close()
+        return
+    console.print(
+        "pool = await adapters.postgres_pool(vault_service, min_size=4, max_size=8)"
+        f"  -> logged in as {pool.source.user} (generation {pool.source.generation})"
+    )
+
+    async def query() -> str:
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SELECT session_user")).fetchone()
+        return str(row[0]) if row else "?"
+
+    load = QueryLoad(query, workers=8)
+    old_role = new_role = pool.source.user
+    rotated = retired = False
+    load.start()
+    try:
+        await until(lambda: load.tally.total >= 200, 30)
+        args = ["--secret-types=database"]
+        if await _rotated_and_retired_within_grace(service, Path(config_file), grace):
+            # `make demo` again: the previous rotation's credential is retired already, so
+            # the two-slot guard (no second rotation within the grace) protects nobody
+            console.print(
+                f"(rotated less than {format_duration(grace)} ago, its previous role retired"
+                " already: --force skips the grace guard, cutting off nobody)"
+            )
+            args.append("--force")
+        console.print(f"$ ./mailyctl.py secrets rotate {' '.join(args)}", style="bold")
+        results = await rotate_cli("database", *args[1:])
+        for r in results:
+            console.print(
+                f"  {r['type']:<9} {r['status']:<16} {r.get('rotation_id') or ''}"
+                f"  {(r.get('reason') or '')[:120]}",
+                markup=False,
+            )
+        rotated = any(r["status"] == "rotated" for r in results)
+        if rotated:
+            switched = await until(
+                lambda: (
+                    pool.rotation_stats().generation > 1
+                    and pool.rotation_stats().old_connections == 0
+                ),
+                30,
+            )
+            stats = pool.rotation_stats()
+            new_role = pool.source.user
+            console.print(
+                f"listener: generation {stats.generation}, new connections log in as"
+                f" {new_role}; open connections per generation {stats.connections}"
+                + ("" if switched else "  [still draining]")
+            )
+            console.print(
+                f"$ (the --due run after the grace of {format_duration(grace)}:"
+                " the engine's clock moved past it)",
+                style="bold",
+            )
+            async with VaultClient(service.settings) as client:
+                notes = await retire_due(
+                    config_file, client, ["database"], past=grace + timedelta(minutes=1)
+                )
+            for note in notes:
+                console.print(f"  {note[:200]}", markup=False)
+            retired = any(f"retired previous login role {old_role}" in n for n in notes)
+        after = load.tally.ok
+        await until(lambda: load.tally.ok >= after + 200, 30)
+    finally:
+        tally = await load.stop()
+        await pool.close()
+        await service.close()
+    style = "green" if tally.failed == 0 else "red"
+    through = f"rotation {old_role} -> {new_role}" if rotated else "no rotation"
+    console.print(
+        f"pool: {tally.ok:,} queries, {tally.failed} failed ({load.rate:,.0f}/s), through"
+        f" {through}{f' and retirement of {old_role}' if retired else ''};"
+        f" served as {dict(tally.users)}",
+        style=style,
+        markup=False,
+    )
+
+
+async def _rotated_and_retired_within_grace(
+    service: VaultService, config_file: Path, grace: timedelta
+) -> bool:
+    """Did the database type rotate less than ``grace`` ago, with nothing left to retire?"""
+    from ..rotation.config import RotationConfig
+    from ..rotation.state import StateStore
+
+    prefix = RotationConfig.load(config_file).environment(None).env.state_prefix
+    async with VaultClient(service.settings) as client:
+        state, _ = await StateStore(client, service.kv_mount, prefix).read("database")
+    return (
+        state is not None
+        and state.last_success_at is not None
+        and not state.retiring
+        and datetime.now(UTC) < state.last_success_at + grace
     )
 
 
