@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -159,7 +159,6 @@ async def secret_rotation(vault_service: VaultService) -> None:
 
 async def pool_through_rotation() -> None:
     """A psycopg pool serving queries while the database type rotates and retires."""
-    from datetime import timedelta
 
     console.rule("[bold]9. A pool through rotation and retirement[/bold]  (adapters.postgres_pool)")
     config_file = os.environ.get("MAILY_ROTATION_CONFIG")
@@ -176,12 +175,10 @@ async def pool_through_rotation() -> None:
         )
         return
     from .. import adapters
-    from ..rotation.config import RotationConfig, format_duration
     from ..settings import VaultSettings
-    from .adoption import QueryLoad, retire_due, rotate_cli, until
+    from .adoption import QueryLoad, rotate_cli, until
     from .bootstrap import dev_postgres_target
 
-    grace = RotationConfig.load(Path(config_file)).types["database"].grace or timedelta(hours=1)
     # the app's service; a short listener interval so that the demo need not wait 30 s
     service = VaultService(VaultSettings(listener_interval=0.5))
     try:
@@ -213,50 +210,36 @@ async def pool_through_rotation() -> None:
     try:
         await until(lambda: load.tally.total >= 200, 30)
         args = ["--secret-types=database"]
-        if await _rotated_and_retired_within_grace(service, Path(config_file), grace):
-            # `make demo` again: the previous rotation's credential is retired already, so
-            # the two-slot guard (no second rotation within the grace) protects nobody
-            console.print(
-                f"(rotated less than {format_duration(grace)} ago, its previous role retired"
-                " already: --force skips the grace guard, cutting off nobody)"
-            )
-            args.append("--force")
+        args.append("--wait-retire=2m")
         console.print(f"$ ./mailyctl.py secrets rotate {' '.join(args)}", style="bold")
-        results = await rotate_cli("database", *args[1:])
+        console.print(
+            "  (promote; the pool's listener swaps the credential and drains the old"
+            " connections; the rotator watches pg_stat_activity and retires the previous"
+            " role as soon as it has no sessions)",
+            markup=False,
+        )
+        results = await rotate_cli("database", *args[1:], within=180)
         for r in results:
             console.print(
                 f"  {r['type']:<9} {r['status']:<16} {r.get('rotation_id') or ''}"
                 f"  {(r.get('reason') or '')[:120]}",
                 markup=False,
             )
-        rotated = any(r["status"] == "rotated" for r in results)
+            for note in r.get("notes") or []:
+                console.print(f"    {note[:200]}", markup=False)
+        rotated = any(r["status"] in ("rotated", "retired") for r in results)
         if rotated:
-            switched = await until(
-                lambda: (
-                    pool.rotation_stats().generation > 1
-                    and pool.rotation_stats().old_connections == 0
-                ),
-                30,
-            )
             stats = pool.rotation_stats()
             new_role = pool.source.user
             console.print(
                 f"listener: generation {stats.generation}, new connections log in as"
                 f" {new_role}; open connections per generation {stats.connections}"
-                + ("" if switched else "  [still draining]")
             )
-            console.print(
-                f"$ (the --due run after the grace of {format_duration(grace)}:"
-                " the engine's clock moved past it)",
-                style="bold",
+            retired = any(
+                f"retired previous login role {old_role}" in n
+                for r in results
+                for n in r.get("notes") or []
             )
-            async with VaultClient(service.settings) as client:
-                notes = await retire_due(
-                    config_file, client, ["database"], past=grace + timedelta(minutes=1)
-                )
-            for note in notes:
-                console.print(f"  {note[:200]}", markup=False)
-            retired = any(f"retired previous login role {old_role}" in n for n in notes)
         after = load.tally.ok
         await until(lambda: load.tally.ok >= after + 200, 30)
     finally:
@@ -271,24 +254,6 @@ async def pool_through_rotation() -> None:
         f" served as {dict(tally.users)}",
         style=style,
         markup=False,
-    )
-
-
-async def _rotated_and_retired_within_grace(
-    service: VaultService, config_file: Path, grace: timedelta
-) -> bool:
-    """Did the database type rotate less than ``grace`` ago, with nothing left to retire?"""
-    from ..rotation.config import RotationConfig
-    from ..rotation.state import StateStore
-
-    prefix = RotationConfig.load(config_file).environment(None).env.state_prefix
-    async with VaultClient(service.settings) as client:
-        state, _ = await StateStore(client, service.kv_mount, prefix).read("database")
-    return (
-        state is not None
-        and state.last_success_at is not None
-        and not state.retiring
-        and datetime.now(UTC) < state.last_success_at + grace
     )
 
 

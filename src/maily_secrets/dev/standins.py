@@ -576,6 +576,11 @@ def write_rotation_config(
     if smtp is not None:
         # the dev SMTP stand-in has no TLS: say so, or notifications refuse plaintext AUTH
         doc.setdefault("notify", {}).setdefault("email", {})["tls"] = "none"
+    for name in ("database", "redis"):
+        if name in types:
+            # a dev server retires the previous credential as soon as nobody uses it
+            # (the target shows it): `rotate --wait-retire` closes the loop in one run
+            types[name]["min_grace"] = "0s"
     for name, extra in (type_options or {}).items():
         if name in types:
             types[name]["options"] = {**(types[name].get("options") or {}), **extra}
