@@ -323,7 +323,7 @@ class _Watcher:
 
     def _wake(self) -> None:
         self._signalled = True
-        sleeper = self._sleeper
+        sleeper, self._sleeper = self._sleeper, None  # no longer asleep, from now on
         if sleeper is not None and not sleeper.done():
             sleeper.cancel()
 
@@ -537,7 +537,7 @@ class _Feed:
 
     def replan(self) -> None:
         """A path with a shorter interval was registered: shorten the current wait."""
-        sleeper = self._sleeper
+        sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None and not sleeper.done():
             sleeper.cancel()
 
