@@ -472,8 +472,8 @@ async def _interruptible(holder: _Sleeps, delay: float) -> bool:
 class _Feed:
     """The change feed of one registry: ONE poll of the beacon per interval.
 
-    Each interval (the shortest of the watched paths', +-10%) it reads the beacon's
-    metadata; only when ``current_version`` moved it reads the beacon's data, and each
+    Each interval (the shortest of the watched paths'; the first wait +-10%, then one
+    interval start to start) it reads the beacon's metadata; only when ``current_version`` moved it reads the beacon's data, and each
     entry that moved past its watcher's version signals that watcher (which reads
     that path once). A missing beacon is version 0 (nothing written through us yet);
     one the token may not read (403) is logged once and every watcher polls its own
@@ -494,6 +494,7 @@ class _Feed:
         self._failures = 0
         self._task: asyncio.Task[None] | None = None
         self._sleeper: asyncio.Task[None] | None = None
+        self._last: float | None = None  # when the last poll was due (monotonic)
 
     def __repr__(self) -> str:
         return (
@@ -519,6 +520,7 @@ class _Feed:
         if self.running:
             return
         self.version = None  # a restarted feed reads the beacon's data again
+        self._last = None
         self._task = asyncio.get_running_loop().create_task(
             supervised(
                 f"change feed:{self.beacon.data}",
@@ -548,17 +550,29 @@ class _Feed:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _sleep(self) -> None:
+    async def _sleep(self) -> float:
+        """Wait for the next poll; return when it was due.
+
+        The first wait is the interval +-10% (processes started together spread out);
+        after it, polls are one interval apart, start to start, with no jitter: jitter
+        would either add polls (goal: one request per interval) or stretch some gaps
+        past the interval (goal: a change seen within one interval)."""
         started = self.clock.monotonic()
+        last = self._last
         jitter = random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
         while True:
-            remaining = started + self._base() * jitter - self.clock.monotonic()
+            due = started + self._base() * jitter if last is None else last + self._base()
+            remaining = due - self.clock.monotonic()
             if remaining <= 0 or await _interruptible(self, remaining):
-                return
+                return due
 
     async def _loop(self) -> None:
         while True:
-            await self._sleep()
+            due = await self._sleep()
+            now = self.clock.monotonic()
+            # the next poll is due one interval after this one was; after a long stall
+            # (a suspended process, a slow poll) count from now instead of catching up
+            self._last = due if now - due < self._base() else now
             try:
                 await self.poll_once()
             except PermissionDenied:
