@@ -43,7 +43,12 @@ async def test_example_app_metrics_readiness_and_settings_reload(
     await proxy.up()
     app = create_app(
         settings=bao.settings(
-            addr=proxy.addr, cache_ttl=10, max_staleness=100, max_retries=0, listener_interval=1
+            addr=proxy.addr,
+            cache_ttl=10,
+            max_staleness=100,
+            max_retries=0,
+            listener_interval=1,
+            listener_full_poll_interval=1,  # the change below is written around the app
         ),
         config_path=path,
         registry=CollectorRegistry(),

@@ -56,6 +56,8 @@ async def test_guide_listener_snippet_verbatim(
     monkeypatch.setenv("VAULT_ADDR", bao.addr)
     monkeypatch.setenv("VAULT_TOKEN", bao.token)
     monkeypatch.setenv("MAILY_SECRETS_LISTENER_INTERVAL", str(FAST))
+    # the snippet's change is written around the service: seen at a full poll
+    monkeypatch.setenv("MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL", str(FAST))
     clock = ManualClock()
     monkeypatch.setattr(vault_service, "clock", clock, raising=False)
     await vault_service.close()

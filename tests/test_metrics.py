@@ -181,7 +181,10 @@ async def test_watcher_last_success_and_change_lag_after_a_real_change(
     reg = CollectorRegistry()
     clock = ManualClock(wall_start=time.time())
     svc = VaultService(
-        bao.settings(listener_interval=1.0), clock=clock, observer=ServiceMetrics(reg)
+        # the change below is written around the service: seen at a full poll
+        bao.settings(listener_interval=1.0, listener_full_poll_interval=1.0),
+        clock=clock,
+        observer=ServiceMetrics(reg),
     )
     got: list[dict[str, Any]] = []
     try:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from maily_secrets.changes import bump
 from maily_secrets.cli.vault_cmd import bootstrap_server
 from maily_secrets.errors import PermissionDenied, TransitKeyNotFound
 from maily_secrets.paths import KV2Path
@@ -77,6 +78,11 @@ async def test_real_requests_follow_the_policies(private_bao: Any) -> None:
         assert await app.transit().decrypt("maily-enc-key", ct) == b"hello"
         with pytest.raises(PermissionDenied):
             await app.kv.write(cfg, {"x": 1}, cas=1)
+        # the change feed's beacon: polled and read, never written
+        beacon = KV2Path("maily", "_changes")
+        assert await app.kv.current_version(beacon) >= 0  # 0: nothing written through us yet
+        with pytest.raises(PermissionDenied):
+            await app.kv.write(beacon, {"maily/data/config": 99}, cas=0)
         with pytest.raises(PermissionDenied):
             await app.kv.read(KV2Path("maily", "rotation/jwt"))
         with pytest.raises(PermissionDenied):
@@ -85,7 +91,11 @@ async def test_real_requests_follow_the_policies(private_bao: Any) -> None:
             await app.list("maily/metadata")
         await app.write("auth/token/renew-self", {})
     async with client_for(private_bao.addr, rot_token) as rot:
-        await rot.kv.update(cfg, lambda d: {**d, "jwt_kid": "k2"})
+        version = await rot.kv.update(cfg, lambda d: {**d, "jwt_kid": "k2"})
+        # the promote's bump of the beacon (check-and-set), then the app's listeners read it
+        assert await bump(rot, KV2Path("maily", "_changes"), {cfg.data: version})
+        with pytest.raises(PermissionDenied):
+            await rot.delete("maily/metadata/_changes")
         state = KV2Path("maily", "rotation/_policy_probe")
         await rot.kv.write(state, {"step": "created"}, cas=0)
         assert await rot.kv.current_version(state) == 1
@@ -102,6 +112,10 @@ async def test_real_requests_follow_the_policies(private_bao: Any) -> None:
         # no key of its own making: encrypt with another name is denied, not an upsert
         with pytest.raises((PermissionDenied, TransitKeyNotFound)):
             await rot.transit().encrypt("other-key", "x")
+    async with client_for(private_bao.addr, app_token) as app:
+        beacon = KV2Path("maily", "_changes")  # what the rotator's bump wrote, the app reads
+        assert await app.kv.current_version(beacon) >= 1
+        assert (await app.kv.read(beacon)).data[cfg.data] == version
 
 
 async def test_bootstrap_is_idempotent_with_kubernetes_and_approle(

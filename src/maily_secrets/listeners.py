@@ -49,9 +49,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .callbacks import STUCK_AFTER, CallbackExecutor, callback_name, is_async_callable, run_watched
+from .changes import entries
 from .clock import SYSTEM_CLOCK, Clock
 from .errors import PermissionDenied, SecretNotFound, VaultError
 from .observe import NOOP, Observer
@@ -60,6 +61,7 @@ from .supervise import backoff_delay, supervised
 
 if TYPE_CHECKING:
     from .cache import Entry
+    from .changes import Subscriber
     from .source import SecretSource
 
 log = logging.getLogger("maily_secrets.listeners")
@@ -68,6 +70,7 @@ SecretCallback = Callable[[dict[str, Any]], Awaitable[Any] | Any]
 JITTER = 0.10
 MAX_BACKOFF_FACTOR = 8
 POLL_REST = 3  # while registering: polling's one slot rests 3x each poll's time
+FULL_POLL_INTERVAL = 300.0  # with the change feed: seconds between a path's own polls
 
 
 _name = callback_name
@@ -209,9 +212,15 @@ class _Watcher:
         self.runners: list[_Runner] = []
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
-        self.polls = 0
+        self.polls = 0  # polls of the path's own metadata (each interval, or each full poll)
+        self.reads = 0  # reads because the change feed (beacon or push) said it moved
         self.changes = 0
         self.crashes = 0  # unexpected errors: logged, the loop restarted
+        self.wanted = 0  # the newest version the change feed announced
+        self._signalled = False  # the feed asked for a read (or a poll) before the next wait
+        self._poll_now = False
+        self._sleeper: asyncio.Task[None] | None = None
+        self._full_polls = 0  # full polls made (the first one is spread out)
 
     def __repr__(self) -> str:
         return (
@@ -284,20 +293,61 @@ class _Watcher:
 
     # --- polling
     def _delay(self) -> float:
-        """The interval, doubled per failed poll up to ``MAX_BACKOFF_FACTOR`` times, +-10%."""
-        d = backoff_delay(
-            self._failures, self.interval, self.interval * MAX_BACKOFF_FACTOR, jitter=0
-        )
-        return d * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
+        """The interval, doubled per failed poll up to ``MAX_BACKOFF_FACTOR`` times, +-10%.
+
+        With the change feed on, the path's own polls are the slow full polls
+        (``full_interval``); the first one is spread over half to all of it, so that
+        paths registered together do not all poll together."""
+        base = self.interval
+        first_spread = 1.0
+        if not self.registry.per_path(self):
+            base = self.registry.full_interval
+            if self._full_polls == 0 and self._failures == 0:
+                first_spread = random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+        d = backoff_delay(self._failures, base, base * MAX_BACKOFF_FACTOR, jitter=0)
+        return d * first_spread * random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
+
+    # --- the change feed's signals
+    def signal(self, version: int) -> None:
+        """The beacon (or the push) says ``version`` of this path exists: read it now,
+        unless this watcher knows that version already. No I/O here."""
+        if self.kv is None or (self.version is not None and version <= self.version):
+            return
+        self.wanted = max(self.wanted, version)
+        self._wake()
+
+    def poll_now(self) -> None:
+        """Poll the path's metadata now (the beacon became unreadable)."""
+        self._poll_now = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._signalled = True
+        sleeper, self._sleeper = self._sleeper, None  # no longer asleep, from now on
+        if sleeper is not None and not sleeper.done():
+            sleeper.cancel()
+
+    async def _wait(self, delay: float) -> bool:
+        """Sleep ``delay`` on the clock, or less when signalled; True when signalled."""
+        if not self._signalled:
+            if self.registry.signalling:
+                await _interruptible(self, delay)
+            else:  # nothing can signal: a plain sleep, as without the feed
+                await self.clock.sleep(delay)
+        signalled, self._signalled = self._signalled, False
+        return signalled
 
     async def _loop(self) -> None:
         """Poll forever; Vault errors back off. Anything else propagates to
         ``supervised``, which logs it and runs this again."""
         while True:
-            await self.clock.sleep(self._delay())
+            signalled = await self._wait(self._delay())
             try:
                 async with self.registry.poll_slot():
-                    await self.poll_once()
+                    if signalled:
+                        await self.read_signalled()
+                    else:
+                        await self.poll_once()
             except VaultError as exc:
                 self._failures += 1
                 if self._failures == 1:
@@ -320,6 +370,8 @@ class _Watcher:
 
     async def poll_once(self) -> None:
         self.polls += 1
+        if not self.registry.per_path(self):
+            self._full_polls += 1
         if self.kv is None:
             await self._poll_generic()
             return
@@ -329,6 +381,23 @@ class _Watcher:
             return
         if current <= self.version:
             return
+        await self._take(current)
+
+    async def read_signalled(self) -> None:
+        """What a signal asks for: the data when the announced version is newer than the
+        one this watcher knows (one read, no metadata request), else nothing."""
+        wanted, self.wanted = self.wanted, 0
+        poll, self._poll_now = self._poll_now, False
+        if poll or self.kv is None or self.version is None:
+            await self.poll_once()
+            return
+        if wanted <= self.version:
+            return  # a local write (or a poll) got there first
+        self.reads += 1
+        await self._take(wanted)
+
+    async def _take(self, current: int) -> None:
+        """Read the data (``current``: the version known to exist) and hand it out."""
         try:
             entry = await self.source.read_entry(self.path)
         except SecretNotFound:  # the newest version was deleted: nothing to hand out
@@ -377,6 +446,204 @@ def _digest(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+class _Sleeps(Protocol):
+    clock: Clock
+    _sleeper: asyncio.Task[None] | None
+
+
+async def _interruptible(holder: _Sleeps, delay: float) -> bool:
+    """Sleep ``delay`` on ``holder.clock``; ``holder._sleeper.cancel()`` ends it early.
+    True when the whole delay passed. A cancellation of the caller itself propagates."""
+    sleeper = holder._sleeper = asyncio.get_running_loop().create_task(holder.clock.sleep(delay))
+    try:
+        await sleeper
+        return True
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we are being stopped, not woken
+        return False
+    finally:
+        holder._sleeper = None
+        if not sleeper.done():
+            sleeper.cancel()
+
+
+class _Feed:
+    """The change feed of one registry: ONE poll of the beacon per interval.
+
+    Each interval (the shortest of the watched paths'; the first wait +-10%, then one
+    interval start to start) it reads the beacon's metadata; only when ``current_version`` moved it reads the beacon's data, and each
+    entry that moved past its watcher's version signals that watcher (which reads
+    that path once). A missing beacon is version 0 (nothing written through us yet);
+    one the token may not read (403) is logged once and every watcher polls its own
+    path each interval until the beacon is readable again (tried each full interval).
+    """
+
+    def __init__(self, registry: ListenerRegistry, beacon: KV2Path) -> None:
+        self.registry = registry
+        self.source = registry.source
+        self.clock = registry.source.clock
+        self.beacon = beacon
+        self.version: int | None = None  # the beacon's version last read (None: never)
+        self.entries: dict[str, int] = {}
+        self.denied = False
+        self.polls = 0  # metadata reads of the beacon
+        self.reads = 0  # data reads of the beacon
+        self.crashes = 0
+        self._failures = 0
+        self._task: asyncio.Task[None] | None = None
+        self._sleeper: asyncio.Task[None] | None = None
+        self._last: float | None = None  # when the last poll was due (monotonic)
+
+    def __repr__(self) -> str:
+        return (
+            f"<_Feed {self.beacon.data!r} version={self.version} entries={len(self.entries)}"
+            f" polls={self.polls} denied={self.denied} failures={self._failures}>"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def interval(self) -> float:
+        ivs = [w.interval for w in self.registry.watchers.values() if self.registry.on_feed(w)]
+        return min(ivs, default=self.registry.interval)
+
+    def _base(self) -> float:
+        if self.denied:
+            return self.registry.full_interval
+        iv = self.interval()
+        return backoff_delay(self._failures, iv, iv * MAX_BACKOFF_FACTOR, jitter=0)
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.version = None  # a restarted feed reads the beacon's data again
+        self._last = None
+        self._task = asyncio.get_running_loop().create_task(
+            supervised(
+                f"change feed:{self.beacon.data}",
+                self._loop,
+                clock=self.clock,
+                base=self.registry.interval,
+                cap=self.registry.interval * MAX_BACKOFF_FACTOR,
+                logger=log,
+                on_crash=self._crashed,
+            ),
+            name=f"change-feed:{self.beacon.data}",
+        )
+
+    def _crashed(self, exc: BaseException) -> None:
+        self.crashes += 1
+
+    def replan(self) -> None:
+        """A path with a shorter interval was registered: shorten the current wait."""
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None and not sleeper.done():
+            sleeper.cancel()
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _sleep(self) -> float:
+        """Wait for the next poll; return when it was due.
+
+        The first wait is the interval +-10% (processes started together spread out);
+        after it, polls are one interval apart, start to start, with no jitter: jitter
+        would either add polls (goal: one request per interval) or stretch some gaps
+        past the interval (goal: a change seen within one interval)."""
+        started = self.clock.monotonic()
+        last = self._last
+        jitter = random.uniform(1 - JITTER, 1 + JITTER)  # noqa: S311 - jitter
+        while True:
+            due = started + self._base() * jitter if last is None else last + self._base()
+            remaining = due - self.clock.monotonic()
+            if remaining <= 0 or await _interruptible(self, remaining):
+                return due
+
+    async def _loop(self) -> None:
+        while True:
+            due = await self._sleep()
+            now = self.clock.monotonic()
+            # the next poll is due one interval after this one was; after a long stall
+            # (a suspended process, a slow poll) count from now instead of catching up
+            self._last = due if now - due < self._base() else now
+            try:
+                await self.poll_once()
+            except PermissionDenied:
+                self._failures = 0
+                if not self.denied:
+                    self.denied = True
+                    log.warning(
+                        "change feed: this token may not read the beacon %s; polling each"
+                        " watched path every interval instead (grant read on %s and %s)",
+                        self.beacon.data,
+                        self.beacon.data,
+                        self.beacon.metadata,
+                        extra={"beacon": self.beacon.data},
+                    )
+                    for w in list(self.registry.watchers.values()):
+                        if self.registry.on_feed(w):
+                            w.poll_now()
+                continue
+            except VaultError as exc:
+                self._failures += 1
+                if self._failures == 1:
+                    log.warning(
+                        "change feed: cannot poll the beacon %s (%s); backing off",
+                        self.beacon.data,
+                        type(exc).__name__,
+                        extra={"beacon": self.beacon.data, "error": type(exc).__name__},
+                    )
+                continue
+            if self._failures:
+                log.info(
+                    "change feed: beacon %s reachable again after %d failed polls",
+                    self.beacon.data,
+                    self._failures,
+                )
+            self._failures = 0
+            # every path on the feed is as current as this poll: the watcher metric says so
+            now = self.clock.time()
+            observer = self.registry.observer
+            for w in list(self.registry.watchers.values()):
+                if self.registry.on_feed(w):
+                    observer.watcher_polled(w.path, now)
+
+    async def poll_once(self) -> None:
+        """One metadata read; the data only when the beacon's version moved."""
+        self.polls += 1
+        current = await self.source.current_version(self.beacon)
+        if self.denied:
+            self.denied = False
+            log.info("change feed: the beacon %s is readable again", self.beacon.data)
+        if current == self.version:
+            return
+        if current == 0:  # no beacon (yet): nothing was written through us
+            self.version = 0
+            return
+        self.reads += 1
+        try:
+            raw = await self.source.read_data(self.beacon.data)
+        except SecretNotFound:  # its newest version deleted: nothing to go by
+            self.version = current
+            return
+        doc = raw.get("data") if isinstance(raw, dict) else None
+        meta = raw.get("metadata") if isinstance(raw, dict) else None
+        version = meta.get("version") if isinstance(meta, dict) else None
+        self.version = version if isinstance(version, int) else current
+        new = entries(doc if isinstance(doc, dict) else None)
+        old, self.entries = self.entries, new
+        for path, v in new.items():
+            if old.get(path) != v:
+                self.registry.signal(path, v)
+
+
 class ListenerRegistry:
     """All watchers of one source: one per path; one thread pool for their callbacks.
 
@@ -401,12 +668,27 @@ class ListenerRegistry:
         max_reads: int = 16,
         max_polls: int = 8,
         observer: Observer = NOOP,
+        beacon: KV2Path | None = None,
+        full_interval: float | None = None,
+        push: Callable[[Callable[[str, int], None]], Subscriber] | None = None,
+        local: Callable[[str], bool] | None = None,
     ) -> None:
+        """``beacon``: the change feed's beacon (None: every path polled each interval);
+        ``full_interval``: seconds between a path's own polls while the feed is on;
+        ``push``: makes the push :class:`~maily_secrets.changes.Subscriber` given the
+        function it calls with each (path, version); ``local(path)``: True for a path not
+        served by Vault (a file), polled each interval as before."""
         if max_reads < 1 or max_polls < 1:
             raise ValueError("max_reads and max_polls must be at least 1")
         self.source = source
         self.interval = interval
         self.observer = observer
+        self.full_interval = full_interval if full_interval is not None else FULL_POLL_INTERVAL
+        self.feed = _Feed(self, beacon) if beacon is not None else None
+        self._push_factory = push
+        self.push: Subscriber | None = None
+        self._push_task: asyncio.Task[None] | None = None
+        self._local = local
         self.watchers: dict[str, _Watcher] = {}
         # path -> the registration reading its baseline; None: it gave up, claim again
         self._starting: dict[str, asyncio.Future[_Watcher | None]] = {}
@@ -421,7 +703,65 @@ class ListenerRegistry:
         self.executor = CallbackExecutor(max_workers=max_workers, name="maily-listener")
 
     def __repr__(self) -> str:
-        return f"<ListenerRegistry paths={sorted(self.watchers)!r} {self.executor!r}>"
+        return (
+            f"<ListenerRegistry paths={sorted(self.watchers)!r} feed={self.feed!r}"
+            f" push={self.push!r} {self.executor!r}>"
+        )
+
+    # --- the change feed
+    @property
+    def signalling(self) -> bool:
+        """Whether anything (the beacon, the push) may wake a watcher early."""
+        return self.feed is not None or self._push_factory is not None
+
+    def on_feed(self, w: _Watcher) -> bool:
+        """Whether the beacon covers ``w``'s path (KV v2, served by Vault)."""
+        return w.kv is not None and not (self._local is not None and self._local(w.path))
+
+    def per_path(self, w: _Watcher) -> bool:
+        """Whether ``w`` polls its own path each interval (no feed, or not covered)."""
+        return self.feed is None or self.feed.denied or not self.on_feed(w)
+
+    def signal(self, path: str, version: int) -> None:
+        """The feed (beacon or push) says ``version`` of ``path`` exists."""
+        w = self.watchers.get(path)
+        if w is not None and self.on_feed(w):
+            w.signal(version)
+
+    def _feed_watch(self, w: _Watcher) -> None:
+        """A watcher was published: start the feed (and the push) if needed."""
+        if not self.on_feed(w):
+            return
+        feed = self.feed
+        if feed is not None:
+            if not feed.running:
+                feed.start()
+            elif w.interval < feed.interval():
+                feed.replan()
+            known = feed.entries.get(w.path, 0)
+            if known:
+                w.signal(known)  # written after its baseline, before the beacon's last read
+        if self._push_factory is not None and (self._push_task is None or self._push_task.done()):
+            self.push = self._push_factory(self.signal)
+            self._push_task = asyncio.get_running_loop().create_task(
+                supervised("change push", self.push.run, clock=self.source.clock, logger=log),
+                name="change-push",
+            )
+
+    async def _feed_unwatch(self) -> None:
+        """The last watcher on the feed left: stop polling the beacon, stop listening."""
+        if any(self.on_feed(w) for w in self.watchers.values()):
+            return
+        await self._stop_feed()
+
+    async def _stop_feed(self) -> None:
+        if self.feed is not None:
+            await self.feed.stop()
+        task, self._push_task = self._push_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     @contextlib.asynccontextmanager
     async def poll_slot(self) -> AsyncIterator[None]:
@@ -506,6 +846,7 @@ class ListenerRegistry:
         w.run()
         self.watchers[path] = w
         claim.set_result(w)
+        self._feed_watch(w)
         return w
 
     async def unregister(self, path: str, callback: SecretCallback) -> bool:
@@ -522,6 +863,7 @@ class ListenerRegistry:
         if self.watchers.get(watcher.path) is watcher:
             del self.watchers[watcher.path]
         await watcher.stop()
+        await self._feed_unwatch()
 
     def stopped(self) -> list[str]:
         """Paths whose watcher task ended: it never should while the watcher is registered."""
@@ -539,6 +881,7 @@ class ListenerRegistry:
         self._closed = True
         watchers = list(self.watchers.values())
         self.watchers.clear()
+        await self._stop_feed()
         for w in watchers:
             await w.stop()
         self.executor.shutdown()

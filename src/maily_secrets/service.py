@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 from .access import AccessLog
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     # what a read does not use loads where it is first needed (function-level imports):
     # jwt/cryptography, the lease container, listeners, transit, the snapshot, the file
     # source. A process that only reads holds less (bench/bench_memory.py).
+    from .changes import CredentialsReader, Publisher
     from .filesource import FileSecret
     from .jwt_keys import SigningKey
     from .jwt_keyset import JwtKeySet
@@ -106,6 +107,7 @@ class VaultService:
         self._warned_stale: set[str] = set()
         self._std_paths: tuple[str, str, str] | None = None  # see standard_paths
         self._listener_registry: ListenerRegistry | None = None
+        self._publisher: Publisher | None = None  # the change push (changes.py)
         self._transit: Transit | None = None
         self._lease_container: LeaseContainer | None = None
         self._file_secret: FileSecret | None = None
@@ -141,10 +143,26 @@ class VaultService:
     @property
     def _listeners(self) -> ListenerRegistry:
         if self._listener_registry is None:
+            from .changes import Subscriber, beacon_of
             from .listeners import ListenerRegistry
 
+            s = self.settings
+            push_path = s.change_push_path
+            push: Callable[[Callable[[str, int], None]], Subscriber] | None = None
+            if push_path is not None:
+                where = push_path
+
+                def push(on_change: Callable[[str, int], None]) -> Subscriber:
+                    return Subscriber(self._push_reader(where), where, on_change, clock=self.clock)
+
             self._listener_registry = ListenerRegistry(
-                self, interval=self.settings.listener_interval, observer=self.observer
+                self,
+                interval=s.listener_interval,
+                observer=self.observer,
+                beacon=beacon_of(s),
+                full_interval=s.listener_full_poll_interval,
+                push=push,
+                local=lambda p: self._from_file(p) is not None,
             )
         return self._listener_registry
 
@@ -574,6 +592,7 @@ class VaultService:
         kv = self._kv_path(path)
         version = await self.client.kv.write(kv, data, cas=cas)
         self._after_write(path, json_copy(dict(data)), version)
+        await self._announce(path, version)
         return version
 
     async def update_secret(
@@ -591,7 +610,32 @@ class VaultService:
 
         version = await self.client.kv.update(kv, apply)
         self._after_write(path, json_copy(written), version)
+        await self._announce(path, version)
         return version
+
+    async def _announce(self, path: str, version: int) -> None:
+        """The change feed: bump the beacon (and publish, with the push on) after a write.
+        Never fails the write: a failed bump is a warning (``maily_secrets.changes``)."""
+        s = self.settings
+        if s.change_feed_path is None and s.change_push_path is None:
+            return
+        from .changes import Publisher, announce
+
+        publisher = self._publisher
+        push = s.change_push_path
+        if push is not None and publisher is None:
+            publisher = self._publisher = Publisher(self._push_reader(push), push)
+        await announce(self.client, path, version, settings=s, publisher=publisher)
+
+    def _push_reader(self, path: str) -> CredentialsReader:
+        """The push's Redis credentials: cached, or straight from Vault when ``fresh``."""
+
+        async def read(fresh: bool) -> Mapping[str, Any]:
+            if fresh:
+                return (await self.read_entry(path)).copy_out()
+            return await self.get_secret(path)
+
+        return read
 
     def _kv_path(self, path: str) -> KV2Path:
         kv = KV2Path.parse(path)
@@ -635,6 +679,9 @@ class VaultService:
         if task is not None:
             steps.append(("stop snapshot writer", lambda: self._stop_snapshot_writer(task)))
         steps.append(("write snapshot", self._final_snapshot))
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            steps.append(("close change push", publisher.close))
         if self._client is not None and self._client is not self._given_client:
             steps.append(("close client", self._client.close))
         for what, step in steps:

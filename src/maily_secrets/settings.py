@@ -194,6 +194,36 @@ class VaultSettings(BaseSettings):
         validation_alias=_env("MAILY_SECRETS_LISTENER_INTERVAL"),
         description="Seconds between two polls of a watched secret's metadata (+-10% jitter).",
     )
+    listener_full_poll_interval: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL"),
+        description="With the change feed on: seconds between two polls of each watched"
+        " secret's own metadata (+-10% jitter), which catch writes made around the library"
+        " (`bao kv put`); the beacon is polled every MAILY_SECRETS_LISTENER_INTERVAL.",
+    )
+    change_feed: str | None = Field(
+        None,
+        validation_alias=_env("MAILY_SECRETS_CHANGE_FEED"),
+        description="The change feed's beacon, a KV v2 secret mapping each API path written"
+        " through the library to its version (unset: <mount>/data/_changes; a bare name is"
+        " taken under the mount). Listeners poll it once per interval instead of every"
+        " watched path. 'off': every watched path is polled each interval.",
+    )
+    change_push: Literal["off", "redis"] = Field(
+        "off",
+        validation_alias=_env("MAILY_SECRETS_CHANGE_PUSH"),
+        description="'redis': writes are also published on the Redis channel"
+        " maily:secrets:changes and listeners subscribe to it (changes arrive at once; the"
+        " beacon stays the fallback when Redis is unreachable).",
+    )
+    change_push_secret: str = Field(
+        "config",
+        validation_alias=_env("MAILY_SECRETS_CHANGE_PUSH_SECRET"),
+        description="The secret holding redis_host, redis_port, redis_username and"
+        " redis_password for the push (a name under the mount, or an API path); re-read"
+        " when a login is refused.",
+    )
     required_secrets: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         validation_alias=_env("MAILY_SECRETS_REQUIRED"),
@@ -232,6 +262,42 @@ class VaultSettings(BaseSettings):
         " one access-log event (misses, errors and stale serves: one event each; 0: every"
         " hit its own event).",
     )
+
+    @field_validator("change_push", mode="before")
+    @classmethod
+    def _push_word(cls, v: Any) -> Any:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @property
+    def change_feed_path(self) -> str | None:
+        """The beacon's API path (``<mount>/data/_changes`` by default), None when off."""
+        return _kv_path(self.change_feed, self.kv_mount, "_changes", off=True)
+
+    @property
+    def change_push_path(self) -> str | None:
+        """The API path of the push's Redis credentials, None when the push is off."""
+        if self.change_push == "off":
+            return None
+        return _kv_path(self.change_push_secret, self.kv_mount, "config", off=False)
+
+    @model_validator(mode="after")
+    def _feed_paths(self) -> VaultSettings:
+        from .paths import KV2Path
+
+        for var, value, off in (
+            ("MAILY_SECRETS_CHANGE_FEED", self.change_feed, True),
+            ("MAILY_SECRETS_CHANGE_PUSH_SECRET", self.change_push_secret, False),
+        ):
+            path = _kv_path(value, self.kv_mount, "_", off=off)
+            try:
+                kv = KV2Path.parse(path) if path is not None else None
+            except ValueError:  # InvalidPath
+                kv = None
+            if path is not None and kv is None:
+                raise _SettingError(
+                    var, "must be a secret name or a KV v2 path <mount>/data/<name>"
+                )
+        return self
 
     @field_validator("addr")
     @classmethod
@@ -359,6 +425,19 @@ class _SettingError(ValueError):
     def __init__(self, variable: str, reason: str) -> None:
         super().__init__(reason)
         self.variable = variable
+
+
+_OFF = frozenset({"off", "false", "0", "no", "none", "disabled"})
+
+
+def _kv_path(value: str | None, mount: str, default: str, *, off: bool) -> str | None:
+    """A setting naming a KV v2 secret: a bare name under ``mount``, or an API path."""
+    v = (value or "").strip().strip("/")
+    if off and v.lower() in _OFF:
+        return None
+    if not v or v.lower() in ("on", "true", "1", "yes"):
+        v = default
+    return v if "/data/" in v else f"{mount}/data/{v}"
 
 
 def _check_addr(v: str) -> str:

@@ -17,6 +17,9 @@ from maily_secrets.vault.client import VaultClient
 from ..conftest import Bao
 
 LISTENER_INTERVAL = 1.0  # seconds of the ManualClock between polls
+# These tests write around the service (``root.kv.write``, like `bao kv put`): with the
+# change feed on, such a write is seen at a path's full poll, made here every interval.
+FULL_POLL_INTERVAL = LISTENER_INTERVAL
 
 
 async def new_secret(root: VaultClient, data: dict[str, Any], prefix: str = "listen") -> str:
@@ -28,6 +31,7 @@ async def new_secret(root: VaultClient, data: dict[str, Any], prefix: str = "lis
 
 def service(bao: Bao, clock: ManualClock, **kw: Any) -> VaultService:
     """A ``VaultService`` of ``bao`` whose listeners poll on ``clock``; ``kw``: settings."""
+    kw.setdefault("listener_full_poll_interval", FULL_POLL_INTERVAL)
     svc = VaultService(bao.settings(listener_interval=LISTENER_INTERVAL, **kw))
     svc.clock = clock  # type: ignore[attr-defined]  # until VaultService takes clock=
     return svc

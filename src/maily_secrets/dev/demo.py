@@ -304,13 +304,17 @@ async def listener_and_encryption(vault_service: VaultService) -> None:
     await vault_service.register_secret_listener(
         "maily/data/config", my_config_callback, interval=1.0
     )
-    console.print("listening on maily/data/config (polling metadata every 1 s)")
-    # An operator changes the config elsewhere (like `bao kv put`), with check-and-set.
+    console.print("listening on maily/data/config (the change feed's beacon, polled every 1 s)")
+    # An operator changes the config elsewhere, with check-and-set, and announces it on the
+    # change feed's beacon (a plain `bao kv put` is seen at the next full poll, 5 min).
+    from ..changes import announce
+
     async with VaultClient(vault_service.settings) as operator:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         version = await operator.kv.update(
             "maily/data/config", lambda cur: {**cur, "demo_changed_at": stamp}
         )
+        await announce(operator, "maily/data/config", version)
     t0 = time.perf_counter()
     await asyncio.wait_for(fired.wait(), 10)
     console.print(

@@ -13,7 +13,8 @@
 - :func:`cas_update`       read-modify-write of a KV v2 secret with check-and-set, where
   ``change`` may answer "nothing to do";
 - :func:`promote_fields`   set named fields of the consumer secret (idempotent, CAS), with
-  the "changed during the rotation: stale" guard;
+  the "changed during the rotation: stale" guard; it and :func:`cas_update` bump the
+  change feed's beacon after a write (``maily_secrets.changes.announce``);
 - :func:`in_use`           whether the credential to retire is (again) the one in use
   (the guard of two-slot rotators; unknown is an error, never a guess);
 - :func:`blocking`         run a blocking SDK call in a thread, its errors translated to
@@ -31,6 +32,7 @@ from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from ..changes import announce
 from ..errors import CheckAndSetConflict, PermissionDenied, SecretNotFound, VaultError
 from ..targets import scrubbed_line
 from .base import RotationContext, RotationError, RotatorConfigError
@@ -215,9 +217,11 @@ async def cas_update(
         if new is None:
             return version, False
         try:
-            return await ctx.client.kv.write(path, new, cas=version), True
+            written = await ctx.client.kv.write(path, new, cas=version)
         except CheckAndSetConflict:
             continue
+        await announce(ctx.client, path.data, written)  # the change feed; never raises
+        return written, True
     raise RotationError(
         f"{step}: {path.data} kept changing during the update"
         f" ({attempts} check-and-set conflicts); run the rotation again"
@@ -259,6 +263,7 @@ async def promote_fields(
         return {**cur, **fields}
 
     new_version = await ctx.client.kv.update(path, change)
+    await announce(ctx.client, path.data, new_version)  # the change feed; never raises
     ctx.log.info(
         f"{ctx.type_name}: {message}",
         extra={"type": ctx.type_name, "path": path.data, "version": new_version, **(extra or {})},

@@ -24,6 +24,15 @@ path "maily/metadata/credentials" {
   capabilities = ["read"]
 }
 
+# The change feed's beacon: each promote bumps the entry of the secret it wrote
+# (read-modify-write with check-and-set: create+read+update, never delete).
+path "maily/data/_changes" {
+  capabilities = ["create", "read", "update"]
+}
+path "maily/metadata/_changes" {
+  capabilities = ["read"]
+}
+
 # Rotation state (one document per type), the run lock and rewrap progress.
 path "maily/data/rotation/*" {
   capabilities = ["create", "read", "update"]

@@ -1,6 +1,7 @@
 # Policy "maily": the application (Kubernetes auth role "maily", service account
 # maily/maily). Least privilege (the guide's best practice 4): its three secrets,
-# their metadata (secret listeners poll current_version), encryption with
+# their metadata (secret listeners poll current_version), the change feed's beacon
+# (read), encryption with
 # maily-enc-key, its own token, and dynamic PostgreSQL credentials. Nothing else:
 # no list, no write, no other key, no sys/ beyond its own leases.
 
@@ -21,6 +22,15 @@ path "maily/metadata/api-keys" {
   capabilities = ["read"]
 }
 path "maily/metadata/credentials" {
+  capabilities = ["read"]
+}
+
+# The change feed's beacon (maily_secrets.changes): listeners poll its metadata once per
+# interval and read its data only when it moved. Read only: the app writes nothing.
+path "maily/data/_changes" {
+  capabilities = ["read"]
+}
+path "maily/metadata/_changes" {
   capabilities = ["read"]
 }
 
