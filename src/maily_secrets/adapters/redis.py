@@ -178,7 +178,8 @@ class FollowingPool(ConnectionPool):
 
     async def release(self, connection: AbstractConnection) -> None:
         if self._stale(connection):
-            # the pool closes it under its lock before it is handed out again
+            # ConnectionPool.release disconnects it under its lock; it is not handed out
+            # again before it reconnects with the current credential
             connection.mark_for_reconnect()  # type: ignore[no-untyped-call]
             self._drained[getattr(connection, "maily_generation", 0)] += 1
         await super().release(connection)
