@@ -45,7 +45,7 @@ from maily_secrets.targets.redis import (
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
-from .kit.rotation import crash_engine_run, rotation_ctx
+from .kit.rotation import crash_engine_run, rotation_ctx, scratch_mount
 from .secrecy import assert_absent
 from .ticker import Ticker
 
@@ -983,3 +983,55 @@ async def test_two_users_bad_configuration_is_a_clear_error_and_changes_nothing(
     assert expect in str(err.value)
     assert_absent(s.password, str(err.value), "the error")
     assert (await hashes(admin, a), await hashes(admin, b), await s.consumer_version()) == before
+
+
+async def test_bootstrap_creates_both_users_and_keeps_the_one_in_use(
+    bao: Bao, admin: aioredis.Redis
+) -> None:
+    """ensure_redis_rotation: two users with the same permissions, the config's password on
+    the one redis_username names; rerun after a rotation flipped it: nothing flips back.
+    drop_redis_user deletes the pair."""
+    from maily_secrets.bootstrap import BootstrapReport, ensure_redis_rotation
+    from maily_secrets.dev.bootstrap import drop_redis_user
+
+    user = f"maily_t_{uid()}"
+    second = f"{user}_b"
+    async with scratch_mount(bao, "rb") as m, bao.client(kv_mount=m) as vault:
+        password = random_password()
+        path = KV2Path(m, "config")
+        await vault.kv.write(
+            path,
+            {"redis_host": REDIS_HOST, "redis_port": REDIS_PORT, "redis_password": password},
+            cas=0,
+        )
+        try:
+            report = BootstrapReport()
+            assert await ensure_redis_rotation(vault, report, kv_mount=m, user=user) is None
+            assert f"Redis ACL user {user}" in report.created
+            assert f"Redis ACL user {second}" in report.created
+            assert (await vault.kv.read(path)).data["redis_username"] == user
+            assert await hashes(admin, user) == {password_sha256(password)}
+            assert await hashes(admin, second) == frozenset()
+            assert await _acl_rules(admin, user) == (await _acl_rules(admin, second)).replace(
+                second, user
+            )
+            # a rotation to the second user, then the bootstrap again
+            s = Pair(vault, (user, second), password, uid())
+            s.secret = "config"
+            await vault.kv.write(
+                KV2Path(m, s.admin_secret), {"host": REDIS_HOST, "port": REDIS_PORT}, cas=0
+            )
+            pending = await run_all(RedisAclRotator(), s.ctx())
+            again = BootstrapReport()
+            assert await ensure_redis_rotation(vault, again, kv_mount=m, user=user) is None
+            assert again.created == []
+            data = (await vault.kv.read(path)).data
+            assert (data["redis_username"], data["redis_password"]) == (
+                second,
+                pending["password"],
+            )
+            assert await can_login(second, pending["password"])
+        finally:
+            assert await drop_redis_user(REDIS_HOST, REDIS_PORT, user) is True
+        names = {_text(u) for u in await _cmd(admin, "ACL", "USERS")}
+        assert user not in names and second not in names
