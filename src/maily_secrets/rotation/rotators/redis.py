@@ -383,22 +383,16 @@ class RedisAclRotator(Rotator):
         add: str | None = None,
         remove: str | None = None,
         only: str | None = None,
-        reset: bool = False,
     ) -> bool:
         """Change the password hashes of the user ``record`` names: add one, remove one,
-        ``only`` (reset to that one hash) or ``reset`` (none). False: nothing changed."""
+        or ``only`` (reset to that one hash). False: nothing changed."""
         opts = RedisOptions.of(ctx, step)
         consumer, _ = await ctx.read_secret(step=step)
         admin = await self._admin(ctx, opts, consumer, step)
         name = self._named_user(opts, record, step)
         async with self._admin_conn(admin, opts, step) as conn:
-            if reset:
-                user = await get_acl_user(conn, name)
-                if user is None:
-                    return False  # nothing to retire
-            else:
-                setting = add is not None or only is not None
-                user = await self._user(conn, admin, name, step, require_enabled=setting)
+            setting = add is not None or only is not None
+            user = await self._user(conn, admin, name, step, require_enabled=setting)
             rules: list[str] = []
             if add is not None and add not in user.password_hashes:
                 rules = [password_rule("#", add)]
@@ -406,8 +400,6 @@ class RedisAclRotator(Rotator):
                 rules = [password_rule("!", remove)]
             if only is not None and user.password_hashes != {only}:
                 rules = ["resetpass", password_rule("#", only)]
-            if reset and (user.password_hashes or user.nopass):
-                rules = ["resetpass"]
             if not rules:
                 return False
             await redis_command(conn, "ACL", "SETUSER", name, *rules)
