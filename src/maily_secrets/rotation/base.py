@@ -103,7 +103,9 @@ class Usage:
     records a key's last use with a delay).
     """
 
-    credential: str
+    # an identifier, not a value; kept out of repr() all the same (the class-wide rule
+    # for fields named like a secret, tests/test_no_secret_in_repr.py)
+    credential: str = field(repr=False)
     observable: bool = True
     users: tuple[CredentialUser, ...] = ()
     note: str = ""
