@@ -1,6 +1,7 @@
-"""Redis ACL password rotation against the real Redis (127.0.0.1:6379) and OpenBao.
+"""Redis ACL password rotation against the real Redis (127.0.0.1:6379) and OpenBao: one
+ACL user with two passwords (``acl_user``), and two alternating users (``acl_users``).
 
-Each test uses an ACL user of its own (deleted at teardown), a consumer secret of
+Each test uses ACL users of its own (deleted at teardown), a consumer secret of
 its own in a KV v2 mount of this module, and, through the engine, a state prefix
 of its own. Nothing is mocked.
 """
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import yaml
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 
 from maily_secrets.paths import KV2Path
@@ -31,13 +34,18 @@ from maily_secrets.rotation.base import (
 )
 from maily_secrets.rotation.config import RotationConfig, TypeConfig
 from maily_secrets.rotation.engine import RotationEngine
-from maily_secrets.rotation.rotators.redis import RedisAclRotator
+from maily_secrets.rotation.rotators.redis import RedisAclRotator, RedisOptions
 from maily_secrets.targets import random_password
-from maily_secrets.targets.redis import ensure_redis_acl_user, get_acl_user, password_sha256
+from maily_secrets.targets.redis import (
+    client_list,
+    ensure_redis_acl_user,
+    get_acl_user,
+    password_sha256,
+)
 from maily_secrets.vault.client import VaultClient
 
 from .conftest import Bao
-from .kit.rotation import crash_engine_run, rotation_ctx
+from .kit.rotation import crash_engine_run, rotation_ctx, scratch_mount
 from .secrecy import assert_absent
 from .ticker import Ticker
 
@@ -624,3 +632,406 @@ async def test_plaintext_never_reaches_redis_logs(
         assert_absent(password, acl_list, "ACL LIST")
         assert_absent(password, caplog.text, "the rotator's log")
         assert_absent(password, _text([r.__dict__ for r in caplog.records]), "log records")
+
+
+# ---------------------------------------------------------------------------- two users
+# ``acl_users: [a, b]``: the rotation sets a new password on the user not in use and
+# switches to it; retirement removes the previous user's passwords (observable).
+
+
+def _named(user: str, password: str, name: str) -> aioredis.Redis:
+    """One connection (no retry, no reconnect) as ``user``, named ``name``."""
+    return _redis(
+        username=user,
+        password=password,
+        client_name=name,
+        single_connection_client=True,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+async def connected_users(admin: aioredis.Redis, user: str) -> list[str]:
+    """The client names of the connections authenticated as ``user``."""
+    return [c.name for c in await client_list(admin) if c.user == user]
+
+
+@pytest.fixture
+async def second_user(admin: aioredis.Redis) -> AsyncIterator[str]:
+    user = f"maily_t_{uid()}_b"
+    yield user
+    await _cmd(admin, "ACL", "DELUSER", user)
+
+
+class Pair(Setup):
+    """A consumer secret logging in as ``user`` (the first of two ACL users)."""
+
+    def __init__(
+        self, vault: VaultClient, users: tuple[str, str], password: str, name: str
+    ) -> None:
+        super().__init__(vault, users[0], password, name)
+        self.users = users
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"acl_users": list(self.users), "admin_secret": self.admin_secret}
+
+
+@pytest.fixture
+async def pair(vault: VaultClient, admin: aioredis.Redis, acl_user: str, second_user: str) -> Pair:
+    s = Pair(vault, (acl_user, second_user), random_password(), uid())
+    assert await ensure_redis_acl_user(admin, acl_user, password=s.password) is True
+    assert await ensure_redis_acl_user(admin, second_user) is True  # no password: idle
+    mount = vault.settings.kv_mount
+    await vault.kv.write(
+        KV2Path(mount, s.secret),
+        {
+            "redis_host": REDIS_HOST,
+            "redis_port": REDIS_PORT,
+            "redis_username": acl_user,
+            "redis_password": s.password,
+            "db_password": "other-type-keeps-this",
+        },
+        cas=0,
+    )
+    await vault.kv.write(
+        KV2Path(mount, s.admin_secret), {"host": REDIS_HOST, "port": REDIS_PORT}, cas=0
+    )
+    return s
+
+
+async def _acl_rules(admin: aioredis.Redis, user: str) -> str:
+    """``ACL LIST``'s line of ``user`` without its password hashes (flags, keys, commands)."""
+    lines = [_text(x) for x in await _cmd(admin, "ACL", "LIST")]
+    (line,) = [ln for ln in lines if ln.split(" ")[1] == user]
+    return " ".join(p for p in line.split(" ") if not p.startswith("#"))
+
+
+def test_the_built_in_config_rotates_two_users() -> None:
+    doc = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    opts = RedisOptions.model_validate(doc["types"]["redis"]["options"])
+    assert opts.two_users and opts.users == ("maily", "maily_b")
+
+
+async def test_two_users_one_rotation_step_by_step(pair: Pair, admin: aioredis.Redis) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    ctx = s.ctx()
+    await rot.check(ctx)
+    assert f"ACL user {b}" in await rot.describe(ctx)
+    rules_a = await _acl_rules(admin, a)
+
+    pending = await rot.create_pending(ctx)
+    new = pending["password"]
+    assert pending["user"] == b and pending["previous_user"] == a
+    assert await hashes(admin, b) == frozenset()  # create_pending changes nothing
+
+    await rot.apply(ctx, pending)
+    await rot.apply(ctx, pending)  # idempotent
+    assert await hashes(admin, b) == {password_sha256(new)}
+    assert await hashes(admin, a) == {password_sha256(s.password)}  # the user in use: untouched
+    assert_absent(new, _text(await _cmd(admin, "ACL", "LIST")), "ACL LIST")
+
+    await rot.verify(ctx, pending)
+    before = await s.consumer_version()
+    version = await rot.promote(ctx, pending)
+    assert version == before + 1 and await rot.promote(ctx, pending) == version
+    data = await s.consumer()
+    assert (data["redis_username"], data["redis_password"]) == (b, new)
+    assert data["db_password"] == "other-type-keeps-this"
+
+    retiring = rot.retiring(ctx, pending)
+    assert retiring == {"user": a, "mode": "acl_users"}
+    assert await can_login(a, s.password)  # grace: the previous user still logs in
+
+    await rot.retire(ctx, retiring)
+    assert await rot.retire(ctx, retiring)  # idempotent, and says what it did
+    assert await hashes(admin, a) == frozenset()
+    assert not await can_login(a, s.password)
+    assert await can_login(b, new)
+    assert await _acl_rules(admin, a) == rules_a  # nothing else of the user changed
+
+
+async def test_two_users_second_rotation_flips_back_and_resets_old_passwords(
+    pair: Pair, admin: aioredis.Redis
+) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    first = await run_all(rot, s.ctx())
+    second = await run_all(rot, s.ctx())
+    assert (first["user"], second["user"]) == (b, a)
+    # a's original password is gone: apply reset it to the new one only
+    assert await hashes(admin, a) == {password_sha256(second["password"])}
+    assert await hashes(admin, b) == {password_sha256(first["password"])}
+    data = await s.consumer()
+    assert (data["redis_username"], data["redis_password"]) == (a, second["password"])
+    assert not await can_login(a, s.password)
+
+
+async def test_two_users_retire_never_the_user_in_use(pair: Pair, admin: aioredis.Redis) -> None:
+    s, rot = pair, RedisAclRotator()
+    ctx = s.ctx()
+    note = await rot.retire(ctx, {"user": s.users[0], "mode": "acl_users"})
+    assert note is not None and "in use" in note
+    assert await can_login(s.users[0], s.password)
+    assert await hashes(admin, s.users[0]) == {password_sha256(s.password)}
+    # a user that is not one of the configured two is refused, not changed
+    with pytest.raises(RotatorConfigError, match="not one of the ACL users"):
+        await rot.retire(ctx, {"user": "someone_else", "mode": "acl_users"})
+    # apply refuses to touch the user in use too
+    pending = await rot.create_pending(ctx)
+    wrong = {**pending, "user": s.users[0]}
+    with pytest.raises(RotationError, match="in use"):
+        await rot.apply(ctx, wrong)
+    assert await hashes(admin, s.users[0]) == {password_sha256(s.password)}
+
+
+async def test_two_users_failed_verification_rolls_back(pair: Pair, admin: aioredis.Redis) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    ctx = s.ctx()
+    pending = await rot.create_pending(ctx)
+    await rot.apply(ctx, pending)
+    await _cmd(admin, "ACL", "SETUSER", b, "resetpass")  # the change is lost before verify
+    with pytest.raises(RotationError) as err:
+        await rot.verify(ctx, pending)
+    assert_absent(pending["password"], str(err.value), "the error")
+    await rot.apply(ctx, pending)
+    await rot.rollback(ctx, pending)
+    assert await hashes(admin, b) == frozenset()
+    data = await s.consumer()
+    assert (data["redis_username"], data["redis_password"]) == (a, s.password)
+    assert await can_login(a, s.password)
+
+
+@pytest.mark.parametrize("step", ["created", "applied", "verified", "promoted"])
+async def test_two_users_crash_after_each_step_then_resume(
+    bao: Bao, pair: Pair, admin: aioredis.Redis, tmp_path: Path, step: str
+) -> None:
+    s = pair
+    a, b = s.users
+    prefix = f"rot-{uid()}"
+    cfg_path = write_config(tmp_path, s, prefix)
+    proc = crash_engine_run(bao, cfg_path, "redis", step)
+    assert proc.returncode == 70, proc.stderr[-2000:]
+    state = (await s.vault.kv.read(KV2Path(s.vault.settings.kv_mount, f"{prefix}/redis"))).data
+    assert state["outcome"] == "in_progress" and state["step"] == step
+    new = state["pending"]["password"]
+    data = await s.consumer()
+    expect = (b, new) if step == "promoted" else (a, s.password)
+    assert (data["redis_username"], data["redis_password"]) == expect
+    assert await can_login(*expect)
+
+    engine = RotationEngine(RotationConfig.load(cfg_path), "development", client=s.vault)
+    report = await engine.run(["redis"])
+    (res,) = report.results
+    assert res.status == "resumed", res.reason
+    data = await s.consumer()
+    assert (data["redis_username"], data["redis_password"]) == (b, new)
+    assert await hashes(admin, b) == {password_sha256(new)}
+    assert await can_login(b, new) and await can_login(a, s.password)  # grace: both work
+
+
+async def test_two_users_usage_names_the_clients_of_each_user(
+    pair: Pair, admin: aioredis.Redis
+) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    ctx = s.ctx()
+    old_app = _named(a, s.password, f"old-app-{uid()}")
+    pending = await run_all(rot, ctx)
+    new_apps = [_named(b, pending["password"], "new-app") for _ in range(2)]
+    try:
+        for c in (old_app, *new_apps):
+            await c.ping()
+        retiring = rot.retiring(ctx, pending)
+        adoption = await rot.usage(ctx, retiring)
+        assert adoption is not None and adoption.current and adoption.previous
+        assert adoption.current.credential == b and adoption.previous.credential == a
+        (cur,) = adoption.current.users
+        assert (cur.count, cur.application, cur.address) == (2, "new-app", "127.0.0.1")
+        (prev,) = adoption.previous.users
+        assert (
+            prev.count == 1 and prev.application == old_app.get_connection_kwargs()["client_name"]
+        )
+        assert adoption.previous.idle is False and a in adoption.previous.describe()
+        await old_app.aclose()
+        adoption = await rot.usage(ctx, retiring)
+        assert adoption is not None and adoption.previous is not None
+        assert adoption.previous.idle is True
+        # no retiring record: the current user only
+        only = await rot.usage(ctx, None)
+        assert only is not None and only.previous is None and only.current is not None
+        assert only.current.total == 2
+    finally:
+        for c in (old_app, *new_apps):
+            await c.aclose()
+
+
+async def test_usage_of_one_user_with_two_passwords_is_not_observable(setup: Setup) -> None:
+    rot = RedisAclRotator()
+    ctx = setup.ctx()
+    pending = await run_all(rot, ctx)
+    adoption = await rot.usage(ctx, rot.retiring(ctx, pending))
+    assert adoption is not None and adoption.current and adoption.previous
+    for u in (adoption.current, adoption.previous):
+        assert u.observable is False and u.idle is None and "acl_users" in u.note
+
+
+async def test_usage_of_an_unreachable_redis_raises(pair: Pair) -> None:
+    """Unknown is never reported as idle."""
+    s, rot = pair, RedisAclRotator()
+    mount = s.vault.settings.kv_mount
+    await s.vault.kv.update(KV2Path(mount, s.admin_secret), lambda d: {**d, "port": 1})
+    with pytest.raises(RotationError, match="cannot connect"):
+        await rot.usage(s.ctx(), {"user": s.users[1], "mode": "acl_users"})
+
+
+async def test_two_users_end_sessions_kills_the_previous_users_connections(
+    pair: Pair, admin: aioredis.Redis
+) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    ctx = s.ctx()
+    straggler = _named(a, s.password, "straggler")
+    await straggler.ping()
+    pending = await run_all(rot, ctx)
+    current = _named(b, pending["password"], "current")
+    await current.ping()
+    try:
+        retiring = rot.retiring(ctx, pending)
+        assert retiring is not None
+        ctx.end_sessions = True
+        note = await rot.retire(ctx, retiring)
+        assert note is not None and "1 x straggler" in note and "ended 1" in note
+        assert await connected_users(admin, a) == []
+        with pytest.raises(RedisError):
+            await straggler.ping()  # killed, and its password no longer logs in
+        assert not await can_login(a, s.password)
+        assert await current.ping()  # the user in use is not touched
+        assert await connected_users(admin, b) == ["current"]
+    finally:
+        await straggler.aclose()
+        await current.aclose()
+
+
+async def test_two_users_retire_without_end_sessions_keeps_connections(
+    pair: Pair, admin: aioredis.Redis
+) -> None:
+    """At the grace without a hard deadline: the stragglers are named, not disconnected."""
+    s, rot = pair, RedisAclRotator()
+    ctx = s.ctx()
+    straggler = _named(s.users[0], s.password, "straggler")
+    await straggler.ping()
+    try:
+        pending = await run_all(rot, ctx)
+        retiring = rot.retiring(ctx, pending)
+        assert retiring is not None
+        note = await rot.retire(ctx, retiring)
+        assert note is not None and "1 x straggler from 127.0.0.1" in note
+        assert "ended" not in note
+        assert await straggler.ping()
+        assert not await can_login(s.users[0], s.password)
+    finally:
+        await straggler.aclose()
+
+
+@pytest.mark.parametrize(
+    ("case", "expect"),
+    [
+        ("both_modes", "cannot be set together with acl_user"),
+        ("same_twice", "two different ACL users"),
+        ("default_user", "must not be 'default'"),
+        ("username_key_null", "username_key"),
+        ("not_one_of_them", "not one of the ACL users"),
+        ("second_missing", "does not exist"),
+        ("second_nopass", "nopass"),
+        ("admin_is_app_user", "names the application's user"),
+    ],
+)
+async def test_two_users_bad_configuration_is_a_clear_error_and_changes_nothing(
+    pair: Pair, admin: aioredis.Redis, case: str, expect: str
+) -> None:
+    s, rot = pair, RedisAclRotator()
+    a, b = s.users
+    mount = s.vault.settings.kv_mount
+    options: dict[str, Any] = dict(s.options)
+    if case == "both_modes":
+        options["acl_user"] = a
+    elif case == "same_twice":
+        options["acl_users"] = [a, a]
+    elif case == "default_user":
+        options["acl_users"] = [a, "default"]
+    elif case == "username_key_null":
+        options["username_key"] = None
+    elif case == "not_one_of_them":
+        await s.vault.kv.update(
+            KV2Path(mount, s.secret), lambda d: {**d, "redis_username": "someone"}
+        )
+    elif case == "second_missing":
+        options["acl_users"] = [a, f"missing_{uid()}"]
+    elif case == "second_nopass":
+        await _cmd(admin, "ACL", "SETUSER", b, "nopass")
+    elif case == "admin_is_app_user":
+        await s.vault.kv.update(
+            KV2Path(mount, s.admin_secret),
+            lambda d: {**d, "username": b, "password": random_password()},
+        )
+    ctx = s.ctx(options)
+    before = (await hashes(admin, a), await hashes(admin, b), await s.consumer_version())
+    with pytest.raises(RotatorConfigError) as err:
+        await rot.check(ctx)
+    assert expect in str(err.value)
+    assert_absent(s.password, str(err.value), "the error")
+    assert (await hashes(admin, a), await hashes(admin, b), await s.consumer_version()) == before
+
+
+async def test_bootstrap_creates_both_users_and_keeps_the_one_in_use(
+    bao: Bao, admin: aioredis.Redis
+) -> None:
+    """ensure_redis_rotation: two users with the same permissions, the config's password on
+    the one redis_username names; rerun after a rotation flipped it: nothing flips back.
+    drop_redis_user deletes the pair."""
+    from maily_secrets.bootstrap import BootstrapReport, ensure_redis_rotation
+    from maily_secrets.dev.bootstrap import drop_redis_user
+
+    user = f"maily_t_{uid()}"
+    second = f"{user}_b"
+    async with scratch_mount(bao, "rb") as m, bao.client(kv_mount=m) as vault:
+        password = random_password()
+        path = KV2Path(m, "config")
+        await vault.kv.write(
+            path,
+            {"redis_host": REDIS_HOST, "redis_port": REDIS_PORT, "redis_password": password},
+            cas=0,
+        )
+        try:
+            report = BootstrapReport()
+            assert await ensure_redis_rotation(vault, report, kv_mount=m, user=user) is None
+            assert f"Redis ACL user {user}" in report.created
+            assert f"Redis ACL user {second}" in report.created
+            assert (await vault.kv.read(path)).data["redis_username"] == user
+            assert await hashes(admin, user) == {password_sha256(password)}
+            assert await hashes(admin, second) == frozenset()
+            assert await _acl_rules(admin, user) == (await _acl_rules(admin, second)).replace(
+                second, user
+            )
+            # a rotation to the second user, then the bootstrap again
+            s = Pair(vault, (user, second), password, uid())
+            s.secret = "config"
+            await vault.kv.write(
+                KV2Path(m, s.admin_secret), {"host": REDIS_HOST, "port": REDIS_PORT}, cas=0
+            )
+            pending = await run_all(RedisAclRotator(), s.ctx())
+            again = BootstrapReport()
+            assert await ensure_redis_rotation(vault, again, kv_mount=m, user=user) is None
+            assert again.created == []
+            data = (await vault.kv.read(path)).data
+            assert (data["redis_username"], data["redis_password"]) == (
+                second,
+                pending["password"],
+            )
+            assert await can_login(second, pending["password"])
+        finally:
+            assert await drop_redis_user(REDIS_HOST, REDIS_PORT, user) is True
+        names = {_text(u) for u in await _cmd(admin, "ACL", "USERS")}
+        assert user not in names and second not in names

@@ -559,21 +559,32 @@ async def ensure_database_rotation(
 
 
 async def ensure_redis_rotation(
-    client: VaultClient, report: BootstrapReport, *, kv_mount: str = "maily", user: str = "maily"
+    client: VaultClient,
+    report: BootstrapReport,
+    *,
+    kv_mount: str = "maily",
+    user: str = "maily",
+    second_user: str | None = None,
 ) -> str | None:
-    """What the ``redis`` rotator needs, for a dev server: the application's ACL user.
+    """What the ``redis`` rotator needs, for a dev server: the application's two
+    alternating ACL users (``user`` and ``second_user``, default ``<user>_b``), with the
+    same permissions.
 
     Connects to ``redis_host``/``redis_port`` of ``<mount>/data/config`` as the default
-    user (a dev Redis without a password), creates the ACL user with the config's
-    ``redis_password`` (added as a hash) and records ``redis_username``. Returns why
-    it was skipped, or None.
+    user (a dev Redis without a password), creates the users that are missing (the one
+    ``redis_username`` names, else ``user``, with the config's ``redis_password`` added
+    as a hash; the other without a password, idle until a rotation gives it one) and
+    records ``redis_username`` unless it names one of them already (a rotation may have
+    flipped it). Returns why it was skipped, or None.
     """
     import redis.asyncio as aioredis
 
-    from .targets.redis import ensure_redis_acl_user
+    from .targets.redis import ensure_redis_acl_user, second_acl_user
 
+    users = (user, second_user or second_acl_user(user))
     path = KV2Path(kv_mount, "config")
     cfg = (await client.kv.read(path)).data
+    active = cfg.get("redis_username") if cfg.get("redis_username") in users else user
     conn = aioredis.Redis(
         host=str(cfg.get("redis_host") or "127.0.0.1"),
         port=int(cfg.get("redis_port") or 6379),
@@ -581,13 +592,19 @@ async def ensure_redis_rotation(
         socket_timeout=3,
     )
     try:
-        created = await ensure_redis_acl_user(conn, user, password=str(cfg["redis_password"]))
+        created = {
+            u: await ensure_redis_acl_user(
+                conn, u, password=str(cfg["redis_password"]) if u == active else None
+            )
+            for u in users
+        }
     except (OSError, aioredis.RedisError) as exc:
         return f"{type(exc).__name__}: Redis at {cfg.get('redis_host')}:{cfg.get('redis_port')}"
     finally:
         await conn.aclose()
-    report.add(f"Redis ACL user {user}", created)
-    if cfg.get("redis_username") != user:
-        await client.kv.update(path, lambda d: {**d, "redis_username": user})
+    for u in users:
+        report.add(f"Redis ACL user {u}", created[u])
+    if cfg.get("redis_username") != active:
+        await client.kv.update(path, lambda d: {**d, "redis_username": active})
         report.add(f"secret {path.data} (+redis_username)", True)
     return None

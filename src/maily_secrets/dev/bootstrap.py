@@ -77,11 +77,18 @@ class DevNames:
     def redis_user(self) -> str:
         return f"maily_{self.suffix}"
 
+    @property
+    def redis_users(self) -> tuple[str, str]:
+        """The two alternating ACL users (``ensure_redis_rotation`` makes the second)."""
+        from ..targets.redis import second_acl_user  # redis-py only when used
+
+        return (self.redis_user, second_acl_user(self.redis_user))
+
     def rotation_options(self) -> dict[str, dict[str, Any]]:
         """What a dev rotation config sets, per secret type."""
         return {
             "database": {"login_roles": list(self.login_roles), "group": self.group},
-            "redis": {"acl_user": self.redis_user},
+            "redis": {"acl_users": list(self.redis_users)},
         }
 
 
@@ -152,15 +159,20 @@ async def drop_postgres_roles(target: PostgresTarget, roles: Sequence[str]) -> l
 
 
 async def drop_redis_user(host: str, port: int, user: str) -> bool:
-    """``ACL DELUSER`` (as the default user of a dev Redis), then ``ACL SAVE`` when Redis
-    has an ACL file. True if the user existed."""
+    """``ACL DELUSER`` of ``user`` and of its partner ``<user>_b`` (the pair of alternating
+    users ``ensure_redis_rotation`` made), as the default user of a dev Redis, then
+    ``ACL SAVE`` when Redis has an ACL file. True if a user existed."""
     import redis.asyncio as aioredis
+
+    from ..targets.redis import second_acl_user
 
     if user == "default":
         raise ValueError("refusing to delete Redis' default user")
     conn = aioredis.Redis(host=host, port=port, socket_connect_timeout=3, socket_timeout=3)
     try:
-        removed = int(await conn.execute_command("ACL", "DELUSER", user))  # type: ignore[no-untyped-call]
+        removed = int(
+            await conn.execute_command("ACL", "DELUSER", user, second_acl_user(user))  # type: ignore[no-untyped-call]
+        )
         if removed:
             with contextlib.suppress(aioredis.ResponseError):
                 await conn.execute_command("ACL", "SAVE")  # type: ignore[no-untyped-call]

@@ -1,6 +1,7 @@
-"""Redis, where the ``redis`` credentials live: the application's ACL user, its
-password hashes (``ACL GETUSER`` / ``ACL SETUSER #<sha256>``), creating it, and one
-connection as a user (a login to verify, or the rotator's admin).
+"""Redis, where the ``redis`` credentials live: the application's ACL user(s), their
+password hashes (``ACL GETUSER`` / ``ACL SETUSER #<sha256>``), creating them, who is
+connected as which user (``CLIENT LIST``), and one connection as a user (a login to
+verify, or the rotator's admin).
 
 Passwords only ever reach Redis as their SHA-256, which is all Redis stores anyway.
 """
@@ -22,6 +23,8 @@ from redis.exceptions import RedisError
 from . import scrubbed_line
 
 DEFAULT_ACL_USER = "maily"
+#: the second of two alternating users is named after the first: ``maily`` -> ``maily_b``
+SECOND_USER_SUFFIX = "_b"
 DEFAULT_KEYS = ("maily:*",)
 DEFAULT_CHANNELS = ("maily:*",)
 DEFAULT_COMMANDS = ("+@all", "-@dangerous")
@@ -142,6 +145,66 @@ async def ensure_redis_acl_user(
     if rules:
         await redis_command(conn, "ACL", "SETUSER", user, *rules)
     return current is None
+
+
+def second_acl_user(user: str) -> str:
+    """The partner of ``user`` in a pair of alternating ACL users (``maily`` -> ``maily_b``)."""
+    return f"{user}{SECOND_USER_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class RedisClient:
+    """One line of ``CLIENT LIST`` (what identifies a client; nothing secret)."""
+
+    id: str
+    user: str
+    name: str
+    addr: str  # host:port of the client
+    age: int  # seconds connected
+
+    @property
+    def host(self) -> str:
+        """The client's address without its port (IPv6 addresses keep their colons)."""
+        host, sep, port = self.addr.rpartition(":")
+        return host if sep and port.isdigit() else self.addr
+
+
+def parse_client_list(raw: object) -> list[RedisClient]:
+    """``CLIENT LIST`` (one ``key=value ...`` line per client) as :class:`RedisClient`."""
+    text = _text(raw) if not isinstance(raw, (list, tuple)) else "\n".join(map(_text, raw))
+    out: list[RedisClient] = []
+    for line in text.splitlines():
+        fields = dict(p.split("=", 1) for p in line.split(" ") if "=" in p)
+        if "id" not in fields:
+            continue
+        try:
+            age = int(fields.get("age", "0"))
+        except ValueError:
+            age = 0
+        out.append(
+            RedisClient(
+                id=fields["id"],
+                user=fields.get("user", ""),
+                name=fields.get("name", ""),
+                addr=fields.get("addr", ""),
+                age=age,
+            )
+        )
+    return out
+
+
+async def client_list(conn: aioredis.Redis) -> list[RedisClient]:
+    """Every client connected to the server (the admin needs ``+client``)."""
+    return parse_client_list(await redis_command(conn, "CLIENT", "LIST"))
+
+
+def group_clients(clients: Iterable[RedisClient]) -> list[tuple[int, str, str, int]]:
+    """(count, client name, address without port, oldest age in s), most first."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for c in clients:
+        groups.setdefault((c.name, c.host), []).append(c.age)
+    rows = [(len(ages), name, host, max(ages)) for (name, host), ages in groups.items()]
+    return sorted(rows, key=lambda r: (-r[0], r[1], r[2]))
 
 
 @dataclass(frozen=True)

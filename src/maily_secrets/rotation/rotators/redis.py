@@ -1,61 +1,82 @@
-"""Redis passwords, rotated with zero downtime through an ACL user with two passwords.
+"""Redis passwords, rotated with zero downtime: two alternating ACL users, or one ACL
+user with two passwords.
 
-A Redis ACL user may hold several passwords at once. The application logs in as
-one ACL user (``acl_user``, default ``maily``; ``ensure_redis_acl_user`` creates
-it), and during the grace period that user accepts both the previous and the new
-password, so whatever password a client read from Vault, it can log in.
+**Two users** (``acl_users: [maily, maily_b]``, the built-in config's choice): the
+application logs in as one of two ACL users with the same permissions
+(``ensure_redis_acl_user`` creates them; ``bootstrap.ensure_redis_rotation`` both), the
+way the ``database`` type flips between two PostgreSQL login roles. Because each
+credential is its own user, Redis can tell who still uses the previous one
+(``CLIENT LIST``: ``user=``, ``name=``, ``addr=``), so :meth:`RedisAclRotator.usage`
+reports it and ``retire`` can wait until it is idle. One rotation:
 
-One rotation:
+1. ``create_pending``  the user *not* named by ``redis_username`` of the consumer secret,
+                       and a new random password (URL/DSN-safe);
+2. ``apply``           ``ACL SETUSER <other> resetpass #<sha256>``: that user is idle by
+                       construction (or retired), so its old passwords go; the password
+                       is sent as its SHA-256 (all Redis stores), so the plaintext never
+                       reaches ``MONITOR``, ``SLOWLOG`` or ``ACL LOG``. The user in use is
+                       never changed;
+3. ``verify``          a new connection ``AUTH <other> <new password>`` + ``PING``;
+4. ``promote``         ``redis_username`` + ``redis_password`` of the consumer secret, by a
+                       check-and-set read-modify-write (other keys are kept).
 
-1. ``create_pending``  a new random password (URL/DSN-safe);
-2. ``apply``           as the rotator's admin, ``ACL SETUSER <user> #<sha256>``: the
-                       password is sent as its SHA-256 (which is all Redis stores
-                       anyway), so the plaintext never reaches Redis' ``MONITOR``
-                       stream, ``SLOWLOG`` or ``ACL LOG``; the previous password stays.
-                       A disabled (``off``) or ``nopass`` user is refused, not changed;
-3. ``verify``          a new connection ``AUTH <user> <new password>`` + ``PING``;
-4. ``promote``         ``redis_password`` (and ``redis_username``) of the consumer secret,
-                       by a check-and-set read-modify-write (other keys are kept).
+After the grace period ``retire`` removes the previous user's passwords
+(``ACL SETUSER <previous> resetpass``: it can no longer log in; its permissions and
+on/off flag stay), never those of the user in use (a later rotation may have flipped
+back to it); with ``ctx.end_sessions`` (a hard deadline) it also ends what is still
+connected as that user (``CLIENT KILL USER <previous>``). ``rollback`` removes the new
+password.
 
-After the grace period ``retire`` removes the previous password
-(``ACL SETUSER <user> !<sha256>``), never the one the consumer secret names.
-``rollback`` removes the new one. Every step is idempotent: it looks at the
-user's password hashes (``ACL GETUSER``) before changing them.
+**One user** (``acl_user: maily``, the single-user mode kept for existing setups): one
+ACL user accepts the previous and the new password during the grace period; ``apply``
+adds the new hash (``ACL SETUSER <user> #<sha256>``), ``retire`` removes the previous
+one (``!<sha256>``). Redis shows the user of a connection, not which of its passwords
+it used, so ``usage`` reports "not observable" and ``end_sessions`` cannot single the
+old clients out.
+
+Every step is idempotent: it looks at the user's password hashes (``ACL GETUSER``)
+before changing them. A disabled (``off``) or ``nopass`` user is refused, not changed.
 
 Options (``types.redis.options``)::
 
-    acl_user: maily                        # the application's ACL user (not "default")
+    acl_users: [maily, maily_b]            # two users (not "default"); or, one user:
+    # acl_user: maily                      #   (not both; neither: acl_user maily)
     admin_secret: rotator/redis-admin      # optional: host, port, username, password
                                            # (+ optional tls); without it the rotator
                                            # connects to redis_host/redis_port of the
                                            # consumer secret as the default user, with no
                                            # password (a Redis without requirepass)
     username_key: redis_username           # optional; null: do not write the user name
+                                           # (one user only)
     tls: false                             # optional, for every connection
     connect_timeout: 5                     # optional, seconds
     password_length: 32                    # optional, 16..256
     persist: acl_save                      # optional: acl_save (ACL SAVE when Redis has an
                                            # aclfile), config_rewrite, none
 
-The admin needs the ``ACL`` command (``+acl``); it must be another user than
-``acl_user``. Redis replicates no ACL changes: with replicas or a cluster every
-node needs the same change (one rotator run per node is not implemented here).
+The admin needs ``+acl`` (and ``+client`` for ``usage`` and ``end_sessions``); it must
+be another user than the application's. Redis replicates no ACL changes: with replicas
+or a cluster every node needs the same change (one rotator run per node is not
+implemented here).
 
 Adopting a Redis that so far used ``requirepass`` / the default user::
 
     await ensure_redis_acl_user(admin_redis, "maily", password=<config's redis_password>)
+    await ensure_redis_acl_user(admin_redis, "maily_b")   # no password: idle until rotated
     # then add redis_username: maily to the consumer secret (and to the app's template)
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Annotated, Any, ClassVar
 
 import redis.asyncio as aioredis
-from pydantic import BeforeValidator, SecretStr
+from pydantic import BeforeValidator, SecretStr, ValidationInfo, field_validator
 from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from ...errors import PermissionDenied, SecretNotFound, VaultError
@@ -66,14 +87,24 @@ from ...targets.redis import (
     SHA256_HEX,
     AclUser,
     RedisTarget,
+    client_list,
     connect,
     get_acl_user,
+    group_clients,
     password_rule,
     password_sha256,
     redis_command,
     scrub,
 )
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import (
+    Adoption,
+    CredentialUser,
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    Usage,
+)
 from ..kit import (
     Flag,
     PasswordLength,
@@ -90,6 +121,11 @@ DEFAULT_USERNAME_KEY = "redis_username"
 PASSWORD_KEY = "redis_password"  # noqa: S105 - a key name
 HOST_KEY, PORT_KEY = "redis_host", "redis_port"
 PERSIST_MODES = ("acl_save", "config_rewrite", "none")
+#: ``mode`` of a retiring record (and of a pending one) in two-user mode
+TWO_USERS = "acl_users"
+SINGLE_USER_NOTE = (
+    "one ACL user with two passwords: the target cannot tell them apart; use acl_users"
+)
 _NO_ACLFILE = "not configured to use an acl file"
 
 
@@ -105,6 +141,15 @@ def _acl_user(value: object) -> str:
     return value
 
 
+def _acl_users(value: object) -> tuple[str, str]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError("must name two different ACL users, e.g. [maily, maily_b]")
+    a, b = (_acl_user(v) for v in value)
+    if a == b:
+        raise ValueError("must name two different ACL users, e.g. [maily, maily_b]")
+    return (a, b)
+
+
 def _key_name(value: object) -> str | None:
     if value is not None and (not isinstance(value, str) or not value):
         raise ValueError("must be a key name or null")
@@ -114,13 +159,56 @@ def _key_name(value: object) -> str | None:
 class RedisOptions(RotatorOptions):
     error_prefix: ClassVar[str] = "redis {step}"
 
-    acl_user: Annotated[str, BeforeValidator(_acl_user)] = DEFAULT_ACL_USER
+    acl_user: Annotated[str | None, BeforeValidator(_acl_user)] = None
+    acl_users: Annotated[tuple[str, str] | None, BeforeValidator(_acl_users)] = None
     admin_secret: SecretName | None = None
     username_key: Annotated[str | None, BeforeValidator(_key_name)] = DEFAULT_USERNAME_KEY
     tls: Flag = False
     connect_timeout: Seconds = 5.0
     password_length: PasswordLength = 32
     persist: Annotated[str, one_of(*PERSIST_MODES)] = "acl_save"
+
+    @field_validator("acl_users")
+    @classmethod
+    def _one_mode(cls, v: tuple[str, str] | None, info: ValidationInfo) -> tuple[str, str] | None:
+        if v is not None and info.data.get("acl_user") is not None:
+            raise ValueError(
+                "cannot be set together with acl_user: two alternating users (acl_users)"
+                " or one user with two passwords (acl_user)"
+            )
+        return v
+
+    @field_validator("username_key")
+    @classmethod
+    def _names_the_user(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None and info.data.get("acl_users") is not None:
+            raise ValueError(
+                "must name the key of the user name with acl_users (it says which of the"
+                " two users is in use)"
+            )
+        return v
+
+    @property
+    def two_users(self) -> bool:
+        return self.acl_users is not None
+
+    @property
+    def users(self) -> tuple[str, ...]:
+        """The application's ACL user(s)."""
+        return self.acl_users or (self.acl_user or DEFAULT_ACL_USER,)
+
+    @property
+    def user(self) -> str:
+        """The one user of single-user mode."""
+        return self.acl_user or DEFAULT_ACL_USER
+
+    @property
+    def user_key(self) -> str:
+        return self.username_key or DEFAULT_USERNAME_KEY
+
+    def other(self, active: str) -> str:
+        a, b = self.acl_users or (self.user, self.user)
+        return b if active == a else a
 
 
 def _port(value: object) -> int | None:
@@ -146,9 +234,17 @@ async def _close(conn: aioredis.Redis) -> None:
         await conn.aclose()
 
 
+def _users_of(clients: list[tuple[int, str, str, int]]) -> tuple[CredentialUser, ...]:
+    return tuple(
+        CredentialUser(count=n, application=name, address=host or None, detail=f"oldest {age}s")
+        for n, name, host, age in clients
+    )
+
+
 # ---------------------------------------------------------------------------- the rotator
 class RedisAclRotator(Rotator):
-    """``redis``: a second password on the application's ACL user, then switch to it."""
+    """``redis``: a new password on the idle one of two ACL users (or a second password
+    on the one user), then switch to it."""
 
     type_name = "redis"
     two_slots = True
@@ -177,9 +273,9 @@ class RedisAclRotator(Rotator):
         username, password = data.get("username") or None, data.get("password") or None
         if username and not password:
             problems.append("has a username but no password")
-        if username == opts.acl_user:
+        if username in opts.users:
             problems.append(
-                f"names the application's user {opts.acl_user} as admin (rotating it would"
+                f"names the application's user {username} as admin (rotating it would"
                 " lock the rotator out)"
             )
         tls = data.get("tls", opts.tls)
@@ -226,25 +322,25 @@ class RedisAclRotator(Rotator):
         self,
         conn: aioredis.Redis,
         admin: RedisTarget,
-        opts: RedisOptions,
+        name: str,
         step: str,
         *,
         require_enabled: bool = False,
     ) -> AclUser:
-        user = await get_acl_user(conn, opts.acl_user)
+        user = await get_acl_user(conn, name)
         if user is None:
             raise RotatorConfigError(
-                f"redis {step}: ACL user {opts.acl_user} does not exist on {admin.describe()}"
+                f"redis {step}: ACL user {name} does not exist on {admin.describe()}"
                 " (create it with ensure_redis_acl_user)"
             )
         if user.nopass:
             raise RotatorConfigError(
-                f"redis {step}: ACL user {opts.acl_user} on {admin.describe()} is 'nopass':"
+                f"redis {step}: ACL user {name} on {admin.describe()} is 'nopass':"
                 " adding a password would lock out the clients that log in without one"
             )
         if require_enabled and not user.enabled:
             raise RotatorConfigError(
-                f"redis {step}: ACL user {opts.acl_user} on {admin.describe()} is disabled"
+                f"redis {step}: ACL user {name} on {admin.describe()} is disabled"
                 " ('off'); refusing to enable it (ACL SETUSER <user> on, if it should be)"
             )
         return user
@@ -268,35 +364,45 @@ class RedisAclRotator(Rotator):
                 admin.describe(),
             )
 
+    def _named_user(self, opts: RedisOptions, record: Mapping[str, Any], step: str) -> str:
+        """The user a pending/retiring record names; it must be one of the configured."""
+        name = str(record.get("user") or opts.users[0])
+        if name not in opts.users:
+            raise RotatorConfigError(
+                f"redis {step}: this rotation was for ACL user {name}, but the configured"
+                f" user(s) are now {', '.join(opts.users)}"
+            )
+        return name
+
     async def _change_passwords(
         self,
         ctx: RotationContext,
         step: str,
-        pending_or_retiring: Mapping[str, Any],
+        record: Mapping[str, Any],
         *,
         add: str | None = None,
         remove: str | None = None,
+        only: str | None = None,
     ) -> bool:
-        """Add / remove one password hash of the ACL user; False when nothing changed."""
+        """Change the password hashes of the user ``record`` names: add one, remove one,
+        or ``only`` (reset to that one hash). False: nothing changed."""
         opts = RedisOptions.of(ctx, step)
         consumer, _ = await ctx.read_secret(step=step)
         admin = await self._admin(ctx, opts, consumer, step)
-        user_name = str(pending_or_retiring.get("user") or opts.acl_user)
-        if user_name != opts.acl_user:
-            raise RotatorConfigError(
-                f"redis {step}: this rotation was for ACL user {user_name}, but acl_user is"
-                f" now {opts.acl_user}"
-            )
+        name = self._named_user(opts, record, step)
         async with self._admin_conn(admin, opts, step) as conn:
-            user = await self._user(conn, admin, opts, step, require_enabled=add is not None)
+            setting = add is not None or only is not None
+            user = await self._user(conn, admin, name, step, require_enabled=setting)
             rules: list[str] = []
             if add is not None and add not in user.password_hashes:
                 rules = [password_rule("#", add)]
             if remove is not None and remove in user.password_hashes:
                 rules = [password_rule("!", remove)]
+            if only is not None and user.password_hashes != {only}:
+                rules = ["resetpass", password_rule("#", only)]
             if not rules:
                 return False
-            await redis_command(conn, "ACL", "SETUSER", opts.acl_user, *rules)
+            await redis_command(conn, "ACL", "SETUSER", name, *rules)
             await self._persist(ctx, conn, admin, opts)
         return True
 
@@ -316,14 +422,22 @@ class RedisAclRotator(Rotator):
                 problems.append(f"{PORT_KEY} of {consumer_path.data} is not a port number")
             if opts is not None and opts.username_key:
                 have = consumer.get(opts.username_key)
-                if have != opts.acl_user:
-                    problems.append(
-                        f"{opts.username_key} of {consumer_path.data} is"
-                        f" {'missing' if have is None else repr(have)}, not the ACL user"
-                        f" {opts.acl_user!r}: the application logs in as another user, and"
-                        " switching it to this one must be done first (ensure_redis_acl_user"
-                        f" with its current password, then set {opts.username_key})"
-                    )
+                if have not in opts.users:
+                    if opts.two_users:
+                        problems.append(
+                            f"{opts.username_key} of {consumer_path.data} is"
+                            f" {'missing' if have is None else repr(have)}, not one of the"
+                            f" ACL users {', '.join(opts.users)}"
+                        )
+                    else:
+                        problems.append(
+                            f"{opts.username_key} of {consumer_path.data} is"
+                            f" {'missing' if have is None else repr(have)}, not the ACL user"
+                            f" {opts.user!r}: the application logs in as another user, and"
+                            " switching it to this one must be done first"
+                            " (ensure_redis_acl_user with its current password, then set"
+                            f" {opts.username_key})"
+                        )
         admin: RedisTarget | None = None
         if opts is not None and consumer is not None:
             try:
@@ -334,7 +448,8 @@ class RedisAclRotator(Rotator):
             raise RotatorConfigError(f"redis rotation cannot start: {'; '.join(problems)}")
         try:
             async with self._admin_conn(admin, opts, "check") as conn:
-                await self._user(conn, admin, opts, "check", require_enabled=True)
+                for name in opts.users:
+                    await self._user(conn, admin, name, "check", require_enabled=True)
         except RotatorConfigError as exc:
             raise RotatorConfigError(
                 f"redis rotation cannot start: {str(exc).removeprefix('redis check: ')}"
@@ -351,8 +466,16 @@ class RedisAclRotator(Rotator):
             admin = await self._admin(ctx, opts, consumer, "describe")
         except (RotationError, VaultError) as exc:
             return f"cannot rotate redis: {exc}"
+        if opts.two_users:
+            active = str(consumer.get(opts.user_key) or "?")
+            return (
+                f"set a new password on ACL user {opts.other(active)} on {admin.describe()},"
+                f" point {opts.user_key}/{PASSWORD_KEY} of {ctx.secret_path().data} at it"
+                f" (currently {active}), remove {active}'s passwords after the grace period"
+                f" ({ctx.grace})"
+            )
         return (
-            f"add a new password to ACL user {opts.acl_user} on {admin.describe()}, point"
+            f"add a new password to ACL user {opts.user} on {admin.describe()}, point"
             f" {PASSWORD_KEY} of {ctx.secret_path().data} at it, remove the previous one"
             f" after the grace period ({ctx.grace})"
         )
@@ -362,20 +485,68 @@ class RedisAclRotator(Rotator):
         consumer, _ = await ctx.read_secret(step="create_pending")
         password = random_password(opts.password_length)
         previous = consumer.get(PASSWORD_KEY)
-        return {
-            "user": opts.acl_user,
+        pending: dict[str, Any] = {
+            "user": opts.user,
             "password": password,
             "password_sha256": password_sha256(password),
             "previous_sha256": password_sha256(str(previous)) if previous else None,
         }
+        if opts.two_users:
+            active = consumer.get(opts.user_key)
+            if active not in opts.users:
+                raise RotatorConfigError(
+                    f"redis create_pending: {opts.user_key} of {ctx.secret_path().data} is"
+                    f" {active!r}, not one of the ACL users {', '.join(opts.users)}"
+                )
+            pending.update(user=opts.other(str(active)), previous_user=active, mode=TWO_USERS)
+        return pending
+
+    async def _guard_not_active(
+        self, ctx: RotationContext, opts: RedisOptions, pending: dict[str, Any], step: str
+    ) -> bool:
+        """Two users: never change the passwords of the user in use. True: promoted already."""
+        data, _ = await ctx.read_secret(step=step)
+        if data.get(opts.user_key) != pending["user"]:
+            return False
+        if step == "apply" and data.get(PASSWORD_KEY) == pending["password"]:
+            return True
+        raise RotationError(
+            f"redis {step}: {pending['user']} is the ACL user in use"
+            f" ({ctx.secret_path().data}); refusing to change its passwords"
+        )
 
     async def apply(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         digest = str(pending["password_sha256"])
-        changed = await self._change_passwords(ctx, "apply", pending, add=digest)
+        if pending.get("mode") == TWO_USERS:
+            opts = RedisOptions.of(ctx, "apply")
+            if await self._guard_not_active(ctx, opts, pending, "apply"):
+                return  # promoted already: the password is set and in use
+            await self._warn_connected(ctx, opts, str(pending["user"]))
+            changed = await self._change_passwords(ctx, "apply", pending, only=digest)
+            what = "new password set on the idle ACL user (its old passwords removed)"
+        else:
+            changed = await self._change_passwords(ctx, "apply", pending, add=digest)
+            what = "new password added to the ACL user"
         ctx.log.info(
-            "redis: new password added to the ACL user",
+            f"redis: {what}",
             extra={"user": pending.get("user"), "step": "apply", "changed": changed},
         )
+
+    async def _warn_connected(self, ctx: RotationContext, opts: RedisOptions, name: str) -> None:
+        """The user about to get a new password should be idle; say so when it is not."""
+        with contextlib.suppress(RotationError, RedisError, VaultError, OSError):
+            consumer, _ = await ctx.read_secret(step="apply")
+            admin = await self._admin(ctx, opts, consumer, "apply")
+            async with self._admin_conn(admin, opts, "apply") as conn:
+                clients = [c for c in await client_list(conn) if c.user == name]
+            if clients:
+                ctx.log.warning(
+                    "redis: ACL user %s still has %d connection(s) (from before it was"
+                    " retired); they stay connected and will count as its users",
+                    name,
+                    len(clients),
+                    extra={"user": name, "connections": len(clients)},
+                )
 
     async def verify(self, ctx: RotationContext, pending: dict[str, Any]) -> None:
         opts = RedisOptions.of(ctx, "verify")
@@ -408,6 +579,27 @@ class RedisAclRotator(Rotator):
     async def promote(self, ctx: RotationContext, pending: dict[str, Any]) -> int:
         opts = RedisOptions.of(ctx, "promote")
         user, password = str(pending["user"]), str(pending["password"])
+        fields = {
+            PASSWORD_KEY: password,
+            **({opts.username_key: user} if opts.username_key else {}),
+        }
+        if pending.get("mode") == TWO_USERS:
+
+            def not_stale_user(cur: dict[str, Any]) -> None:
+                if cur.get(opts.user_key) == user and cur.get(PASSWORD_KEY) != password:
+                    raise RotationError(
+                        f"redis promote: {ctx.secret_path().data} already names {user} with"
+                        " another password; this pending password is stale"
+                    )
+
+            return await promote_fields(
+                ctx,
+                fields,
+                expect=(opts.user_key, pending.get("previous_user")),
+                check=not_stale_user,
+                message="consumer secret points at the new ACL user",
+                extra={"user": user},
+            )
         allowed = (pending.get("previous_sha256"), str(pending["password_sha256"]))
 
         def not_stale(cur: dict[str, Any]) -> None:
@@ -418,10 +610,6 @@ class RedisAclRotator(Rotator):
                     " the rotation; this pending password is stale"
                 )
 
-        fields = {
-            PASSWORD_KEY: password,
-            **({opts.username_key: user} if opts.username_key else {}),
-        }
         return await promote_fields(
             ctx,
             fields,
@@ -439,6 +627,8 @@ class RedisAclRotator(Rotator):
                 f"redis rollback: {ctx.secret_path().data} already holds the new password;"
                 " refusing to remove it"
             )
+        if pending.get("mode") == TWO_USERS:
+            await self._guard_not_active(ctx, RedisOptions.of(ctx, "rollback"), pending, "rollback")
         changed = await self._change_passwords(ctx, "rollback", pending, remove=digest)
         ctx.log.info(
             "redis: pending password removed",
@@ -446,13 +636,22 @@ class RedisAclRotator(Rotator):
         )
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
+        if pending.get("mode") == TWO_USERS:
+            previous_user = pending.get("previous_user")
+            if not previous_user or previous_user == pending.get("user"):
+                return None
+            return {"user": str(previous_user), "mode": TWO_USERS}
         previous = pending.get("previous_sha256")
         if not previous or previous == pending.get("password_sha256"):
             return None
         return {"user": pending["user"], "password_sha256": previous}
 
-    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> None:
-        """Remove the previous password, never the one the consumer secret holds."""
+    async def retire(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
+        """Two users: remove the previous user's passwords (never the user in use), then,
+        with ``ctx.end_sessions``, end its connections. One user: remove the previous
+        password, never the one the consumer secret holds."""
+        if retiring.get("mode") == TWO_USERS:
+            return await self._retire_user(ctx, retiring)
         digest = str(retiring.get("password_sha256") or "")
         if not SHA256_HEX.fullmatch(digest):
             raise RotationError("redis retire: the retiring record holds no password hash")
@@ -465,9 +664,118 @@ class RedisAclRotator(Rotator):
             what="password",
             extra={"user": retiring.get("user")},
         ):
-            return
+            return None
         changed = await self._change_passwords(ctx, "retire", retiring, remove=digest)
         ctx.log.info(
             "redis: previous password removed",
             extra={"user": retiring.get("user"), "changed": changed},
         )
+        if ctx.end_sessions:
+            return (
+                f"removed the previous password of ACL user {retiring.get('user')}; its"
+                " connections were not ended (one user with two passwords: the old"
+                " clients cannot be told apart; use acl_users)"
+            )
+        return None
+
+    async def _retire_user(self, ctx: RotationContext, retiring: dict[str, Any]) -> str | None:
+        opts = RedisOptions.of(ctx, "retire")
+        name = str(retiring.get("user") or "")
+        if not opts.two_users or name not in opts.users:
+            raise RotatorConfigError(
+                f"redis retire: {name or '(none)'} is not one of the ACL users"
+                f" {', '.join(opts.users)}; not retiring it"
+            )
+        if await in_use(
+            ctx,
+            "retire",
+            opts.user_key,
+            lambda active: active == name,
+            unknown="cannot tell which ACL user is in use, so none is retired",
+            what="ACL user",
+            extra={"user": name},
+        ):
+            return f"{name} is the ACL user in use again (a later rotation); not retired"
+        consumer, _ = await ctx.read_secret(step="retire")
+        admin = await self._admin(ctx, opts, consumer, "retire")
+        async with self._admin_conn(admin, opts, "retire") as conn:
+            clients = [c for c in await client_list(conn) if c.user == name]
+            user = await get_acl_user(conn, name)
+            if user is None:
+                return f"previous ACL user {name} no longer exists on {admin.describe()}"
+            changed = False
+            if user.password_hashes or user.nopass:
+                await redis_command(conn, "ACL", "SETUSER", name, "resetpass")
+                await self._persist(ctx, conn, admin, opts)
+                changed = True
+            ended = 0
+            if ctx.end_sessions:
+                ended = int(await redis_command(conn, "CLIENT", "KILL", "USER", name))
+        usage = Usage(credential=name, users=_users_of(group_clients(clients)))
+        ctx.log.log(
+            logging.WARNING if clients else logging.INFO,
+            "redis: previous ACL user retired",
+            extra={
+                "user": name,
+                "host": admin.host,
+                "changed": changed,
+                "connections": len(clients),
+                "ended": ended,
+                "clients": [u.public() for u in usage.users],
+            },
+        )
+        note = (
+            f"retired previous ACL user {name} (its passwords removed, it can no longer log"
+            f" in): {usage.describe()}"
+        )
+        if ctx.end_sessions:
+            note += f"; ended {ended} connection(s) (CLIENT KILL USER)"
+        return note
+
+    async def usage(
+        self,
+        ctx: RotationContext,
+        retiring: Mapping[str, Any] | None,
+        since: datetime | None = None,
+    ) -> Adoption | None:
+        """Two users: who is connected as the current and as the previous user
+        (``CLIENT LIST``: count, client name, address without port). One user: not
+        observable. An unreachable Redis raises :class:`RotationError`."""
+        opts = RedisOptions.of(ctx, "usage")
+        consumer, _ = await ctx.read_secret(step="usage")
+        if not opts.two_users:
+            user = str(consumer.get(opts.user_key) or opts.user)
+            blind = Usage(credential=user, observable=False, note=SINGLE_USER_NOTE)
+            return Adoption(current=blind, previous=blind if retiring else None)
+        current = str(consumer.get(opts.user_key) or "")
+        if current not in opts.users:
+            raise RotationError(
+                f"redis usage: {opts.user_key} of {ctx.secret_path().data} is"
+                f" {current or 'missing'!r}, not one of {', '.join(opts.users)}"
+            )
+        previous: str | None = None
+        old_style = False
+        if retiring:
+            if retiring.get("mode") == TWO_USERS:
+                previous = str(retiring.get("user") or "") or None
+            else:  # a password kept by a rotation made in single-user mode
+                old_style = True
+        admin = await self._admin(ctx, opts, consumer, "usage")
+        async with self._admin_conn(admin, opts, "usage") as conn:
+            clients = await client_list(conn)
+
+        def of(name: str, note: str = "") -> Usage:
+            mine = [c for c in clients if c.user == name]
+            return Usage(credential=name, users=_users_of(group_clients(mine)), note=note)
+
+        prev: Usage | None = None
+        if previous is not None:
+            again = "the user in use again (a later rotation)" if previous == current else ""
+            prev = of(previous, again)
+        elif old_style:
+            prev = Usage(
+                credential=str(retiring.get("user") if retiring else current),
+                observable=False,
+                note="a password kept by a single-user rotation: " + SINGLE_USER_NOTE,
+            )
+        return Adoption(current=of(current), previous=prev)
