@@ -21,6 +21,7 @@ written, a field missing) is logged and skipped: the session keeps the key it ha
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -186,15 +187,18 @@ async def aws_session(
     ``region``: else the mapping's ``aws_region``, else boto3's own configuration.
     Raises what reading the secret raises, or ValueError when it holds no usable key.
     """
-    import time
 
     silence_wire_debug()  # botocore's DEBUG wire logs may hold a secret
     feed: CredentialFeed[AwsKey] = CredentialFeed(
         service, f"{service.kv_mount}/data/{secret}", _picker(key), name="aws_session"
     )
     first = await feed.start()
-    creds = FollowingCredentials(first.creds, feed.generation)
-    session = AwsSession(feed, creds, region or first.region)
+    try:
+        creds = FollowingCredentials(first.creds, feed.generation)
+        session = AwsSession(feed, creds, region or first.region)
+    except BaseException:
+        await feed.close()
+        raise
 
     def changed(new: AwsKey, generation: int) -> None:
         creds.switch(new.creds, generation)
