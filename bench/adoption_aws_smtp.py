@@ -8,7 +8,8 @@ One round of a type, against the driver's OpenBao (a KV v2 mount of this module'
 * AWS: a new IAM user in a moto server (IAM authentication on: a retired key is refused
   as on AWS) and its key in the secret; an ``aws_session`` (listener every 0.2 s) and
   ``THREADS`` threads calling ``sts:GetCallerIdentity`` through one client of it;
-* SMTP: a new username in the SMTP stand-in of ``mailyctl dev up`` (its hook provider);
+* SMTP: a new username in the SMTP stand-in of ``mailyctl dev up`` (aiosmtpd in a process
+  of its own, authenticating against its registry; the hook provider);
   an ``smtp_sender`` (pool of 4) and ``TASKS`` tasks sending one message each in a loop;
 * the window: from the start of ``mailyctl secrets rotate --secret-types=<type>`` (a
   subprocess) until the adapter switched, every caller completed a call started after the
@@ -71,9 +72,9 @@ class _World:
         from maily_secrets.dev.standins import (
             CredentialStore,
             MotoStandin,
+            SmtpStandin,
             moto_enable_auth,
             moto_setup_user,
-            smtp_controller,
         )
 
         self.ctx = ctx
@@ -85,9 +86,12 @@ class _World:
         self.moto_addr = info.addr
         self.admin = moto_setup_user(info.addr, "admin", ADMIN_POLICY)
         moto_enable_auth(info.addr)
-        self.store = CredentialStore(self.dir / "smtp-credentials.json")
-        self.smtp = smtp_controller(self.store.path)
-        self.smtp.start()
+        # the SMTP stand-in of `mailyctl dev up`, a process of its own (as a real server is)
+        (self.dir / "smtp").mkdir(mode=0o700)
+        self.smtp = SmtpStandin(self.dir / "smtp")
+        smtp_info, _ = self.smtp.start()
+        self.smtp_port = smtp_info.port
+        self.store = CredentialStore(self.smtp.store_path)
         self.default_yaml = ctx.root / "src" / "maily_secrets" / "rotation" / "default_config.yaml"
 
     def settings(self, **kw: Any) -> Any:
@@ -333,7 +337,7 @@ async def _smtp_round(w: _World) -> dict[str, Any]:
     name = f"config-{secrets.token_hex(4)}"
     data = {
         "smtp_host": "127.0.0.1",
-        "smtp_port": str(w.smtp.port),
+        "smtp_port": str(w.smtp_port),
         "smtp_username": username,
         "smtp_password": password,
     }
