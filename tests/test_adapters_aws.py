@@ -327,3 +327,51 @@ async def test_no_usable_key_at_start_is_an_error(world: World) -> None:
             await adapters.aws_session(svc, secret=path.name)
     finally:
         await svc.close()
+
+
+async def test_a_key_retired_before_the_listener_noticed_is_retried_with_the_key_in_vault(
+    world: World,
+) -> None:
+    """The listener has not reported the promote (interval of an hour here) and the
+    previous key is already deleted: the refused request (InvalidClientTokenId) re-reads
+    the secret and is retried once, at once, with the new key; no call fails."""
+    from .kit.rotation import rotate
+
+    svc = VaultService(
+        VaultSettings(
+            addr=world.bao.addr,
+            token=world.bao.token,
+            auth_method="token",
+            kv_mount=world.mount,
+            listener_interval=3600,
+        )
+    )
+    session = await adapters.aws_session(svc, secret=world.secret)
+    try:
+        sts = session.client("sts", endpoint_url=world.moto.endpoint)
+        assert (await asyncio.to_thread(sts.get_caller_identity))["Arn"].endswith(world.user)
+        rot = AwsAccessKeyRotator()
+        ctx = rotation_ctx("aws", world.client, world.secret, options=world.options)
+        pending, _ = await rotate(rot, ctx)
+        retiring = rot.retiring(ctx, pending)
+        assert retiring is not None
+        await rot.retire(ctx, retiring)
+        assert world.moto.whoami(world.key) is None  # the session's key is refused now
+        assert session.generation == 1
+        arn = (await asyncio.to_thread(sts.get_caller_identity))["Arn"]
+        assert arn.endswith(f"user/{world.user}")
+        assert session.generation == 2 and session.access_key_id == pending["access_key_id"]
+        stats = session.stats()
+        assert stats["refreshes"] == 1 and stats["signed_per_generation"] == {1: 2, 2: 1}
+        # a key refused with nothing newer in Vault: the error stands (no retry loop)
+        iam = world.moto.client("iam")
+        await asyncio.to_thread(
+            iam.delete_access_key, UserName=world.user, AccessKeyId=pending["access_key_id"]
+        )
+        with pytest.raises(ClientError) as exc:
+            await asyncio.to_thread(sts.get_caller_identity)
+        assert exc.value.response["Error"]["Code"] == "InvalidClientTokenId"
+        assert session.generation == 2 and session.stats()["refreshes"] <= 2
+    finally:
+        await session.close()
+        await svc.close()

@@ -12,6 +12,13 @@ in every client made from the session: no client is rebuilt, and a request in fl
 keeps the key it was signed with (the previous key works until the rotation retires it
 at the end of the grace period, long after the adapter switched).
 
+A request AWS refuses because its key is gone (``InvalidClientTokenId``: the rotation
+retired the key before the listener reported the promote, e.g. while Vault was out of
+reach) is retried once, at once, with a newer key: the one the listener has by now, or
+the one a fresh read of the secret gives (at most one read per second). Only for calls
+made off the event loop's thread (``asyncio.to_thread``, a thread pool), which is how a
+blocking boto3 call belongs in an asyncio service anyway.
+
 The secret layout is the ``aws`` rotator's (``rotation/rotators/aws.py``): a mapping
 (``key``, default ``aws``) of ``aws_access_key``, ``aws_secret_key`` and optionally
 ``aws_session_token`` and ``aws_region``. A new version without a usable key (half
@@ -20,6 +27,7 @@ written, a field missing) is logged and skipped: the session keeps the key it ha
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +52,12 @@ except ImportError as exc:  # pragma: no cover - boto3 is a dependency of the [a
     raise ImportError("adapters.aws_session needs boto3: pip install 'maily-secrets[aws]'") from exc
 
 METHOD = "maily-secrets"
+#: AWS's answers for a key it does not accept (deleted, deactivated, unknown)
+REFUSED = frozenset(
+    {"InvalidClientTokenId", "UnrecognizedClientException", "InvalidAccessKeyId", "AuthFailure"}
+)
+REFRESH_AFTER = 1.0  # seconds between two re-reads of the secret after a refusal
+REFRESH_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ class FollowingCredentials(Credentials):  # type: ignore[misc]
         self.account_id = None
         self._now: tuple[AwsCreds, int] = (creds, generation)
         self._lock = threading.Lock()
+        self._signing = threading.local()  # the generation this thread last signed with
         self.signed: dict[int, int] = {}  # generation -> requests signed
 
     def __repr__(self) -> str:
@@ -107,8 +122,14 @@ class FollowingCredentials(Credentials):  # type: ignore[misc]
     def generation(self) -> int:
         return self._now[1]
 
+    def signed_generation(self) -> int | None:
+        """The generation of the key this thread's last request was signed with."""
+        gen: int | None = getattr(self._signing, "gen", None)
+        return gen
+
     def get_frozen_credentials(self) -> Any:
         creds, gen = self._now
+        self._signing.gen = gen
         with self._lock:
             self.signed[gen] = self.signed.get(gen, 0) + 1
         return ReadOnlyCredentials(
@@ -146,6 +167,12 @@ class AwsSession(boto3.Session):  # type: ignore[misc]
         self.feed = feed
         self.credentials = creds
         self.switched_at: list[float] = []  # time.monotonic() of each switch
+        self.refreshes = 0  # re-reads of the secret after a refused key
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._refresh_lock = asyncio.Lock()
+        self._last_read = -REFRESH_AFTER
+        core.register("needs-retry", self._on_retry)  # before botocore's own retry handler
 
     def __repr__(self) -> str:
         return (
@@ -156,6 +183,44 @@ class AwsSession(boto3.Session):  # type: ignore[misc]
     @property
     def generation(self) -> int:
         return self.feed.generation
+
+    # -- a key refused: the rotation may have retired it before the listener told us --------
+    def _on_retry(self, response: Any = None, attempts: int = 0, **kw: Any) -> float | None:
+        """botocore's ``needs-retry``: AWS refused the key of this request (deleted,
+        deactivated) on the first attempt. If the session has a newer key, or a fresh read
+        of the secret gives one, retry once at once (botocore signs each attempt anew);
+        else leave the decision to botocore's retry handler."""
+        if attempts != 1 or not isinstance(response, tuple) or len(response) != 2:
+            return None
+        code = ((response[1] or {}).get("Error") or {}).get("Code")
+        if code not in REFUSED:
+            return None
+        signed = self.credentials.signed_generation()
+        if signed is not None and self.feed.generation > signed:
+            return 0.0  # the listener moved on since this request was signed
+        if threading.get_ident() == self._loop_thread:
+            return None  # a blocking call on the event loop: it cannot wait for a read
+        future = asyncio.run_coroutine_threadsafe(self._refresh(signed), self._loop)
+        try:
+            moved = future.result(timeout=REFRESH_TIMEOUT)
+        except Exception:  # Vault unreachable, loop closed: the refusal stands
+            future.cancel()
+            return None
+        return 0.0 if moved else None
+
+    async def _refresh(self, signed: int | None) -> bool:
+        """Read the secret from Vault (at most once per REFRESH_AFTER seconds); True when
+        the session now has a newer key than the one ``signed`` with."""
+        async with self._refresh_lock:
+            if signed is None or self.feed.generation <= signed:
+                now = time.monotonic()
+                if now - self._last_read >= REFRESH_AFTER:
+                    self._last_read = now
+                    self.refreshes += 1
+                    service, path = self.feed.service, self.feed.path
+                    service.invalidate(path)
+                    await self.feed._changed(await service.get_secret(path))
+            return signed is not None and self.feed.generation > signed
 
     @property
     def access_key_id(self) -> str:
@@ -169,6 +234,7 @@ class AwsSession(boto3.Session):  # type: ignore[misc]
             "generation": self.feed.generation,
             "access_key_id": self.access_key_id,
             "signed_per_generation": signed,
+            "refreshes": self.refreshes,
         }
 
     async def close(self) -> None:
