@@ -548,3 +548,57 @@ async def test_describe_and_created_at(world: World) -> None:
     assert world.key[0] in text and "STS" in text
     created = await rot.created_at(world.ctx())
     assert created is not None and abs(created - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+# ---------------------------------------------------------------------------- usage
+# moto records a key's last use on every request it receives, at once (AWS: with a delay)
+async def test_usage_names_a_straggler_of_the_previous_key_after_the_promote(
+    world: World,
+) -> None:
+    rot = AwsAccessKeyRotator()
+    ctx = world.ctx()
+    pending, _ = await rotate(rot, ctx)
+    world.secrets.append(pending["secret_access_key"])
+    retiring = rot.retiring(ctx, pending)
+    assert retiring is not None
+    since = datetime.now(UTC)
+    # nobody used the previous key since the promote: idle, with the delay caveat
+    quiet = await rot.usage(ctx, retiring, since=since)
+    assert quiet is not None and quiet.previous is not None and quiet.current is not None
+    assert quiet.previous.credential == world.key[0] and quiet.previous.idle is True
+    assert "delay" in quiet.previous.note
+    # the rotator's own IAM calls (iam_credentials: self) use the current key
+    assert quiet.current.credential == pending["access_key_id"]
+    assert quiet.current.idle is False and "rotator's own" in quiet.current.note
+    # an application still on the previous key: a straggler, with service, region, time
+    assert world.works(world.key)
+    seen = await rot.usage(ctx, retiring, since=since)
+    assert seen is not None and seen.previous is not None
+    (user,) = seen.previous.users
+    assert seen.previous.idle is False and user.count == 1
+    assert user.application == "sts" and "us-east-1" in user.detail
+    assert "last used 20" in user.detail
+    assert seen.previous.describe().startswith(f"{world.key[0]}: 1 in use: 1 x sts")
+    doc = json.dumps(seen.public())
+    for s in world.secrets:
+        assert_absent(s, doc, "the usage document")
+    # retired: the previous key is gone, so nobody uses it
+    await rot.retire(ctx, retiring)
+    gone = await rot.usage(ctx, retiring, since=since)
+    assert gone is not None and gone.previous is not None and gone.previous.idle is True
+    assert "deleted" in gone.previous.note
+
+
+async def test_usage_without_a_previous_key_reports_the_current_one(world: World) -> None:
+    rot = AwsAccessKeyRotator()
+    seen = await rot.usage(world.ctx(), None)
+    assert seen is not None and seen.previous is None and seen.current is not None
+    assert seen.current.credential == world.key[0] and seen.current.observable
+
+
+async def test_usage_when_aws_is_unreachable_raises_never_idle(world: World) -> None:
+    rot = AwsAccessKeyRotator()
+    ctx = world.ctx(endpoint_url="http://127.0.0.1:9", timeout=1)
+    retiring = {"access_key_id": world.key[0], "iam_user": world.user}
+    with pytest.raises(RotationError, match="cannot reach"):
+        await rot.usage(ctx, retiring, since=datetime.now(UTC))

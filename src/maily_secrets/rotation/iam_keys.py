@@ -8,7 +8,8 @@ type's ``ses`` provider (an SES SMTP password is derived from an access key).
 - :func:`admin_creds`   who calls IAM: the key itself, boto3's chain, or an admin secret;
 - the two-slot steps:   :func:`free_slot` (delete a safe leftover, else ask a person),
   :func:`create_key`, :func:`activate_key`, :func:`verify_key` (STS, retried while IAM
-  is eventually consistent).
+  is eventually consistent);
+- :func:`key_usage`     who still uses a key, as ``iam:GetAccessKeyLastUsed`` records it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
+from ..clock import rfc3339
 from ..targets.aws_iam import (
     DEFAULT_REGION,
     ENDPOINT_ENV,
@@ -34,7 +37,14 @@ from ..targets.aws_iam import (
     key_identity,
     user_from_arn,
 )
-from .base import ActionRequired, RotationContext, RotationError, RotatorConfigError
+from .base import (
+    ActionRequired,
+    CredentialUser,
+    RotationContext,
+    RotationError,
+    RotatorConfigError,
+    Usage,
+)
 from .kit import (
     RotatorOptions,
     admin_secret,
@@ -249,3 +259,36 @@ async def verify_key(
             f"{what}: the new key {creds.access_key_id} authenticates as {arn}, not IAM user {user}"
         )
     return arn
+
+
+# ---------------------------------------------------------------------------- who uses a key
+#: what ``iam:GetAccessKeyLastUsed`` can and cannot tell (in every Usage.note)
+LAST_USED_NOTE = (
+    "as far as IAM has recorded: AWS updates a key's last use with a delay (up to hours),"
+    " so no use since the promote means none recorded yet, and one client or many look alike"
+)
+
+
+async def key_usage(
+    ctx: RotationContext,
+    step: str,
+    keys: IamUserKeys,
+    key_id: str,
+    since: datetime | None,
+) -> Usage:
+    """Who uses ``key_id``: its last recorded use, if after ``since`` (the promote; None:
+    any use), as one :class:`CredentialUser` (service, region, when). IAM records one
+    last use per key, not clients: ``count`` is 1 ("at least one"). A key that no longer
+    exists has no users. An AWS error raises (never "idle")."""
+    what = f"{ctx.type_name} {step}: iam:GetAccessKeyLastUsed for {key_id}"
+    use = await aws_call(what, keys.last_use, key_id)
+    if use is None:
+        return Usage(key_id, users=(), note=f"no such key (deleted); {LAST_USED_NOTE}")
+    if use.when is None or (since is not None and use.when <= since):
+        last = "never used" if use.when is None else f"last used {rfc3339(use.when, ms=False)}"
+        return Usage(key_id, users=(), note=f"{last}; {LAST_USED_NOTE}")
+    where = f" in {use.region}" if use.region else ""
+    user = CredentialUser(
+        1, application=use.service, detail=f"last used {rfc3339(use.when, ms=False)}{where}"
+    )
+    return Usage(key_id, users=(user,), note=LAST_USED_NOTE)

@@ -170,6 +170,17 @@ def user_from_arn(arn: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class KeyLastUse:
+    """``iam:GetAccessKeyLastUsed`` of one key: ``when`` None means never used (as far as
+    IAM has recorded: AWS updates it with a delay, typically within hours)."""
+
+    key_id: str
+    when: datetime | None
+    service: str
+    region: str
+
+
+@dataclass(frozen=True)
 class AccessKey:
     id: str
     status: str
@@ -208,11 +219,31 @@ class IamUserKeys:
 
     def last_used(self, key_id: str) -> tuple[datetime | None, str]:
         """When ``key_id`` was last used, and by which service (who uses it)."""
+        use = self.last_use(key_id)
+        return (None, "") if use is None else (use.when, use.service)
+
+    def last_use(self, key_id: str) -> KeyLastUse | None:
+        """``iam:GetAccessKeyLastUsed``: when, by which service, in which region ``key_id``
+        was last used (as far as IAM has recorded it). None when there is no such key."""
         with _errors(self.target):
-            r = self._iam().get_access_key_last_used(AccessKeyId=key_id)
+            iam = self._iam()
+            try:
+                r = iam.get_access_key_last_used(AccessKeyId=key_id)
+            except iam.exceptions.NoSuchEntityException:
+                return None
         info = r.get("AccessKeyLastUsed") or {}
         when = info.get("LastUsedDate")
-        return (when if isinstance(when, datetime) else None), str(info.get("ServiceName") or "")
+
+        def text(name: str) -> str:  # AWS says "N/A" for a key never used
+            v = str(info.get(name) or "")
+            return "" if v == "N/A" else v
+
+        return KeyLastUse(
+            key_id,
+            when if isinstance(when, datetime) else None,
+            text("ServiceName"),
+            text("Region"),
+        )
 
     def create(self) -> AwsCreds:
         with _errors(self.target):

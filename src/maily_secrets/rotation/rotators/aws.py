@@ -17,6 +17,13 @@ An IAM user may hold two access keys at once; that is the grace period. One rota
                        the ``aws`` mapping of the consumer secret; other services'
                        entries and other keys of the mapping are kept.
 
+``usage`` (who uses which key, for ``secrets status`` and the retire policy):
+``iam:GetAccessKeyLastUsed`` of the key in Vault and of the previous key; a use
+recorded after the promote (``since``) is a user (service, region, when). AWS records
+last use with a delay of up to hours, so "idle" means "not used since the promote as
+far as IAM has recorded"; with ``iam_credentials: self`` the rotator's own IAM calls
+are uses of the current key.
+
 After the grace period ``retire`` deactivates and deletes the previous key (already
 gone is fine); ``rollback`` deletes the pending key; neither ever the key in Vault.
 A crash between ``CreateAccessKey`` and saving the state leaves a key nobody knows the
@@ -50,6 +57,8 @@ key (key *ids* are not secret).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -62,7 +71,7 @@ from ...targets.aws_iam import (
     creds_from_mapping,
     user_from_arn,
 )
-from ..base import RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import Adoption, RotationContext, RotationError, Rotator, RotatorConfigError
 from ..iam_keys import (
     AwsOptions,
     activate_key,
@@ -70,6 +79,7 @@ from ..iam_keys import (
     aws_call,
     create_key,
     free_slot,
+    key_usage,
     verify_key,
 )
 from ..kit import (
@@ -261,6 +271,31 @@ class AwsAccessKeyRotator(Rotator):
             "aws: pending access key deleted",
             extra={"type": ctx.type_name, "access_key_id": key_id, "already_gone": gone},
         )
+
+    async def usage(
+        self,
+        ctx: RotationContext,
+        retiring: Mapping[str, Any] | None,
+        since: datetime | None = None,
+    ) -> Adoption | None:
+        """``iam:GetAccessKeyLastUsed`` of the key in Vault and of the previous key
+        (``retiring``): a use recorded after ``since`` (the promote) is a user."""
+        user = str(retiring["iam_user"]) if retiring and retiring.get("iam_user") else None
+        opts, _, current, keys = await self._setup(ctx, "usage", user, quick=True)
+        now = None
+        if current is not None:
+            now = await key_usage(ctx, "usage", keys, current.access_key_id, since)
+            if opts.iam_credentials == "self":
+                now = replace(
+                    now,
+                    note=f"{now.note}; the rotator's own IAM calls (iam_credentials: self)"
+                    " are uses of this key",
+                )
+        previous = None
+        key_id = retiring.get("access_key_id") if retiring else None
+        if isinstance(key_id, str) and key_id:
+            previous = await key_usage(ctx, "usage", keys, key_id, since)
+        return Adoption(now, previous)
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         previous = pending.get("previous_access_key_id")

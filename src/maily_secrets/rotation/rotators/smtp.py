@@ -73,6 +73,7 @@ import shutil
 import signal
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_validator
@@ -80,7 +81,15 @@ from pydantic import AfterValidator, BeforeValidator, ValidationInfo, field_vali
 from ...targets import random_password
 from ...targets.aws_iam import IamUserKeys, region_of_ses_host, ses_smtp_password
 from ...targets.smtp import SmtpServer, login_check
-from ..base import ActionRequired, RotationContext, RotationError, Rotator, RotatorConfigError
+from ..base import (
+    ActionRequired,
+    Adoption,
+    RotationContext,
+    RotationError,
+    Rotator,
+    RotatorConfigError,
+    Usage,
+)
 from ..iam_keys import (
     AwsOptions,
     Text,
@@ -502,6 +511,27 @@ class SmtpRotator(Rotator):
             "smtp: pending credential removed",
             extra={"type": ctx.type_name, "provider": pending.get("provider")},
         )
+
+    async def usage(
+        self,
+        ctx: RotationContext,
+        retiring: Mapping[str, Any] | None,
+        since: datetime | None = None,
+    ) -> Adoption | None:
+        """Not observable: an SMTP provider does not tell the rotator which clients log in
+        with which password (one username, two passwords during the grace)."""
+        data, _ = await ctx.read_secret(step="usage")
+        note = (
+            "the SMTP provider does not report which clients log in with which credential;"
+            " retire after the grace period (adapters.smtp_sender switches on the next"
+            " connection)"
+        )
+        current = Usage(str(data.get("smtp_username") or "smtp"), observable=False, note=note)
+        previous = None
+        if retiring:
+            name = retiring.get("username") or retiring.get("access_key_id") or "previous"
+            previous = Usage(f"{name} (previous)", observable=False, note=note)
+        return Adoption(current, previous)
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
         if pending.get("provider") == "ses":
