@@ -191,14 +191,17 @@ def test_settings_every_alias_has_one_of_our_prefixes() -> None:
 
 def test_settings_cover_the_python_fields() -> None:
     """Every Python setting is in the contract, or deliberately Python-only."""
-    # the snapshot, health() (its required secrets) and the access log exist in the Python
-    # client only
+    # the snapshot, health() (its required secrets), the access log and the change feed's
+    # Redis push (MAILY_SECRETS_CHANGE_PUSH, MAILY_SECRETS_CHANGE_PUSH_SECRET) exist in the
+    # Python client only
     python_only = {
         "snapshot_path",
         "snapshot_interval",
         "snapshot_key",
         "required_secrets",
         "access_log_interval",
+        "change_push",
+        "change_push_secret",
     }
     listed = {f["python"] for f in FIELDS}
     assert set(VaultSettings.model_fields) - python_only == listed

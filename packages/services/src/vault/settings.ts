@@ -78,8 +78,21 @@ export interface VaultSettings {
   cacheTtl: number;
   /** Seconds: oldest last-known value served while Vault is down. */
   maxStaleness: number;
-  /** Seconds between two polls of a watched secret (+-10% jitter). */
+  /** Seconds between two polls of a watched secret (+-10% jitter); with the change feed, of the beacon. */
   listenerInterval: number;
+  /**
+   * The change feed (MAILY_SECRETS_CHANGE_FEED): the beacon secret that every write made
+   * through us bumps and that listeners poll instead of each path. A name under `kvMount`
+   * (default `_changes`: `<kvMount>/data/_changes`) or a KV v2 API path
+   * (`kv/data/_changes`); `off`: no beacon, each watched path is polled every interval.
+   */
+  changeFeed: string;
+  /**
+   * Seconds between two polls of each watched path while the change feed is on
+   * (MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL, default 300): catches writes made around us
+   * (`bao kv put`, a writer with the feed off).
+   */
+  listenerFullPollInterval: number;
   /**
    * A JSON file rendered by Vault Agent (MAILY_CONFIG_FILE, the injector's
    * /vault/secrets/config.json): `getConfig()` is served from it, reloaded when it
@@ -187,6 +200,30 @@ function address(raw: string, name: string, what = 'an address'): string {
   return v;
 }
 
+/** The default beacon: `<kvMount>/data/_changes`. */
+export const DEFAULT_CHANGE_FEED = '_changes';
+
+/** `off`, a beacon name under the KV mount, or a KV v2 data path (`<mount>/data/<name>`). */
+function changeFeed(s: VaultSettings): string {
+  if (s.changeFeed === undefined) return DEFAULT_CHANGE_FEED;
+  const raw = String(s.changeFeed).trim();
+  const v = variable(s, 'changeFeed', 'MAILY_SECRETS_CHANGE_FEED');
+  if (raw.toLowerCase() === 'off') return 'off';
+  const fail = (why: string): never => {
+    throw new ConfigurationError(
+      `${v} must be off, a secret name such as _changes (under the KV mount) or a KV v2 path such as maily/data/_changes (${why})`,
+      { variable: v },
+    );
+  };
+  if (!raw) fail('empty');
+  const name = raw.replace(/^\/+|\/+$/g, '');
+  if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(name) || name.split('/').some((p) => p === '.' || p === '..')) {
+    fail('letters, digits, _ . - and / only');
+  }
+  if (name.includes('/') && !/^[^/]+\/data\/[^/].*$/.test(name)) fail('a path needs <mount>/data/<name>');
+  return name;
+}
+
 /** Where requests go: `agentAddr` (VAULT_AGENT_ADDR) when set, else `addr`. */
 export function apiAddr(s: VaultSettings): string {
   return s.agentAddr ?? s.addr;
@@ -233,6 +270,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     ['cacheTtl', 'MAILY_SECRETS_CACHE_TTL', false],
     ['maxStaleness', 'MAILY_SECRETS_MAX_STALENESS', false],
     ['listenerInterval', 'MAILY_SECRETS_LISTENER_INTERVAL', true],
+    ['listenerFullPollInterval', 'MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL', true],
   ];
   for (const [key, name, above] of positive) {
     const v = s[key];
@@ -245,6 +283,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   const clusterMembers = (s.clusterMembers ?? []).map((m) => address(m, membersVar, 'a list of addresses'));
   return {
     ...s,
+    changeFeed: changeFeed(s),
     addr,
     agentAddr,
     clusterMembers,
@@ -299,6 +338,11 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
     maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
     listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
+    changeFeed: r.str('changeFeed', 'MAILY_SECRETS_CHANGE_FEED') ?? DEFAULT_CHANGE_FEED,
+    listenerFullPollInterval: r.num('listenerFullPollInterval', ['MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL'], 300, {
+      min: 0,
+      above: true,
+    }),
     configFile: r.str('configFile', 'MAILY_CONFIG_FILE'),
     homeTokenPath: join(homedir(), '.vault-token'),
   };
@@ -314,7 +358,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   const required: (keyof VaultSettings)[] = [
     'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'poolSize', 'clusterMembers',
     'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'certMount', 'renewFraction', 'kvMount',
-    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'homeTokenPath',
+    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'changeFeed', 'listenerFullPollInterval', 'homeTokenPath',
   ];
   for (const k of required) {
     if (merged[k] === undefined) (merged as unknown as Record<string, unknown>)[k] = base[k];
