@@ -8,7 +8,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigurationError, loadSettings, MAX_BUMP_ATTEMPTS } from '@maily/services/vault';
+import { ConfigurationError, beaconPath, loadSettings, MAX_BUMP_ATTEMPTS } from '@maily/services/vault';
 import { ADDR, TOKEN, rootClient, recordingLogger, startHttpServer, uniqueName, waitFor, sleep } from '../scripts/testkit.mjs';
 
 const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
@@ -58,20 +58,23 @@ function baoKvPut(name, value, cas) {
   });
 }
 
-test('change feed: settings (default beacon, off, a KV path; invalid values name the variable)', () => {
+test('change feed: settings (default beacon, off, a name, a KV path; invalid values name the variable)', () => {
   const d = loadSettings({}, {});
-  assert.equal(d.changeFeed, '_changes');
+  assert.equal(d.changeFeed, undefined);
   assert.equal(d.listenerFullPollInterval, 300);
-  assert.equal(loadSettings({}, { MAILY_SECRETS_CHANGE_FEED: 'OFF' }).changeFeed, 'off');
-  assert.equal(loadSettings({}, { MAILY_SECRETS_CHANGE_FEED: 'kv/data/feed/_changes' }).changeFeed, 'kv/data/feed/_changes');
+  const beacon = (env, extra = {}) => beaconPath(loadSettings(extra, env))?.data ?? null;
+  assert.equal(beacon({}), 'maily/data/_changes');
+  assert.equal(beacon({ MAILY_SECRETS_MOUNT: 'kv2' }), 'kv2/data/_changes');
+  for (const off of ['off', 'OFF', 'false', '0', 'no', 'none', 'disabled']) assert.equal(beacon({ MAILY_SECRETS_CHANGE_FEED: off }), null, off);
+  assert.equal(beacon({ MAILY_SECRETS_CHANGE_FEED: 'on' }), 'maily/data/_changes');
+  assert.equal(beacon({ MAILY_SECRETS_CHANGE_FEED: 'feed' }), 'maily/data/feed');
+  assert.equal(beacon({ MAILY_SECRETS_CHANGE_FEED: '/kv/data/feed/_changes/' }), 'kv/data/feed/_changes');
   assert.equal(loadSettings({}, { MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL: '60' }).listenerFullPollInterval, 60);
   assert.equal(rootClient().changeFeed.beacon.data, 'maily/data/_changes');
-  assert.equal(rootClient({ kvMount: 'kv2' }).changeFeed.beacon.data, 'kv2/data/_changes');
   assert.equal(rootClient({ changeFeed: 'off' }).changeFeed, null);
   for (const [name, raw] of [
-    ['MAILY_SECRETS_CHANGE_FEED', 'kv/metadata/x'],
-    ['MAILY_SECRETS_CHANGE_FEED', 'a b'],
     ['MAILY_SECRETS_CHANGE_FEED', '../x'],
+    ['MAILY_SECRETS_CHANGE_FEED', 'x?y'],
     ['MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL', '0'],
     ['MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL', '5m'],
   ]) {
@@ -241,8 +244,10 @@ test('change feed: a 403 on the beacon falls back to per-path polling (one warni
   const got = [];
   await c.onChange(path, (v) => got.push(v));
   const w = c.watcher(path);
+  const poller = c.beaconPoller();
   await waitFor(() => w.mode === 'path');
-  assert.equal(c.beaconPoller(), null, 'the beacon is no longer polled');
+  assert.equal(poller.denied, true);
+  assert.equal(poller.interval, 300, 'the beacon is tried again every full-poll interval');
   const warnings = log.lines.filter((l) => l.level === 'warn' && /change feed/.test(l.message));
   assert.equal(warnings.length, 1);
   assert.match(warnings[0].message, /permission denied/);
@@ -263,6 +268,44 @@ test('change feed: a 403 on the beacon falls back to per-path polling (one warni
   assert.equal(c.changeFeed.failures, 2);
   for (const l of log.lines) assert.ok(!JSON.stringify(l).includes(CANARY) && !JSON.stringify(l).includes(tok), l.message);
   assert.equal((await root.api.kvRead(root.changeFeed.beacon)).data[path], 2, "root's write recorded, this token's were not");
+});
+
+test('change feed: a beacon denied, then granted, is followed again at the next full-poll interval', async (t) => {
+  const changeFeed = feedName();
+  const root = rootClient({ changeFeed });
+  t.after(() => root.close());
+  const path = await fresh(root, { v: 1 });
+  const name = path.slice('maily/data/'.length);
+  const policy = uniqueName('ts-later-beacon');
+  const grant = (beacon) =>
+    root.api.request('PUT', `sys/policies/acl/${policy}`, {
+      body: {
+        policy:
+          `path "maily/data/${name}" { capabilities = ["read"] }\npath "maily/metadata/${name}" { capabilities = ["read"] }\n` +
+          (beacon ? `path "maily/data/${changeFeed}" { capabilities = ["read"] }\npath "maily/metadata/${changeFeed}" { capabilities = ["read"] }\n` : ''),
+      },
+    });
+  await grant(false);
+  t.after(() => root.api.request('DELETE', `sys/policies/acl/${policy}`));
+  const tok = (await root.api.request('POST', 'auth/token/create', { body: { policies: [policy], ttl: '10m' } })).body.auth.client_token;
+  t.after(() => root.api.request('POST', 'auth/token/revoke', { body: { token: tok } }));
+  const log = recordingLogger();
+  const c = rootClient({ token: tok, changeFeed, listenerInterval: 0.05, listenerFullPollInterval: 0.3 }, { logger: log });
+  t.after(() => c.close());
+  const got = [];
+  await c.onChange(path, (v) => got.push(v));
+  const w = c.watcher(path);
+  const poller = c.beaconPoller();
+  await waitFor(() => poller.denied && w.mode === 'path');
+  const denied = poller.polls;
+  await waitFor(() => poller.polls >= denied + 2); // tried again (every 0.3 s), still denied: no second warning
+  assert.equal(log.lines.filter((l) => l.level === 'warn' && /permission denied/.test(l.message)).length, 1);
+  await grant(true);
+  await waitFor(() => !poller.denied && w.mode === 'beacon');
+  assert.equal(poller.interval, 0.05, 'polled every interval again');
+  await root.putSecret(path, { v: 2 }, { cas: 1 });
+  await waitFor(() => got.length === 1);
+  assert.deepEqual(got, [{ v: 2 }]);
 });
 
 test('change feed: off polls each path as before and writes no beacon', async (t) => {

@@ -22,7 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { CheckAndSetConflict, PermissionDenied, SecretNotFound, VaultError } from './errors.js';
 import { parseKV2, type KV2Path } from './paths.js';
 import type { VaultApi } from './client.js';
-import type { Logger, VaultSettings } from './settings.js';
+import { changeFeedPath, type Logger, type VaultSettings } from './settings.js';
 
 /** CAS attempts of one bump before it gives up (with a warning). */
 export const MAX_BUMP_ATTEMPTS = 20;
@@ -32,20 +32,19 @@ const BUMP_RETRY_BASE_MS = 10;
 
 /** The beacon's KV v2 path for these settings; null when the feed is off. */
 export function beaconPath(s: Pick<VaultSettings, 'changeFeed' | 'kvMount'>): KV2Path | null {
-  const feed = s.changeFeed;
-  if (feed === 'off') return null;
-  const kv = parseKV2(feed.includes('/') ? feed : `${s.kvMount}/data/${feed}`);
-  if (kv === null) throw new Error(`not a KV v2 path: ${feed}`); // settings.ts refuses these first
+  const path = changeFeedPath(s);
+  if (path === null) return null;
+  const kv = parseKV2(path);
+  if (kv === null) throw new Error(`not a KV v2 path: ${path}`); // settings.ts refuses these first
   return kv;
 }
 
-/** The beacon's entries: `{path: version}`, anything that is not a positive integer dropped. */
+/** The beacon's entries: `{path: version}`, anything that is not a positive integer ignored. */
 export function beaconEntries(data: unknown): Map<string, number> {
   const out = new Map<string, number>();
   if (data === null || typeof data !== 'object' || Array.isArray(data)) return out;
   for (const [k, v] of Object.entries(data as Record<string, unknown>)) {
-    const n = typeof v === 'number' ? v : typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
-    if (Number.isSafeInteger(n) && n > 0) out.set(k, n);
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v > 0) out.set(k, v);
   }
   return out;
 }
@@ -107,8 +106,8 @@ export class ChangeFeed {
         const { entries, version } = await readBeacon(this.api, this.beacon);
         let moved = false;
         for (const [path, v] of batch) {
-          const have = Number(entries[path]);
-          if (!(Number.isFinite(have) && have >= v)) {
+          const have = entries[path];
+          if (!(typeof have === 'number' && have >= v)) {
             entries[path] = v;
             moved = true;
           }

@@ -319,6 +319,9 @@ export class BeaconPoller {
   private failures = 0;
   private stopped = false;
   private inflight: Promise<void> | null = null;
+  /** The last poll got a 403: watchers poll their paths; polls every full-poll interval. */
+  denied = false;
+  private warnedDenied = false;
 
   constructor(
     private readonly service: VaultClient,
@@ -326,16 +329,20 @@ export class BeaconPoller {
     readonly beacon: KV2Path,
   ) {}
 
-  /** Seconds between two polls: the shortest interval of the watchers it serves. */
+  /**
+   * Seconds between two polls: the shortest interval of the watchers it serves; while the
+   * beacon is denied (403), the full-poll interval (each poll tries it again).
+   */
   get interval(): number {
     let least = Infinity;
-    for (const w of this.registry.watchers.values()) if (w.mode === 'beacon') least = Math.min(least, w.interval);
-    return Number.isFinite(least) ? least : this.service.settings.listenerInterval;
+    for (const w of this.registry.watchers.values()) if (w.beaconable) least = Math.min(least, w.interval);
+    const interval = Number.isFinite(least) ? least : this.service.settings.listenerInterval;
+    return this.denied ? Math.max(interval, this.service.settings.listenerFullPollInterval) : interval;
   }
 
-  /** (Re)start the timer when it is not running, or runs slower than the shortest interval. */
+  /** (Re)start the timer when it is not running, or runs slower than `interval`. */
   ensure(interval: number): void {
-    if (this.stopped) return;
+    if (this.stopped || this.denied) return;
     if (this.timer !== null && this.timerInterval <= interval) return;
     if (this.timer !== null) clearTimeout(this.timer);
     this.schedule(interval);
@@ -357,7 +364,8 @@ export class BeaconPoller {
       this.failures = 0;
     } catch (e) {
       if (e instanceof PermissionDenied) {
-        this.registry.feedDenied(this, e);
+        this.deny(e);
+        if (this.timer === null) this.schedule();
         return;
       }
       this.failures += 1;
@@ -370,6 +378,32 @@ export class BeaconPoller {
       }
     }
     if (this.timer === null) this.schedule();
+  }
+
+  /**
+   * A 403 on the beacon: every watcher polls its own path each interval (one warning per
+   * client); the beacon is tried again every full-poll interval.
+   */
+  private deny(e: PermissionDenied): void {
+    if (this.denied) return;
+    this.denied = true;
+    if (!this.warnedDenied) {
+      this.warnedDenied = true;
+      this.service.logger.warn(
+        `change feed ${this.beacon.data}: permission denied (${e.name}); listeners poll each path every interval,` +
+          ` and the beacon is tried again every ${this.service.settings.listenerFullPollInterval}s` +
+          ` (grant read on ${this.beacon.data} and ${this.beacon.metadata})`,
+        { beacon: this.beacon.data, error: e.name },
+      );
+    }
+    for (const w of this.registry.watchers.values()) w.setMode('path');
+  }
+
+  /** The beacon is readable again: the watchers go back under it. */
+  private allowed(): void {
+    this.denied = false;
+    this.service.logger.info(`change feed ${this.beacon.data}: readable again; listeners follow it`, { beacon: this.beacon.data });
+    for (const w of this.registry.watchers.values()) if (w.beaconable) w.setMode('beacon', { firstFullPoll: true });
   }
 
   /** One poll: the beacon's metadata, its data if it moved, then the watchers whose entry moved. */
@@ -393,6 +427,10 @@ export class BeaconPoller {
     const api = this.service.api;
     const current = await api.kvCurrentVersion(this.beacon); // 404: 0
     if (this.stopped) return;
+    if (this.denied) {
+      this.version = -1; // read its data again
+      this.allowed();
+    }
     if (current !== this.version) {
       if (current === 0) {
         this.entries = new Map();
@@ -437,39 +475,19 @@ function sortKeys(value: unknown): unknown {
 export class ListenerRegistry {
   readonly watchers = new Map<string, Watcher>();
   private starting = new Map<string, Promise<Watcher>>();
-  /** The client's beacon poller (null: feed off, denied, or no KV v2 path watched). */
+  /** The client's beacon poller (null: feed off, or no KV v2 path watched). */
   poller: BeaconPoller | null = null;
-  /** The beacon answered 403: every watcher polls its own path for the client's life. */
-  denied = false;
 
   constructor(private readonly service: VaultClient) {}
 
-  /** The beacon to poll, or null (feed off or denied). */
-  private beacon(): KV2Path | null {
-    return this.denied ? null : beaconPath(this.service.settings);
-  }
-
   /** Put a started watcher under the beacon when the feed can serve it. */
   private attach(w: Watcher): void {
-    const beacon = w.beaconable ? this.beacon() : null;
+    const beacon = w.beaconable ? beaconPath(this.service.settings) : null;
     if (beacon === null) return;
-    w.setMode('beacon', { firstFullPoll: true });
     if (this.poller === null) this.poller = new BeaconPoller(this.service, this, beacon);
+    if (this.poller.denied) return; // polls its path until the beacon is readable again
+    w.setMode('beacon', { firstFullPoll: true });
     this.poller.ensure(w.interval);
-  }
-
-  /** A 403 on the beacon: warn once, stop polling it, every watcher polls its path again. */
-  feedDenied(poller: BeaconPoller, e: PermissionDenied): void {
-    if (this.poller !== poller) return;
-    this.denied = true;
-    poller.stop();
-    this.poller = null;
-    this.service.logger.warn(
-      `change feed ${poller.beacon.data}: permission denied (${e.name}); listeners poll each path every interval instead` +
-        ' (grant read on its data and metadata to use it)',
-      { beacon: poller.beacon.data, error: e.name },
-    );
-    for (const w of this.watchers.values()) w.setMode('path');
   }
 
   async register(path: string, callback: SecretCallback, interval?: number): Promise<() => Promise<void>> {
@@ -518,7 +536,7 @@ export class ListenerRegistry {
   private drop(w: Watcher): void {
     if (this.watchers.get(w.path) === w) this.watchers.delete(w.path);
     w.stop();
-    if (this.poller !== null && ![...this.watchers.values()].some((x) => x.mode === 'beacon')) {
+    if (this.poller !== null && ![...this.watchers.values()].some((x) => x.beaconable)) {
       this.poller.stop();
       this.poller = null;
     }

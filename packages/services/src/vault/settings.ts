@@ -9,6 +9,7 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigurationError } from './errors.js';
+import { parseKV2, validatePath } from './paths.js';
 
 export const DEFAULT_ADDR = 'http://vault.vault:8200';
 export const K8S_SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
@@ -82,11 +83,12 @@ export interface VaultSettings {
   listenerInterval: number;
   /**
    * The change feed (MAILY_SECRETS_CHANGE_FEED): the beacon secret that every write made
-   * through us bumps and that listeners poll instead of each path. A name under `kvMount`
-   * (default `_changes`: `<kvMount>/data/_changes`) or a KV v2 API path
-   * (`kv/data/_changes`); `off`: no beacon, each watched path is polled every interval.
+   * through us bumps and that listeners poll instead of each path. Unset (or `on`):
+   * `<kvMount>/data/_changes`; a bare name is taken under `kvMount`, a value with `/data/`
+   * is a KV v2 API path; `off`: no beacon, each watched path is polled every interval.
+   * See {@link changeFeedPath}.
    */
-  changeFeed: string;
+  changeFeed?: string | undefined;
   /**
    * Seconds between two polls of each watched path while the change feed is on
    * (MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL, default 300): catches writes made around us
@@ -200,28 +202,39 @@ function address(raw: string, name: string, what = 'an address'): string {
   return v;
 }
 
-/** The default beacon: `<kvMount>/data/_changes`. */
+/** The beacon's name under the KV mount when MAILY_SECRETS_CHANGE_FEED is unset. */
 export const DEFAULT_CHANGE_FEED = '_changes';
+const FEED_OFF = new Set(['off', 'false', '0', 'no', 'none', 'disabled']);
+const FEED_ON = new Set(['on', 'true', '1', 'yes']);
 
-/** `off`, a beacon name under the KV mount, or a KV v2 data path (`<mount>/data/<name>`). */
-function changeFeed(s: VaultSettings): string {
-  if (s.changeFeed === undefined) return DEFAULT_CHANGE_FEED;
-  const raw = String(s.changeFeed).trim();
-  const v = variable(s, 'changeFeed', 'MAILY_SECRETS_CHANGE_FEED');
-  if (raw.toLowerCase() === 'off') return 'off';
-  const fail = (why: string): never => {
-    throw new ConfigurationError(
-      `${v} must be off, a secret name such as _changes (under the KV mount) or a KV v2 path such as maily/data/_changes (${why})`,
-      { variable: v },
-    );
-  };
-  if (!raw) fail('empty');
-  const name = raw.replace(/^\/+|\/+$/g, '');
-  if (!/^[A-Za-z0-9_.-]+(\/[A-Za-z0-9_.-]+)*$/.test(name) || name.split('/').some((p) => p === '.' || p === '..')) {
-    fail('letters, digits, _ . - and / only');
+/**
+ * The change feed's beacon as a KV v2 API path (`<kvMount>/data/_changes` when unset or
+ * `on`), or null when MAILY_SECRETS_CHANGE_FEED is `off`; a bare name is taken under the
+ * mount, a value with `/data/` is an API path (as maily_secrets.settings.change_feed_path).
+ */
+export function changeFeedPath(s: Pick<VaultSettings, 'changeFeed' | 'kvMount'>): string | null {
+  let v = String(s.changeFeed ?? '').trim().replace(/^\/+|\/+$/g, '');
+  if (FEED_OFF.has(v.toLowerCase())) return null;
+  if (!v || FEED_ON.has(v.toLowerCase())) v = DEFAULT_CHANGE_FEED;
+  return v.includes('/data/') ? v : `${s.kvMount}/data/${v}`;
+}
+
+function checkChangeFeed(s: VaultSettings): void {
+  const path = changeFeedPath(s);
+  let ok = true;
+  if (path !== null) {
+    try {
+      ok = parseKV2(validatePath(path)) !== null;
+    } catch {
+      ok = false;
+    }
   }
-  if (name.includes('/') && !/^[^/]+\/data\/[^/].*$/.test(name)) fail('a path needs <mount>/data/<name>');
-  return name;
+  if (!ok) {
+    const v = variable(s, 'changeFeed', 'MAILY_SECRETS_CHANGE_FEED');
+    throw new ConfigurationError(`${v} must be off, a secret name (under the KV mount) or a KV v2 path <mount>/data/<name>`, {
+      variable: v,
+    });
+  }
 }
 
 /** Where requests go: `agentAddr` (VAULT_AGENT_ADDR) when set, else `addr`. */
@@ -281,9 +294,8 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   }
   const membersVar = variable(s, 'clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
   const clusterMembers = (s.clusterMembers ?? []).map((m) => address(m, membersVar, 'a list of addresses'));
-  return {
+  const out: VaultSettings = {
     ...s,
-    changeFeed: changeFeed(s),
     addr,
     agentAddr,
     clusterMembers,
@@ -294,6 +306,8 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     kubernetesMount: mount(s, 'kubernetesMount', 'VAULT_K8S_MOUNT'),
     approleMount: mount(s, 'approleMount', 'VAULT_APPROLE_MOUNT'),
   };
+  checkChangeFeed(out);
+  return out;
 }
 
 /**
@@ -338,7 +352,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
     maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
     listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
-    changeFeed: r.str('changeFeed', 'MAILY_SECRETS_CHANGE_FEED') ?? DEFAULT_CHANGE_FEED,
+    changeFeed: r.str('changeFeed', 'MAILY_SECRETS_CHANGE_FEED'),
     listenerFullPollInterval: r.num('listenerFullPollInterval', ['MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL'], 300, {
       min: 0,
       above: true,
@@ -358,7 +372,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   const required: (keyof VaultSettings)[] = [
     'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'poolSize', 'clusterMembers',
     'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'certMount', 'renewFraction', 'kvMount',
-    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'changeFeed', 'listenerFullPollInterval', 'homeTokenPath',
+    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'listenerFullPollInterval', 'homeTokenPath',
   ];
   for (const k of required) {
     if (merged[k] === undefined) (merged as unknown as Record<string, unknown>)[k] = base[k];
