@@ -68,7 +68,7 @@ test('onChange fires once per change, cache first, each callback isolated, unsub
 
 test('polls metadata only; data is read only when the version moved', async (t) => {
   const writer = rootClient();
-  const c = rootClient({ listenerInterval: 0.05 });
+  const c = rootClient({ listenerInterval: 0.05, changeFeed: 'off' }); // per-path polling (the feed: changefeed.test.mjs)
   t.after(() => writer.close());
   t.after(() => c.close());
   const path = await freshSecret(writer, { v: 'a' });

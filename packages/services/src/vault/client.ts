@@ -640,6 +640,8 @@ export class VaultApi {
   readonly stats: { requests: number; byMethod: Record<string, number> } = { requests: 0, byMethod: {} };
   private agent: http.Agent | null = null;
   private index: string | null = null;
+  /** Bumped by close(): a request in flight then is not retried (nor logs in again). */
+  private closings = 0;
   private readonly base: URL;
   private readonly baseHeaders: Record<string, string>;
   private readonly targets = new Map<string, Target>();
@@ -712,6 +714,7 @@ export class VaultApi {
 
   /** Stop token renewal and close the connection pool. The client may be used again. */
   close(): void {
+    this.closings += 1;
     this.tokens.close();
     this.agent?.destroy();
     this.agent = null;
@@ -728,7 +731,11 @@ export class VaultApi {
     const target = this.target(path, options.params);
     const payload = options.body === undefined ? undefined : Buffer.from(JSON.stringify(options.body));
     const idempotent = options.idempotent;
+    const closings = this.closings;
     for (;;) {
+      if (this.closings !== closings) {
+        throw new VaultUnavailable(`the Vault client was closed while ${JSON.stringify(path)} was in flight`, { path });
+      }
       let used = '';
       // A token that needs no refresh is taken without an await (a miss's usual case).
       if (authenticated) used = options.token ?? this.tokens.ready() ?? (await this.tokens.get());

@@ -8,7 +8,8 @@
 import { Entry, SecretCache, jsonCopy } from './cache.js';
 import { VaultApi, kvValue, type Consistency, type SecretData } from './client.js';
 import { DecryptedNotText, InvalidPath, InvalidSecretValue, SecretNotFound, VaultUnavailable } from './errors.js';
-import { ListenerRegistry, type SecretCallback } from './listeners.js';
+import { ChangeFeed, beaconPath } from './changes.js';
+import { ListenerRegistry, type BeaconPoller, type SecretCallback } from './listeners.js';
 import { parseKV2, validatePath, type KV2Path } from './paths.js';
 import { consoleLogger, loadSettings, type Logger, type VaultSettings } from './settings.js';
 import { Transit, type Plaintext } from './transit.js';
@@ -61,6 +62,7 @@ export class VaultClient {
   private _listeners: ListenerRegistry | null = null;
   private _transit: Transit | null = null;
   private _fileSecret: FileSecret | null = null;
+  private _changes: ChangeFeed | null | undefined = undefined;
   private readonly warnedStale = new Set<string>();
 
   constructor(options: VaultClientOptions = {}) {
@@ -175,6 +177,20 @@ export class VaultClient {
     return this._listeners?.watchers.get(path);
   }
 
+  /** The listeners' beacon poller, while the change feed serves a watched path (tests, diagnostics). */
+  beaconPoller(): BeaconPoller | null {
+    return this._listeners?.poller ?? null;
+  }
+
+  /** The change feed's writer (bumps the beacon after each write); null when MAILY_SECRETS_CHANGE_FEED=off. */
+  get changeFeed(): ChangeFeed | null {
+    if (this._changes === undefined) {
+      const beacon = beaconPath(this.settings);
+      this._changes = beacon === null ? null : new ChangeFeed(this.api, beacon, this.logger);
+    }
+    return this._changes;
+  }
+
   // ---------------------------------------------------------------- encryption as a service
   /** Encrypt with the transit key `key`; a string is UTF-8 encoded. Returns `vault:vN:...`. */
   async encrypt(key: string, plaintext: Plaintext, context?: Plaintext): Promise<string> {
@@ -202,16 +218,21 @@ export class VaultClient {
   /**
    * Write a new version of a KV v2 secret if its current version is `cas` (0: create
    * only). Throws CheckAndSetConflict when someone else wrote first. The cache is updated
-   * and this client's listeners are told once.
+   * and this client's listeners are told once; then the change feed's beacon is bumped
+   * (listeners in other processes learn of it at their next beacon poll). A failed bump
+   * is a warning, never a failure of the write.
    */
   async putSecret(path: string, data: SecretData, options: { cas: number }): Promise<number> {
     const kv = this.kvPath(path);
     const version = await this.api.kvWrite(kv, data, options.cas);
-    if (this.fromFile(path) !== null) return version; // the file is what we serve: its watcher sees the re-render
-    const entry = new Entry(jsonCopy(data), version);
-    const current = this.cache.peek(path);
-    if (current === undefined || current.version === null || current.version < version) this.cache.put(path, entry);
-    this._listeners?.localWrite(path, entry);
+    if (this.fromFile(path) === null) {
+      // (a file-served path: the file is what we serve, its watcher sees the re-render)
+      const entry = new Entry(jsonCopy(data), version);
+      const current = this.cache.peek(path);
+      if (current === undefined || current.version === null || current.version < version) this.cache.put(path, entry);
+      this._listeners?.localWrite(path, entry);
+    }
+    await this.changeFeed?.bump(kv.data, version);
     return version;
   }
 
@@ -236,6 +257,7 @@ export class VaultClient {
     this._cache = null;
     this._transit = null;
     this._fileSecret = null;
+    this._changes = undefined;
     this.warnedStale.clear();
   }
 
@@ -274,6 +296,11 @@ export class VaultClient {
       this._fileSecret = new FileSecret(file, `${this.kvMount}/data/config`, this.logger);
     }
     return this._fileSecret.path === path ? this._fileSecret : null;
+  }
+
+  /** Whether `path` is served from MAILY_CONFIG_FILE rather than read from Vault. */
+  servedFromFile(path: string): boolean {
+    return this.fromFile(path) !== null;
   }
 
   /** The current version of a KV v2 secret (a file-served path: its content changes). */

@@ -9,6 +9,7 @@
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ConfigurationError } from './errors.js';
+import { parseKV2, validatePath } from './paths.js';
 
 export const DEFAULT_ADDR = 'http://vault.vault:8200';
 export const K8S_SA_TOKEN = '/var/run/secrets/kubernetes.io/serviceaccount/token';
@@ -78,8 +79,22 @@ export interface VaultSettings {
   cacheTtl: number;
   /** Seconds: oldest last-known value served while Vault is down. */
   maxStaleness: number;
-  /** Seconds between two polls of a watched secret (+-10% jitter). */
+  /** Seconds between two polls of a watched secret (+-10% jitter); with the change feed, of the beacon. */
   listenerInterval: number;
+  /**
+   * The change feed (MAILY_SECRETS_CHANGE_FEED): the beacon secret that every write made
+   * through us bumps and that listeners poll instead of each path. Unset (or `on`):
+   * `<kvMount>/data/_changes`; a bare name is taken under `kvMount`, a value with `/data/`
+   * is a KV v2 API path; `off`: no beacon, each watched path is polled every interval.
+   * See {@link changeFeedPath}.
+   */
+  changeFeed?: string | undefined;
+  /**
+   * Seconds between two polls of each watched path while the change feed is on
+   * (MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL, default 300): catches writes made around us
+   * (`bao kv put`, a writer with the feed off).
+   */
+  listenerFullPollInterval: number;
   /**
    * A JSON file rendered by Vault Agent (MAILY_CONFIG_FILE, the injector's
    * /vault/secrets/config.json): `getConfig()` is served from it, reloaded when it
@@ -187,6 +202,41 @@ function address(raw: string, name: string, what = 'an address'): string {
   return v;
 }
 
+/** The beacon's name under the KV mount when MAILY_SECRETS_CHANGE_FEED is unset. */
+export const DEFAULT_CHANGE_FEED = '_changes';
+const FEED_OFF = new Set(['off', 'false', '0', 'no', 'none', 'disabled']);
+const FEED_ON = new Set(['on', 'true', '1', 'yes']);
+
+/**
+ * The change feed's beacon as a KV v2 API path (`<kvMount>/data/_changes` when unset or
+ * `on`), or null when MAILY_SECRETS_CHANGE_FEED is `off`; a bare name is taken under the
+ * mount, a value with `/data/` is an API path (as maily_secrets.settings.change_feed_path).
+ */
+export function changeFeedPath(s: Pick<VaultSettings, 'changeFeed' | 'kvMount'>): string | null {
+  let v = String(s.changeFeed ?? '').trim().replace(/^\/+|\/+$/g, '');
+  if (FEED_OFF.has(v.toLowerCase())) return null;
+  if (!v || FEED_ON.has(v.toLowerCase())) v = DEFAULT_CHANGE_FEED;
+  return v.includes('/data/') ? v : `${s.kvMount}/data/${v}`;
+}
+
+function checkChangeFeed(s: VaultSettings): void {
+  const path = changeFeedPath(s);
+  let ok = true;
+  if (path !== null) {
+    try {
+      ok = parseKV2(validatePath(path)) !== null;
+    } catch {
+      ok = false;
+    }
+  }
+  if (!ok) {
+    const v = variable(s, 'changeFeed', 'MAILY_SECRETS_CHANGE_FEED');
+    throw new ConfigurationError(`${v} must be off, a secret name (under the KV mount) or a KV v2 path <mount>/data/<name>`, {
+      variable: v,
+    });
+  }
+}
+
 /** Where requests go: `agentAddr` (VAULT_AGENT_ADDR) when set, else `addr`. */
 export function apiAddr(s: VaultSettings): string {
   return s.agentAddr ?? s.addr;
@@ -233,6 +283,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     ['cacheTtl', 'MAILY_SECRETS_CACHE_TTL', false],
     ['maxStaleness', 'MAILY_SECRETS_MAX_STALENESS', false],
     ['listenerInterval', 'MAILY_SECRETS_LISTENER_INTERVAL', true],
+    ['listenerFullPollInterval', 'MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL', true],
   ];
   for (const [key, name, above] of positive) {
     const v = s[key];
@@ -243,7 +294,7 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
   }
   const membersVar = variable(s, 'clusterMembers', 'MAILY_SECRETS_CLUSTER_MEMBERS');
   const clusterMembers = (s.clusterMembers ?? []).map((m) => address(m, membersVar, 'a list of addresses'));
-  return {
+  const out: VaultSettings = {
     ...s,
     addr,
     agentAddr,
@@ -255,6 +306,8 @@ export function normalizeSettings(s: VaultSettings): VaultSettings {
     kubernetesMount: mount(s, 'kubernetesMount', 'VAULT_K8S_MOUNT'),
     approleMount: mount(s, 'approleMount', 'VAULT_APPROLE_MOUNT'),
   };
+  checkChangeFeed(out);
+  return out;
 }
 
 /**
@@ -299,6 +352,11 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
     cacheTtl: r.num('cacheTtl', ['MAILY_SECRETS_CACHE_TTL'], 60, { min: 0 }),
     maxStaleness: r.num('maxStaleness', ['MAILY_SECRETS_MAX_STALENESS'], 3600, { min: 0 }),
     listenerInterval: r.num('listenerInterval', ['MAILY_SECRETS_LISTENER_INTERVAL'], 30, { min: 0, above: true }),
+    changeFeed: r.str('changeFeed', 'MAILY_SECRETS_CHANGE_FEED'),
+    listenerFullPollInterval: r.num('listenerFullPollInterval', ['MAILY_SECRETS_LISTENER_FULL_POLL_INTERVAL'], 300, {
+      min: 0,
+      above: true,
+    }),
     configFile: r.str('configFile', 'MAILY_CONFIG_FILE'),
     homeTokenPath: join(homedir(), '.vault-token'),
   };
@@ -314,7 +372,7 @@ export function loadSettings(overrides: Partial<VaultSettings> = {}, env: Env = 
   const required: (keyof VaultSettings)[] = [
     'addr', 'skipVerify', 'timeout', 'maxRetries', 'retryBaseDelay', 'retryMaxDelay', 'poolSize', 'clusterMembers',
     'authMethod', 'role', 'kubernetesJwtPath', 'kubernetesMount', 'approleMount', 'certMount', 'renewFraction', 'kvMount',
-    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'homeTokenPath',
+    'transitMount', 'cacheTtl', 'maxStaleness', 'listenerInterval', 'listenerFullPollInterval', 'homeTokenPath',
   ];
   for (const k of required) {
     if (merged[k] === undefined) (merged as unknown as Record<string, unknown>)[k] = base[k];
