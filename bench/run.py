@@ -42,7 +42,15 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MODULES = ("cold", "access_log", "registration", "cli", "memory", "feed", "adoption")  # bench_<name>.py
+MODULES = (
+    "cold",
+    "access_log",
+    "registration",
+    "cli",
+    "memory",
+    "feed",
+    "adoption",
+)  # bench_<name>.py
 TS = "ts"  # bench/ts/cold_reads.mjs
 TS_SCRIPT = HERE / "ts" / "cold_reads.mjs"
 TS_TIMEOUT = 600.0
