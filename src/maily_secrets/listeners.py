@@ -475,9 +475,10 @@ class _Feed:
     Each interval (the shortest of the watched paths'; the first wait +-10%, then one
     interval start to start) it reads the beacon's metadata; only when ``current_version``
     moved it reads the beacon's data, and each entry that moved past its watcher's version
-    signals that watcher (which reads that path once). A missing beacon is version 0 (nothing written through us yet);
-    one the token may not read (403) is logged once and every watcher polls its own
-    path each interval until the beacon is readable again (tried each full interval).
+    signals that watcher (which reads that path once). A missing beacon is version 0
+    (nothing written through us yet); one the token may not read (403) is logged once and
+    every watcher polls its own path each interval until the beacon is readable again (tried
+    each full interval).
     """
 
     def __init__(self, registry: ListenerRegistry, beacon: KV2Path) -> None:
