@@ -75,7 +75,8 @@ class World:
     options: dict[str, Any]
 
     def service(self) -> VaultService:
-        """An application's VaultService: listeners poll every 0.2 s."""
+        """An application's VaultService: listeners poll every 0.2 s (and each path every
+        0.4 s: some tests write around the service, which the change feed does not see)."""
         return VaultService(
             VaultSettings(
                 addr=self.bao.addr,
@@ -83,6 +84,7 @@ class World:
                 auth_method="token",
                 kv_mount=self.mount,
                 listener_interval=0.2,
+                listener_full_poll_interval=0.4,
             )
         )
 

@@ -55,6 +55,8 @@ def service(
             auth_method="token",
             kv_mount=mount,
             listener_interval=interval,
+            # the tests write around the service: each path's own poll catches that
+            listener_full_poll_interval=2 * interval,
         ),
         clock=clock,
     )

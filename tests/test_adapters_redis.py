@@ -181,7 +181,10 @@ async def app(vault: VaultClient, admin: aioredis.Redis) -> AsyncIterator[App]:
 
 @pytest.fixture
 async def service(bao: Bao, mount: str) -> AsyncIterator[VaultService]:
-    svc = VaultService(bao.settings(kv_mount=mount, listener_interval=0.05))
+    # writes around the service (vault.kv.write) are seen by each path's own poll
+    svc = VaultService(
+        bao.settings(kv_mount=mount, listener_interval=0.05, listener_full_poll_interval=0.1)
+    )
     yield svc
     await svc.close()
 

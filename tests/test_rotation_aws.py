@@ -174,7 +174,16 @@ async def test_engine_rotates_then_retires_after_grace(
     clock = Clock()
     prefix = f"rotation-{hexid()}"
     doc = yaml.safe_load(DEFAULT_YAML.read_text())
-    doc["types"] = {"aws": {"secret": world.secret, "grace": "1h", "options": world.options}}
+    # at_grace: this test is about the grace (when_idle would retire the unused old key
+    # after min_grace and lift the gate: tested with the retire policies)
+    doc["types"] = {
+        "aws": {
+            "secret": world.secret,
+            "grace": "1h",
+            "retire": "at_grace",
+            "options": world.options,
+        }
+    }
     doc["defaults"]["intervals"] = {"aws": "90d"}
     for env in doc["environments"].values():
         env.pop("intervals", None)

@@ -18,7 +18,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
@@ -100,6 +100,9 @@ class AwsOptions(RotatorOptions):
     iam_credentials_secret: Text = Field(None, validate_default=True)
     verify_timeout: Annotated[float, seconds_from(0, 900)] = 60.0
     timeout: Annotated[float, seconds_from(1, 120)] = 10.0
+    #: a key whose last recorded use is older than this counts as idle (IAM keeps one
+    #: last-use time per key, not who is connected now)
+    idle_after: Annotated[float, seconds_from(0, 7 * 86400)] = 900.0
 
     @field_validator("iam_credentials_secret")
     @classmethod
@@ -275,16 +278,19 @@ async def key_usage(
     keys: IamUserKeys,
     key_id: str,
     since: datetime | None,
+    idle_after: float = 900.0,
 ) -> Usage:
     """Who uses ``key_id``: its last recorded use, if after ``since`` (the promote; None:
-    any use), as one :class:`CredentialUser` (service, region, when). IAM records one
-    last use per key, not clients: ``count`` is 1 ("at least one"). A key that no longer
-    exists has no users. An AWS error raises (never "idle")."""
+    any use) and within the last ``idle_after`` seconds (IAM keeps one last use per key,
+    so a key last used before that is idle), as one :class:`CredentialUser` (service,
+    region, when): ``count`` is 1 ("at least one"). A key that no longer exists has no
+    users. An AWS error raises (never "idle")."""
     what = f"{ctx.type_name} {step}: iam:GetAccessKeyLastUsed for {key_id}"
     use = await aws_call(what, keys.last_use, key_id)
     if use is None:
         return Usage(key_id, users=(), note=f"no such key (deleted); {LAST_USED_NOTE}")
-    if use.when is None or (since is not None and use.when <= since):
+    quiet = ctx.now() - timedelta(seconds=idle_after)  # the engine's clock
+    if use.when is None or (since is not None and use.when <= since) or use.when <= quiet:
         last = "never used" if use.when is None else f"last used {rfc3339(use.when, ms=False)}"
         return Usage(key_id, users=(), note=f"{last}; {LAST_USED_NOTE}")
     where = f" in {use.region}" if use.region else ""

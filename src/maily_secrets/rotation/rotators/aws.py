@@ -44,6 +44,7 @@ Options (``types.aws.options``), all optional::
                                                 # (+ aws_session_token) with "vault"
     verify_timeout: 60          # seconds to keep retrying the new key
     timeout: 10                 # seconds for one AWS API call
+    idle_after: 900             # seconds: a key last used longer ago counts as idle
 
 The IAM permissions needed (``self``: on the user itself, e.g. resource
 ``arn:aws:iam::<account>:user/${aws:username}``): ``iam:ListAccessKeys``,
@@ -284,7 +285,7 @@ class AwsAccessKeyRotator(Rotator):
         opts, _, current, keys = await self._setup(ctx, "usage", user, quick=True)
         now = None
         if current is not None:
-            now = await key_usage(ctx, "usage", keys, current.access_key_id, since)
+            now = await key_usage(ctx, "usage", keys, current.access_key_id, since, opts.idle_after)
             if opts.iam_credentials == "self":
                 now = replace(
                     now,
@@ -294,7 +295,7 @@ class AwsAccessKeyRotator(Rotator):
         previous = None
         key_id = retiring.get("access_key_id") if retiring else None
         if isinstance(key_id, str) and key_id:
-            previous = await key_usage(ctx, "usage", keys, key_id, since)
+            previous = await key_usage(ctx, "usage", keys, key_id, since, opts.idle_after)
         return Adoption(now, previous)
 
     def retiring(self, ctx: RotationContext, pending: dict[str, Any]) -> dict[str, Any] | None:
