@@ -36,7 +36,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -273,33 +273,14 @@ class RotationEngine:
             for t in names:
                 report.results.append(await self._plan(t, due_only, force))
         else:
-            lock = VaultLock(
-                self.client,
-                KV2Path(self.client.settings.kv_mount, f"{self.env.env.state_prefix}/_lock"),
-                run_id,
-                self.actor,
-                self.env.env.lock_ttl,
-                clock=self.clock,
+
+            async def settle() -> None:
+                if wait_retire is not None:
+                    await self._settle(report, wait_retire)
+
+            await self._locked_pass(
+                run_id, names, report, lambda t: self._rotate_type(t, due_only, force), settle
             )
-            try:
-                await lock.acquire()
-            except LockBusy as exc:
-                for t in names:
-                    report.results.append(TypeResult(t, "busy", reason=str(exc)))
-                    self.progress(t, "busy: another rotation is running")
-            else:
-                self._lock = lock
-                try:
-                    for t in names:
-                        if lock.lost is not None:
-                            report.results.append(self._not_started(t, lock.lost))
-                            continue
-                        report.results.append(await self._rotate_type(t, due_only, force))
-                    if wait_retire is not None:
-                        await self._settle(report, wait_retire)
-                finally:
-                    self._lock = None
-                    await self._release(lock, report)
         report.finished_at = self.now()
         if notify and not dry_run:
             from .notify import send_notifications
@@ -878,6 +859,26 @@ class RotationEngine:
             started_at=self.now(),
             due_only=True,
         )
+        await self._locked_pass(run_id, names, report, self._retire_type)
+        report.finished_at = self.now()
+        if notify:
+            from .notify import send_notifications
+
+            report.notifications = await send_notifications(self.env, self.client, report)
+        return report
+
+    async def _locked_pass(
+        self,
+        run_id: str,
+        names: list[str],
+        report: RunReport,
+        one: Callable[[str], Awaitable[TypeResult]],
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Take the environment's lock and run ``one`` for each type in turn, then ``then``;
+        every type is "busy" when another run holds the lock, and the types after a lost
+        lock are not started. The lock is released (and its release reported) whatever
+        happens."""
         lock = VaultLock(
             self.client,
             KV2Path(self.client.settings.kv_mount, f"{self.env.env.state_prefix}/_lock"),
@@ -892,23 +893,19 @@ class RotationEngine:
             for t in names:
                 report.results.append(TypeResult(t, "busy", reason=str(exc)))
                 self.progress(t, "busy: another rotation is running")
-        else:
-            self._lock = lock
-            try:
-                for t in names:
-                    if lock.lost is not None:
-                        report.results.append(self._not_started(t, lock.lost))
-                        continue
-                    report.results.append(await self._retire_type(t))
-            finally:
-                self._lock = None
-                await self._release(lock, report)
-        report.finished_at = self.now()
-        if notify:
-            from .notify import send_notifications
-
-            report.notifications = await send_notifications(self.env, self.client, report)
-        return report
+            return
+        self._lock = lock
+        try:
+            for t in names:
+                if lock.lost is not None:
+                    report.results.append(self._not_started(t, lock.lost))
+                    continue
+                report.results.append(await one(t))
+            if then is not None:
+                await then()
+        finally:
+            self._lock = None
+            await self._release(lock, report)
 
     async def _settle(self, report: RunReport, wait: timedelta) -> None:
         """``--wait-retire``: after the rotations of this run, look at who uses each one's
