@@ -136,6 +136,39 @@ def _with_engine(
     return _run(go)
 
 
+def _confirm(cfg: RotationConfig, env_name: str, question: str) -> None:
+    """Ask on a terminal when the environment wants confirmation; exit 1 on no."""
+    resolved = cfg.environment(env_name)
+    if not resolved.confirm or not sys.stdin.isatty():
+        return
+    if not typer.confirm(f"{question} (Vault {resolved.vault_settings().addr})?", default=False):
+        say("aborted; nothing changed", err=True)
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _run_pass(
+    cfg: RotationConfig,
+    env_name: str,
+    use: Callable[[RotationEngine], Awaitable[RunReport]],
+    as_json: bool,
+) -> None:
+    """One engine pass (rotate or retire) with progress lines, then its report; exit 3 when
+    another run held the lock, 1 when a type failed."""
+
+    def progress(type_name: str, message: str) -> None:
+        say(styled(f"{type_name:>15}", "bold"), "  ", message, err=as_json)
+
+    report = _with_engine(cfg, env_name, use, progress=progress)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    if any(r.status == "busy" for r in report.results):
+        raise typer.Exit(EXIT_BUSY)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILURE)
+
+
 def _parse_time(s: str) -> datetime | None:
     """Vault's ``created_time`` (RFC 3339, nanoseconds) as a datetime; None if absent."""
     try:
@@ -274,35 +307,16 @@ def rotate(
             _usage(f"--wait-retire: {exc}")
         if dry_run:
             _usage("--wait-retire and --dry-run exclude each other (a dry run retires nothing)")
-    resolved = cfg.environment(env_name)
-    if resolved.confirm and not yes and not dry_run and sys.stdin.isatty():
-        ok = typer.confirm(
-            f"Rotate {', '.join(types)} in {env_name} (Vault {resolved.vault_settings().addr})?",
-            default=False,
-        )
-        if not ok:
-            say("aborted; nothing changed", err=True)
-            raise typer.Exit(EXIT_FAILURE)
-
-    def progress(type_name: str, message: str) -> None:
-        say(styled(f"{type_name:>15}", "bold"), "  ", message, err=as_json)
-
-    report = _with_engine(
+    if not yes and not dry_run:
+        _confirm(cfg, env_name, f"Rotate {', '.join(types)} in {env_name}")
+    _run_pass(
         cfg,
         env_name,
         lambda e: e.run(
             types, due_only=due, dry_run=dry_run, force=force, notify=notify, wait_retire=wait
         ),
-        progress=progress,
+        as_json,
     )
-    if as_json:
-        print_json(report.to_json())
-    else:
-        _print_report(report)
-    if any(r.status == "busy" for r in report.results):
-        raise typer.Exit(EXIT_BUSY)
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command(short_help="Retire previous credentials that their policy allows now.")
@@ -346,31 +360,9 @@ def retire(
         types = cfg.parse_types(secret_types)
     except ConfigError as exc:
         _usage(str(exc))
-    resolved = cfg.environment(env_name)
-    if resolved.confirm and not yes and sys.stdin.isatty():
-        ok = typer.confirm(
-            f"Retire what is due of {', '.join(types)} in {env_name}"
-            f" (Vault {resolved.vault_settings().addr})?",
-            default=False,
-        )
-        if not ok:
-            say("aborted; nothing changed", err=True)
-            raise typer.Exit(EXIT_FAILURE)
-
-    def progress(type_name: str, message: str) -> None:
-        say(styled(f"{type_name:>15}", "bold"), "  ", message, err=as_json)
-
-    report = _with_engine(
-        cfg, env_name, lambda e: e.retire_due(types, notify=notify), progress=progress
-    )
-    if as_json:
-        print_json(report.to_json())
-    else:
-        _print_report(report)
-    if any(r.status == "busy" for r in report.results):
-        raise typer.Exit(EXIT_BUSY)
-    if not report.ok:
-        raise typer.Exit(EXIT_FAILURE)
+    if not yes:
+        _confirm(cfg, env_name, f"Retire what is due of {', '.join(types)} in {env_name}")
+    _run_pass(cfg, env_name, lambda e: e.retire_due(types, notify=notify), as_json)
 
 
 def _usage_line(u: dict[str, Any] | None) -> str:
