@@ -35,12 +35,10 @@ thread before a patch is applied) lets a test look at the world at that instant.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import datetime as dt
 import json
 import ssl
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -53,6 +51,7 @@ from aiohttp import web
 
 from .k8s_standin import _status
 from .kit.certs import self_signed, server_tls_context
+from .kit.threaded_app import ThreadedApp
 
 ROOT = Path(__file__).resolve().parents[1]
 RBAC_YAML = ROOT / "deploy" / "k8s" / "base" / "rbac.yaml"
@@ -194,8 +193,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-class AppsStandin:
+class AppsStandin(ThreadedApp):
     """Deployments API stand-in. ``tokens``: token -> username. Use as a context manager."""
+
+    thread_name = "k8s-apps-standin"
 
     def __init__(
         self,
@@ -204,20 +205,15 @@ class AppsStandin:
         rules: dict[str, set[Rule]] | None = None,
         tls: bool = False,
     ) -> None:
+        super().__init__(tls=tls, tmp_prefix="k8s-apps-standin-")
         self._tokens = dict(tokens)
         self.rules = rbac_rules() if rules is None else rules
-        self.tls = tls
         self.deployments: dict[tuple[str, str], StandinDeployment] = {}
         self.requests: list[StandinRequest] = []
         self.events: list[tuple[str, str]] = []
         self.on_patch: Callable[[str], None] | None = None
         self._lock = threading.Lock()
-        self._tmp = tempfile.TemporaryDirectory(prefix="k8s-apps-standin-")
         self.ca_file: Path | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     def __repr__(self) -> str:  # the tokens are never shown
         return f"AppsStandin({self.url!r}, deployments={len(self.deployments)})"
@@ -376,61 +372,7 @@ class AppsStandin:
         self.ca_file = cert
         return server_tls_context(cert, key)
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    def start(self) -> AppsStandin:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        ssl_ctx = self._ssl_context() if self.tls else None
-
-        async def serve() -> None:
-            app = web.Application()
-            base = "/apis/apps/v1/namespaces/{ns}/deployments"
-            app.router.add_route("*", base, self._handle)
-            app.router.add_route("*", base + "/{name}", self._handle)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
-            await site.start()
-            self.port = int(self._runner.addresses[0][1])
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="k8s-apps-standin", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
-        if not self.port:
-            raise RuntimeError("the Kubernetes apps stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-        self._loop = self._thread = None
-        self._tmp.cleanup()
-
-    def __enter__(self) -> AppsStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def routes(self, app: web.Application) -> None:
+        base = "/apis/apps/v1/namespaces/{ns}/deployments"
+        app.router.add_route("*", base, self._handle)
+        app.router.add_route("*", base + "/{name}", self._handle)

@@ -33,13 +33,11 @@ OpenBao whatever the test's event loop is doing.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime as dt
 import hashlib
 import json
 import ssl
-import tempfile
 import threading
 import time
 import uuid
@@ -54,6 +52,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .kit.certs import self_signed, server_tls_context
+from .kit.threaded_app import ThreadedApp
 
 TOKENREVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 LEGACY_ISSUER = "kubernetes/serviceaccount"
@@ -123,13 +122,15 @@ def _status(code: int, reason: str, message: str) -> web.Response:
     return web.json_response(body, status=code)
 
 
-class KubernetesStandin:
+class KubernetesStandin(ThreadedApp):
     """TokenReview API + service-account token issuer. Use as a context manager."""
 
+    thread_name = "k8s-standin"
+
     def __init__(self, *, tls: bool = False, leeway: float = 0.0) -> None:
+        super().__init__(tls=tls, tmp_prefix="k8s-standin-")
         self.key = new_rsa_key()
         self.kid = key_id(self.key)
-        self.tls = tls
         self.leeway = leeway
         self._accounts: dict[tuple[str, str], ServiceAccount] = {}
         # ClusterRoleBinding system:auth-delegator -> these service accounts
@@ -137,11 +138,6 @@ class KubernetesStandin:
         self._lock = threading.Lock()
         self.review_log: list[Review] = []
         self.ca_pem: str | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="k8s-standin-")
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
         # The reviewer: a service account bound to system:auth-delegator, like
         # the "vault-auth" account of the Vault/OpenBao Kubernetes guides.
         self.reviewer_account = self.service_account("kube-system", "openbao-auth")
@@ -372,60 +368,6 @@ class KubernetesStandin:
         self.ca_pem = cert.read_text()
         return server_tls_context(cert, key)
 
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    def start(self) -> KubernetesStandin:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-        ssl_ctx = self._ssl_context() if self.tls else None
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_post(TOKENREVIEW_PATH, self._tokenreview)
-            app.router.add_route("*", "/{tail:.*}", self._not_found)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
-            await site.start()
-            self.port = int(self._runner.addresses[0][1])
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(serve())
-            except BaseException as exc:
-                failure.append(exc)
-                ready.set()
-                loop.close()
-                return
-            ready.set()
-            loop.run_forever()
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="k8s-standin", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
-        if not self.port:
-            raise RuntimeError("the Kubernetes stand-in did not start")
-        return self
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(10)
-        self._loop = self._thread = None
-        self._tmp.cleanup()
-
-    def __enter__(self) -> KubernetesStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(TOKENREVIEW_PATH, self._tokenreview)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
