@@ -1,4 +1,4 @@
-"""Maily Secrets benchmarks: every figure of issue 13 in one run, on one real OpenBao.
+"""Maily Secrets benchmarks: every figure of issues 13 and 14 in one run, on one real OpenBao.
 
     bench/.venv/bin/python bench/run.py                 # full run (make bench)
     bench/.venv/bin/python bench/run.py --quick         # fewer rounds and reads
