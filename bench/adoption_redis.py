@@ -18,7 +18,7 @@ import asyncio
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,8 @@ async def _rounds(ctx: Context, rounds: int) -> dict[str, Any]:
     from pydantic import SecretStr
 
     from maily_secrets import adapters
+    from maily_secrets.dev.adoption import retire_due
     from maily_secrets.paths import KV2Path
-    from maily_secrets.rotation.config import RotationConfig
-    from maily_secrets.rotation.engine import RotationEngine
     from maily_secrets.service import VaultService
     from maily_secrets.settings import VaultSettings
     from maily_secrets.targets import random_password
@@ -167,16 +166,11 @@ async def _rounds(ctx: Context, rounds: int) -> dict[str, Any]:
                     return client.generation > generation and client.stats().old_connections == 0
 
                 await _until(drained, 60)
-                later = datetime.now(UTC) + timedelta(hours=2)
-                engine = RotationEngine(
-                    RotationConfig.load(cfg_path),
-                    "development",
-                    client=vault,
-                    now=lambda later=later: later,
+                notes = await retire_due(
+                    cfg_path, vault, ["redis"], past=timedelta(hours=2), env_name="development"
                 )
-                report = await engine.run(["redis"], due_only=True)
-                if not any("retired previous ACL user" in n for n in report.results[0].notes):
-                    raise RuntimeError("the retirement did not run")
+                if not any("retired previous ACL user" in n for n in notes):
+                    raise RuntimeError(f"the retirement did not run: {notes}")
                 left = [c for c in await client_list(admin) if c.user == previous]
                 if left:
                     raise RuntimeError(f"{len(left)} connection(s) of {previous} left")

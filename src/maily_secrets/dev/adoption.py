@@ -130,12 +130,26 @@ async def retire_due(
     *,
     past: timedelta,
     env_name: str | None = None,
+    within: float = 15.0,
+    step: float = 0.25,
 ) -> list[str]:
     """The engine's ``--due`` pass at ``now + past`` (past the grace): the notes of what
-    it retired (it rotates nothing that is not due)."""
+    it retired (it rotates nothing that is not due).
+
+    As ``--wait-retire`` does, the pass is made again every ``step`` s (at most
+    ``within`` s) while the policy still waits for users of a previous credential: an
+    adapter that has just closed its old connections still has them listed by the
+    target for a moment (a PostgreSQL backend leaves ``pg_stat_activity`` when it has
+    finished exiting). The last pass's notes are returned, whatever it decided."""
     later = datetime.now(UTC) + past
     engine = RotationEngine(
         RotationConfig.load(Path(config_file)), env_name, client=client, now=lambda: later
     )
-    report = await engine.run(types, due_only=True)
-    return [n for r in report.results for n in r.notes]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        report = await engine.run(types, due_only=True)
+        waiting = any(d.get("action") == "wait" for r in report.results for d in r.retirement)
+        if not waiting or loop.time() >= deadline:
+            return [n for r in report.results for n in r.notes]
+        await asyncio.sleep(step)
