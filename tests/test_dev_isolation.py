@@ -319,3 +319,69 @@ def test_manifest_removes_only_what_it_recorded(tmp_path: Path) -> None:
         "standins",
         "standins/yours.txt",
     ]
+
+
+# ------------------------------------------------------------------ 3. the dev database
+def _databases(names: list[str]) -> dict[str, str | None]:
+    """name -> its comment, for those of ``names`` that exist."""
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", connect_timeout=5
+    ) as conn:
+        rows = conn.execute(
+            "select datname, shobj_description(oid, 'pg_database') from pg_database"
+            " where datname = any(%s)",
+            (names,),
+        ).fetchall()
+    return {str(n): c for n, c in rows}
+
+
+def _pg_url(dbname: str) -> dict[str, str]:
+    return {"MAILY_DEV_PG_URL": f"postgresql://postgres@127.0.0.1:5432/{dbname}"}
+
+
+def test_down_drops_the_database_up_made_once_no_other_dev_dir_uses_it(tmp_path: Path) -> None:
+    from maily_secrets.bootstrap import CREATED_DATABASE_COMMENT
+
+    db = f"maily_devdb_{os.urandom(4).hex()}"  # this test's own name on the shared server
+    a, b = tmp_path / "a", tmp_path / "b"
+    try:
+        up_a = mailyctl("dev", "up", "--port", "0", "--dir", str(a), env=_pg_url(db))
+        assert "database" in up_a.stdout.lower(), up_a.stdout
+        assert _databases([db]) == {db: CREATED_DATABASE_COMMENT}  # made, and marked
+        mailyctl("dev", "up", "--port", "0", "--dir", str(b), env=_pg_url(db))
+
+        down_a = mailyctl("dev", "down", "--dir", str(a))
+        assert f"database {db} kept (other dev directories use it: 1)" in down_a.stdout
+        assert db in _databases([db])  # b's roles still work in it
+
+        down_b = mailyctl("dev", "down", "--dir", str(b))
+        assert f"database {db} dropped" in down_b.stdout, down_b.stdout
+        assert _databases([db]) == {}
+    finally:
+        mailyctl("dev", "down", "--dir", str(a), check=False)
+        mailyctl("dev", "down", "--dir", str(b), check=False)
+        _drop_database(db)
+
+
+def test_down_keeps_a_database_that_up_found(tmp_path: Path) -> None:
+    db = f"maily_devdb_{os.urandom(4).hex()}"
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True, connect_timeout=5
+    ) as conn:
+        conn.execute(f'create database "{db}"')  # someone else's: no mark
+    d = tmp_path / "d"
+    try:
+        mailyctl("dev", "up", "--port", "0", "--dir", str(d), env=_pg_url(db))
+        down = mailyctl("dev", "down", "--dir", str(d))
+        assert f"database {db} kept (not made by dev up)" in down.stdout, down.stdout
+        assert _databases([db]) == {db: None}
+    finally:
+        mailyctl("dev", "down", "--dir", str(d), check=False)
+        _drop_database(db)
+
+
+def _drop_database(db: str) -> None:
+    with psycopg.connect(
+        host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True, connect_timeout=5
+    ) as conn:
+        conn.execute(f'drop database if exists "{db}"')

@@ -168,9 +168,14 @@ DB_CONNECTION = "maily-postgres"
 DB_APP_ROLE = "maily-app"
 
 
+#: the comment on a database ``prepare_postgres`` created (``COMMENT ON DATABASE``)
+CREATED_DATABASE_COMMENT = "created by maily-secrets (prepare_postgres)"
+
+
 def prepare_postgres(target: PostgresTarget, *, create_database: bool = True) -> str | None:
     """Check that PostgreSQL answers and takes the admin credentials, and create the
-    database when missing.  ``None`` when ready, else why not (no secret in it).
+    database when missing (commented :data:`CREATED_DATABASE_COMMENT`, so that a clean-up
+    drops only a database made here).  ``None`` when ready, else why not (no secret in it).
 
     Blocking (psycopg, 3 s connect timeout): call it outside the event loop.
     """
@@ -196,7 +201,11 @@ def prepare_postgres(target: PostgresTarget, *, create_database: bool = True) ->
             return why(exc)
     try:
         with psycopg.connect(**target.connect_kwargs("postgres"), autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(target.dbname)))
+            db = sql.Identifier(target.dbname)
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+            # the mark that lets `dev down` tell a database we made from one we found
+            mark = sql.Literal(CREATED_DATABASE_COMMENT)
+            conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(db, mark))
         log.info("database created", extra={"dbname": target.dbname})
         return None
     except psycopg.Error as exc:

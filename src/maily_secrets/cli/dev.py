@@ -30,6 +30,7 @@ from ..dev.bootstrap import (
     DEV_RESOURCES_FILE,
     DevNames,
     dev_postgres_target,
+    drop_dev_database,
     drop_postgres_roles,
     drop_redis_user,
     ensure_dev_names,
@@ -161,7 +162,7 @@ def up(
     if server.running() is None:
         # a dev server that died: its stand-ins, roles and users go with its state dir
         standins.stop_all(server.state_dir)
-        _drop_dev_resources(server, None)
+        _drop_dev_resources(server, None, [])  # its database: this up uses it
     try:
         info, started = server.start(port=port)
     except DevServerError as exc:
@@ -197,10 +198,14 @@ def up(
     say("Use it from a shell:  ", styled(f'eval "$({command("dev", "env")})"', "bold"))
 
 
-def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[list[Part]]:
+def _drop_dev_resources(
+    server: DevServer, info: DevServerInfo | None, database: list[PostgresTarget]
+) -> list[list[Part]]:
     """Drop what ``dev up`` made outside the directory (recorded in dev-resources.json):
     dynamic database users (by revoking their leases while the server runs), the login
-    roles and their group, the Redis ACL user. Lines to print; best effort."""
+    roles and their group, the Redis ACL user. Lines to print; best effort. The
+    PostgreSQL target whose roles were dropped goes into ``database``: its database is
+    dropped once the server (and its database connection) is gone."""
     path = server.state_dir / DEV_RESOURCES_FILE
     if not server.manifest.owns(path):
         return []
@@ -233,6 +238,7 @@ def _drop_dev_resources(server: DevServer, info: DevServerInfo | None) -> list[l
                 dropped = await drop_postgres_roles(target, [str(r) for r in pg["roles"]])
                 if dropped:
                     lines.append([f"PostgreSQL roles dropped: {', '.join(dropped)}."])
+                database.append(target)
             except (OSError, psycopg.Error) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 lines.append([styled("PostgreSQL roles not dropped", "yellow"), f" ({first})"])
@@ -259,7 +265,8 @@ def down(state_dir: StateDir = None) -> None:
     """Stop the dev server this tool started (by its pid file), drop the PostgreSQL roles
     and Redis user it made, and delete the files it made (nothing else in the folder)."""
     server = DevServer(state_dir)
-    for parts in _drop_dev_resources(server, server.running()):
+    database: list[PostgresTarget] = []
+    for parts in _drop_dev_resources(server, server.running(), database):
         say(*parts)
     stopped = standins.stop_all(server.state_dir)
     if stopped:
@@ -268,6 +275,12 @@ def down(state_dir: StateDir = None) -> None:
         say("OpenBao dev server stopped; its data is gone.")
     else:
         say("No dev server of ours was running.")
+    for target in database:  # if `dev up` made it and no other dev directory uses it
+        try:
+            say(f"PostgreSQL {asyncio.run(drop_dev_database(target))}.")
+        except (OSError, psycopg.Error) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            say(styled("PostgreSQL database not dropped", "yellow"), f" ({first})")
     kept = server.kept
     if kept:
         say(f"Kept (they hold files the dev tools did not make): {', '.join(kept)}")

@@ -158,6 +158,43 @@ async def drop_postgres_roles(target: PostgresTarget, roles: Sequence[str]) -> l
     return present
 
 
+async def drop_dev_database(target: PostgresTarget) -> str:
+    """Drop ``target``'s database when a dev clean-up may: it carries the mark of
+    :func:`~maily_secrets.bootstrap.prepare_postgres` (we made it), no other dev
+    directory's group role is left (their login roles work in it) and nobody is connected.
+    Returns what happened, one line (no secret)."""
+    import psycopg
+    from psycopg import sql
+
+    from ..bootstrap import CREATED_DATABASE_COMMENT
+
+    db = target.dbname
+    admin = target.connect_kwargs("postgres")
+    conn = await psycopg.AsyncConnection.connect(**admin, autocommit=True)
+    async with conn:
+        cur = await conn.execute(
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (db,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return f"database {db} not there"
+        if row[0] != CREATED_DATABASE_COMMENT:
+            return f"database {db} kept (not made by dev up)"
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_roles WHERE rolname LIKE %s",
+            (APP_GROUP_ROLE.replace("_", r"\_") + r"\_%",),
+        )
+        others = int((await cur.fetchone() or (0,))[0])
+        if others:
+            return f"database {db} kept (other dev directories use it: {others})"
+        try:
+            await conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(db)))
+        except psycopg.errors.ObjectInUse:
+            return f"database {db} kept (sessions are connected to it)"
+    return f"database {db} dropped"
+
+
 async def drop_redis_user(host: str, port: int, user: str) -> bool:
     """``ACL DELUSER`` of ``user`` and of its partner ``<user>_b`` (the pair of alternating
     users ``ensure_redis_rotation`` made), as the default user of a dev Redis, then
