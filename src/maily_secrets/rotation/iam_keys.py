@@ -278,7 +278,7 @@ async def key_usage(
     keys: IamUserKeys,
     key_id: str,
     since: datetime | None,
-    idle_after: float = 900.0,
+    idle_after: float,
 ) -> Usage:
     """Who uses ``key_id``: its last recorded use, if after ``since`` (the promote; None:
     any use) and within the last ``idle_after`` seconds (IAM keeps one last use per key,
