@@ -209,8 +209,7 @@ async def pool_through_rotation() -> None:
     load.start()
     try:
         await until(lambda: load.tally.total >= 200, 30)
-        args = ["--secret-types=database"]
-        args.append("--wait-retire=2m")
+        args = ["--secret-types=database", "--wait-retire=2m"]
         console.print(f"$ ./mailyctl.py secrets rotate {' '.join(args)}", style="bold")
         console.print(
             "  (promote; the pool's listener swaps the credential and drains the old"

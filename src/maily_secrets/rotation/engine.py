@@ -273,11 +273,7 @@ class RotationEngine:
             for t in names:
                 report.results.append(await self._plan(t, due_only, force))
         else:
-
-            async def settle() -> None:
-                if wait_retire is not None:
-                    await self._settle(report, wait_retire)
-
+            settle = None if wait_retire is None else (lambda: self._settle(report, wait_retire))
             await self._locked_pass(
                 run_id, names, report, lambda t: self._rotate_type(t, due_only, force), settle
             )
