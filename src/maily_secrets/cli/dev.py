@@ -162,7 +162,7 @@ def up(
     if server.running() is None:
         # a dev server that died: its stand-ins, roles and users go with its state dir
         standins.stop_all(server.state_dir)
-        _drop_dev_resources(server, None, [])  # its database: this up uses it
+        _drop_dev_resources(server, None)  # not its database: this up uses it
     try:
         info, started = server.start(port=port)
     except DevServerError as exc:
@@ -199,18 +199,19 @@ def up(
 
 
 def _drop_dev_resources(
-    server: DevServer, info: DevServerInfo | None, database: list[PostgresTarget]
-) -> list[list[Part]]:
+    server: DevServer, info: DevServerInfo | None
+) -> tuple[list[list[Part]], PostgresTarget | None]:
     """Drop what ``dev up`` made outside the directory (recorded in dev-resources.json):
     dynamic database users (by revoking their leases while the server runs), the login
-    roles and their group, the Redis ACL user. Lines to print; best effort. The
-    PostgreSQL target whose roles were dropped goes into ``database``: its database is
-    dropped once the server (and its database connection) is gone."""
+    roles and their group, the Redis ACL user. Best effort. Returns the lines to print
+    and the PostgreSQL target whose roles were dropped (its database can go once the
+    server, and its database connection, are gone: :func:`drop_dev_database`)."""
     path = server.state_dir / DEV_RESOURCES_FILE
     if not server.manifest.owns(path):
-        return []
+        return [], None
     doc = load_dev_resources(path)
     lines: list[list[Part]] = []
+    database: list[PostgresTarget] = []
     pg, rd = doc.get("postgres"), doc.get("redis")
 
     async def go() -> None:
@@ -257,7 +258,7 @@ def _drop_dev_resources(
         asyncio.run(go())
     except Exception as exc:
         lines.append([styled("cleanup incomplete", "yellow"), f" ({type(exc).__name__})"])
-    return lines
+    return lines, (database[0] if database else None)
 
 
 @app.command(short_help="Stop the dev server and clean up.")
@@ -265,8 +266,8 @@ def down(state_dir: StateDir = None) -> None:
     """Stop the dev server this tool started (by its pid file), drop the PostgreSQL roles
     and Redis user it made, and delete the files it made (nothing else in the folder)."""
     server = DevServer(state_dir)
-    database: list[PostgresTarget] = []
-    for parts in _drop_dev_resources(server, server.running(), database):
+    lines, database = _drop_dev_resources(server, server.running())
+    for parts in lines:
         say(*parts)
     stopped = standins.stop_all(server.state_dir)
     if stopped:
@@ -275,9 +276,9 @@ def down(state_dir: StateDir = None) -> None:
         say("OpenBao dev server stopped; its data is gone.")
     else:
         say("No dev server of ours was running.")
-    for target in database:  # if `dev up` made it and no other dev directory uses it
+    if database is not None:  # if `dev up` made it and no other dev directory uses it
         try:
-            say(f"PostgreSQL {asyncio.run(drop_dev_database(target))}.")
+            say(f"PostgreSQL {asyncio.run(drop_dev_database(database))}.")
         except (OSError, psycopg.Error) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             say(styled("PostgreSQL database not dropped", "yellow"), f" ({first})")
