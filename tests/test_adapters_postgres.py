@@ -320,6 +320,12 @@ async def until(check: Callable[[], bool], what: str, within: float = 60.0) -> N
         await asyncio.sleep(0.02)
 
 
+async def no_session_left(w: World) -> None:
+    """After a close: the client closed its sockets, and each backend leaves
+    pg_stat_activity once it has finished exiting (a moment later on a loaded machine)."""
+    await until(lambda: w.sessions() == [], "no session left on our database after close")
+
+
 async def through_rotation_and_retirement(
     w: World,
     load: AsyncLoad | ThreadLoad,
@@ -402,9 +408,7 @@ async def test_async_pool_has_no_failed_query_through_rotation_and_retirement(
         await pool.close()
         await svc.close()
     # closing the pool closed its connections and unsubscribed
-    # the client closed its sockets; each backend leaves pg_stat_activity when it has
-    # finished exiting, a moment later on a loaded machine
-    await until(lambda: w.sessions() == [], "no session left on our database after close")
+    await no_session_left(w)
     assert pool.feed._sub is None
 
 
@@ -436,9 +440,7 @@ async def test_sync_pool_in_threads_has_no_failed_query_through_rotation_and_ret
     finally:
         await asyncio.to_thread(pool.close)
         await asyncio.to_thread(svc.close)
-    # the client closed its sockets; each backend leaves pg_stat_activity when it has
-    # finished exiting, a moment later on a loaded machine
-    await until(lambda: w.sessions() == [], "no session left on our database after close")
+    await no_session_left(w)
     assert pool.feed._sub is None
 
 
@@ -471,9 +473,7 @@ async def test_sqlalchemy_engine_has_no_failed_query_through_rotation_and_retire
     finally:
         await engine.dispose()
         await svc.close()
-    # the client closed its sockets; each backend leaves pg_stat_activity when it has
-    # finished exiting, a moment later on a loaded machine
-    await until(lambda: w.sessions() == [], "no session left on our database after close")
+    await no_session_left(w)
     assert engine.feed._sub is None
 
 
